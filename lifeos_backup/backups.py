@@ -1,0 +1,252 @@
+"""The life of a backup, shared by every kind: create, verify, rotate, and catalog rebuild.
+
+A backup is `running` while written, `created` once archive and manifest are on disk, `verified`
+only after its verify step passed (the only status that counts as good), `failed` or `deleted`.
+These functions assume the caller holds the kind's lock where one is needed (tasks and CLI do).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from lifeos_backup import __version__
+from lifeos_backup.catalog import Backup, Catalog
+from lifeos_backup.catalog.store import (
+    CREATED,
+    DELETED,
+    FAILED,
+    RUNNING,
+    VERIFIED,
+    utcnow,
+)
+from lifeos_backup.errors import NotFound, VerificationFailed
+from lifeos_backup.fsutil import PARTIAL_SUFFIX, private_dir, remove_quietly
+from lifeos_backup.kinds import get_kind
+from lifeos_backup.manifest import (
+    MANIFEST_SUFFIX,
+    ArchiveInfo,
+    Compression,
+    Manifest,
+    manifest_path,
+    read_manifest,
+    write_manifest,
+)
+from lifeos_backup.progress import ProgressFn, ignore
+from lifeos_backup.repository import iter_manifests, kind_dir, layout, new_backup_id
+from lifeos_backup.retention import Candidate, Plan, parse_policy, plan
+from lifeos_backup.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def clean_leftovers(kind: str, settings: Settings, catalog: Catalog) -> list[str]:
+    """Remove what a killed run of this kind left behind; call only while holding its lock."""
+    folder = kind_dir(settings.backup_root, kind)
+    removed: list[str] = []
+    if folder.is_dir():
+        prefix = layout(kind).prefix
+        for path in folder.iterdir():
+            name = path.name
+            orphan = name.startswith(prefix) and not name.endswith(MANIFEST_SUFFIX)
+            if orphan:
+                backup_id = name.split(".", 1)[0]
+                orphan = not manifest_path(path, backup_id).exists()
+            if (name.startswith(".") and name.endswith(PARTIAL_SUFFIX)) or orphan:
+                remove_quietly(path)
+                removed.append(name)
+    stale = catalog.fail_stale_running(kind, "interrupted: the worker stopped before it finished")
+    if removed or stale:
+        log.warning("cleaned leftovers of %s: files %s, runs %s", kind, removed, stale)
+    return removed + stale
+
+
+def _free_id(kind: str, catalog: Catalog) -> tuple[str, datetime]:
+    """A new id from the current UTC second; waits for the next second if this one is taken."""
+    while True:
+        now = utcnow()
+        backup_id = new_backup_id(kind, now)
+        if not catalog.exists(backup_id):
+            return backup_id, now.replace(microsecond=0)
+        time.sleep(1.0 - now.microsecond / 1e6 + 0.01)
+
+
+def create_backup(
+    kind_name: str,
+    settings: Settings,
+    catalog: Catalog,
+    *,
+    reason: str = "",
+    initiator: str = "operator",
+    progress: ProgressFn = ignore,
+) -> Manifest:
+    """Write a new archive and its manifest; the backup ends `created` (not yet good)."""
+    kind = get_kind(kind_name)
+    folder = private_dir(kind_dir(settings.backup_root, kind_name))
+    clean_leftovers(kind_name, settings, catalog)
+    backup_id, started = _free_id(kind_name, catalog)
+    archive = folder / (backup_id + kind.extension(settings))
+    host = socket.gethostname()
+    catalog.add_backup(
+        Backup(
+            id=backup_id,
+            kind=kind_name,
+            status=RUNNING,
+            path=str(archive.relative_to(settings.backup_root)),
+            reason=reason,
+            initiator=initiator,
+            host=host,
+            created_at=started,
+        )
+    )
+    mpath = manifest_path(archive, backup_id)
+    try:
+        written = kind.write(settings, archive, progress)
+        finished = utcnow()
+        manifest = Manifest(
+            backup_id=backup_id,
+            kind=kind_name,
+            created_at=started,
+            finished_at=finished,
+            host=host,
+            tool_version=__version__,
+            reason=reason,
+            initiator=initiator,
+            sources=written.sources,
+            compression=Compression(algorithm=written.algorithm, level=written.level),
+            archive=ArchiveInfo(name=archive.name, size=written.size, sha256=written.sha256),
+            files=written.files,
+            facts=written.facts,
+        )
+        write_manifest(mpath, manifest)  # last: an archive without a manifest is incomplete
+    except BaseException as exc:
+        remove_quietly(mpath, archive)
+        catalog.update(backup_id, status=FAILED, error=str(exc)[:4000], finished_at=utcnow())
+        raise
+    catalog.update(
+        backup_id,
+        status=CREATED,
+        size=written.size,
+        sha256=written.sha256,
+        finished_at=finished,
+        duration_s=(finished - started).total_seconds(),
+    )
+    log.info("created %s (%d bytes)", backup_id, written.size)
+    return manifest
+
+
+def locate(settings: Settings, catalog: Catalog, backup_id: str) -> tuple[Backup, Path, Path]:
+    """Catalog row, archive path and manifest path of a backup that still exists."""
+    row = catalog.get(backup_id)
+    if row.status == DELETED:
+        raise NotFound(f"backup {backup_id} was deleted by rotation", hint="choose another one")
+    archive = settings.backup_root / row.path
+    return row, archive, manifest_path(archive, backup_id)
+
+
+def verify_backup(
+    backup_id: str, settings: Settings, catalog: Catalog, progress: ProgressFn = ignore
+) -> Manifest:
+    """Re-read the archive and check it against its manifest; only then mark it verified."""
+    row, archive, mpath = locate(settings, catalog, backup_id)
+    try:
+        if row.status == RUNNING:
+            raise VerificationFailed(f"backup {backup_id} is still being written")
+        if not mpath.exists() or not archive.exists():
+            raise VerificationFailed(
+                f"backup {backup_id} is incomplete on disk",
+                f"{'manifest' if not mpath.exists() else 'archive'} missing",
+            )
+        manifest = read_manifest(mpath)
+        get_kind(manifest.kind).check(archive, manifest, progress)
+    except VerificationFailed as exc:
+        catalog.update(backup_id, status=FAILED, error=str(exc)[:4000])
+        raise
+    now = utcnow()
+    manifest.verified_at = now
+    write_manifest(mpath, manifest)
+    catalog.update(backup_id, status=VERIFIED, verified_at=now, error=None)
+    log.info("verified %s", backup_id)
+    return manifest
+
+
+@dataclass
+class RotationResult:
+    kind: str
+    plan: Plan
+    dry_run: bool
+
+
+def rotation_policy(settings: Settings, kind: str) -> str:
+    return str(getattr(settings, f"retention_{kind}"))
+
+
+def rotate(
+    kind: str,
+    settings: Settings,
+    catalog: Catalog,
+    *,
+    dry_run: bool = False,
+    now: datetime | None = None,
+) -> RotationResult:
+    """Apply the kind's retention policy; with dry_run only report what would go and why."""
+    policy = parse_policy(rotation_policy(settings, kind))
+    rows = catalog.list(kind=kind)
+    candidates = [Candidate(r.id, r.created_at, r.status) for r in rows if r.status != DELETED]
+    decided = plan(
+        candidates, policy, now or utcnow(), timedelta(hours=settings.retention_grace_hours)
+    )
+    if not dry_run:
+        by_id = {r.id: r for r in rows}
+        for decision in decided.delete:
+            archive = settings.backup_root / by_id[decision.id].path
+            remove_quietly(manifest_path(archive, decision.id), archive)  # manifest first
+            catalog.update(decision.id, status=DELETED, error="; ".join(decision.reasons))
+            log.info("rotation deleted %s (%s)", decision.id, ", ".join(decision.reasons))
+    return RotationResult(kind, decided, dry_run)
+
+
+def rebuild_catalog(settings: Settings, catalog: Catalog) -> list[str]:
+    """Recreate catalog rows from the manifests on disk; returns the ids found."""
+    found: list[str] = []
+    for mpath in iter_manifests(settings.backup_root):
+        try:
+            manifest = read_manifest(mpath)
+        except VerificationFailed as exc:
+            log.warning("skipping %s: %s", mpath, exc)
+            continue
+        archive = mpath.with_name(manifest.archive.name)
+        status = VERIFIED if manifest.verified_at else CREATED
+        error = None
+        if not archive.exists():
+            status, error = FAILED, "archive missing on disk (found by catalog rebuild)"
+        catalog.add_backup(
+            Backup(
+                id=manifest.backup_id,
+                kind=manifest.kind,
+                status=status,
+                path=str(archive.relative_to(settings.backup_root)),
+                size=manifest.archive.size,
+                sha256=manifest.archive.sha256,
+                reason=manifest.reason,
+                initiator=manifest.initiator,
+                host=manifest.host,
+                created_at=manifest.created_at,
+                finished_at=manifest.finished_at,
+                verified_at=manifest.verified_at,
+                duration_s=(manifest.finished_at - manifest.created_at).total_seconds(),
+                error=error,
+            )
+        )
+        found.append(manifest.backup_id)
+    listed = set(found)
+    for row in catalog.list(statuses=(CREATED, VERIFIED)):
+        if row.id not in listed:
+            catalog.update(
+                row.id, status=FAILED, error="manifest missing on disk (catalog rebuild)"
+            )
+    return found

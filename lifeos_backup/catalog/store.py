@@ -1,0 +1,173 @@
+"""Reads and writes of the catalog; every status change of a backup goes through here.
+
+The catalog is an index, not the truth: `rebuild` recreates it from the manifests on disk.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from lifeos_backup.catalog.models import Backup, TaskRun
+from lifeos_backup.errors import NotFound
+from lifeos_backup.fsutil import FILE_MODE, private_dir
+
+RUNNING, CREATED, VERIFIED, FAILED, DELETED = "running", "created", "verified", "failed", "deleted"
+STATUSES = (RUNNING, CREATED, VERIFIED, FAILED, DELETED)
+MIGRATIONS = Path(__file__).with_name("migrations")
+_OPEN: dict[str, Catalog] = {}
+logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl" on every open
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    # WAL lets the CLI read while a worker writes; busy_timeout makes writers wait, not fail.
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def open_catalog(url: str) -> Catalog:
+    """The process's catalog for `url` (schema checked once per process, not per call)."""
+    if url not in _OPEN:
+        _OPEN[url] = Catalog(url)
+    return _OPEN[url]
+
+
+class Catalog:
+    """One catalog database; upgrades its own schema when opened."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = create_engine(url, future=True)
+        if self.engine.dialect.name == "sqlite":
+            db = self.engine.url.database
+            if db and db != ":memory:":
+                private_dir(Path(db).parent)
+                os.close(os.open(db, os.O_CREAT | os.O_WRONLY, FILE_MODE))  # 0600 before SQLite
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.ensure_schema()
+
+    def ensure_schema(self) -> None:
+        """Bring the schema to the newest Alembic revision (idempotent, safe between processes)."""
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self._migration_lock(), self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        db = self.engine.url.database
+        if self.engine.dialect.name != "sqlite" or not db or db == ":memory:":
+            yield
+            return
+        fd = os.open(Path(db).with_suffix(".migrate.lock"), os.O_CREAT | os.O_WRONLY, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._session.begin() as session:
+            yield session
+
+    # Backups -------------------------------------------------------------------------------
+
+    def add_backup(self, backup: Backup) -> None:
+        with self.session() as s:
+            s.merge(backup)
+
+    def get(self, backup_id: str) -> Backup:
+        with self.session() as s:
+            row = s.get(Backup, backup_id)
+        if row is None:
+            raise NotFound(
+                f"no backup {backup_id!r} in the catalog", hint="see `lifeos-backup list`"
+            )
+        return row
+
+    def exists(self, backup_id: str) -> bool:
+        with self.session() as s:
+            return s.get(Backup, backup_id) is not None
+
+    def list(
+        self, kind: str | None = None, statuses: tuple[str, ...] | None = None
+    ) -> list[Backup]:
+        """Backups, newest first."""
+        query = select(Backup).order_by(Backup.created_at.desc(), Backup.id.desc())
+        if kind:
+            query = query.where(Backup.kind == kind)
+        if statuses:
+            query = query.where(Backup.status.in_(statuses))
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    def update(self, backup_id: str, **fields: object) -> Backup:
+        with self.session() as s:
+            row = s.get(Backup, backup_id)
+            if row is None:
+                raise NotFound(f"no backup {backup_id!r} in the catalog")
+            for key, value in fields.items():
+                setattr(row, key, value)
+            return row
+
+    def fail_stale_running(self, kind: str, reason: str) -> list[str]:
+        """Mark `running` backups of a kind failed; call only while holding that kind's lock."""
+        with self.session() as s:
+            rows = list(
+                s.scalars(select(Backup).where(Backup.kind == kind, Backup.status == RUNNING))
+            )
+            for row in rows:
+                row.status, row.error, row.finished_at = FAILED, reason, utcnow()
+            return [row.id for row in rows]
+
+    # Task runs -----------------------------------------------------------------------------
+
+    def task_started(self, task_id: str, task_name: str, attempt: int, worker: str) -> int:
+        with self.session() as s:
+            run = TaskRun(
+                task_id=task_id,
+                task_name=task_name,
+                state="started",
+                attempt=attempt,
+                worker=worker,
+                started_at=utcnow(),
+            )
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def task_finished(
+        self, run_id: int, state: str, backup_id: str | None = None, error: str | None = None
+    ) -> None:
+        with self.session() as s:
+            run = s.get(TaskRun, run_id)
+            if run is not None:
+                run.state, run.finished_at, run.error = state, utcnow(), error
+                if backup_id:
+                    run.backup_id = backup_id
+
+    def task_runs(self, task_id: str | None = None) -> list[TaskRun]:
+        query = select(TaskRun).order_by(TaskRun.id)
+        if task_id:
+            query = query.where(TaskRun.task_id == task_id)
+        with self.session() as s:
+            return list(s.scalars(query))

@@ -1,0 +1,263 @@
+"""`lifeos-backup`: the operators' command line.
+
+Expected failures print one line (`error: ...`) and exit non-zero; never a traceback. Long work
+shows a Rich progress bar on a terminal (on stderr), so stdout stays clean for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import DownloadColumn, MofNCompleteColumn, TimeRemainingColumn
+from rich.progress import Progress as Bar
+from rich.table import Table
+
+from lifeos_backup.catalog import Backup, Catalog, open_catalog
+from lifeos_backup.errors import LifeosError
+from lifeos_backup.progress import Progress, ProgressFn
+from lifeos_backup.settings import Settings, get_settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+restore_app = typer.Typer(no_args_is_help=True, help="Restore a backup.")
+catalog_app = typer.Typer(no_args_is_help=True, help="Maintain the catalog.")
+app.add_typer(restore_app, name="restore")
+app.add_typer(catalog_app, name="catalog")
+
+# Not on a terminal (scripts, CI): wide enough that ids and errors are never wrapped or cut.
+out = Console(width=None if sys.stdout.isatty() else 250)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 250)
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+def catalog() -> Catalog:
+    return open_catalog(settings().effective_catalog_url)
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[ProgressFn]:
+    """A Rich bar on stderr when it is a terminal; otherwise a silent sink."""
+    if not err.is_terminal:
+        yield lambda _report: None
+        return
+    columns = (*Bar.get_default_columns()[:-1], MofNCompleteColumn(), DownloadColumn())
+    with Bar(*columns, TimeRemainingColumn(), console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(report: Progress | dict[str, Any]) -> None:
+            data = report.as_meta() if isinstance(report, Progress) else report
+            total = data.get("bytes_total") or None
+            bar.update(
+                task,
+                description=f"{label}: {data.get('phase', '')} "
+                f"{data.get('files_done', 0)}/{data.get('files_total', 0)} files",
+                completed=data.get("bytes_done", 0),
+                total=total,
+            )
+
+        yield update
+
+
+def _row(b: Backup) -> dict[str, Any]:
+    return {
+        "id": b.id,
+        "kind": b.kind,
+        "status": b.status,
+        "created_at": b.created_at.isoformat(),
+        "size": b.size,
+        "path": str(settings().backup_root / b.path),
+        "reason": b.reason,
+        "initiator": b.initiator,
+        "verified_at": b.verified_at.isoformat() if b.verified_at else None,
+        "error": b.error,
+    }
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+@app.command()
+def backup(
+    kind: Annotated[str, typer.Argument(help="What to back up: json.")],
+    wait: Annotated[bool, typer.Option(help="Wait until verified; print the id last.")] = False,
+    reason: Annotated[str, typer.Option(help="Why (kept in the catalog and manifest).")] = "",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
+) -> None:
+    """Request a backup from the workers (create -> verify -> rotate)."""
+    from lifeos_backup.client import BackupFailed, make_app, request_backup
+    from lifeos_backup.kinds import get_kind
+
+    get_kind(kind)
+    client = make_app(settings().require_redis_url())
+    initiator = os.environ.get("USER") or "operator"
+    try:
+        with progress_bar(f"{kind} backup") as show:
+            ref = request_backup(
+                kind,
+                reason,
+                wait=wait,
+                timeout=timeout,
+                app=client,
+                initiator=initiator,
+                on_progress=show,
+            )
+    except BackupFailed as exc:
+        raise LifeosError(str(exc)) from exc
+    if wait:
+        err.print(f"backup {ref.backup_id} verified")
+        out.print(ref.backup_id, highlight=False)
+    else:
+        err.print(f"queued {kind} backup; create task {ref.create_task_id}")
+        out.print(ref.create_task_id, highlight=False)
+
+
+@app.command("list")
+def list_backups(
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON array for scripts.")] = False,
+) -> None:
+    """List backups, newest first."""
+    rows = [_row(b) for b in catalog().list(kind=kind)]
+    if as_json:
+        out.print_json(json.dumps(rows)) if out.is_terminal else print(json.dumps(rows))
+        return
+    table = Table("id", "kind", "status", "created (UTC)", "size", "reason")
+    for r in rows:
+        table.add_row(
+            r["id"], r["kind"], r["status"], r["created_at"][:19], _size(r["size"]), r["reason"]
+        )
+    out.print(table)
+
+
+@app.command()
+def show(backup_id: str) -> None:
+    """Show one backup: catalog record and manifest summary."""
+    from lifeos_backup.backups import locate
+    from lifeos_backup.manifest import read_manifest
+
+    row, _archive, mpath = locate(settings(), catalog(), backup_id)
+    info = _row(row)
+    if mpath.exists():
+        m = read_manifest(mpath)
+        info["manifest"] = {
+            "path": str(mpath),
+            "archive_sha256": m.archive.sha256,
+            "compression": f"{m.compression.algorithm} {m.compression.level}",
+            "files": sum(1 for f in m.files if f.type == "file"),
+            "sources": [s.model_dump() for s in m.sources],
+            "host": m.host,
+            "tool_version": m.tool_version,
+            "facts": m.facts,
+        }
+    print(json.dumps(info, indent=2, default=str))
+
+
+@app.command()
+def verify(backup_id: str) -> None:
+    """Re-read a backup and check it against its manifest (here, not on a worker)."""
+    from lifeos_backup.backups import verify_backup
+
+    with progress_bar(f"verify {backup_id}") as show:
+        verify_backup(backup_id, settings(), catalog(), show)
+    out.print(f"{backup_id} verified")
+
+
+@restore_app.command("json")
+def restore_json(
+    backup_id: str,
+    target: Annotated[Path, typer.Option(help="Folder to restore into.")],
+    force: Annotated[
+        bool, typer.Option(help="Allow a non-empty target (files are replaced).")
+    ] = False,
+) -> None:
+    """Restore a JSON backup into TARGET, verifying every file while extracting."""
+    from lifeos_backup.backups import locate
+    from lifeos_backup.json_restore import restore_archive
+    from lifeos_backup.manifest import read_manifest
+
+    _, archive, mpath = locate(settings(), catalog(), backup_id)
+    manifest = read_manifest(mpath)
+    with progress_bar(f"restore {backup_id}") as show:
+        count = restore_archive(archive, manifest, target, force, show)
+    out.print(f"restored {count} files from {backup_id} into {target}")
+
+
+@app.command()
+def rotate(
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only show what would be deleted and why.")] = False,
+) -> None:
+    """Apply retention: delete what no rule keeps (never the newest verified backup)."""
+    import redis
+
+    from lifeos_backup.backups import rotate as rotate_kind
+    from lifeos_backup.kinds import KINDS
+    from lifeos_backup.locks import exclusive
+
+    s = settings()
+    client = redis.Redis.from_url(s.require_redis_url())
+    table = Table("id", "status", "action", "why")
+    for name in [kind] if kind else sorted(KINDS):
+        with exclusive(client, f"rotate:{name}", s.lock_ttl, "cli"):
+            result = rotate_kind(name, s, catalog(), dry_run=dry_run)
+        for d in result.plan.keep:
+            table.add_row(d.id, d.status, "keep", ", ".join(d.reasons))
+        for d in result.plan.delete:
+            action = "would delete" if dry_run else "deleted"
+            table.add_row(d.id, d.status, action, ", ".join(d.reasons))
+    out.print(table)
+
+
+@catalog_app.command("rebuild")
+def catalog_rebuild() -> None:
+    """Recreate the catalog from the manifests in the backup repository."""
+    from lifeos_backup.backups import rebuild_catalog
+
+    found = rebuild_catalog(settings(), catalog())
+    out.print(f"catalog rebuilt: {len(found)} backups found")
+
+
+@app.command()
+def up() -> None:
+    """Start a worker, Beat and Flower together (embedded Redis if LIFEOS_REDIS_URL is unset)."""
+    from lifeos_backup.up import run_stack
+
+    raise typer.Exit(run_stack(settings()))
+
+
+def main() -> None:
+    """Entry point: turn expected failures into one line on stderr and a non-zero exit."""
+    os.umask(0o077)
+    try:
+        app(standalone_mode=False)
+    except LifeosError as exc:
+        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)
+    except typer.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except Exception as exc:  # click usage errors come through here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,197 @@
+"""Reading JSON archives back: verify against the manifest, and restore safely.
+
+Both walk the archive once: the archive's SHA-256, every member's SHA-256, size, type and mode are
+checked in the same pass. Restore writes into a hidden staging folder and moves the result into
+place only after everything checked out, so a bad archive never leaves half a restore behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import os
+import posixpath
+import shutil
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import zstandard
+
+from lifeos_backup.errors import TargetNotEmpty, UnsafeArchive, VerificationFailed
+from lifeos_backup.fsutil import DIR_MODE, FILE_MODE, private_dir
+from lifeos_backup.manifest import FileEntry, Manifest
+from lifeos_backup.progress import Progress, ProgressFn
+from lifeos_backup.streams import HashingReader, decompressor
+from lifeos_backup.tarstream import Member, TarReader
+
+Sink = Callable[[Member, Iterator[bytes]], None]
+_STREAM_ERRORS = (zstandard.ZstdError, zlib.error, gzip.BadGzipFile, EOFError)
+
+
+def _mismatch(what: str, detail: str) -> VerificationFailed:
+    return VerificationFailed(what, detail, "the backup is not good; use another one")
+
+
+def _compare(member: Member, entry: FileEntry | None) -> FileEntry:
+    if entry is None:
+        raise _mismatch("archive holds a member the manifest does not list", member.path)
+    if member.type != entry.type or member.mode != entry.mode:
+        raise _mismatch(
+            f"{member.path} differs from the manifest",
+            f"type/mode {member.type}/{member.mode:o}, manifest {entry.type}/{entry.mode:o}",
+        )
+    if member.size != entry.size or (member.linkname or None) != entry.linkname:
+        raise _mismatch(f"{member.path} differs from the manifest", "size or link target")
+    return entry
+
+
+def check_archive(
+    archive: Path, manifest: Manifest, progress: ProgressFn, sink: Sink | None = None
+) -> None:
+    """Walk the archive once, comparing it with the manifest; hand each member to `sink`."""
+    expected = {entry.path: entry for entry in manifest.files}
+    report = Progress(
+        "verifying",
+        files_total=sum(1 for e in manifest.files if e.type == "file"),
+        bytes_total=manifest.archive.size,
+    )
+    try:
+        with open(archive, "rb") as raw:
+            hashed = HashingReader(raw)
+            reader = TarReader(decompressor(hashed, manifest.compression.algorithm))
+            for member in reader:
+                entry = _compare(member, expected.pop(member.path, None))
+                digest = hashlib.sha256()
+
+                def chunks(digest: hashlib._Hash = digest) -> Iterator[bytes]:
+                    for chunk in reader.chunks():
+                        digest.update(chunk)
+                        yield chunk
+
+                if sink is not None:
+                    sink(member, chunks())
+                for _ in chunks():  # whatever the sink left unread
+                    pass
+                if entry.type == "file":
+                    if digest.hexdigest() != entry.sha256:
+                        raise _mismatch(f"{member.path} has the wrong SHA-256", "content changed")
+                    report.files_done += 1
+                report.bytes_done = hashed.size
+                progress(report)
+            hashed.drain()
+    except _STREAM_ERRORS as exc:
+        raise _mismatch(f"archive {archive.name} is corrupt", str(exc)) from exc
+    if expected:
+        missing = sorted(expected)
+        raise _mismatch(
+            "archive lacks members listed in the manifest",
+            f"{len(missing)} missing, first: {missing[0]}",
+        )
+    if hashed.size != manifest.archive.size or hashed.hexdigest() != manifest.archive.sha256:
+        raise _mismatch(
+            f"archive {archive.name} does not match its manifest checksum",
+            f"size {hashed.size} (manifest {manifest.archive.size})",
+        )
+
+
+def safe_relpath(path: str) -> str:
+    """The member path if it stays inside the target; refuse absolute paths and '..'."""
+    if not path or path.startswith("/") or "\\" in path or "\0" in path:
+        raise UnsafeArchive("refused archive member", f"unsafe path {path!r}")
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise UnsafeArchive("refused archive member", f"path {path!r} leaves the target")
+    return path
+
+
+def safe_link(member: Member) -> None:
+    """A symlink must point inside the target, and not through absolute paths."""
+    target = member.linkname
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(member.path), target))
+    if not target or target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+        raise UnsafeArchive(
+            "refused archive member", f"symlink {member.path} -> {target!r} points outside"
+        )
+
+
+class _Staging:
+    """Receives members into a hidden folder inside the target; links and modes are set last."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.links: list[Member] = []
+        self.dirs: list[Member] = []
+        self.files: list[Member] = []
+
+    def __call__(self, member: Member, chunks: Iterator[bytes]) -> None:
+        rel = safe_relpath(member.path)
+        dest = self.root / rel
+        if member.type == "symlink":
+            safe_link(member)
+            self.links.append(member)
+            return
+        dest.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        if member.type == "dir":
+            dest.mkdir(mode=DIR_MODE, exist_ok=True)
+            self.dirs.append(member)
+            return
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        fd = os.open(dest, flags, FILE_MODE)
+        with os.fdopen(fd, "wb") as handle:
+            for chunk in chunks:
+                handle.write(chunk)
+        self.files.append(member)
+
+    def finish(self) -> None:
+        for member in self.links:
+            os.symlink(member.linkname, self.root / member.path)
+        for member in self.files:
+            path = self.root / member.path
+            os.chmod(path, member.mode)
+            os.utime(path, (member.mtime, member.mtime))
+        for member in reversed(self.dirs):  # children before parents: a 0500 folder is set last
+            os.chmod(self.root / member.path, member.mode)
+
+
+def _is_empty(target: Path) -> bool:
+    return not target.exists() or not any(target.iterdir())
+
+
+def restore_archive(
+    archive: Path, manifest: Manifest, target: Path, force: bool, progress: ProgressFn
+) -> int:
+    """Verify and extract into `target`; returns the number of files restored."""
+    if not _is_empty(target) and not force:
+        raise TargetNotEmpty(
+            f"restore target {target} is not empty", hint="choose an empty folder or pass --force"
+        )
+    private_dir(target)
+    staging = Path(
+        os.path.join(target, f".lifeos-restore-{manifest.backup_id}-{os.getpid()}.partial")
+    )
+    shutil.rmtree(staging, ignore_errors=True)
+    private_dir(staging)
+    try:
+        sink = _Staging(staging)
+        check_archive(archive, manifest, progress, sink)
+        sink.finish()
+        for top in sorted(os.listdir(staging)):
+            dest = target / top
+            if dest.is_symlink() or dest.is_file():
+                dest.unlink()
+            elif dest.exists():
+                shutil.rmtree(dest)
+            os.replace(staging / top, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            _make_removable(staging)
+            shutil.rmtree(staging)
+    return len(sink.files)
+
+
+def _make_removable(root: Path) -> None:
+    """Restored folders may be read-only; open them up again so a failed staging can be removed."""
+    for folder, _dirs, _files in os.walk(root):
+        os.chmod(folder, DIR_MODE)

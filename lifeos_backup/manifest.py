@@ -1,0 +1,92 @@
+"""The manifest: a JSON document beside every archive that makes the backup self-describing.
+
+It is written last (an archive without one is incomplete by definition), and it alone is enough to
+rebuild the catalog after the catalog or the whole machine is lost.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, ValidationError
+
+from lifeos_backup.errors import VerificationFailed
+from lifeos_backup.fsutil import write_json_atomic
+
+FORMAT_VERSION = 1
+MANIFEST_SUFFIX = ".manifest.json"
+
+
+class FileEntry(BaseModel):
+    """One archive member as it was read from the source."""
+
+    path: str
+    type: Literal["file", "dir", "symlink"] = "file"
+    size: int = 0
+    mode: int
+    sha256: str | None = None
+    linkname: str | None = None
+
+
+class Source(BaseModel):
+    name: str
+    path: str
+    present: bool = True
+    files: int = 0
+    bytes: int = 0
+
+
+class Compression(BaseModel):
+    algorithm: str
+    level: int
+
+
+class ArchiveInfo(BaseModel):
+    name: str
+    size: int
+    sha256: str
+
+
+class Manifest(BaseModel):
+    """Everything needed to verify, restore and re-catalog one backup."""
+
+    format_version: int = FORMAT_VERSION
+    backup_id: str
+    kind: str
+    created_at: datetime
+    finished_at: datetime
+    host: str
+    tool_version: str
+    reason: str = ""
+    initiator: str = ""
+    sources: list[Source] = Field(default_factory=list)
+    compression: Compression
+    archive: ArchiveInfo
+    files: list[FileEntry] = Field(default_factory=list)
+    facts: dict[str, Any] = Field(default_factory=dict)
+    verified_at: datetime | None = None
+
+
+def manifest_path(archive: Path, backup_id: str) -> Path:
+    return archive.with_name(backup_id + MANIFEST_SUFFIX)
+
+
+def write_manifest(path: Path, manifest: Manifest) -> None:
+    write_json_atomic(path, json.loads(manifest.model_dump_json()))
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Load and validate a manifest; a damaged one is a verification failure, not a crash."""
+    try:
+        return Manifest.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        raise
+    except (ValidationError, ValueError) as exc:
+        raise VerificationFailed(
+            f"manifest {path.name} is unreadable",
+            str(exc).splitlines()[0],
+            "the backup cannot be trusted; use another one",
+        ) from exc

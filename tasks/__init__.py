@@ -1,0 +1,1 @@
+"""Celery task definitions: thin wrappers that call lifeos_backup functions."""

@@ -1,0 +1,63 @@
+"""The backup pipeline's steps: create -> verify -> rotate, passing a backup id along the chain."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lifeos_backup import backups
+from lifeos_backup.client import CREATE, ROTATE, VERIFY, backup_chain
+from lifeos_backup.kinds import KINDS
+from lifeos_backup.locks import exclusive
+from lifeos_backup.repository import kind_of_id
+from workers.base import LifeosTask
+from workers.celery_app import app
+
+
+@app.task(bind=True, base=LifeosTask, name=CREATE)
+def create(self: LifeosTask, kind: str, reason: str = "", initiator: str = "operator") -> str:
+    """Write the archive and manifest while holding the kind's lock; returns the backup id."""
+    with exclusive(self.redis, f"backup:{kind}", self.settings.lock_ttl, self.request.id) as held:
+        manifest = backups.create_backup(
+            kind,
+            self.settings,
+            self.catalog,
+            reason=reason,
+            initiator=initiator,
+            progress=self.reporter(held),
+        )
+    return manifest.backup_id
+
+
+@app.task(bind=True, base=LifeosTask, name=VERIFY)
+def verify(self: LifeosTask, backup_id: str) -> str:
+    """Re-read the archive against its manifest; the backup is good only after this passed."""
+    backups.verify_backup(backup_id, self.settings, self.catalog, self.reporter())
+    return backup_id
+
+
+@app.task(bind=True, base=LifeosTask, name=ROTATE)
+def rotate(
+    self: LifeosTask, backup_id: str | None = None, kind: str | None = None
+) -> dict[str, list[str]]:
+    """Apply retention to the kind of `backup_id` (after it verified), or to `kind`, or to all."""
+    kinds = [kind_of_id(backup_id)] if backup_id else [kind] if kind else sorted(KINDS)
+    deleted: dict[str, list[str]] = {}
+    for name in kinds:
+        with exclusive(self.redis, f"rotate:{name}", self.settings.lock_ttl, self.request.id):
+            result = backups.rotate(name, self.settings, self.catalog)
+        deleted[name] = [d.id for d in result.plan.delete]
+    return deleted
+
+
+@app.task(bind=True, base=LifeosTask, name="lifeos.backup.start")
+def start(
+    self: LifeosTask, kind: str, reason: str = "scheduled", initiator: str = "beat"
+) -> dict[str, Any]:
+    """Beat's entry point: launch the whole chain for `kind` and return its task ids."""
+    steps, ref = backup_chain(self.app, kind, reason, initiator)
+    steps.apply_async()
+    return {
+        "create": ref.create_task_id,
+        "verify": ref.verify_task_id,
+        "rotate": ref.rotate_task_id,
+    }

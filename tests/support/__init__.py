@@ -1,0 +1,1 @@
+"""Test-only helpers: throwaway Redis and PostgreSQL servers for the pytest session."""
