@@ -171,7 +171,7 @@ def spawn(
             stdin=stdin,
             stdout=stdout,
             stderr=subprocess.PIPE,
-            start_new_session=False,
+            start_new_session=True,
             preexec_fn=_die_with_parent_hook(),
         )
     except FileNotFoundError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from tests.support.services import (  # noqa: E402
     ServiceUnavailable,
     temporary_database,
 )
+from tests.support.worker import LifeosEnv, WorkerProcess  # noqa: E402
 
 _T = TypeVar("_T")
 
@@ -68,3 +70,52 @@ def pg_database(pg_cluster: PostgresCluster) -> Iterator[PgDatabase]:
 def pg_url(pg_database: PgDatabase) -> str:
     """Shortcut: the libpq URL of `pg_database`."""
     return pg_database.url
+
+
+@pytest.fixture
+def lifeos_env(
+    tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[LifeosEnv]:
+    """A private backup root, app dir (empty data/), SQLite catalog and Redis DB for one test."""
+    from lifeos_backup.settings import get_settings
+
+    app_dir = tmp_path / "app"
+    (app_dir / "data").mkdir(parents=True)
+    env = LifeosEnv(tmp_path)
+    for key in [k for k in os.environ if k.startswith("LIFEOS_")]:
+        monkeypatch.delenv(key)
+    values = {
+        "LIFEOS_BACKUP_ROOT": str(tmp_path / "backups"),
+        "LIFEOS_APP_DIR": str(app_dir),
+        "LIFEOS_REDIS_URL": redis_url,
+        "LIFEOS_LOCK_TTL": "3",
+        "LIFEOS_RETRY_BACKOFF_MAX": "2",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    env.vars.update(values)
+    get_settings.cache_clear()
+    yield env
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def start_worker(lifeos_env: LifeosEnv) -> Iterator[Callable[..., WorkerProcess]]:
+    """Factory: start a real Celery worker with the test's LIFEOS_* env (plus overrides)."""
+    started: list[WorkerProcess] = []
+
+    def start(concurrency: int = 1, queues: str | None = None, **extra_env: str) -> WorkerProcess:
+        index = len(started)
+        proc = WorkerProcess(
+            lifeos_env.subprocess_env(**extra_env),
+            lifeos_env.root / f"worker-{index}.log",
+            concurrency=concurrency,
+            queues=queues,
+        )
+        started.append(proc)
+        proc.wait_ready()
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()
