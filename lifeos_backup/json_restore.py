@@ -107,10 +107,23 @@ def safe_relpath(path: str) -> str:
 
 
 def safe_link(member: Member) -> None:
-    """A symlink must point inside the target, and not through absolute paths."""
+    """A symlink must point inside the target, and not through absolute paths.
+
+    '..' is allowed only at the start of the target: after a name it would climb out of whatever
+    that name resolves to, which for another symlink can be outside the target ('x/..' with
+    x -> '.'), however harmless the path looks when normalised as text.
+    """
     target = member.linkname
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(member.path), target))
-    if not target or target.startswith("/") or resolved == ".." or resolved.startswith("../"):
+    names = [part for part in target.split("/") if part not in ("", ".")]
+    climbs = next((i for i, part in enumerate(names) if part != ".."), len(names))
+    if (
+        not target
+        or target.startswith("/")
+        or resolved == ".."
+        or resolved.startswith("../")
+        or ".." in names[climbs:]
+    ):
         raise UnsafeArchive(
             "refused archive member", f"symlink {member.path} -> {target!r} points outside"
         )
@@ -145,6 +158,15 @@ class _Staging:
         self.files.append(member)
 
     def finish(self) -> None:
+        linked = {member.path for member in self.links}
+        for member in [*self.links, *self.dirs, *self.files]:
+            parts = member.path.split("/")
+            for depth in range(1, len(parts)):
+                if "/".join(parts[:depth]) in linked:  # would be created through that symlink
+                    raise UnsafeArchive(
+                        "refused archive member",
+                        f"{member.path} lies under symlink {'/'.join(parts[:depth])}",
+                    )
         for member in self.links:
             os.symlink(member.linkname, self.root / member.path)
         for member in self.files:

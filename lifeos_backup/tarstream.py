@@ -8,6 +8,7 @@ tar that GNU tar and `tarfile` read; tests check both directions.
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,7 +53,7 @@ def header(member: Member) -> bytes:
     raw = name.encode("utf-8", "surrogateescape")
     link = member.linkname.encode("utf-8", "surrogateescape")
     split = _split_ustar(raw) if raw.isascii() and link.isascii() and len(link) <= 100 else None
-    if split is None or member.size > _MAX_USTAR_SIZE:
+    if split is None or member.size > _MAX_USTAR_SIZE or not 0 <= member.mtime <= _MAX_USTAR_SIZE:
         info = tarfile.TarInfo(name)
         info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}[
             member.type
@@ -122,22 +123,36 @@ class TarWriter:
 
 
 def _number(field: bytes) -> int:
-    if field[:1] in (b"\x80", b"\xff"):  # GNU base-256 for big numbers
+    if field[:1] in (b"\x80", b"\xff"):  # GNU base-256 for big numbers; 0xff: two's complement
         value = int.from_bytes(field[1:], "big")
-        return -value if field[:1] == b"\xff" else value
+        return value - 256 ** (len(field) - 1) if field[:1] == b"\xff" else value
     text = field.rstrip(b"\0 ").strip()
-    return int(text, 8) if text else 0
+    try:
+        return int(text, 8) if text else 0
+    except ValueError:  # e.g. a damaged checksum field, which the checksum cannot cover
+        raise VerificationFailed(
+            "archive header is corrupt", f"bad number field {bytes(field)!r}"
+        ) from None
 
 
 def _parse_pax(data: bytes) -> dict[str, str]:
     records: dict[str, str] = {}
     pos = 0
-    while pos < len(data):
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
-        key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
-        records[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
-        pos += length
+    try:  # pax data sits outside the header checksum, so damage shows up here
+        while pos < len(data):
+            space = data.index(b" ", pos)
+            length = int(data[pos:space])
+            if length <= space - pos or pos + length > len(data):
+                raise ValueError(f"bad record length {length}")
+            key, _, value = data[space + 1 : pos + length - 1].partition(b"=")
+            records[key.decode("utf-8")] = value.decode("utf-8", "surrogateescape")
+            pos += length
+        if not re.fullmatch(r"[0-9]+", records.get("size", "0")):
+            raise ValueError(f"bad size {records['size']!r}")
+        if not re.fullmatch(r"-?[0-9]+(\.[0-9]*)?", records.get("mtime", "0")):
+            raise ValueError(f"bad mtime {records['mtime']!r}")
+    except ValueError as exc:
+        raise VerificationFailed("archive header is corrupt", f"bad pax header: {exc}") from None
     return records
 
 
@@ -212,6 +227,7 @@ class TarReader:
                 long_link or block[157:257].split(b"\0", 1)[0].decode("utf-8", "surrogateescape"),
             )
             size = int(pax["size"]) if "size" in pax else size
+            mtime = pax.get("mtime")  # pax: times outside the ustar field, or fractional ones
             kind = _TYPES[flag]
             if kind != "file":
                 size = 0
@@ -222,6 +238,6 @@ class TarReader:
                 type=kind,
                 mode=_number(block[100:108]) & 0o7777,
                 size=size,
-                mtime=_number(block[136:148]),
+                mtime=int(mtime.partition(".")[0]) if mtime else _number(block[136:148]),
                 linkname=link,
             )
