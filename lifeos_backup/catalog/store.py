@@ -41,6 +41,14 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def
     cursor.close()
 
 
+def _with_driver(url: str) -> str:
+    """Plain postgresql:// means psycopg 3 here (SQLAlchemy would pick psycopg2, not installed)."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
+
+
 def open_catalog(url: str) -> Catalog:
     """The process's catalog for `url` (schema checked once per process, not per call)."""
     if url not in _OPEN:
@@ -53,7 +61,7 @@ class Catalog:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = create_engine(url, future=True)
+        self.engine: Engine = create_engine(_with_driver(url), future=True)
         if self.engine.dialect.name == "sqlite":
             db = self.engine.url.database
             if db and db != ":memory:":

@@ -1,0 +1,45 @@
+"""The catalog on PostgreSQL (the production choice for several hosts), not only SQLite."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+
+from lifeos_backup.catalog import Backup, Catalog
+from lifeos_backup.errors import NotFound
+
+pytestmark = pytest.mark.integration
+
+
+def test_catalog_migrates_and_round_trips_on_postgres(pg_url: str) -> None:
+    catalog = Catalog(pg_url)  # plain postgresql:// URL, as operators write it
+    Catalog(pg_url)  # a second process opening it finds the schema at head
+    created = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
+    for n in range(3):
+        catalog.add_backup(
+            Backup(
+                id=f"json_backup_2026112{n}_020000",
+                kind="json",
+                status="verified",
+                path="json/x.tar.zst",
+                reason="",
+                initiator="beat",
+                host="h",
+                created_at=created - timedelta(days=3 - n),
+            )
+        )
+    rows = catalog.list(kind="json")
+    assert [r.id for r in rows] == [f"json_backup_2026112{n}_020000" for n in (2, 1, 0)]
+    assert rows[0].created_at.tzinfo is not None
+    catalog.update(rows[0].id, status="failed", error="disk")
+    assert catalog.get(rows[0].id).error == "disk"
+    run = catalog.task_started("t1", "lifeos.backup.create", 1, "w")
+    catalog.task_finished(run, "succeeded", backup_id=rows[0].id)
+    assert [(r.task_id, r.state) for r in catalog.task_runs("t1")] == [("t1", "succeeded")]
+    with pytest.raises(NotFound):
+        catalog.get("nope")
+    with psycopg.connect(pg_url) as conn:
+        version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    assert version == ("0001",)
