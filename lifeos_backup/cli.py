@@ -247,7 +247,7 @@ def main() -> None:
     """Entry point: turn expected failures into one line on stderr and a non-zero exit."""
     os.umask(0o077)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns the code of typer.Exit instead of exiting
     except LifeosError as exc:
         err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
         sys.exit(1)
@@ -261,3 +261,10 @@ def main() -> None:
             exc.show()
             sys.exit(exc.exit_code)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)
+
+
+# Commands for working with the main app (rollback-to-json, restore entity, flags) register
+# themselves on `app` and `restore_app`; see that module.
+import lifeos_backup.cli_integration  # noqa: E402, F401

@@ -23,7 +23,7 @@ from lifeos_backup.errors import TargetNotEmpty, UnsafeArchive, VerificationFail
 from lifeos_backup.fsutil import DIR_MODE, FILE_MODE, private_dir
 from lifeos_backup.manifest import FileEntry, Manifest
 from lifeos_backup.progress import Progress, ProgressFn
-from lifeos_backup.streams import HashingReader, decompressor
+from lifeos_backup.streams import CHUNK, HashingReader, decompressor
 from lifeos_backup.tarstream import Member, TarReader
 
 Sink = Callable[[Member, Iterator[bytes]], None]
@@ -60,7 +60,8 @@ def check_archive(
     try:
         with open(archive, "rb") as raw:
             hashed = HashingReader(raw)
-            reader = TarReader(decompressor(hashed, manifest.compression.algorithm))
+            plain = decompressor(hashed, manifest.compression.algorithm)
+            reader = TarReader(plain)
             for member in reader:
                 entry = _compare(member, expected.pop(member.path, None))
                 digest = hashlib.sha256()
@@ -80,6 +81,8 @@ def check_archive(
                     report.files_done += 1
                 report.bytes_done = hashed.size
                 progress(report)
+            while plain.read(CHUNK):  # to the end: checks the zstd/gzip frame checksum too
+                pass
             hashed.drain()
     except _STREAM_ERRORS as exc:
         raise _mismatch(f"archive {archive.name} is corrupt", str(exc)) from exc
@@ -189,7 +192,9 @@ def restore_archive(
         raise TargetNotEmpty(
             f"restore target {target} is not empty", hint="choose an empty folder or pass --force"
         )
-    private_dir(target)
+    created = not target.exists()
+    if created:
+        private_dir(target)
     staging = Path(
         os.path.join(target, f".lifeos-restore-{manifest.backup_id}-{os.getpid()}.partial")
     )
@@ -198,6 +203,13 @@ def restore_archive(
     try:
         sink = _Staging(staging)
         check_archive(archive, manifest, progress, sink)
+    except BaseException:
+        _make_removable(staging)
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(target, ignore_errors=True)  # leave no trace of a refused restore
+        raise
+    try:
         sink.finish()
         for top in sorted(os.listdir(staging)):
             dest = target / top

@@ -172,7 +172,7 @@ def spawn(
             stdout=stdout,
             stderr=subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=_die_with_parent_hook(),
+            preexec_fn=die_with_parent_hook(),
         )
     except FileNotFoundError as exc:
         if exc.filename != argv[0]:  # e.g. a missing cwd
@@ -207,7 +207,7 @@ def spawn(
         )
 
 
-def _die_with_parent_hook() -> Callable[[], None] | None:
+def die_with_parent_hook() -> Callable[[], None] | None:
     """A preexec_fn asking Linux to SIGKILL the child when we die, even by SIGKILL."""
     if _prctl is None:
         return None

@@ -30,7 +30,7 @@ import redis
 
 from lifeos_backup.errors import ConfigError
 from lifeos_backup.fsutil import FILE_MODE, atomic_writer, private_dir, remove_quietly
-from lifeos_backup.procs import _die_with_parent_hook
+from lifeos_backup.procs import die_with_parent_hook
 from lifeos_backup.settings import EMBEDDED_REDIS_URL_FILE, Settings
 
 STOP_GRACE = 30.0  # seconds worker/beat/flower get to stop (running tasks finish) before SIGKILL
@@ -175,7 +175,7 @@ def _start(name: str, args: list[str], logs: Path, env: dict[str, str] | None) -
             stdout=fd,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C in the terminal reaches only us; we stop them
-            preexec_fn=_die_with_parent_hook(),  # and they die with us even if we are SIGKILLed
+            preexec_fn=die_with_parent_hook(),  # and they die with us even if we are SIGKILLed
         )
     finally:
         os.close(fd)
@@ -370,7 +370,7 @@ def _stop_processes(children: list[Child], grace: float, stop: StopRequest | Non
             os.killpg(child.popen.pid, signal.SIGKILL)
         if child.popen.poll() is None:
             child.popen.wait()
-            say(f"{child.name} did not stop within {grace:g}s; killed")
+            say(f"{child.name} did not stop in time; killed")
 
 
 def _redacted(url: str) -> str:

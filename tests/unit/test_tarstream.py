@@ -341,6 +341,7 @@ def test_tarreader_reads_gnu_tar_archives(fmt: str, tmp_path: Path) -> None:
     (src / "data" / "sub" / "n.json").write_bytes(b"[1, 2]")
     (src / "data" / "empty").write_bytes(b"")
     os.symlink("sub/n.json", src / "data" / "link")
+    os.chmod(src / "data" / "sub" / "n.json", 0o644)
     os.chmod(src / "data" / "empty", 0o640)
     (src / "data" / "Grüße.json").write_bytes(b"{}")
     if fmt != "ustar":
