@@ -285,3 +285,24 @@ def load_average() -> str:
     """The 1/5/15-minute load averages; other work on the machine skews wall-clock figures."""
     one, five, fifteen = os.getloadavg()
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def git_revision(repo: str | Path, paths: Sequence[str] = ()) -> str:
+    """Short HEAD of `repo`, noting uncommitted changes under `paths` (the code measured)."""
+
+    def git(*args: str) -> str:
+        out = subprocess.run(
+            ["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=30, check=False
+        )
+        return out.stdout.strip() if out.returncode == 0 else ""
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "not a git checkout"
+    dirty = git("status", "--porcelain", "--", *paths)
+    count = len(dirty.splitlines())
+    return (
+        f"{head} + {count} uncommitted file(s) in {', '.join(paths) or 'the tree'}"
+        if count
+        else head
+    )

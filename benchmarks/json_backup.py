@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # the folder is not a package; sys.path is set above
     clean_env,
     facts_block,
+    git_revision,
     load_average,
     machine_facts,
     markdown_table,
@@ -38,6 +39,7 @@ from _common import (  # the folder is not a package; sys.path is set above
     tool_version,
 )
 
+REPO = Path(__file__).resolve().parent.parent
 SOURCES = ("data", "presets", "configs")
 GENERATOR_VERSION = 1
 MARKER = ".lifeos-bench-tree.json"
@@ -319,6 +321,8 @@ def generate_tree(root: Path, files: int, seed: int) -> None:
     """Write `files` JSON files under root/{data,presets,configs}."""
     gen = _Gen(seed)
     counts = _allocate(files)
+    for name in SOURCES:  # all three exist even when a tiny --files leaves one empty
+        (root / name).mkdir(parents=True, exist_ok=True)
     builders: dict[str, Callable[[str], tuple[dict[str, Any], str]]] = {
         "characters": gen.character,
         "clothing_items": gen.clothing_item,
@@ -562,6 +566,10 @@ def _row(f: Figures, files: int, nbytes: int, base: Figures) -> list[str]:
     ]
 
 
+def _ratio(value: float, base: float) -> str:
+    return f"{value / base:.2f}x" if base else "n/a"
+
+
 def report(found: list[Contender], files: int, nbytes: int) -> tuple[str, list[str], list[str]]:
     """The table, the PASS/FAIL lines and notes (CPU, manifest size) about ours vs tar czf."""
     by_key = {c.key: c for c in found}
@@ -587,7 +595,7 @@ def report(found: list[Contender], files: int, nbytes: int) -> tuple[str, list[s
     create_rss = median([s.extra["create_maxrss_kb"] for s in ours_c.samples]) / 1024
     notes = [
         f"CPU: lifeos create+verify {ours.cpu:.2f} s vs tar czf {base.cpu:.2f} s "
-        f"({ours.cpu / base.cpu:.2f}x); best wall {ours.best:.2f} s vs {base.best:.2f} s",
+        f"({_ratio(ours.cpu, base.cpu)}); best wall {ours.best:.2f} s vs {base.best:.2f} s",
         f"manifest beside the lifeos archive (not in 'archive bytes'): {manifest:,} B; "
         f"archive + manifest = {ours.size + manifest:,} B "
         f"({(ours.size + manifest) / base.size:.3f}x tar czf)",
@@ -647,6 +655,7 @@ def main(argv: list[str] | None = None) -> int:
                 "zstd": tool_version(["zstd", "--version"]),
                 "gzip": tool_version(["gzip", "--version"]),
                 "load average": f"{load_before} at start, {load_average()} at end",
+                "lifeos-backup": git_revision(REPO, ["lifeos_backup"]),
             }
         )
         table, verdicts, notes = report(found, files, nbytes)

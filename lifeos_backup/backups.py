@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -24,6 +24,7 @@ from lifeos_backup.catalog.store import (
     VERIFIED,
     utcnow,
 )
+from lifeos_backup.crypto import check_sealed
 from lifeos_backup.errors import NotFound, VerificationFailed
 from lifeos_backup.fsutil import PARTIAL_SUFFIX, private_dir, remove_quietly
 from lifeos_backup.kinds import get_kind
@@ -36,6 +37,7 @@ from lifeos_backup.manifest import (
     read_manifest,
     write_manifest,
 )
+from lifeos_backup.offsite.state import remote_only
 from lifeos_backup.progress import ProgressFn, ignore
 from lifeos_backup.repository import iter_manifests, kind_dir, layout, new_backup_id
 from lifeos_backup.retention import Candidate, Plan, parse_policy, plan
@@ -121,6 +123,7 @@ def create_backup(
             archive=ArchiveInfo(name=archive.name, size=written.size, sha256=written.sha256),
             files=written.files,
             facts=written.facts,
+            encryption=written.encryption,
         )
         write_manifest(mpath, manifest)  # last: an archive without a manifest is incomplete
     except BaseException as exc:
@@ -156,18 +159,29 @@ def verify_backup(
     try:
         if row.status == RUNNING:
             raise VerificationFailed(f"backup {backup_id} is still being written")
+        if remote_only(row, settings.backup_root):  # not a local failure: nothing local to check
+            raise NotFound(
+                f"backup {backup_id} is only off-site",
+                hint="restore it with --from offsite; the sync re-checks remote copies",
+            )
         if not mpath.exists() or not archive.exists():
             raise VerificationFailed(
                 f"backup {backup_id} is incomplete on disk",
                 f"{'manifest' if not mpath.exists() else 'archive'} missing",
             )
         manifest = read_manifest(mpath)
-        get_kind(manifest.kind).check(archive, manifest, progress)
+        if manifest.encryption and settings.encryption_identity_file is None:
+            check_sealed(archive, manifest, progress)  # writers hold only public keys
+            scope = "ciphertext"
+        else:
+            get_kind(manifest.kind).check(archive, manifest, progress)
+            scope = "content"
     except VerificationFailed as exc:
         catalog.update(backup_id, status=FAILED, error=str(exc)[:4000])
         raise
     now = utcnow()
     manifest.verified_at = now
+    manifest.verified_scope = scope
     write_manifest(mpath, manifest)
     catalog.update(backup_id, status=VERIFIED, verified_at=now, error=None)
     log.info("verified %s", backup_id)
@@ -179,6 +193,8 @@ class RotationResult:
     kind: str
     plan: Plan
     dry_run: bool
+    # What a kind's own rotation step removed besides backups (e.g. archived WAL of basebackup).
+    extra_removed: list[str] = field(default_factory=list)
 
 
 def rotation_policy(settings: Settings, kind: str) -> str:
@@ -196,7 +212,11 @@ def rotate(
     """Apply the kind's retention policy; with dry_run only report what would go and why."""
     policy = parse_policy(rotation_policy(settings, kind))
     rows = catalog.list(kind=kind)
-    candidates = [Candidate(r.id, r.created_at, r.status) for r in rows if r.status != DELETED]
+    candidates = [
+        Candidate(r.id, r.created_at, r.status)
+        for r in rows
+        if r.status != DELETED and not remote_only(r, settings.backup_root)  # local copies only
+    ]
     decided = plan(
         candidates, policy, now or utcnow(), timedelta(hours=settings.retention_grace_hours)
     )
@@ -207,7 +227,9 @@ def rotate(
             remove_quietly(manifest_path(archive, decision.id), archive)  # manifest first
             catalog.update(decision.id, status=DELETED, error="; ".join(decision.reasons))
             log.info("rotation deleted %s (%s)", decision.id, ", ".join(decision.reasons))
-    return RotationResult(kind, decided, dry_run)
+    after_rotate = getattr(get_kind(kind), "after_rotate", None)  # optional per-kind step
+    extra = after_rotate(settings, catalog, dry_run) if after_rotate is not None else []
+    return RotationResult(kind, decided, dry_run, extra)
 
 
 def rebuild_catalog(settings: Settings, catalog: Catalog) -> list[str]:
@@ -245,7 +267,7 @@ def rebuild_catalog(settings: Settings, catalog: Catalog) -> list[str]:
         found.append(manifest.backup_id)
     listed = set(found)
     for row in catalog.list(statuses=(CREATED, VERIFIED)):
-        if row.id not in listed:
+        if row.id not in listed and not remote_only(row, settings.backup_root):
             catalog.update(
                 row.id, status=FAILED, error="manifest missing on disk (catalog rebuild)"
             )

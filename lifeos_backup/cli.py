@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from rich.progress import DownloadColumn, MofNCompleteColumn, TimeRemainingColum
 from rich.progress import Progress as Bar
 from rich.table import Table
 
+from lifeos_backup.audit import audited
 from lifeos_backup.catalog import Backup, Catalog, open_catalog
 from lifeos_backup.errors import LifeosError
 from lifeos_backup.progress import Progress, ProgressFn
@@ -69,10 +71,15 @@ def progress_bar(label: str) -> Iterator[ProgressFn]:
 
 
 def _row(b: Backup) -> dict[str, Any]:
+    from lifeos_backup.offsite.state import location
+
     return {
         "id": b.id,
         "kind": b.kind,
         "status": b.status,
+        "location": location(b, settings().backup_root),  # local, offsite, both or none
+        "offsite_status": b.offsite_status,
+        "offsite_error": b.offsite_error,
         "created_at": b.created_at.isoformat(),
         "size": b.size,
         "path": str(settings().backup_root / b.path),
@@ -96,12 +103,12 @@ def _size(n: int | None) -> str:
 
 @app.command()
 def backup(
-    kind: Annotated[str, typer.Argument(help="What to back up: json.")],
+    kind: Annotated[str, typer.Argument(help="What to back up: json, postgres, basebackup.")],
     wait: Annotated[bool, typer.Option(help="Wait until verified; print the id last.")] = False,
     reason: Annotated[str, typer.Option(help="Why (kept in the catalog and manifest).")] = "",
     timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
 ) -> None:
-    """Request a backup from the workers (create -> verify -> rotate)."""
+    """Request a backup from the workers (create -> verify -> upload -> rotate)."""
     from lifeos_backup.client import BackupFailed, make_app, request_backup
     from lifeos_backup.kinds import get_kind
 
@@ -139,10 +146,16 @@ def list_backups(
     if as_json:
         out.print_json(json.dumps(rows)) if out.is_terminal else print(json.dumps(rows))
         return
-    table = Table("id", "kind", "status", "created (UTC)", "size", "reason")
+    table = Table("id", "kind", "status", "location", "created (UTC)", "size", "reason")
     for r in rows:
         table.add_row(
-            r["id"], r["kind"], r["status"], r["created_at"][:19], _size(r["size"]), r["reason"]
+            r["id"],
+            r["kind"],
+            r["status"],
+            r["location"],
+            r["created_at"][:19],
+            _size(r["size"]),
+            r["reason"],
         )
     out.print(table)
 
@@ -175,7 +188,11 @@ def verify(backup_id: str) -> None:
     """Re-read a backup and check it against its manifest (here, not on a worker)."""
     from lifeos_backup.backups import verify_backup
 
-    with progress_bar(f"verify {backup_id}") as show:
+    with (
+        audited(catalog(), "verify", backup_id) as entry,
+        progress_bar(f"verify {backup_id}") as show,
+    ):
+        entry.backup_id = backup_id
         verify_backup(backup_id, settings(), catalog(), show)
     out.print(f"{backup_id} verified")
 
@@ -187,17 +204,74 @@ def restore_json(
     force: Annotated[
         bool, typer.Option(help="Allow a non-empty target (files are replaced).")
     ] = False,
+    source: Annotated[str, typer.Option("--from", help="local, or offsite (download).")] = "local",
 ) -> None:
     """Restore a JSON backup into TARGET, verifying every file while extracting."""
-    from lifeos_backup.backups import locate
     from lifeos_backup.json_restore import restore_archive
-    from lifeos_backup.manifest import read_manifest
+    from lifeos_backup.offsite.source import backup_source
 
-    _, archive, mpath = locate(settings(), catalog(), backup_id)
-    manifest = read_manifest(mpath)
-    with progress_bar(f"restore {backup_id}") as show:
+    with (
+        audited(catalog(), "restore.json", backup_id) as entry,
+        progress_bar(f"restore {backup_id}") as show,
+        backup_source(backup_id, settings(), catalog(), source, show) as (archive, manifest),
+    ):
+        entry.backup_id, entry.location = backup_id, f"{socket.gethostname()}:{target.resolve()}"
+        entry.detail["from"] = source
         count = restore_archive(archive, manifest, target, force, show)
+        entry.detail["files"], entry.size = count, manifest.archive.size
     out.print(f"restored {count} files from {backup_id} into {target}")
+
+
+@restore_app.command("postgres")
+def restore_postgres(
+    backup_id: str,
+    database: Annotated[
+        str,
+        typer.Option(help="Database on the server of LIFEOS_DATABASE_URL, or a postgresql:// URL."),
+    ],
+    create: Annotated[bool, typer.Option(help="Create the database first.")] = False,
+    jobs: Annotated[
+        int | None, typer.Option(help="Parallel pg_restore jobs (default LIFEOS_RESTORE_JOBS).")
+    ] = None,
+    table: Annotated[
+        list[str] | None, typer.Option(help="Restore only this table (repeatable).")
+    ] = None,
+    force: Annotated[
+        bool, typer.Option(help="Allow a database that has tables (backed-up objects replaced).")
+    ] = False,
+    source: Annotated[str, typer.Option("--from", help="local, or offsite (download).")] = "local",
+) -> None:
+    """Restore a PostgreSQL backup into DATABASE, then compare row counts with the manifest."""
+    from lifeos_backup.offsite.source import backup_source
+    from lifeos_backup.postgres.restore import RowCountMismatch
+    from lifeos_backup.postgres.restore import restore_postgres as restore
+
+    with (
+        audited(catalog(), "restore.postgres", backup_id) as entry,
+        progress_bar(f"restore {backup_id}") as show,
+        backup_source(backup_id, settings(), catalog(), source, show) as (archive, manifest),
+    ):
+        entry.backup_id, entry.size = backup_id, manifest.archive.size
+        entry.detail.update({"from": source, "tables": table or "all", "database": database})
+        report = restore(
+            archive, manifest, settings(), database,
+            create=create, jobs=jobs, tables=table or (), force=force, progress=show,
+        )
+    if report.differences:
+        diff = Table("table", "manifest rows", "restored rows", title="row count differences")
+        for d in report.differences:
+            found = "missing" if d.restored is None else str(d.restored)
+            diff.add_row(d.table, str(d.expected), found)
+        out.print(diff)
+        raise RowCountMismatch(
+            f"{len(report.differences)} of {len(report.counts)} restored tables differ from the "
+            f"manifest of {backup_id}",
+            hint="the restored database is not a faithful copy; see the table above",
+        )
+    out.print(
+        f"restored {backup_id} into {report.database}: {len(report.counts)} tables, "
+        "row counts match the manifest"
+    )
 
 
 @app.command()
@@ -217,7 +291,12 @@ def rotate(
     table = Table("id", "status", "action", "why")
     for name in [kind] if kind else sorted(KINDS):
         with exclusive(client, f"rotate:{name}", s.lock_ttl, "cli"):
-            result = rotate_kind(name, s, catalog(), dry_run=dry_run)
+            if dry_run:
+                result = rotate_kind(name, s, catalog(), dry_run=True)
+            else:
+                with audited(catalog(), "rotate", name) as entry:
+                    result = rotate_kind(name, s, catalog())
+                    entry.detail["deleted"] = [d.id for d in result.plan.delete]
         for d in result.plan.keep:
             table.add_row(d.id, d.status, "keep", ", ".join(d.reasons))
         for d in result.plan.delete:
@@ -227,17 +306,29 @@ def rotate(
 
 
 @catalog_app.command("rebuild")
-def catalog_rebuild() -> None:
-    """Recreate the catalog from the manifests in the backup repository."""
+def catalog_rebuild(
+    source: Annotated[
+        str, typer.Option("--from", help="local (manifests on disk) or offsite (the bucket).")
+    ] = "local",
+) -> None:
+    """Recreate the catalog from the manifests in the backup repository (or the bucket)."""
     from lifeos_backup.backups import rebuild_catalog
 
+    if source == "offsite":
+        from lifeos_backup.offsite.download import rebuild_from_offsite
+
+        found = rebuild_from_offsite(settings(), catalog())
+        out.print(f"catalog rebuilt from off-site: {len(found)} backups found")
+        return
+    if source != "local":
+        raise LifeosError(f"unknown source {source!r}", hint="use --from local or --from offsite")
     found = rebuild_catalog(settings(), catalog())
     out.print(f"catalog rebuilt: {len(found)} backups found")
 
 
 @app.command()
 def up() -> None:
-    """Start a worker, Beat and Flower together (embedded Redis if LIFEOS_REDIS_URL is unset)."""
+    """Start workers (dumps; the other queues), Beat and Flower (embedded Redis if no URL)."""
     from lifeos_backup.up import run_stack
 
     raise typer.Exit(run_stack(settings()))
@@ -265,6 +356,18 @@ def main() -> None:
         sys.exit(code)
 
 
+# `audit` (list, verify, rotate) registers itself on `app`.
+import lifeos_backup.audit_cli  # noqa: E402
+
 # Commands for working with the main app (rollback-to-json, restore entity, flags) register
 # themselves on `app` and `restore_app`; see that module.
 import lifeos_backup.cli_integration  # noqa: E402, F401
+
+# Monitoring (`drill`, `selftest`, `status`, `metrics`) registers itself on `app`.
+from lifeos_backup.monitoring import cli as _monitoring_cli  # noqa: E402, F401
+
+# Off-site commands (`offsite sync|upload|rotate`, `keygen`) register themselves on `app`.
+from lifeos_backup.offsite import cli as _offsite_cli  # noqa: E402, F401
+
+# Point-in-time recovery (`wal-push`, `wal-fetch`, `restore pitr`) registers itself likewise.
+from lifeos_backup.pitr import cli as _pitr_cli  # noqa: E402, F401

@@ -18,7 +18,27 @@ from celery.result import AsyncResult
 
 CREATE = "lifeos.backup.create"
 VERIFY = "lifeos.backup.verify"
+UPLOAD = "lifeos.backup.upload"
 ROTATE = "lifeos.backup.rotate"
+
+# Queues (docs/operations.md): dumps, uploads, drills and maintenance each have their own workers,
+# so an upload never waits behind a long dump. Routing happens where a task is sent, so this
+# client carries the table too; the workers' app uses the same one (workers/celery_app.py).
+DUMPS, UPLOADS, DRILLS, MAINTENANCE = "dumps", "uploads", "drills", "maintenance"
+QUEUES = (DUMPS, UPLOADS, DRILLS, MAINTENANCE)
+TASK_ROUTES: dict[str, dict[str, str]] = {
+    CREATE: {"queue": DUMPS},
+    VERIFY: {"queue": MAINTENANCE},
+    UPLOAD: {"queue": UPLOADS},
+    ROTATE: {"queue": MAINTENANCE},
+    "lifeos.backup.start": {"queue": MAINTENANCE},
+    "lifeos.offsite.sync": {"queue": UPLOADS},
+    "lifeos.pitr.wal_offsite": {"queue": UPLOADS},
+    "lifeos.drill.run": {"queue": DRILLS},
+    "lifeos.health.check": {"queue": MAINTENANCE},
+    "lifeos.rollback.to_json": {"queue": MAINTENANCE},
+    "lifeos.audit.rotate": {"queue": MAINTENANCE},
+}
 
 
 class BackupFailed(Exception):
@@ -38,6 +58,7 @@ class BackupRef:
     verify_task_id: str
     rotate_task_id: str
     backup_id: str | None = None
+    upload_task_id: str = ""  # off-site copy; a quiet no-op when no bucket is configured
 
 
 def make_app(redis_url: str | None = None) -> Celery:
@@ -45,19 +66,23 @@ def make_app(redis_url: str | None = None) -> Celery:
     url = redis_url or os.environ.get("LIFEOS_REDIS_URL") or "redis://127.0.0.1:6379/0"
     app = Celery("lifeos-client", broker=url, backend=url, set_as_current=False)
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+    app.conf.update(task_routes=TASK_ROUTES, task_default_queue=MAINTENANCE)
     return app
 
 
 def backup_chain(
     app: Celery, kind: str, reason: str = "", initiator: str = "app"
 ) -> tuple[Any, BackupRef]:
-    """create -> verify -> rotate, with task ids fixed up front so callers can follow each step."""
+    """create -> verify -> upload -> rotate, with task ids fixed up front so callers can follow
+    each step. Waiting callers return at verify: the off-site copy follows on its own."""
     ref = BackupRef(kind, str(uuid.uuid4()), str(uuid.uuid4()), str(uuid.uuid4()))
+    ref.upload_task_id = str(uuid.uuid4())
     steps = chain(
         signature(
             CREATE, args=(kind,), kwargs={"reason": reason, "initiator": initiator}, app=app
         ).set(task_id=ref.create_task_id),
         signature(VERIFY, app=app).set(task_id=ref.verify_task_id),
+        signature(UPLOAD, app=app).set(task_id=ref.upload_task_id),
         signature(ROTATE, app=app).set(task_id=ref.rotate_task_id),
     )
     return steps, ref

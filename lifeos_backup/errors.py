@@ -72,3 +72,11 @@ class SourceUnavailable(RetryableError):
 
 class TooManyDeliveries(PermanentError):
     """A task message kept killing its worker; it is failed instead of redelivered forever."""
+
+
+class DecryptionKeyError(PermanentError):
+    """An encrypted backup cannot be read: its private key is missing or is not the right one."""
+
+
+class OffsiteError(RetryableError):
+    """Off-site storage cannot be reached or refused a request for a passing reason."""

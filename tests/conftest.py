@@ -16,6 +16,8 @@ _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from tests.support.s3 import CREDENTIALS as S3_CREDENTIALS  # noqa: E402
+from tests.support.s3 import Bucket, MotoServer, new_bucket  # noqa: E402
 from tests.support.services import (  # noqa: E402
     PgDatabase,
     PostgresCluster,
@@ -96,6 +98,10 @@ def lifeos_env(
     env.vars.update(values)
     get_settings.cache_clear()
     yield env
+    # env.set() writes os.environ directly; drop every LIFEOS_* so none leaks into later tests
+    # (monkeypatch then restores what was there before this test).
+    for key in [k for k in os.environ if k.startswith("LIFEOS_")]:
+        del os.environ[key]
     get_settings.cache_clear()
 
 
@@ -119,3 +125,35 @@ def start_worker(lifeos_env: LifeosEnv) -> Iterator[Callable[..., WorkerProcess]
     yield start
     for proc in started:
         proc.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """One moto S3 server process per session (HTTP on a free port), started on demand."""
+    server = _start(MotoServer)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(
+    moto_server: MotoServer, lifeos_env: LifeosEnv, monkeypatch: pytest.MonkeyPatch
+) -> Bucket:
+    """A fresh bucket configured as the test's off-site storage (5 MiB parts, fake keys)."""
+    from lifeos_backup.settings import get_settings
+
+    bucket = new_bucket(moto_server)
+    values = {
+        "LIFEOS_S3_ENDPOINT_URL": moto_server.url,
+        "LIFEOS_S3_BUCKET": bucket.name,
+        "LIFEOS_S3_PREFIX": bucket.prefix,
+        "LIFEOS_S3_PART_SIZE_MB": "5",
+        "LIFEOS_S3_MAX_ATTEMPTS": "2",
+        **S3_CREDENTIALS,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    lifeos_env.vars.update(values)
+    get_settings.cache_clear()
+    return bucket

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from functools import cached_property
 from typing import Any
 
@@ -73,6 +74,7 @@ class LifeosTask(Task):
             self.request.retries + 1,
             self.request.hostname or socket.gethostname(),
         )
+        started = time.monotonic()
         try:
             self._count_delivery()
             result = super().__call__(*args, **kwargs)
@@ -82,16 +84,48 @@ class LifeosTask(Task):
         except LifeosError as exc:
             log.error("%s failed: %s", self.name, exc)
             self.catalog.task_finished(run_id, "failed", error=str(exc)[:4000])
+            self._audit(args, kwargs, started, error=str(exc))
             raise
         except BaseException as exc:
-            self.catalog.task_finished(
-                run_id, "failed", error=f"{type(exc).__name__}: {exc}"[:4000]
-            )
+            error = f"{type(exc).__name__}: {exc}"
+            self.catalog.task_finished(run_id, "failed", error=error[:4000])
+            self._audit(args, kwargs, started, error=error)
             raise
         self.catalog.task_finished(
             run_id, "succeeded", backup_id=result if isinstance(result, str) else None
         )
+        self._audit(args, kwargs, started, result=result)
         return result
+
+    def _audit(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        started: float,
+        result: Any = None,
+        error: str | None = None,
+    ) -> None:
+        """The run's audit record (lifeos_backup.audit_tasks); a failure here never fails the
+        task, whose work is done (or failed for its own reason), but is logged loudly."""
+        from lifeos_backup import audit
+        from lifeos_backup.audit_tasks import INITIATOR_HEADER, TaskRun, record_task_run
+
+        run = TaskRun(
+            name=self.name,
+            task_id=str(self.request.id),
+            worker=self.request.hostname or socket.gethostname(),
+            args=tuple(args),
+            kwargs=dict(kwargs),
+            status=audit.FAILED if error is not None else audit.SUCCEEDED,
+            seconds=time.monotonic() - started,
+            result=result,
+            error=error,
+            header_initiator=getattr(self.request, INITIATOR_HEADER, None),
+        )
+        try:
+            record_task_run(self.settings, self.catalog, run)
+        except Exception:
+            log.exception("could not write the audit record of %s %s", self.name, run.task_id)
 
     def reporter(self, held: HeldLock | None = None) -> ProgressFn:
         """Progress sink publishing a PROGRESS state (throttled); stops if the lock was lost."""

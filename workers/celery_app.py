@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from celery import Celery
+from celery.signals import celeryd_after_setup
 
-from lifeos_backup.settings import get_settings, redis_url_for_celery
+from lifeos_backup.client import MAINTENANCE, TASK_ROUTES
+from lifeos_backup.queues import task_queues, valid_queue_name
+from lifeos_backup.settings import Settings, get_settings, redis_url_for_celery
 
 
 def configure(app: Celery) -> None:
@@ -57,8 +62,57 @@ def configure(app: Celery) -> None:
     import beat_schedule
 
     app.conf.beat_schedule = beat_schedule.build_schedule(settings)
+    configure_operations(app, settings, url)
+
+
+def configure_operations(app: Celery, settings: Settings, url: str) -> None:
+    """Queues per role, and Beat through RedBeat (docs/operations.md)."""
+    app.conf.update(
+        # Routed by task name: dumps, uploads, drills, maintenance each scale with own workers.
+        task_routes=TASK_ROUTES,
+        task_queues=task_queues(),
+        task_default_queue=MAINTENANCE,
+        # RedBeat keeps the schedule in Redis and holds a Redis lock while it runs, so a second
+        # Beat (started by mistake, or as a standby) enqueues nothing until the first one's lock
+        # expires (5 x the loop interval after it died).
+        beat_scheduler="redbeat.RedBeatScheduler",
+        beat_max_loop_interval=settings.beat_max_interval,
+        redbeat_key_prefix="lifeos:redbeat",
+        redbeat_lock_timeout=5 * settings.beat_max_interval,
+        **redbeat_connection(url),
+    )
+
+
+def redbeat_connection(url: str) -> dict[str, object]:
+    """RedBeat's Redis, with the password moved out of the URL into the options.
+
+    Workers answer `inspect conf` (Flower shows it) with their configuration, censored by key
+    name: `redbeat_redis_url` is not censored, a `password` key inside options is.
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return {"redbeat_redis_url": url, "redbeat_redis_options": {}}
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}@" if parts.username else ""
+    bare = urlunsplit(parts._replace(netloc=f"{user}{host}"))
+    password = unquote(parts.password)  # as redis-py reads it from a URL
+    return {"redbeat_redis_url": bare, "redbeat_redis_options": {"password": password}}
+
+
+@celeryd_after_setup.connect
+def consume_host_queue(sender: str, instance: Any, **_kwargs: Any) -> None:
+    """Every worker, whatever its -Q, also takes the later steps of chains created on its host
+    (lifeos_backup.queues): they read the archive from this host's disk."""
+    queue = valid_queue_name(get_settings().host_queue)
+    instance.app.amqp.queues.select_add(queue)
 
 
 os.umask(0o077)  # every file a worker writes (archives, catalog, state) is private
-app = Celery("lifeos_backup", include=["tasks.backup"])
+app = Celery(
+    "lifeos_backup",
+    include=[
+        "tasks.backup", "tasks.rollback", "tasks.offsite", "tasks.pitr", "tasks.monitor",
+        "tasks.audit",
+    ],
+)  # fmt: skip
 configure(app)

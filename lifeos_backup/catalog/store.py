@@ -12,13 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from lifeos_backup.catalog.models import Backup, TaskRun
+from lifeos_backup.catalog.models import Action, Backup, TaskRun
 from lifeos_backup.errors import NotFound
 from lifeos_backup.fsutil import FILE_MODE, private_dir
 
@@ -177,5 +178,35 @@ class Catalog:
         query = select(TaskRun).order_by(TaskRun.id)
         if task_id:
             query = query.where(TaskRun.task_id == task_id)
+        with self.session() as s:
+            return list(s.scalars(query))
+
+    # Actions (audit trail of operator changes) ----------------------------------------------
+
+    def record_action(
+        self,
+        action: str,
+        target: str,
+        actor: str,
+        detail: dict[str, object] | None = None,
+        backup_id: str | None = None,
+        **fields: Any,
+    ) -> int:
+        """Append one audit record (hash-chained by lifeos_backup.audit.append, the one writer);
+        `detail` is stored as JSON. `actor` is the initiator. Not rebuilt from manifests."""
+        from lifeos_backup import audit
+
+        return audit.append(
+            self, action=action, target=target, initiator=actor, backup_id=backup_id,
+            detail=detail, **fields,
+        )  # fmt: skip
+
+    def actions(self, action: str | None = None, target: str | None = None) -> list[Action]:
+        """Audit records, oldest first; `action` matches a prefix (e.g. "flag.")."""
+        query = select(Action).order_by(Action.id)
+        if action:
+            query = query.where(Action.action.startswith(action))
+        if target:
+            query = query.where(Action.target == target)
         with self.session() as s:
             return list(s.scalars(query))

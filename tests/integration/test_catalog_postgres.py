@@ -42,4 +42,17 @@ def test_catalog_migrates_and_round_trips_on_postgres(pg_url: str) -> None:
         catalog.get("nope")
     with psycopg.connect(pg_url) as conn:
         version = conn.execute("SELECT version_num FROM alembic_version").fetchone()
-    assert version == ("0001",)
+    assert version == (_head(),)  # the newest revision, whichever issue added it
+
+
+def _head() -> str:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from lifeos_backup.catalog.store import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    assert head is not None
+    return head

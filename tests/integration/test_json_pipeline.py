@@ -65,7 +65,12 @@ def test_chain_through_worker_ends_verified(lifeos_env: LifeosEnv, start_worker)
     assert set(rows[0]) >= {"id", "kind", "status", "created_at", "size", "path"}
     runs = lifeos_env.catalog().task_runs()
     names = [r.task_name for r in runs if r.state == "succeeded"]
-    assert names == ["lifeos.backup.create", "lifeos.backup.verify", "lifeos.backup.rotate"]
+    assert names == [  # upload: a quiet no-op here, no bucket is configured
+        "lifeos.backup.create",
+        "lifeos.backup.verify",
+        "lifeos.backup.upload",
+        "lifeos.backup.rotate",
+    ]
 
 
 def test_cli_backup_wait_shows_progress_and_prints_id_last(

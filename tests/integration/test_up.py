@@ -167,9 +167,9 @@ def test_up_runs_stack_on_embedded_redis_and_stops_cleanly(
         assert flower_url == f"http://127.0.0.1:{up_env['LIFEOS_FLOWER_PORT']}"
         assert _http_get(f"{flower_url}/", FLOWER_SECRET) == 200
         assert _http_get(f"{flower_url}/") == 401
-        started = re.findall(r"(\w+) \(pid (\d+)\)", up.line_with("Started"))
+        started = re.findall(r"([\w-]+) \(pid (\d+)\)", up.line_with("Started"))
         pids = {name: int(pid) for name, pid in started}
-        assert set(pids) == {"worker", "beat", "flower"}
+        assert set(pids) == {"worker-dumps", "worker", "beat", "flower"}
         marker = f"LIFEOS_BACKUP_ROOT={up_env['LIFEOS_BACKUP_ROOT']}"
         everyone = _processes_with_env(marker)
         assert set(pids.values()) <= set(everyone)

@@ -233,7 +233,14 @@ class PostgresCluster:
     the `postgres` OS user and the temp dir is made reachable and owned by it.
     """
 
-    def __init__(self, bindir: Path | None = None, start_timeout: int = 60) -> None:
+    def __init__(
+        self,
+        bindir: Path | None = None,
+        start_timeout: int = 60,
+        conf_lines: Sequence[str] = (),
+    ) -> None:
+        """`conf_lines` are appended to postgresql.conf before the first start (e.g. WAL
+        archiving: wal_level, archive_mode, archive_command, archive_timeout)."""
         self.bindir = bindir or find_pg_bindir()
         self.port = 0
         user = _ensure_os_user(PG_OS_USER) if os.geteuid() == 0 else None
@@ -252,6 +259,9 @@ class PostgresCluster:
                 for path in (self.socketdir, self.logfile):
                     os.chown(path, user.pw_uid, user.pw_gid)
             self._initdb()
+            if conf_lines:
+                with (self.datadir / "postgresql.conf").open("a", encoding="utf-8") as conf:
+                    conf.write("\n".join(["", *conf_lines, ""]))
             self._start(start_timeout)
         except BaseException:
             self.stop()

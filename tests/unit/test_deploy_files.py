@@ -30,7 +30,16 @@ DOCKERIGNORE = REPO / ".dockerignore"
 HADOLINT_CONFIG = REPO / ".hadolint.yaml"
 
 # The services that run the project's own image; each must also be healthy-gated on its deps.
-BACKUP_SERVICES = ("worker", "beat", "flower")
+BACKUP_SERVICES = (
+    "worker", "worker-uploads", "worker-drills", "worker-maintenance", "beat", "flower",
+)  # fmt: skip
+# One worker service per queue (lifeos_backup.client.QUEUES), each named in its command.
+WORKER_QUEUES = {
+    "worker": "dumps",
+    "worker-uploads": "uploads",
+    "worker-drills": "drills",
+    "worker-maintenance": "maintenance",
+}
 # An environment variable whose name contains one of these holds a secret.
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|KEY|AUTH|TOKEN", re.IGNORECASE)
 # A value that is exactly one ${NAME...} reference, to be filled from .env.
@@ -306,6 +315,39 @@ def test_flower_environment_holds_only_real_flower_options():
         if var.startswith("FLOWER_"):
             option = var.removeprefix("FLOWER_").lower()
             assert {option, option.replace("_", "-")} & known, f"{var} is not a Flower option"
+
+
+def test_every_queue_has_its_own_worker_service():
+    from lifeos_backup.client import QUEUES, TASK_ROUTES
+
+    svcs = services()
+    consumed = {}
+    for name, queue in WORKER_QUEUES.items():
+        command = svcs[name]["command"]
+        assert command[:4] == ["celery", "-A", "workers", "worker"], name
+        [option] = [arg for arg in command if arg.startswith("--queues=")]
+        consumed[name] = option.removeprefix("--queues=").split(",")
+        assert consumed[name] == [queue], f"{name} must consume exactly {queue}"
+        assert "--concurrency=" in " ".join(command), f"{name}: set its concurrency"
+    assert sorted(q for qs in consumed.values() for q in qs) == sorted(QUEUES)
+    assert {route["queue"] for route in TASK_ROUTES.values()} <= set(QUEUES)
+    # One Docker host, one backups volume: the later steps of a chain may run on any worker.
+    for name in WORKER_QUEUES:
+        assert environment_of(svcs[name])["LIFEOS_SHARED_REPOSITORY"] == "true", name
+
+
+def test_beat_runs_redbeat_and_flower_keeps_history():
+    svcs = services()
+    beat = svcs["beat"]["command"]
+    assert beat[beat.index("-S") + 1] == "redbeat.RedBeatScheduler"
+    assert not any("celerybeat-schedule" in str(arg) for arg in beat)
+    flower = svcs["flower"]["command"]
+    assert "--persistent=True" in flower and "--db=/backups/.state/flower.db" in flower
+    assert any(arg.startswith("--state_save_interval=") for arg in flower)
+    assert "backups:/backups" in svcs["flower"]["volumes"]
+    # It listens on 0.0.0.0 inside its container, so a password is mandatory.
+    assert "--address=0.0.0.0" in flower
+    assert environment_of(svcs["flower"])["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
 
 
 def test_postgres_major_matches_pg_dump_in_the_image():

@@ -1,0 +1,375 @@
+"""Health conditions: what is wrong with the backups right now, from the catalog and the disk.
+
+`evaluate_health` is a plain function of (settings, catalog, now) so that the hourly task, the
+`status` command and the metrics endpoint all judge alike, and tests can call it with any `now`.
+It never changes anything; self-healing and alerts (`checkup`) act on its result.
+
+Every condition has a fixed severity (docs/monitoring.md has the table):
+critical means the recovery promise is broken now (no recent good backup, a backup that did not
+restore, WAL archiving failing); degraded means it is at risk (odd size, disk filling up, off-site
+copies behind, WAL archive quiet).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import statistics
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from lifeos_backup.catalog import Backup, Catalog
+from lifeos_backup.catalog.store import DELETED, VERIFIED, utcnow
+from lifeos_backup.errors import ConfigError
+from lifeos_backup.monitoring import records
+from lifeos_backup.settings import Settings
+
+log = logging.getLogger(__name__)
+
+HEALTHY, DEGRADED, CRITICAL = "healthy", "degraded", "critical"
+RANK = {HEALTHY: 0, DEGRADED: 1, CRITICAL: 2}  # also the exit code of `lifeos-backup status`
+
+BACKUP_OVERDUE = "backup_overdue"
+SIZE_ANOMALY = "size_anomaly"
+LOW_DISK = "low_disk"
+DRILL_FAILED = "drill_failed"
+OFFSITE_LAG = "offsite_lag"
+WAL_STALE = "wal_archive_stale"
+WAL_FAILING = "wal_archive_failing"
+SEVERITY = {
+    BACKUP_OVERDUE: CRITICAL,
+    DRILL_FAILED: CRITICAL,
+    WAL_FAILING: CRITICAL,
+    SIZE_ANOMALY: DEGRADED,
+    LOW_DISK: DEGRADED,
+    OFFSITE_LAG: DEGRADED,
+    WAL_STALE: DEGRADED,
+}
+MIN_SIZE_HISTORY = 3  # fewer earlier good backups than this: too little to call a size odd
+UPLOADED = "uploaded"  # lifeos_backup.offsite.state.UPLOADED (not imported: no boto3 needed)
+_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+    "t": 1000**4, "tb": 1000**4, "tib": 1024**4,
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One thing wrong; `key` identifies it across checks (alert state, self-healing)."""
+
+    name: str
+    severity: str
+    summary: str
+    detail: str = ""
+    hint: str = ""
+    kind: str | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}:{self.kind}" if self.kind else self.name
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"key": self.key, **asdict(self)}
+
+
+def _condition(
+    name: str, summary: str, detail: str, hint: str, kind: str | None = None
+) -> Condition:
+    return Condition(name, SEVERITY[name], summary, detail, hint, kind)
+
+
+def overall(conditions: list[Condition]) -> str:
+    """The worst severity present: healthy, degraded or critical."""
+    return max((c.severity for c in conditions), key=RANK.__getitem__, default=HEALTHY)
+
+
+# ----------------------------------------------------------------------------- settings
+
+
+def parse_hours_map(text: str, setting: str = "LIFEOS_HEALTH_MAX_AGE_PER_KIND") -> dict[str, float]:
+    """`kind=hours,kind=hours` -> {kind: hours}."""
+    result: dict[str, float] = {}
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        kind, _, value = item.partition("=")
+        try:
+            result[kind.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(
+                f"{setting} has an invalid entry",
+                repr(item),
+                "write kind=hours, e.g. basebackup=193",
+            ) from None
+    return result
+
+
+def max_age(settings: Settings, kind: str) -> timedelta:
+    per_kind = parse_hours_map(settings.health_max_age_per_kind)
+    return timedelta(hours=per_kind.get(kind, settings.health_max_age_hours))
+
+
+def parse_free_space(text: str) -> tuple[float | None, int | None]:
+    """`10%` -> (0.10, None); `20GiB` / `500MB` / `1000000` -> (None, bytes)."""
+    value = text.strip().lower().replace(" ", "")
+    if value.endswith("%"):
+        try:
+            return float(value[:-1]) / 100, None
+        except ValueError:
+            pass
+    else:
+        match = re.fullmatch(r"([0-9.]+)([a-z]*)", value)
+        if match and match[2] in _UNITS:
+            try:
+                return None, int(float(match[1]) * _UNITS[match[2]])
+            except ValueError:
+                pass
+    raise ConfigError(
+        "LIFEOS_HEALTH_MIN_FREE_DISK is not a percentage or a size",
+        repr(text),
+        "write e.g. 10% or 20GiB",
+    )
+
+
+def watched_kinds(settings: Settings, catalog: Catalog) -> list[str]:
+    """Kinds that must have a recent good backup (LIFEOS_HEALTH_KINDS, else derived)."""
+    from lifeos_backup.kinds import KINDS
+    from lifeos_backup.postgres.conninfo import postgres_configured
+
+    if settings.health_kinds and settings.health_kinds.strip():
+        chosen = [k.strip() for k in settings.health_kinds.split(",") if k.strip()]
+        unknown = sorted(set(chosen) - set(KINDS))
+        if unknown:
+            raise ConfigError(
+                "LIFEOS_HEALTH_KINDS names unknown kinds",
+                ", ".join(unknown),
+                f"use some of: {', '.join(sorted(KINDS))}",
+            )
+        return chosen
+
+    kinds = ["json"]
+    if postgres_configured(settings):
+        kinds.append("postgres")
+    for kind in KINDS:  # e.g. base backups: watched once the system has made one
+        if kind not in kinds and catalog.list(kind=kind, statuses=(VERIFIED,)):
+            kinds.append(kind)
+    return kinds
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def newest_good(catalog: Catalog, kind: str) -> Backup | None:
+    rows = catalog.list(kind=kind, statuses=(VERIFIED,))
+    return rows[0] if rows else None
+
+
+def _hours(delta: timedelta) -> str:
+    return f"{delta.total_seconds() / 3600:.1f} h"
+
+
+def check_overdue(
+    settings: Settings, catalog: Catalog, kind: str, now: datetime
+) -> Condition | None:
+    """The newest verified backup of `kind` is older than its limit, or there is none."""
+    limit = max_age(settings, kind)
+    newest = newest_good(catalog, kind)
+    hint = (
+        f"see `lifeos-backup list --kind {kind}` and the worker/Beat logs; the health check "
+        "requests one catch-up backup per episode"
+    )
+    if newest is None:
+        return _condition(
+            BACKUP_OVERDUE, f"no verified {kind} backup", "none in the catalog", hint, kind
+        )
+    age = now - newest.created_at
+    if age <= limit:
+        return None
+    return _condition(
+        BACKUP_OVERDUE,
+        f"{kind} backup overdue",
+        f"newest verified backup {newest.id} is {_hours(age)} old (limit {_hours(limit)})",
+        hint,
+        kind,
+    )
+
+
+def good_history(catalog: Catalog, kind: str) -> list[Backup]:
+    """Backups that were verified (including ones rotation deleted since), newest first."""
+    rows = catalog.list(kind=kind, statuses=(VERIFIED, DELETED))
+    return [r for r in rows if r.verified_at is not None and r.size is not None]
+
+
+def check_size(settings: Settings, catalog: Catalog, kind: str) -> Condition | None:
+    """The newest good backup's size is off the median of the previous N good ones by > tol."""
+    history = good_history(catalog, kind)
+    newest = next((r for r in history if r.status == VERIFIED), None)
+    if newest is None:
+        return None
+    earlier = [r for r in history if r.created_at < newest.created_at]
+    earlier = earlier[: settings.health_size_history]
+    if len(earlier) < MIN_SIZE_HISTORY:
+        return None
+    median = statistics.median(r.size or 0 for r in earlier)
+    if median <= 0:
+        return None
+    change = (newest.size or 0) / median - 1
+    if abs(change) <= settings.health_size_tolerance:
+        return None
+    return _condition(
+        SIZE_ANOMALY,
+        f"{kind} backup size changed by {change:+.0%}",
+        f"{newest.id} is {newest.size} bytes; median of the previous {len(earlier)} good "
+        f"backups {median:.0f} bytes (tolerance ±{settings.health_size_tolerance:.0%})",
+        "data deleted or a source folder missing (smaller), or runaway data (larger)? "
+        f"compare with `lifeos-backup show {newest.id}`",
+        kind,
+    )
+
+
+def disk_usage(settings: Settings) -> tuple[Path, int, int]:
+    """(path measured, free bytes, total bytes) of the file system holding the backup root."""
+    path = settings.backup_root.resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    usage = shutil.disk_usage(path)
+    return path, usage.free, usage.total
+
+
+def check_disk(settings: Settings) -> Condition | None:
+    fraction, minimum = parse_free_space(settings.health_min_free_disk)
+    path, free, total = disk_usage(settings)
+    needed = int(total * fraction) if fraction is not None else int(minimum or 0)
+    if free >= needed:
+        return None
+    return _condition(
+        LOW_DISK,
+        "backup disk is filling up",
+        f"{free / 2**30:.1f} GiB free of {total / 2**30:.1f} GiB at {path} "
+        f"(alert below {settings.health_min_free_disk})",
+        "free space or tighten retention (LIFEOS_RETENTION_*); backups fail when it is full",
+    )
+
+
+def check_drills(catalog: Catalog) -> list[Condition]:
+    """The newest finished drill of a kind failed: its backup did not restore as promised."""
+    found = []
+    for kind, row in sorted(records.latest(catalog).items()):
+        if row.status == records.FAILED:
+            found.append(
+                _condition(
+                    DRILL_FAILED,
+                    f"{kind} restore drill failed",
+                    f"drill {row.id} of {row.backup_id}: {row.error or 'no reason recorded'}",
+                    f"read {row.report_path or 'the drill report'}/drill.log under the backup "
+                    f"root; run `lifeos-backup drill --kind {kind}` again after fixing",
+                    kind,
+                )
+            )
+    return found
+
+
+def check_offsite(settings: Settings, catalog: Catalog, now: datetime) -> list[Condition]:
+    """Verified backups without a good off-site copy for longer than the limit (off-site on)."""
+    if not settings.offsite_enabled or not hasattr(Backup, "offsite_status"):
+        return []
+    limit = timedelta(hours=settings.health_offsite_max_lag_hours)
+    lagging: dict[str, list[Backup]] = {}
+    for row in catalog.list(statuses=(VERIFIED,)):
+        since = row.verified_at or row.created_at
+        if getattr(row, "offsite_status", None) != UPLOADED and now - since > limit:
+            lagging.setdefault(row.kind, []).append(row)
+    found = []
+    for kind, rows in sorted(lagging.items()):
+        oldest = rows[-1]
+        state = getattr(oldest, "offsite_status", None) or "never uploaded"
+        reason = getattr(oldest, "offsite_error", None)
+        found.append(
+            _condition(
+                OFFSITE_LAG,
+                f"{len(rows)} {kind} backup(s) not off-site",
+                f"oldest {oldest.id}: {state}{f' ({reason})' if reason else ''}; "
+                f"limit {settings.health_offsite_max_lag_hours:g} h after verification",
+                "look at the off-site sync task's failures (Flower) and the S3 settings",
+                kind,
+            )
+        )
+    return found
+
+
+def wal_status(settings: Settings, now: datetime) -> dict[str, Any] | None:
+    """The WAL archive's status when point-in-time recovery is in use (segments archived)."""
+    try:
+        from lifeos_backup.pitr.health import wal_archive_status
+    except ImportError:  # PITR package absent: the check is skipped, not failed
+        try:
+            from lifeos_backup.wal import wal_archive_status  # type: ignore[attr-defined]
+        except ImportError:
+            return None
+    try:
+        status = wal_archive_status(settings, now)
+    except Exception as exc:  # a health check must report, not crash, on a broken archive
+        log.warning("cannot read the WAL archive status: %s", exc)
+        return None
+    return status if status.get("exists") and status.get("segments") else None
+
+
+def check_wal(settings: Settings, now: datetime) -> list[Condition]:
+    status = wal_status(settings, now)
+    if status is None:
+        return []
+    found = []
+    failures = int(status.get("consecutive_failures") or 0)
+    if failures:
+        found.append(
+            _condition(
+                WAL_FAILING,
+                "WAL archiving is failing",
+                f"{failures} failed pushes in a row; last: {status.get('last_failure')}",
+                "PostgreSQL keeps the WAL until archiving works again and its disk fills up; "
+                "see docs/pitr.md",
+                "postgres",
+            )
+        )
+    age = status.get("age_seconds")
+    limit = settings.health_wal_max_age_seconds
+    if limit and age is not None and age > limit:
+        found.append(
+            _condition(
+                WAL_STALE,
+                "WAL archive is not advancing",
+                f"newest segment {status.get('newest_segment')} archived {age:.0f} s ago "
+                f"(limit {limit} s)",
+                "is archive_mode on and archive_timeout set? (an idle database also looks so)",
+                "postgres",
+            )
+        )
+    return found
+
+
+def evaluate_health(
+    settings: Settings, catalog: Catalog, now: datetime | None = None
+) -> list[Condition]:
+    """Every condition that holds now; an empty list means healthy."""
+    now = (now or utcnow()).astimezone(UTC)
+    found: list[Condition] = []
+    for kind in watched_kinds(settings, catalog):
+        overdue = check_overdue(settings, catalog, kind, now)
+        if overdue is not None:
+            found.append(overdue)
+        odd = check_size(settings, catalog, kind)
+        if odd is not None:
+            found.append(odd)
+    disk = check_disk(settings)
+    if disk is not None:
+        found.append(disk)
+    found += check_drills(catalog)
+    found += check_offsite(settings, catalog, now)
+    found += check_wal(settings, now)
+    return found

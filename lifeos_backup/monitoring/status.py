@@ -1,0 +1,114 @@
+"""`lifeos-backup status`: the state of every kind and the recovery figures, for people and cron.
+
+Read-only and computed from the catalog, the disk and the WAL archive at call time, so any host
+that sees the catalog can answer (no worker, no Redis needed). The exit code is the worst
+condition's severity: 0 healthy, 1 degraded, 2 critical (health.RANK).
+
+Figures per kind:
+- RPO (recovery point): how much data a disaster now would lose: the age of the newest verified
+  backup, or for `postgres` with point-in-time recovery in use, the age of the newest archived
+  WAL segment.
+- RTO (recovery time): the restore time measured by the newest passed restore drill.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from lifeos_backup.catalog import Catalog
+from lifeos_backup.catalog.models import Drill
+from lifeos_backup.catalog.store import VERIFIED, utcnow
+from lifeos_backup.monitoring import records
+from lifeos_backup.monitoring.health import (
+    RANK,
+    disk_usage,
+    evaluate_health,
+    newest_good,
+    overall,
+    wal_status,
+    watched_kinds,
+)
+from lifeos_backup.settings import Settings
+
+
+def _drill_info(row: Drill | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    return {
+        "id": row.id,
+        "status": row.status,
+        "backup_id": row.backup_id,
+        "started_at": row.started_at.isoformat(),
+        "duration_s": row.duration_s,
+        "restore_s": row.restore_s,
+        "error": row.error,
+        "report": row.report_path,
+    }
+
+
+def _last_passed(catalog: Catalog, kind: str) -> Drill | None:
+    return next((d for d in records.history(catalog, kind, 50) if d.status == records.PASSED), None)
+
+
+def kinds_shown(settings: Settings, catalog: Catalog, drills: dict[str, Drill]) -> list[str]:
+    """Watched kinds, then any other kind with a verified backup or a drill."""
+    kinds = watched_kinds(settings, catalog)
+    others = {r.kind for r in catalog.list(statuses=(VERIFIED,))} | set(drills)
+    return kinds + sorted(others - set(kinds))
+
+
+def kind_status(
+    settings: Settings,
+    catalog: Catalog,
+    kind: str,
+    now: datetime,
+    last_drill: Drill | None,
+    wal: dict[str, Any] | None,
+) -> dict[str, Any]:
+    good = newest_good(catalog, kind)
+    info: dict[str, Any] = {"kind": kind, "newest_good": None, "rpo_s": None, "rpo_source": None}
+    if good is not None:
+        age = (now - good.created_at).total_seconds()
+        info["newest_good"] = {
+            "id": good.id,
+            "created_at": good.created_at.isoformat(),
+            "verified_at": good.verified_at.isoformat() if good.verified_at else None,
+            "age_s": round(age, 1),
+            "size": good.size,
+            "duration_s": good.duration_s,
+            "offsite": getattr(good, "offsite_status", None) if settings.offsite_enabled else None,
+        }
+        info["rpo_s"], info["rpo_source"] = round(age, 1), "backup"
+    if kind == "postgres" and wal is not None and wal.get("age_seconds") is not None:
+        info["rpo_s"], info["rpo_source"] = wal["age_seconds"], "wal"
+    info["last_drill"] = _drill_info(last_drill)
+    passed = last_drill if last_drill and last_drill.status == records.PASSED else None
+    passed = passed or _last_passed(catalog, kind)
+    info["rto_s"] = passed.restore_s if passed is not None else None
+    return info
+
+
+def build_status(
+    settings: Settings, catalog: Catalog, now: datetime | None = None
+) -> dict[str, Any]:
+    """Everything `status --json` prints; `exit_code` is 0/1/2."""
+    now = now or utcnow()
+    conditions = evaluate_health(settings, catalog, now)
+    drills = records.latest(catalog)
+    wal = wal_status(settings, now)
+    path, free, total = disk_usage(settings)
+    state = overall(conditions)
+    return {
+        "status": state,
+        "exit_code": RANK[state],
+        "checked_at": now.isoformat(),
+        "kinds": [
+            kind_status(settings, catalog, kind, now, drills.get(kind), wal)
+            for kind in kinds_shown(settings, catalog, drills)
+        ],
+        "disk": {"path": str(path), "free_bytes": free, "total_bytes": total},
+        "wal": wal,
+        "offsite_enabled": settings.offsite_enabled,
+        "conditions": [c.as_dict() for c in conditions],
+    }

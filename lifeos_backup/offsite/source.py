@@ -1,0 +1,42 @@
+"""Where a restore reads a backup from: the local repository, or a fresh download (`--from`).
+
+Every `restore <kind>` command uses this, so `--from offsite` works the same for every kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from lifeos_backup.catalog import Catalog
+from lifeos_backup.errors import ConfigError
+from lifeos_backup.manifest import Manifest, read_manifest
+from lifeos_backup.progress import ProgressFn, ignore
+from lifeos_backup.settings import Settings
+
+SOURCES = ("local", "offsite")
+FROM_HELP = "Read the backup from `local` disk or download it from `offsite` storage."
+
+
+@contextlib.contextmanager
+def backup_source(
+    backup_id: str,
+    settings: Settings,
+    catalog: Catalog,
+    source: str = "local",
+    progress: ProgressFn = ignore,
+) -> Iterator[tuple[Path, Manifest]]:
+    """(archive, manifest) of a backup; off-site ones are downloaded, checked, removed after."""
+    if source == "local":
+        from lifeos_backup.backups import locate
+
+        _, archive, mpath = locate(settings, catalog, backup_id)
+        yield archive, read_manifest(mpath)
+    elif source == "offsite":
+        from lifeos_backup.offsite.download import fetched
+
+        with fetched(backup_id, settings, catalog, progress) as found:
+            yield found
+    else:
+        raise ConfigError(f"unknown source {source!r}", hint="use --from local or --from offsite")

@@ -1,0 +1,121 @@
+"""`lifeos-backup wal-push`, `wal-fetch` and `restore pitr`; registered on the main Typer app.
+
+`wal-push` / `wal-fetch` are the same code as the light `lifeos-wal push|fetch` entry point, which
+starts several times faster (no Typer, Rich or pydantic import): prefer `lifeos-wal` in
+archive_command and restore_command (docs/pitr.md has the measured start-up times).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lifeos_backup.audit import audited
+from lifeos_backup.cli import app, catalog, err, out, progress_bar, restore_app, settings
+
+
+@app.command("wal-push")
+def wal_push(
+    path: Annotated[str, typer.Argument(help="%p: the WAL file to archive.")],
+    archive_dir: Annotated[
+        str | None, typer.Option(help="Default: LIFEOS_WAL_ARCHIVE_DIR.")
+    ] = None,
+) -> None:
+    """archive_command: archive one WAL file durably (exit 0 only once stored)."""
+    from lifeos_backup.wal.cli import run_push
+
+    os.umask(0o027)  # archived files readable by the server's group (see docs/pitr.md)
+    raise typer.Exit(run_push(path, archive_dir))
+
+
+@app.command("wal-fetch")
+def wal_fetch(
+    name: Annotated[str, typer.Argument(help="%f: the WAL file name wanted.")],
+    dest: Annotated[str, typer.Argument(help="%p: where to write it.")],
+    archive_dir: Annotated[
+        str | None, typer.Option(help="Default: LIFEOS_WAL_ARCHIVE_DIR.")
+    ] = None,
+) -> None:
+    """restore_command: restore one WAL file (exit 1 quietly when the archive lacks it)."""
+    from lifeos_backup.wal.cli import run_fetch
+
+    raise typer.Exit(run_fetch(name, dest, archive_dir))
+
+
+@restore_app.command("pitr")
+def restore_pitr(
+    datadir: Annotated[Path, typer.Option(help="New, empty data directory to create.")],
+    target_time: Annotated[
+        str | None, typer.Option(help='Recover to this moment, e.g. "2026-11-28 12:00:00+00".')
+    ] = None,
+    target_lsn: Annotated[str | None, typer.Option(help="Recover to this LSN (X/Y).")] = None,
+    target_name: Annotated[
+        str | None, typer.Option(help="Recover to this restore point.")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port of the restored server.")] = None,
+    start: Annotated[
+        bool, typer.Option(help="Start it, wait for recovery, report the time reached.")
+    ] = False,
+    backup: Annotated[
+        str | None, typer.Option(help="Base backup id (default: newest one before the target).")
+    ] = None,
+    wal_command: Annotated[
+        str | None,
+        typer.Option(help="Program for restore_command (default: this install's lifeos-wal)."),
+    ] = None,
+    os_user: Annotated[
+        str | None, typer.Option(help="OS user to run the server as (default postgres if root).")
+    ] = None,
+    socket_dir: Annotated[
+        Path | None, typer.Option(help="unix_socket_directories for the started server.")
+    ] = None,
+    keep_archiving: Annotated[
+        bool, typer.Option(help="Leave archive_mode as it was (only to replace production).")
+    ] = False,
+    timeout: Annotated[int, typer.Option(help="Seconds to wait for recovery.")] = 3600,
+) -> None:
+    """Restore PostgreSQL to a point in time from a base backup and the WAL archive."""
+    from lifeos_backup.pitr.restore import RecoveryTarget, parse_target_time
+    from lifeos_backup.pitr.restore import restore_pitr as run
+
+    target = RecoveryTarget(
+        time=parse_target_time(target_time) if target_time else None,
+        lsn=target_lsn,
+        name=target_name,
+    )
+    aim = target_time or target_lsn or target_name or "?"
+    with (
+        audited(catalog(), "restore.pitr", f"recovery target {aim}") as entry,
+        progress_bar("restore pitr") as show,
+    ):
+        entry.location = f"{socket.gethostname()}:{datadir.resolve()}"
+        entry.detail.update({"started": start, "port": port})
+        result = run(
+            settings(),
+            catalog(),
+            target,
+            datadir,
+            port=port,
+            start=start,
+            backup_id=backup,
+            wal_command=wal_command,
+            os_user=os_user,
+            socket_dir=socket_dir,
+            keep_archiving=keep_archiving,
+            timeout=timeout,
+            progress=show,
+        )
+        entry.backup_id, entry.detail["reached"] = result.backup_id, result.reached_time
+    err.print(f"laid out {result.backup_id} in {result.datadir}, recovering to {result.target}")
+    if not result.started:
+        out.print(f"start it with: pg_ctl -D {result.datadir} start", highlight=False)
+        return
+    err.print(f"server log: {result.log_file}")
+    if result.stop_line:
+        err.print(result.stop_line, highlight=False, markup=False)
+    out.print(f"recovered; last transaction replayed at {result.reached_time or 'unknown'}",
+              highlight=False)  # fmt: skip

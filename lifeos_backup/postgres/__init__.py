@@ -1,0 +1,14 @@
+"""PostgreSQL full backups: pg_dump custom format streamed through zstd, verified, restorable.
+
+One module per job: `conninfo` (where the database is, password kept apart), `connect` (log in,
+classify failures), `tools` (pg_dump/pg_restore and their versions), `snapshot` (facts taken in the
+dump's own snapshot), `dump` (write the archive), `toc` (read a dump's table of contents), `check`
+(verify an archive), `restore` (put it back), `kind` (the glue to the shared backup lifecycle).
+docs/postgres.md explains the whole, docs/decisions.md why the format.
+"""
+
+from __future__ import annotations
+
+from lifeos_backup.postgres.kind import PostgresKind
+
+__all__ = ["PostgresKind"]

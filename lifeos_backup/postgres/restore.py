@@ -1,0 +1,387 @@
+"""Restoring a PostgreSQL backup into a named database, then proving it against the manifest.
+
+Order: the archive's checksum first (a bad archive never touches a database), then the target
+(created with --create; refused when it already holds tables, unless force), then pg_restore, then
+the exact row count of every restored table compared with the counts taken in the dump's snapshot.
+
+pg_restore runs its jobs in parallel only from a seekable file, so with jobs > 1 the archive is
+decompressed into a private workspace under the backup root first (about the size of the plain
+dump; removed afterwards, even on failure), with the data offsets pg_dump could not write into
+its pipe added on the way (offsets.py). With jobs = 1, or when that space is missing, the
+decompressed stream is piped straight into a single pg_restore: no temporary file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from lifeos_backup import procs
+from lifeos_backup.crypto import open_plain
+from lifeos_backup.errors import ConfigError, NotFound, PermanentError, TargetNotEmpty
+from lifeos_backup.fsutil import FILE_MODE, private_dir
+from lifeos_backup.manifest import Manifest
+from lifeos_backup.postgres.check import manifest_tables, read_toc, verify_checksum
+from lifeos_backup.postgres.connect import connect
+from lifeos_backup.postgres.conninfo import PgTarget
+from lifeos_backup.postgres.offsets import copy_with_offsets
+from lifeos_backup.postgres.snapshot import count_rows
+from lifeos_backup.postgres.toc import parse_toc, select_tables, use_list
+from lifeos_backup.postgres.tools import Tool, require_restore_not_older, tool
+from lifeos_backup.progress import Progress, ProgressFn, ignore
+from lifeos_backup.settings import Settings
+from lifeos_backup.streams import CHUNK, decompressor
+
+log = logging.getLogger(__name__)
+
+WORKSPACE = ".restore"  # under the backup root: hidden, never inside a kind's folder
+MAINTENANCE_DB = "postgres"  # where CREATE DATABASE is run
+SPACE_MARGIN = 256 << 20  # bytes left free beyond the decompressed dump
+_USER_RELATIONS = (
+    "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
+    " AND n.nspname NOT IN ('pg_catalog', 'information_schema')"
+    r" AND n.nspname NOT LIKE 'pg\_toast%' AND n.nspname NOT LIKE 'pg\_temp\_%'"
+    " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass"
+    " AND d.objid = c.oid AND d.deptype = 'e')"
+)
+
+
+class RowCountMismatch(PermanentError):
+    """Restored tables do not hold the rows the manifest counted in the dump's snapshot."""
+
+
+class TargetExists(PermanentError):
+    """--create was asked for a database that already exists."""
+
+
+@dataclass
+class TableCount:
+    """One restored table: rows in the manifest, rows found after the restore (None: missing)."""
+
+    table: str
+    expected: int
+    restored: int | None
+
+    @property
+    def matches(self) -> bool:
+        return self.restored == self.expected
+
+
+@dataclass
+class RestoreReport:
+    """What a restore did and how the result compares with the manifest."""
+
+    backup_id: str
+    database: str
+    jobs: int
+    counts: list[TableCount] = field(default_factory=list)
+
+    @property
+    def differences(self) -> list[TableCount]:
+        return [count for count in self.counts if not count.matches]
+
+
+def restore_postgres(
+    archive: Path,
+    manifest: Manifest,
+    settings: Settings,
+    database: str,
+    *,
+    create: bool = False,
+    jobs: int | None = None,
+    tables: Sequence[str] = (),
+    force: bool = False,
+    progress: ProgressFn = ignore,
+) -> RestoreReport:
+    """Restore `archive` into `database` (a name on the source server, or a URL) and compare.
+
+    `tables` restores only those tables (schema.name or name) with their keys, indexes, defaults
+    and owned sequences. Returns the row counts; the caller decides what a difference means.
+    """
+    if manifest.kind != "postgres":
+        raise ConfigError(f"backup {manifest.backup_id} is a {manifest.kind} backup, not postgres")
+    wanted = resolve_tables(manifest, tables)
+    jobs = settings.restore_jobs if jobs is None else jobs
+    if jobs < 1:
+        raise ConfigError("--jobs must be 1 or more", f"got {jobs}")
+    pg_restore = tool(settings, "pg_restore")
+    require_restore_not_older(
+        pg_restore,
+        str(manifest.facts.get("pg_dump_version", "?")),
+        int(manifest.facts.get("pg_dump_major", 0)),
+    )
+    verify_checksum(archive, manifest, progress)
+    target = PgTarget.from_settings(settings).with_database(database)
+    prepare_target(target, manifest, create=create, force=force)
+    try:
+        jobs = run_restore(
+            archive,
+            manifest,
+            settings,
+            pg_restore,
+            target,
+            wanted,
+            jobs=jobs,
+            selective=bool(tables),
+            force=force,
+            progress=progress,
+        )
+    except BaseException:
+        if create:  # a half-restored database of our own making would block the next --create
+            drop_database(target)
+        raise
+    progress(Progress("counting rows"))
+    report = RestoreReport(manifest.backup_id, target.describe(), jobs)
+    report.counts = compare_counts(target, manifest, wanted)
+    return report
+
+
+def run_restore(
+    archive: Path,
+    manifest: Manifest,
+    settings: Settings,
+    pg_restore: Tool,
+    target: PgTarget,
+    wanted: list[tuple[str, str]],
+    *,
+    jobs: int,
+    selective: bool,
+    force: bool,
+    progress: ProgressFn,
+) -> int:
+    """Run pg_restore (parallel from a decompressed file, or streamed); returns the jobs used."""
+    with workspace(settings, manifest.backup_id) as work:
+        list_file = None
+        if selective:
+            toc = parse_toc(read_toc(archive, manifest, pg_restore, progress))
+            list_file = work / "use-list.txt"
+            list_file.write_text(use_list(select_tables(toc, wanted)))
+            create_schemas(target, {schema for schema, _ in wanted})
+        if jobs > 1 and not enough_space(work, manifest):
+            log.warning("not enough space in %s for a parallel restore; streaming instead", work)
+            jobs = 1
+        args = restore_args(pg_restore, target, jobs=jobs, list_file=list_file, force=force)
+        if jobs > 1:
+            dump = work / "dump"
+            decompress_to(archive, manifest, dump, progress)
+            progress(Progress("restoring"))
+            procs.run([*args, str(dump)], env=target.env(), stdout=subprocess.DEVNULL)
+        else:
+            stream_restore(archive, manifest, args, target, progress)
+    return jobs
+
+
+def resolve_tables(manifest: Manifest, names: Sequence[str]) -> list[tuple[str, str]]:
+    """(schema, name) of the tables asked for; all of the backup's tables when none are."""
+    known = manifest_tables(manifest)
+    if not names:
+        return known
+    chosen: list[tuple[str, str]] = []
+    for name in names:
+        matches = [k for k in known if f"{k[0]}.{k[1]}" == name] or [
+            k for k in known if k[1] == name
+        ]
+        if not matches:
+            listed = ", ".join(f"{s}.{n}" for s, n in known[:20])
+            raise NotFound(
+                f"table {name!r} is not in backup {manifest.backup_id}", hint=f"it has: {listed}"
+            )
+        if len(matches) > 1:
+            raise ConfigError(
+                f"table name {name!r} is ambiguous",
+                ", ".join(f"{s}.{n}" for s, n in matches),
+                "write it as schema.table",
+            )
+        if matches[0] not in chosen:
+            chosen.append(matches[0])
+    return chosen
+
+
+def prepare_target(target: PgTarget, manifest: Manifest, *, create: bool, force: bool) -> None:
+    """Create the database (create=True), or check the existing one holds no tables."""
+    name = target.params.get("dbname")
+    if not name:
+        raise ConfigError("no target database named", hint="pass --database NAME")
+    if create:
+        create_database(target, name, manifest)
+        return
+    try:
+        conn = connect(target, autocommit=True)
+    except NotFound as exc:
+        raise NotFound(exc.what, exc.detail, "pass --create to create it") from None
+    with conn:
+        row = conn.execute(_USER_RELATIONS).fetchone()
+    held = int(row[0]) if row else 0
+    if held and not force:
+        raise TargetNotEmpty(
+            f"database {name} already holds {held} tables, views or sequences",
+            hint="restore into a new database with --create, or pass --force to replace "
+            "the objects of the backup",
+        )
+
+
+def create_database(target: PgTarget, name: str, manifest: Manifest) -> None:
+    """CREATE DATABASE from template0 with the source's encoding and locale."""
+    facts = manifest.facts
+    statement = sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+    for option, key in (("ENCODING", "encoding"), ("LC_COLLATE", "collate"), ("LC_CTYPE", "ctype")):
+        if facts.get(key):
+            statement += sql.SQL(" {} {}").format(sql.SQL(option), sql.Literal(facts[key]))
+    admin = target.with_params(dbname=MAINTENANCE_DB)
+    with connect(admin, autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
+        if exists:
+            raise TargetExists(
+                f"database {name} already exists",
+                hint="choose a new name, or leave out --create to restore into it",
+            )
+        try:
+            conn.execute(statement)
+        except psycopg.Error as exc:
+            raise PermanentError(
+                f"cannot create database {name}",
+                target.redact(str(exc).strip()),
+                "create it yourself (empty) and restore without --create",
+            ) from None
+
+
+def drop_database(target: PgTarget) -> None:
+    """Best effort: remove a database this restore created, after the restore failed."""
+    name = target.params.get("dbname", "")
+    try:
+        with connect(target.with_params(dbname=MAINTENANCE_DB), autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+    except Exception as exc:  # the restore's own error is the one to report
+        log.warning("could not drop the half-restored database %s: %s", name, exc)
+
+
+def create_schemas(target: PgTarget, schemas: set[str]) -> None:
+    """A single-table restore carries no CREATE SCHEMA: make sure the table's schema exists."""
+    with connect(target, autocommit=True) as conn:
+        for schema in sorted(schemas):
+            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+
+
+def restore_args(
+    pg_restore: Tool, target: PgTarget, *, jobs: int, list_file: Path | None, force: bool
+) -> list[str]:
+    """pg_restore's arguments; it stops at the first error so the report names the cause."""
+    args = [
+        pg_restore.path,
+        "--no-password",
+        "--exit-on-error",
+        f"--dbname={target.conninfo()}",
+    ]
+    if jobs > 1:
+        args.append(f"--jobs={jobs}")
+    if list_file is not None:
+        args.append(f"--use-list={list_file}")
+    if force:
+        args += ["--clean", "--if-exists"]
+    return args
+
+
+@contextlib.contextmanager
+def workspace(settings: Settings, backup_id: str) -> Iterator[Path]:
+    """A private folder for this restore's temporary files, removed afterwards."""
+    root = private_dir(settings.backup_root / WORKSPACE)
+    remove_abandoned(root)
+    work = root / f"{backup_id}@{socket.gethostname()}-{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    private_dir(work)
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_abandoned(root: Path) -> None:
+    """Workspaces of restores whose process is gone (killed) would keep gigabytes forever.
+
+    Only this host's: on a shared backup root another host's pids mean nothing here.
+    """
+    for path in root.iterdir():
+        host, _, pid = path.name.rpartition("@")[2].rpartition("-")
+        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def enough_space(work: Path, manifest: Manifest) -> bool:
+    """Room for the decompressed dump (its length is in the manifest) plus a margin."""
+    needed = int(manifest.facts.get("dump_bytes", 0)) + SPACE_MARGIN
+    return shutil.disk_usage(work).free >= needed
+
+
+def decompress_to(archive: Path, manifest: Manifest, dest: Path, progress: ProgressFn) -> int:
+    """Decompress the archive into a private file that pg_restore --jobs can seek in, adding
+    the data offsets pg_dump could not write into a pipe (so each job seeks to its table)."""
+    report = Progress("decompressing", bytes_total=manifest.archive.size)
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with open(archive, "rb") as raw, os.fdopen(fd, "wb") as out:
+        plain = open_plain(raw, manifest)  # decrypts an encrypted archive
+        stream = decompressor(plain, manifest.compression.algorithm)  # type: ignore[arg-type]
+
+        def tick() -> None:
+            report.bytes_done = raw.tell()
+            progress(report)
+
+        return copy_with_offsets(stream, out, tick)
+
+
+def stream_restore(
+    archive: Path, manifest: Manifest, args: list[str], target: PgTarget, progress: ProgressFn
+) -> None:
+    """Pipe the decompressed archive into one pg_restore; its own error wins over our EPIPE."""
+    report = Progress("restoring", bytes_total=manifest.archive.size)
+    with open(archive, "rb") as raw, procs.spawn(
+        args, env=target.env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    ) as proc:
+        assert proc.stdin is not None
+        plain = open_plain(raw, manifest)  # decrypts an encrypted archive
+        stream = decompressor(plain, manifest.compression.algorithm)  # type: ignore[arg-type]
+        while chunk := stream.read(CHUNK):
+            try:
+                proc.stdin.write(chunk)
+            except BrokenPipeError:  # pg_restore stopped; spawn raises with its stderr
+                break
+            report.bytes_done = raw.tell()
+            progress(report)
+
+
+def compare_counts(
+    target: PgTarget, manifest: Manifest, wanted: list[tuple[str, str]]
+) -> list[TableCount]:
+    """Exact row count of every restored table next to the manifest's count."""
+    expected = {(t["schema"], t["name"]): int(t["rows"]) for t in manifest.facts.get("tables", [])}
+    counts: list[TableCount] = []
+    with connect(target, autocommit=True) as conn:
+        for schema, name in wanted:
+            try:
+                restored: int | None = count_rows(conn, schema, name)
+            except psycopg.errors.UndefinedTable:
+                restored = None
+            counts.append(TableCount(f"{schema}.{name}", expected[(schema, name)], restored))
+    return counts

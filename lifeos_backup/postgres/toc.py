@@ -1,0 +1,133 @@
+"""Reading a dump's table of contents (`pg_restore --list --verbose`), and picking entries from it.
+
+Verify uses it to prove every table of the manifest is in the archive (definition and data).
+Single-table restore uses it to build the `--use-list` file: pg_restore's own `--table` restores a
+table's definition and rows but none of its primary key, indexes, defaults or owned sequences, so
+the list here also takes every entry that depends only on the chosen tables.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+_ENTRY_RE = re.compile(r"^(\d+); \d+ \d+ (.*)$")
+_DEPENDS = ";\tdepends on:"
+
+# Entry types (pg_dump's "desc") that name one; the longest match wins (TABLE DATA over TABLE).
+_DESCS = sorted(
+    [
+        "ACCESS METHOD", "ACL", "AGGREGATE", "BLOB", "BLOB METADATA", "BLOBS", "CAST",
+        "CHECK CONSTRAINT", "COLLATION", "COMMENT", "CONSTRAINT", "CONVERSION", "DATABASE",
+        "DATABASE PROPERTIES", "DEFAULT", "DEFAULT ACL", "DOMAIN", "ENCODING", "EVENT TRIGGER",
+        "EXTENSION", "FK CONSTRAINT", "FOREIGN DATA WRAPPER", "FOREIGN SERVER", "FOREIGN TABLE",
+        "FUNCTION", "INDEX", "INDEX ATTACH", "LARGE OBJECT", "MATERIALIZED VIEW",
+        "MATERIALIZED VIEW DATA", "OPERATOR", "OPERATOR CLASS", "OPERATOR FAMILY", "POLICY",
+        "PROCEDURAL LANGUAGE", "PROCEDURE", "PUBLICATION", "PUBLICATION TABLE",
+        "PUBLICATION TABLES IN SCHEMA", "ROW SECURITY", "RULE", "SCHEMA", "SEARCHPATH",
+        "SECURITY LABEL", "SEQUENCE", "SEQUENCE OWNED BY", "SEQUENCE SET", "SERVER",
+        "SHELL TYPE", "STATISTICS", "STDSTRINGS", "SUBSCRIPTION", "SUBSCRIPTION TABLE", "TABLE",
+        "TABLE ATTACH", "TABLE DATA", "TEXT SEARCH CONFIGURATION", "TEXT SEARCH DICTIONARY",
+        "TEXT SEARCH PARSER", "TEXT SEARCH TEMPLATE", "TRANSFORM", "TRIGGER", "TYPE",
+        "USER MAPPING", "VIEW",
+    ],
+    key=len,
+    reverse=True,
+)
+# Session set-up entries every restore needs.
+_SESSION = frozenset({"ENCODING", "STDSTRINGS", "SEARCHPATH"})
+# What a single-table restore takes along when all its dependencies are taken: the table's rows,
+# keys, indexes, defaults, owned sequences (and their values), triggers, comments and grants.
+_FOLLOWERS = frozenset(
+    {
+        "TABLE DATA", "SEQUENCE", "SEQUENCE OWNED BY", "SEQUENCE SET", "DEFAULT", "CONSTRAINT",
+        "CHECK CONSTRAINT", "FK CONSTRAINT", "INDEX", "TRIGGER", "RULE", "POLICY",
+        "ROW SECURITY", "COMMENT", "SECURITY LABEL", "ACL", "STATISTICS",
+    }
+)
+
+
+@dataclass(frozen=True)
+class TocEntry:
+    """One archive entry: its dump id, type, "schema name owner" text, line and dependencies."""
+
+    dump_id: int
+    desc: str
+    rest: str
+    line: str
+    deps: tuple[int, ...] = ()
+
+    def names(self, desc: str, schema: str, name: str) -> bool:
+        """True if this is the `desc` entry of schema.name (the owner follows the name)."""
+        return self.desc == desc and self.rest.startswith(f"{schema} {name} ")
+
+
+def _split_desc(text: str) -> tuple[str, str]:
+    for desc in _DESCS:
+        if text.startswith(desc + " "):
+            return desc, text[len(desc) + 1 :]
+    first, _, rest = text.partition(" ")
+    return first, rest
+
+
+def parse_toc(text: str) -> list[TocEntry]:
+    """Entries of `pg_restore --list --verbose` output, in archive order."""
+    entries: list[TocEntry] = []
+    for line in text.splitlines():
+        if line.startswith(_DEPENDS) and entries:
+            deps = tuple(int(part) for part in line[len(_DEPENDS) :].split())
+            last = entries[-1]
+            entries[-1] = TocEntry(last.dump_id, last.desc, last.rest, last.line, deps)
+            continue
+        match = _ENTRY_RE.match(line)
+        if match:
+            desc, rest = _split_desc(match.group(2))
+            entries.append(TocEntry(int(match.group(1)), desc, rest, line))
+    return entries
+
+
+def missing_tables(
+    entries: Sequence[TocEntry], tables: Iterable[tuple[str, str]]
+) -> list[str]:
+    """schema.name of every table lacking its definition or its data entry in the archive."""
+    missing = []
+    for schema, name in tables:
+        found = {e.desc for e in entries if e.rest.startswith(f"{schema} {name} ")}
+        if not {"TABLE", "TABLE DATA"} <= found:
+            missing.append(f"{schema}.{name}")
+    return missing
+
+
+def select_tables(
+    entries: Sequence[TocEntry], tables: Iterable[tuple[str, str]]
+) -> list[TocEntry]:
+    """The entries restoring `tables` with everything that depends on nothing else.
+
+    A foreign key to a table that is not restored, a view over other tables, or a trigger calling
+    a function is left out: it cannot be created without objects the caller did not ask for.
+    """
+    wanted = list(tables)
+    chosen = {
+        e.dump_id
+        for e in entries
+        if any(e.names("TABLE", schema, name) for schema, name in wanted)
+    }
+    grew = True
+    while grew:
+        grew = False
+        for entry in entries:
+            if (
+                entry.dump_id not in chosen
+                and entry.desc in _FOLLOWERS
+                and entry.deps
+                and set(entry.deps) <= chosen
+            ):
+                chosen.add(entry.dump_id)
+                grew = True
+    return [e for e in entries if e.dump_id in chosen or e.desc in _SESSION]
+
+
+def use_list(entries: Iterable[TocEntry]) -> str:
+    """The text of a `pg_restore --use-list` file (pg_restore reads the leading ids, in order)."""
+    return "".join(entry.line + "\n" for entry in entries)

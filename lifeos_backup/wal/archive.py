@@ -1,0 +1,411 @@
+"""The WAL archive on disk: one self-checking file per WAL file, written atomically.
+
+File format (`<wal name>.zst`), readable by the plain `zstd -d` command as well:
+
+    8 bytes   zstd skippable-frame header (magic 0x184D2A5E, length 104), ignored by zstd
+    104 bytes "LIFEOS-WAL v1 sha256=<64 hex> size=<12 digits>\\n": SHA-256 and size of the
+              uncompressed WAL file
+    ...       one zstd frame (with its own content checksum) holding the WAL file
+
+The checksum sits in the file itself, so one rename publishes segment and checksum together:
+there is no state in which one exists without the other. A push stores the file under a temporary
+name, fsyncs it and publishes it with link(2), which fails if the name exists; so two pushes of one
+segment can never overwrite each other, and an existing segment is compared, never replaced
+(PostgreSQL's documentation requires exactly that of an archive_command).
+
+Standard library only, plus `zstandard` when importable (else the `zstd` command): PostgreSQL runs
+this once per segment as its own OS user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from lifeos_backup.wal.names import check_name
+
+SUFFIX = ".zst"
+TEXT_LEN = 104
+HEADER_LEN = 8 + TEXT_LEN
+_MAGIC = struct.pack("<II", 0x184D2A5E, TEXT_LEN)
+_TEXT = "LIFEOS-WAL v1 sha256={} size={:012d}\n"
+FILE_MODE = 0o640  # the server's group may read (restore, base backup checks); others never
+DIR_MODE = 0o750
+STATUS_FILE = ".wal-status.json"
+LOCK_FILE = ".wal-status.lock"
+TEMP_PREFIX = ".tmp-"
+DEFAULT_LEVEL = 1  # on real WAL faster than level 3 and no larger (benchmarks/README.md)
+CHUNK = 1 << 20
+ENV_ARCHIVE_DIR = "LIFEOS_WAL_ARCHIVE_DIR"
+ENV_BACKUP_ROOT = "LIFEOS_BACKUP_ROOT"
+ENV_LEVEL = "LIFEOS_WAL_COMPRESSION_LEVEL"
+ARCHIVE_SUBDIR = ("postgresql", "wal")
+
+try:  # the fast path; the server's Python may lack it (e.g. system python3 of a DB host)
+    import zstandard as _zstd
+except ImportError:  # pragma: no cover - exercised through force_cli in tests
+    _zstd = None
+
+
+class WalError(Exception):
+    """A WAL archive operation failed; what happened, detail and hint, as LifeosError has."""
+
+    def __init__(self, what: str, detail: str = "", hint: str = "") -> None:
+        super().__init__(what, detail, hint)
+        self.what, self.detail, self.hint = what, detail, hint
+
+    def __str__(self) -> str:
+        text = self.what + (f": {self.detail}" if self.detail else "")
+        return text + (f" (hint: {self.hint})" if self.hint else "")
+
+
+class SegmentMissing(WalError):
+    """The archive does not hold the requested file: normal at the end of recovery."""
+
+
+class ArchiveConflict(WalError):
+    """The archive already holds this name with different content: never overwritten."""
+
+
+class CorruptSegment(WalError):
+    """An archived file does not match its own checksum."""
+
+
+@dataclass(frozen=True)
+class Header:
+    sha256: str
+    size: int
+
+    def encode(self) -> bytes:
+        return _MAGIC + _TEXT.format(self.sha256, self.size).encode("ascii")
+
+
+@dataclass(frozen=True)
+class Pushed:
+    name: str
+    stored: bool  # False: the identical file was already archived
+    size: int
+    compressed: int
+    seconds: float
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def archive_dir_from_env(explicit: str | None = None) -> Path:
+    """--archive-dir, else LIFEOS_WAL_ARCHIVE_DIR, else LIFEOS_BACKUP_ROOT/postgresql/wal.
+
+    Must be absolute: PostgreSQL runs archive_command inside its data directory, where a relative
+    default such as ./backups would silently put the archive into the database itself.
+    """
+    raw = explicit or os.environ.get(ENV_ARCHIVE_DIR)
+    if not raw and os.environ.get(ENV_BACKUP_ROOT):
+        raw = str(Path(os.environ[ENV_BACKUP_ROOT], *ARCHIVE_SUBDIR))
+    if not raw:
+        raise WalError(
+            "no WAL archive configured",
+            f"neither --archive-dir nor {ENV_ARCHIVE_DIR} nor {ENV_BACKUP_ROOT} is set",
+            "see docs/pitr.md for the archive_command line",
+        )
+    path = Path(raw)
+    if not path.is_absolute():
+        raise WalError(
+            "the WAL archive path must be absolute",
+            f"{raw!r} would be relative to the server's data directory",
+            f"set {ENV_ARCHIVE_DIR} (or --archive-dir) to an absolute path",
+        )
+    return path
+
+
+def level_from_env() -> int:
+    raw = os.environ.get(ENV_LEVEL, "")
+    try:
+        return int(raw) if raw else DEFAULT_LEVEL
+    except ValueError:
+        raise WalError(f"{ENV_LEVEL}={raw!r} is not an integer") from None
+
+
+def archived_path(archive: Path, name: str) -> Path:
+    return archive / (check_name(name) + SUFFIX)
+
+
+# --------------------------------------------------------------------------- header
+
+
+def read_header(handle: BinaryIO, where: str) -> Header:
+    """Parse the header at the start of an archived file; CorruptSegment if it is not ours."""
+    raw = handle.read(HEADER_LEN)
+    text = raw[8:].decode("ascii", errors="replace")
+    ok = (
+        len(raw) == HEADER_LEN
+        and raw[:8] == _MAGIC
+        and text.startswith("LIFEOS-WAL v1 sha256=")
+        and text.endswith("\n")
+    )
+    if ok:
+        try:
+            return Header(text[21:85], int(text[91:103]))
+        except ValueError:
+            pass
+    raise CorruptSegment(f"{where} is not a lifeos WAL archive file", "bad header")
+
+
+def header_of(path: Path) -> Header:
+    with open(path, "rb") as handle:
+        return read_header(handle, path.name)
+
+
+def _hash_file(path: Path) -> Header:
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(CHUNK):
+            digest.update(block)
+            size += len(block)
+    return Header(digest.hexdigest(), size)
+
+
+# --------------------------------------------------------------------------- push
+
+
+def ensure_dir(archive: Path) -> None:
+    """Create the archive folder (0750) if needed; an existing one keeps its mode and owner."""
+    if not archive.is_dir():
+        archive.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _compare_existing(dest: Path, ours: Header, name: str) -> None:
+    """Same name already archived: identical content is success, anything else a conflict."""
+    theirs = header_of(dest)
+    if theirs != ours:
+        raise ArchiveConflict(
+            f"WAL file {name} is already archived with different content",
+            f"archived sha256 {theirs.sha256[:16]}... size {theirs.size}, "
+            f"this one sha256 {ours.sha256[:16]}... size {ours.size}",
+            "two clusters may share one archive (e.g. after a re-initdb or a restore that kept "
+            "archiving on); give each cluster its own archive folder",
+        )
+
+
+def _compress_into(src: BinaryIO, out: BinaryIO, level: int, force_cli: bool) -> Header:
+    """Stream `src` through zstd into `out` (positioned after the header), hashing the input."""
+    digest = hashlib.sha256()
+    size = 0
+    if _zstd is not None and not force_cli:
+        compressor = _zstd.ZstdCompressor(level=level, write_checksum=True)
+        with compressor.stream_writer(out, closefd=False) as writer:
+            while block := src.read(CHUNK):
+                digest.update(block)
+                size += len(block)
+                writer.write(block)
+        return Header(digest.hexdigest(), size)
+    out.flush()  # the child writes at our offset: both share the open file
+    with subprocess.Popen(
+        ["zstd", "-q", "-c", f"-{level}", "--check"], stdin=subprocess.PIPE, stdout=out
+    ) as child:
+        assert child.stdin is not None
+        with child.stdin:
+            while block := src.read(CHUNK):
+                digest.update(block)
+                size += len(block)
+                child.stdin.write(block)
+    if child.returncode != 0:
+        raise WalError("zstd failed while compressing", f"exit {child.returncode}")
+    return Header(digest.hexdigest(), size)
+
+
+def push(
+    source: Path, archive: Path, *, level: int = DEFAULT_LEVEL, force_cli: bool = False
+) -> Pushed:
+    """Archive one WAL file durably; return only once it is fsynced under its final name.
+
+    Already archived with the same SHA-256 and size: success without writing (PostgreSQL may
+    re-run archive_command after a crash). Different content: ArchiveConflict, nothing replaced.
+    """
+    started = time.monotonic()
+    name = check_name(source.name)
+    ensure_dir(archive)
+    dest = archive / (name + SUFFIX)
+    if dest.exists():  # cheap re-push check: one read of the source, no compression
+        ours = _hash_file(source)
+        _compare_existing(dest, ours, name)
+        return Pushed(name, False, ours.size, dest.stat().st_size, time.monotonic() - started)
+    tmp = archive / f"{TEMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        with os.fdopen(fd, "r+b") as out, open(source, "rb") as src:
+            out.write(b"\0" * HEADER_LEN)
+            header = _compress_into(src, out, level, force_cli)
+            out.seek(0)
+            out.write(header.encode())
+            out.flush()
+            os.fsync(out.fileno())
+            compressed = os.fstat(out.fileno()).st_size
+        try:
+            os.link(tmp, dest)  # atomic and never overwrites, unlike rename
+        except FileExistsError:  # a concurrent push of the same name won the race
+            _compare_existing(dest, header, name)
+            return Pushed(name, False, header.size, compressed, time.monotonic() - started)
+        _fsync_dir(archive)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return Pushed(name, True, header.size, compressed, time.monotonic() - started)
+
+
+# --------------------------------------------------------------------------- fetch
+
+
+def _decompressed_chunks(handle: BinaryIO, force_cli: bool) -> Iterator[bytes]:
+    """Decompress the zstd frame that follows the header (handle positioned after it)."""
+    if _zstd is not None and not force_cli:
+        reader = _zstd.ZstdDecompressor().stream_reader(handle, read_size=CHUNK, closefd=False)
+        with reader:
+            while block := reader.read(CHUNK):
+                yield block
+        return
+    # The child reads from the shared OS file offset; a buffered seek inside the read-ahead
+    # buffer would not move it, so set it directly.
+    os.lseek(handle.fileno(), HEADER_LEN, os.SEEK_SET)
+    with subprocess.Popen(
+        ["zstd", "-q", "-d", "-c"], stdin=handle, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as child:
+        assert child.stdout is not None and child.stderr is not None
+        while block := child.stdout.read(CHUNK):
+            yield block
+        error = child.stderr.read().decode(errors="replace").strip()
+    if child.returncode != 0:
+        raise CorruptSegment("zstd could not decompress the archived file", error)
+
+
+def read_verified(path: Path, force_cli: bool = False) -> Iterator[bytes]:
+    """Yield the WAL file's bytes; raise CorruptSegment at the end if they do not match."""
+    with open(path, "rb") as handle:
+        header = read_header(handle, path.name)
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            for block in _decompressed_chunks(handle, force_cli):
+                digest.update(block)
+                size += len(block)
+                yield block
+        except Exception as exc:
+            if isinstance(exc, WalError):
+                raise
+            raise CorruptSegment(f"archived {path.name} cannot be decompressed", str(exc)) from exc
+    if Header(digest.hexdigest(), size) != header:
+        raise CorruptSegment(
+            f"archived {path.name} does not match its checksum",
+            f"size {size}, header says {header.size}",
+            "this copy is damaged; recovery must not replay it",
+        )
+
+
+def verify_file(path: Path) -> Header:
+    """Decompress and check one archived file; return its header."""
+    for _block in read_verified(path):
+        pass
+    return header_of(path)
+
+
+def fetch(name: str, dest: Path, archive: Path, *, force_cli: bool = False) -> int:
+    """Restore one archived WAL file to `dest` (temporary name, then rename); returns its size.
+
+    SegmentMissing when the archive does not hold it (PostgreSQL asks for files beyond the end
+    of the archive, and for history files that may not exist, as a matter of course).
+    """
+    src = archive / (check_name(name) + SUFFIX)
+    if not archive.is_dir():
+        raise WalError(
+            f"WAL archive {archive} is not reachable",
+            "the folder does not exist or cannot be entered",
+            "check the archive path in restore_command and that this user may read it",
+        )
+    if not src.exists():
+        raise SegmentMissing(f"{name} is not in the archive")
+    tmp = dest.with_name(f".{dest.name}.lifeos-fetch.{os.getpid()}")
+    size = 0
+    try:
+        with open(tmp, "wb") as out:
+            for block in read_verified(src, force_cli):
+                out.write(block)
+                size += len(block)
+        os.replace(tmp, dest)  # no fsync: a crash during recovery just fetches it again
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return size
+
+
+# --------------------------------------------------------------------------- status file
+
+
+def _utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def _status_lock(archive: Path) -> Iterator[None]:
+    fd = os.open(archive / LOCK_FILE, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def read_status(archive: Path) -> dict[str, Any]:
+    """The push record; a missing or damaged file reads as empty (it is health data only)."""
+    try:
+        data = json.loads((archive / STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record(archive: Path, *, pushed: Pushed | None = None, failure: str | None = None) -> None:
+    """Update `.wal-status.json` atomically (temp name + rename) under a lock.
+
+    Not fsynced: it is health information, and a crash loses at most the last update.
+    """
+    with _status_lock(archive):
+        status = read_status(archive)
+        now = _utc_now()
+        if pushed is not None:
+            status["last_push"] = {
+                "name": pushed.name,
+                "at": now,
+                "stored": pushed.stored,
+                "size": pushed.size,
+                "compressed": pushed.compressed,
+                "seconds": round(pushed.seconds, 4),
+            }
+            status["consecutive_failures"] = 0
+        if failure is not None:
+            status["failures_total"] = int(status.get("failures_total", 0)) + 1
+            status["consecutive_failures"] = int(status.get("consecutive_failures", 0)) + 1
+            status["last_failure"] = {"at": now, "error": failure[:1000]}
+        tmp = archive / f"{TEMP_PREFIX}{STATUS_FILE}.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(status, handle, indent=2, sort_keys=True)
+        os.replace(tmp, archive / STATUS_FILE)

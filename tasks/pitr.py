@@ -1,0 +1,27 @@
+"""Point-in-time recovery tasks: the off-site copy of the WAL archive (Beat, every few minutes).
+
+Base backups themselves run through the ordinary chain (`lifeos.backup.start` with "basebackup").
+"""
+
+from __future__ import annotations
+
+from lifeos_backup.errors import AlreadyRunning
+from lifeos_backup.locks import exclusive
+from workers.base import LifeosTask
+from workers.celery_app import app
+
+WAL_OFFSITE = "lifeos.pitr.wal_offsite"
+
+
+@app.task(bind=True, base=LifeosTask, name=WAL_OFFSITE)
+def wal_offsite(self: LifeosTask) -> list[str]:
+    """Upload archived WAL files the bucket lacks; a no-op without a bucket. Returns their names."""
+    if not self.settings.offsite_enabled:
+        return []
+    from lifeos_backup.pitr.offsite_wal import upload_wal
+
+    try:
+        with exclusive(self.redis, "wal-offsite", self.settings.lock_ttl, self.request.id):
+            return upload_wal(self.settings)
+    except AlreadyRunning:
+        return []  # the previous run is still copying; the next one picks up the rest

@@ -1,0 +1,521 @@
+"""PostgreSQL backups end to end on a real server: worker chain, exact restores, failure modes.
+
+Every test makes its own databases in the session's throwaway cluster and drops them afterwards.
+The password tests add one role-specific scram-sha-256 line to that cluster's pg_hba.conf (other
+roles keep `trust`) and take it out again at the end of the module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import stat
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from lifeos_backup.backups import create_backup, locate, verify_backup
+from lifeos_backup.catalog.store import FAILED, VERIFIED
+from lifeos_backup.client import BackupFailed, make_app, request_backup
+from lifeos_backup.errors import CommandFailed, VerificationFailed
+from lifeos_backup.manifest import read_manifest
+from lifeos_backup.postgres.restore import restore_postgres
+from lifeos_backup.postgres.tools import ToolTooOld
+from lifeos_backup.repository import kind_dir
+from tests.support.services import PostgresCluster, temporary_database
+from tests.support.worker import LifeosEnv
+
+pytestmark = pytest.mark.integration
+CLI = str(Path(sys.executable).with_name("lifeos-backup"))
+ROLE = "lifeos_pw_tester"
+PASSWORD = "Pw-" + uuid.uuid4().hex  # unique, so finding it anywhere is a real leak
+TABLES = ["characters", "clothing_items", "outfits", "compositions", "board_games", "favorites"]
+
+LIFEOS_SCHEMA = """
+CREATE TABLE characters (
+    id serial PRIMARY KEY,
+    name text NOT NULL,
+    bio text,
+    traits jsonb NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT '2024-01-01 00:00:00+00'
+);
+CREATE INDEX characters_traits_gin ON characters USING gin (traits);
+COMMENT ON TABLE characters IS 'Personnages — ünïcödé comment';
+CREATE TABLE clothing_items (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    name text NOT NULL,
+    category text CHECK (category <> ''),
+    attributes jsonb,
+    price numeric(10, 2)
+);
+CREATE TABLE outfits (
+    id serial PRIMARY KEY,
+    character_id int NOT NULL REFERENCES characters (id) ON DELETE CASCADE,
+    name text NOT NULL,
+    item_ids bigint[] NOT NULL DEFAULT '{}'
+);
+CREATE TABLE compositions (
+    id serial PRIMARY KEY,
+    outfit_id int REFERENCES outfits (id),
+    layout jsonb,
+    notes text
+);
+CREATE TABLE board_games (
+    id serial PRIMARY KEY,
+    title text NOT NULL UNIQUE,
+    players int4range,
+    rules text
+);
+CREATE TABLE favorites (
+    id serial PRIMARY KEY,
+    user_id int NOT NULL,
+    character_id int REFERENCES characters (id),
+    game_id int REFERENCES board_games (id),
+    note text
+);
+CREATE SEQUENCE ticket_numbers START 1000;
+SELECT nextval('ticket_numbers') FROM generate_series(1, 7);
+CREATE VIEW character_outfits AS
+    SELECT c.name AS character, o.name AS outfit FROM characters c JOIN outfits o
+    ON o.character_id = c.id;
+
+INSERT INTO characters (name, bio, traits)
+SELECT (ARRAY['Zoë', '東京の探偵', 'Ærøskøbing 🎲', 'plain'])[1 + g % 4] || ' ' || g,
+       CASE WHEN g % 5 = 0 THEN NULL ELSE 'bio of ' || g || E'\\nwith a newline and a tab\\t' END,
+       jsonb_build_object('level', g, 'tags', jsonb_build_array('ü', g % 3), 'none', NULL)
+FROM generate_series(1, 300) g;
+UPDATE characters SET bio = (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 32768) g)
+WHERE id = 7;
+INSERT INTO clothing_items (name, category, attributes, price)
+SELECT 'item ' || g, CASE WHEN g % 4 = 0 THEN NULL ELSE 'cat' || g % 7 END,
+       CASE WHEN g % 3 = 0 THEN NULL ELSE jsonb_build_object('colour', 'rouge', 'size', g) END,
+       CASE WHEN g % 6 = 0 THEN NULL ELSE g * 1.25 END
+FROM generate_series(1, 500) g;
+INSERT INTO outfits (character_id, name, item_ids)
+SELECT 1 + g % 300, 'outfit «' || g || '»', ARRAY[g, g + 1]::bigint[]
+FROM generate_series(1, 400) g;
+INSERT INTO compositions (outfit_id, layout, notes)
+SELECT CASE WHEN g % 10 = 0 THEN NULL ELSE 1 + g % 400 END,
+       jsonb_build_object('grid', jsonb_build_array(g, g * 2)), NULL
+FROM generate_series(1, 250) g;
+INSERT INTO board_games (title, players, rules)
+SELECT 'Jeu ' || g, int4range(1 + g % 3, 4 + g % 5), repeat('règle ', g % 20)
+FROM generate_series(1, 60) g;
+INSERT INTO favorites (user_id, character_id, game_id, note)
+SELECT g % 17, CASE WHEN g % 2 = 0 THEN 1 + g % 300 END, CASE WHEN g % 2 = 1 THEN 1 + g % 60 END,
+       NULL
+FROM generate_series(1, 200) g;
+DELETE FROM favorites WHERE id % 9 = 0;
+"""
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+@contextlib.contextmanager
+def lifeos_database(cluster: PostgresCluster) -> Iterator[str]:
+    """A database with the Life-OS-like schema and data; dropped afterwards."""
+    with temporary_database(cluster, prefix="lifeos_src_") as db:
+        with psycopg.connect(db.url, autocommit=True) as conn:
+            conn.execute(LIFEOS_SCHEMA)
+        yield db.name
+
+
+@contextlib.contextmanager
+def dropped_after(cluster: PostgresCluster, *names: str) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for name in names:
+            cluster.drop_database(name)
+
+
+def scratch_name(label: str) -> str:
+    return f"lifeos_{label}_{uuid.uuid4().hex[:8]}"
+
+
+def use_database(env: LifeosEnv, cluster: PostgresCluster, url: str) -> None:
+    env.set(LIFEOS_DATABASE_URL=url, LIFEOS_PG_BIN_DIR=str(cluster.bindir))
+
+
+def backup_now(env: LifeosEnv) -> str:
+    """create + verify with the plain functions (no worker): the backup id."""
+    manifest = create_backup("postgres", env.settings(), env.catalog(), reason="test")
+    verify_backup(manifest.backup_id, env.settings(), env.catalog())
+    return manifest.backup_id
+
+
+def archive_and_manifest(env: LifeosEnv, backup_id: str):
+    _row, archive, mpath = locate(env.settings(), env.catalog(), backup_id)
+    return archive, mpath
+
+
+def folder_contents(env: LifeosEnv) -> list[str]:
+    """Every file in the postgres folder, hidden ones included."""
+    folder = kind_dir(env.backup_root, "postgres")
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+def table_hashes(cluster: PostgresCluster, dbname: str, tables: list[str]) -> dict[str, str]:
+    """Ordered content hash of every table (rows as text, sorted)."""
+    hashes = {}
+    with psycopg.connect(cluster.url(dbname)) as conn:
+        for table in tables:
+            query = sql.SQL(
+                "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), ''))"
+                " FROM {} t"
+            ).format(sql.Identifier(table))
+            hashes[table] = str(conn.execute(query).fetchone())
+    return hashes
+
+
+def sequence_states(cluster: PostgresCluster, dbname: str) -> dict[str, tuple]:
+    with psycopg.connect(cluster.url(dbname)) as conn:
+        names = [r[0] for r in conn.execute("SELECT sequencename FROM pg_sequences ORDER BY 1")]
+        return {
+            name: conn.execute(
+                sql.SQL("SELECT last_value, is_called FROM {}").format(sql.Identifier(name))
+            ).fetchone()
+            for name in names
+        }
+
+
+def schema_dump(cluster: PostgresCluster, dbname: str) -> str:
+    """pg_dump --schema-only, without the per-run random \\restrict key lines."""
+    out = subprocess.run(
+        [str(cluster.bindir / "pg_dump"), "--schema-only", "--dbname", cluster.url(dbname)],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return "\n".join(
+        line for line in out.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))
+    )
+
+
+def assert_identical(cluster: PostgresCluster, source: str, restored: str) -> None:
+    assert schema_dump(cluster, restored) == schema_dump(cluster, source)
+    assert table_hashes(cluster, restored, TABLES) == table_hashes(cluster, source, TABLES)
+    assert sequence_states(cluster, restored) == sequence_states(cluster, source)
+
+
+def cli(env: LifeosEnv, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *args], env=env.subprocess_env(), capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.fixture(scope="module")
+def password_role(pg_cluster: PostgresCluster) -> Iterator[str]:
+    """A superuser role that must log in with PASSWORD over TCP (scram-sha-256)."""
+    hba = pg_cluster.datadir / "pg_hba.conf"
+    original = hba.read_text()
+    with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("CREATE ROLE {} LOGIN SUPERUSER PASSWORD {}").format(
+                sql.Identifier(ROLE), sql.Literal(PASSWORD)
+            )
+        )
+        hba.write_text(f"host all {ROLE} 127.0.0.1/32 scram-sha-256\n" + original)
+        conn.execute("SELECT pg_reload_conf()")
+    try:
+        yield ROLE
+    finally:
+        hba.write_text(original)
+        with psycopg.connect(pg_cluster.url(), autocommit=True) as conn:
+            conn.execute("SELECT pg_reload_conf()")
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
+
+
+def role_url(cluster: PostgresCluster, dbname: str, password: str) -> str:
+    return f"postgresql://{ROLE}:{password}@127.0.0.1:{cluster.port}/{dbname}"
+
+
+# -------------------------------------------------------------------------------------- tests
+
+
+def test_worker_backup_with_password_restores_identical(
+    lifeos_env: LifeosEnv, start_worker, pg_cluster: PostgresCluster, password_role: str
+) -> None:
+    restored = scratch_name("restored")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
+        use_database(lifeos_env, pg_cluster, role_url(pg_cluster, source, PASSWORD))
+        worker = start_worker()
+        app = make_app(lifeos_env.vars["LIFEOS_REDIS_URL"])
+        ref = request_backup("postgres", "test", wait=True, timeout=90, app=app)
+        backup_id = ref.backup_id
+        assert backup_id and backup_id.startswith("postgres_full_")
+
+        folder = kind_dir(lifeos_env.backup_root, "postgres")
+        assert folder_contents(lifeos_env) == [
+            f"{backup_id}.dump.zst",
+            f"{backup_id}.manifest.json",
+        ]
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.iterdir())
+        manifest = read_manifest(folder / f"{backup_id}.manifest.json")
+        facts = manifest.facts
+        assert manifest.verified_at and manifest.compression.algorithm == "zstd"
+        assert facts["server_version_num"] // 10000 == 15 and facts["database"] == source
+        rows = {t["name"]: t["rows"] for t in facts["tables"]}
+        assert rows == {
+            "characters": 300, "clothing_items": 500, "outfits": 400, "compositions": 250,
+            "board_games": 60, "favorites": 178,
+        }
+        assert "public.ticket_numbers" in facts["sequences"] and facts["schemas"] == ["public"]
+        assert facts["database_size"] > 1_000_000 and facts["dump_bytes"] > 1_000_000
+        [row] = lifeos_env.catalog().list(kind="postgres")
+        assert row.status == VERIFIED
+
+        report = restore_postgres(
+            folder / f"{backup_id}.dump.zst", manifest, lifeos_env.settings(), restored,
+            create=True,
+        )
+        assert report.differences == [] and len(report.counts) == 6 and report.jobs == 2
+        assert_identical(pg_cluster, source, restored)
+        assert not any((lifeos_env.backup_root / ".restore").iterdir())  # workspace removed
+
+        worker.stop()
+        for place in [
+            folder / f"{backup_id}.manifest.json",
+            lifeos_env.backup_root / "catalog.sqlite3",
+            worker.log_path,
+        ]:
+            assert PASSWORD.encode() not in place.read_bytes(), place
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_single_table_restore_of_characters(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, jobs: int
+) -> None:
+    scratch = scratch_name("scratch")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, scratch):
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        backup_id = backup_now(lifeos_env)
+        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+        report = restore_postgres(
+            archive, read_manifest(mpath), lifeos_env.settings(), scratch,
+            create=True, tables=["characters"], jobs=jobs,
+        )
+        assert report.jobs == jobs
+        assert [(c.table, c.expected, c.restored) for c in report.counts] == [
+            ("public.characters", 300, 300)
+        ]
+        with psycopg.connect(pg_cluster.url(scratch)) as conn:
+            relations = conn.execute(
+                "SELECT relname, relkind FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+                " ORDER BY 1"
+            ).fetchall()
+            next_id = conn.execute("SELECT nextval('characters_id_seq')").fetchone()
+        assert relations == [
+            ("characters", "r"),
+            ("characters_id_seq", "S"),
+            ("characters_pkey", "i"),
+            ("characters_traits_gin", "i"),
+        ]
+        assert next_id == (301,)
+        hashes = table_hashes(pg_cluster, scratch, ["characters"])
+        assert hashes == table_hashes(pg_cluster, source, ["characters"])
+
+
+def test_corrupted_archive_is_refused_by_verify_and_restore(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+) -> None:
+    target = scratch_name("never")
+    with lifeos_database(pg_cluster) as source:
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        backup_id = backup_now(lifeos_env)
+    archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+    data = bytearray(archive.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    archive.write_bytes(bytes(data))
+
+    with pytest.raises(VerificationFailed, match="checksum"):
+        verify_backup(backup_id, lifeos_env.settings(), lifeos_env.catalog())
+    row = lifeos_env.catalog().get(backup_id)
+    assert row.status == FAILED and "checksum" in (row.error or "")
+    with pytest.raises(VerificationFailed, match="checksum"):
+        restore_postgres(archive, read_manifest(mpath), lifeos_env.settings(), target, create=True)
+    assert not pg_cluster.database_exists(target)
+
+
+def test_verify_needs_every_manifest_table_in_the_dump(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+) -> None:
+    with lifeos_database(pg_cluster) as source:
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        backup_id = backup_now(lifeos_env)
+    _archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+    manifest = json.loads(mpath.read_text())
+    manifest["facts"]["tables"].append({"schema": "public", "name": "ghosts", "rows": 1})
+    mpath.write_text(json.dumps(manifest))
+    with pytest.raises(VerificationFailed, match="lacks tables") as caught:
+        verify_backup(backup_id, lifeos_env.settings(), lifeos_env.catalog())
+    assert "public.ghosts" in str(caught.value)
+
+
+def test_unreachable_database_is_retried_then_failed(
+    lifeos_env: LifeosEnv, start_worker
+) -> None:
+    from tests.support.services import free_port
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/lifeos"
+    start_worker(LIFEOS_DATABASE_URL=url, LIFEOS_RETRY_MAX="1", LIFEOS_RETRY_BACKOFF_MAX="1")
+    app = make_app(lifeos_env.vars["LIFEOS_REDIS_URL"])
+    with pytest.raises(BackupFailed, match="unreachable"):
+        request_backup("postgres", "test", wait=True, timeout=60, app=app)
+    rows = lifeos_env.catalog().list(kind="postgres")
+    assert len(rows) == 2  # the first attempt and one retry
+    assert all(r.status == FAILED and "unreachable" in (r.error or "") for r in rows)
+    runs = [r.state for r in lifeos_env.catalog().task_runs() if r.task_name.endswith("create")]
+    assert sorted(runs) == ["failed", "retrying"]
+    assert folder_contents(lifeos_env) == []
+
+
+def test_wrong_password_fails_at_once_without_leaking_it(
+    lifeos_env: LifeosEnv, start_worker, pg_cluster: PostgresCluster, password_role: str
+) -> None:
+    wrong = "Wrong-" + uuid.uuid4().hex
+    worker = start_worker(
+        LIFEOS_DATABASE_URL=role_url(pg_cluster, "postgres", wrong),
+        LIFEOS_PG_BIN_DIR=str(pg_cluster.bindir),
+        LIFEOS_RETRY_MAX="1",
+        LIFEOS_RETRY_BACKOFF_MAX="1",
+    )
+    app = make_app(lifeos_env.vars["LIFEOS_REDIS_URL"])
+    with pytest.raises(BackupFailed, match="refused the login") as caught:
+        request_backup("postgres", "test", wait=True, timeout=60, app=app)
+    [row] = lifeos_env.catalog().list(kind="postgres")  # permanent: no retry
+    assert row.status == FAILED and "password authentication failed" in (row.error or "")
+    assert folder_contents(lifeos_env) == []
+    worker.stop()
+    assert wrong not in str(caught.value) and wrong not in (row.error or "")
+    assert wrong.encode() not in worker.log_path.read_bytes()
+    assert wrong.encode() not in (lifeos_env.backup_root / "catalog.sqlite3").read_bytes()
+
+
+def test_pg_dump_older_than_server_is_refused_before_any_file(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    bindir = tmp_path / "old-bin"
+    bindir.mkdir()
+    fake = bindir / "pg_dump"
+    fake.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.9'\n")
+    fake.chmod(0o755)
+    lifeos_env.set(LIFEOS_DATABASE_URL=pg_cluster.url(), LIFEOS_PG_BIN_DIR=str(bindir))
+    with pytest.raises(ToolTooOld, match=r"pg_dump 14\.9 is older than the PostgreSQL server 15"):
+        create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog())
+    assert folder_contents(lifeos_env) == []
+    [row] = lifeos_env.catalog().list(kind="postgres")
+    assert row.status == FAILED and "14.9" in (row.error or "")
+
+
+def test_pg_dump_killed_mid_dump_leaves_no_file(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    bindir = tmp_path / "dying-bin"
+    bindir.mkdir()
+    real = pg_cluster.bindir / "pg_dump"
+    wrapper = bindir / "pg_dump"
+    wrapper.write_text(
+        "#!/bin/bash\n"
+        f'if [ "$1" = "--version" ]; then exec {real} --version; fi\n'
+        f'{real} "$@" | head -c 300000\n'
+        "kill -KILL $$\n"
+    )
+    wrapper.chmod(0o755)
+    with lifeos_database(pg_cluster) as source:
+        lifeos_env.set(LIFEOS_DATABASE_URL=pg_cluster.url(source), LIFEOS_PG_BIN_DIR=str(bindir))
+        with pytest.raises(CommandFailed, match="killed by SIGKILL"):
+            create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog())
+    assert folder_contents(lifeos_env) == []
+    [row] = lifeos_env.catalog().list(kind="postgres")
+    assert row.status == FAILED and "SIGKILL" in (row.error or "")
+
+
+def test_cli_restore_refuses_a_database_with_tables_unless_forced(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+) -> None:
+    with lifeos_database(pg_cluster) as source, temporary_database(pg_cluster) as target:
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        backup_id = backup_now(lifeos_env)
+        with psycopg.connect(target.url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE keep_me (id int)")
+
+        refused = cli(lifeos_env, "restore", "postgres", backup_id, "--database", target.name)
+        assert refused.returncode != 0
+        assert "Traceback" not in refused.stderr
+        assert refused.stderr.strip().count("\n") == 0, refused.stderr
+        assert refused.stderr.startswith("error: database") and "already holds 1" in refused.stderr
+        with psycopg.connect(target.url) as conn:
+            names = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            assert names.fetchall() == [("keep_me",)]
+
+        forced = cli(
+            lifeos_env, "restore", "postgres", backup_id, "--database", target.name, "--force"
+        )
+        assert forced.returncode == 0, forced.stderr
+        assert "row counts match the manifest" in forced.stdout
+        assert table_hashes(pg_cluster, target.name, TABLES) == table_hashes(
+            pg_cluster, source, TABLES
+        )
+
+
+def test_cli_restore_exits_non_zero_on_a_row_count_difference(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+) -> None:
+    target = scratch_name("diff")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, target):
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        backup_id = backup_now(lifeos_env)
+        _archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+        manifest = json.loads(mpath.read_text())
+        for table in manifest["facts"]["tables"]:
+            if table["name"] == "outfits":
+                table["rows"] += 1
+        mpath.write_text(json.dumps(manifest))
+
+        result = cli(
+            lifeos_env, "restore", "postgres", backup_id, "--database", target, "--create",
+            "--jobs", "1",
+        )
+        assert result.returncode == 1, result.stderr
+        assert "public.outfits" in result.stdout and "401" in result.stdout
+        assert "400" in result.stdout
+        assert result.stderr.startswith("error: 1 of 6 restored tables differ")
+        assert "Traceback" not in result.stderr
+
+
+def test_data_offsets_are_the_bytes_pg_dump_writes_to_a_file(
+    pg_cluster: PostgresCluster, tmp_path: Path
+) -> None:
+    from lifeos_backup.postgres.offsets import add_data_offsets, copy_with_offsets
+
+    pg_dump = str(pg_cluster.bindir / "pg_dump")
+    with lifeos_database(pg_cluster) as source:
+        url = pg_cluster.url(source)
+        piped = tmp_path / "piped.dump"
+        with piped.open("wb") as out:  # through a pipe: pg_dump cannot seek back
+            dump = subprocess.Popen([pg_dump, "-Fc", "-Z0", url], stdout=subprocess.PIPE)
+            assert dump.stdout is not None
+            out.write(dump.stdout.read())
+            assert dump.wait() == 0
+        filed = tmp_path / "filed.dump"
+        subprocess.run([pg_dump, "-Fc", "-Z0", "-f", str(filed), url], check=True)
+        gzipped = tmp_path / "gzipped.dump"
+        subprocess.run([pg_dump, "-Fc", "-Z1", "-f", str(gzipped), url], check=True)
+    before = piped.read_bytes()
+    copied = tmp_path / "copied.dump"
+    with piped.open("rb") as src, copied.open("wb") as out:  # the restore's one-pass copy
+        assert copy_with_offsets(src, out, lambda: None) == len(TABLES)
+    assert add_data_offsets(piped) == len(TABLES)
+    assert copied.read_bytes() == piped.read_bytes()
+    patched, reference = piped.read_bytes(), filed.read_bytes()
+    assert patched != before
+    # Identical but for the creation time in the header (7 integers of 5 bytes after byte 16).
+    assert patched[:16] == reference[:16] and patched[51:] == reference[51:]
+    unchanged = gzipped.read_bytes()
+    assert add_data_offsets(gzipped) == 0 and gzipped.read_bytes() == unchanged

@@ -1,0 +1,186 @@
+"""Off-site building blocks without a server: error mapping, part plans, throttle, settings."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+
+from beat_schedule import build_schedule
+from lifeos_backup.catalog import Backup
+from lifeos_backup.errors import (
+    ConfigError,
+    OffsiteError,
+    PermanentError,
+    RetryableError,
+    VerificationFailed,
+)
+from lifeos_backup.manifest import ArchiveInfo, Compression, Manifest
+from lifeos_backup.offsite.s3 import same_checksum, translate
+from lifeos_backup.offsite.state import location
+from lifeos_backup.offsite.upload import (
+    MIB,
+    RangeReader,
+    Throttle,
+    part_size_for,
+    plan_upload,
+    remote_mismatch,
+)
+from lifeos_backup.settings import Settings
+
+
+def client_error(code: str, status: int = 400) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "PutObject",
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "expected", "words"),
+    [
+        (EndpointConnectionError(endpoint_url="http://x"), OffsiteError, "unreachable"),
+        (client_error("SlowDown", 503), OffsiteError, "busy"),
+        (client_error("InternalError", 500), OffsiteError, "busy"),
+        (client_error("InvalidAccessKeyId", 403), OffsiteError, "credentials"),
+        (client_error("SignatureDoesNotMatch", 403), OffsiteError, "credentials"),
+        (client_error("NoSuchBucket", 404), ConfigError, "does not exist"),
+        (NoCredentialsError(), ConfigError, "no credentials"),
+        (client_error("InvalidArgument"), PermanentError, "refused"),
+    ],
+)
+def test_botocore_errors_become_ours(exc: Exception, expected: type, words: str) -> None:
+    ours = translate(exc, "upload of x", "s3://b")
+    assert type(ours) is expected and words in str(ours)
+    assert isinstance(ours, RetryableError) == (expected is OffsiteError)
+
+
+def test_part_size_grows_only_beyond_ten_thousand_parts() -> None:
+    assert part_size_for(100 * MIB, 64) == 64 * MIB
+    huge = 2 << 40  # 2 TiB
+    size = part_size_for(huge, 5)
+    assert size % MIB == 0 and -(-huge // size) <= 10_000
+
+
+def _manifest(path: Path) -> Manifest:
+    data = path.read_bytes()
+    now = datetime.now(UTC)
+    return Manifest(
+        backup_id="json_backup_20260101_000000",
+        kind="json",
+        created_at=now,
+        finished_at=now,
+        host="h",
+        tool_version="t",
+        compression=Compression(algorithm="zstd", level=3),
+        archive=ArchiveInfo(
+            name=path.name, size=len(data), sha256=hashlib.sha256(data).hexdigest()
+        ),
+    )
+
+
+def test_plan_hashes_parts_and_refuses_a_changed_file(tmp_path: Path) -> None:
+    path = tmp_path / "a.bin"
+    data = os.urandom(2 * MIB + 123)
+    path.write_bytes(data)
+    manifest = _manifest(path)
+    plan = plan_upload(path, manifest, MIB)
+    assert [(p.number, p.offset, p.size) for p in plan.parts] == [
+        (1, 0, MIB),
+        (2, MIB, MIB),
+        (3, 2 * MIB, 123),
+    ]
+    digests = [hashlib.sha256(data[p.offset : p.offset + p.size]).digest() for p in plan.parts]
+    composite = base64.b64encode(hashlib.sha256(b"".join(digests)).digest()).decode()
+    assert plan.expected_checksum == f"{composite}-3"
+    single = plan_upload(path, manifest, 4 * MIB)
+    assert (
+        single.single
+        and single.expected_checksum == base64.b64encode(hashlib.sha256(data).digest()).decode()
+    )
+    path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(VerificationFailed, match="changed since it was verified"):
+        plan_upload(path, manifest, MIB)
+
+
+def test_empty_archive_is_one_empty_part(tmp_path: Path) -> None:
+    path = tmp_path / "empty"
+    path.write_bytes(b"")
+    plan = plan_upload(path, _manifest(path), MIB)
+    assert plan.single and [p.size for p in plan.parts] == [0]
+
+
+def test_range_reader_reads_its_range_and_rewinds(tmp_path: Path) -> None:
+    path = tmp_path / "f"
+    path.write_bytes(bytes(range(256)) * 4)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        reader = RangeReader(fd, 10, 20, None)
+        assert reader.read(5) == bytes(range(10, 15)) and reader.tell() == 5
+        assert reader.read() == bytes(range(15, 30)) and reader.read() == b""
+        assert reader.seek(0) == 0 and len(reader.read(100)) == 20
+        assert reader.seek(0, os.SEEK_END) == 20 and len(reader) == 20
+    finally:
+        os.close(fd)
+
+
+def test_throttle_holds_the_rate_across_calls() -> None:
+    throttle = Throttle(10 * 1_000_000)  # 10 MB/s
+    started = time.monotonic()
+    for _ in range(4):
+        throttle.consume(1_000_000)
+    assert time.monotonic() - started >= 0.28  # the first MB is free, three more need 0.3 s
+
+
+def test_remote_mismatch_names_the_difference() -> None:
+    good = {"ContentLength": 10, "Metadata": {"sha256": "ab"}, "ChecksumSHA256": "Zm9v-2"}
+    assert remote_mismatch(good, 10, "ab", "Zm9v") == ""  # "-2": a service's composite suffix
+    assert "missing" in remote_mismatch(None, 10, "ab", None)
+    assert "bytes" in remote_mismatch(good, 11, "ab", None)
+    assert "metadata" in remote_mismatch(good, 10, "cd", None)
+    assert "checksum" in remote_mismatch(good, 10, "ab", "YmFy")
+    assert "no SHA-256" in remote_mismatch({**good, "ChecksumSHA256": None}, 10, "ab", "Zm9v")
+    assert same_checksum("Zm9v-3", "Zm9v") and not same_checksum(None, "Zm9v")
+
+
+def test_settings_offsite_switch_and_empty_endpoint() -> None:
+    assert not Settings().offsite_enabled
+    settings = Settings(s3_bucket="b", s3_endpoint_url="", s3_bandwidth_limit="")
+    assert settings.offsite_enabled and settings.s3_endpoint_url is None
+    assert settings.s3_bandwidth_limit is None
+    with pytest.raises(ValueError, match="GOVERNANCE or COMPLIANCE"):
+        Settings(s3_object_lock_mode="forever")
+    with pytest.raises(ValueError, match="age public keys"):
+        Settings(encryption_recipients="age1typo")
+    with pytest.raises(ValueError):
+        Settings(s3_part_size_mb=4)  # below S3's 5 MiB minimum
+
+
+def test_sync_is_scheduled_only_with_a_bucket() -> None:
+    assert "offsite-sync" not in build_schedule(Settings())
+    job = build_schedule(Settings(s3_bucket="b"))["offsite-sync"]
+    assert job["task"] == "lifeos.offsite.sync"
+    assert job["schedule"].hour == {5} and job["schedule"].minute == {0}
+
+
+def test_location(tmp_path: Path) -> None:
+    (tmp_path / "json").mkdir()
+    (tmp_path / "json" / "here.tar.zst").write_bytes(b"x")
+    now = datetime.now(UTC)
+
+    def row(path: str, status: str, offsite: str | None) -> Backup:
+        return Backup(
+            id="i", kind="json", status=status, path=path, created_at=now, offsite_status=offsite
+        )
+
+    assert location(row("json/here.tar.zst", "verified", None), tmp_path) == "local"
+    assert location(row("json/here.tar.zst", "verified", "uploaded"), tmp_path) == "both"
+    assert location(row("json/gone.tar.zst", "verified", "uploaded"), tmp_path) == "offsite"
+    assert location(row("json/here.tar.zst", "deleted", "uploaded"), tmp_path) == "offsite"
+    assert location(row("json/gone.tar.zst", "deleted", "damaged"), tmp_path) == "none"

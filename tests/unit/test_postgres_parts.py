@@ -1,0 +1,215 @@
+"""The PostgreSQL kind's pure parts: conninfo and secrets, errors, TOC selection, schedule."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from celery.schedules import crontab
+
+from beat_schedule import build_schedule
+from lifeos_backup.errors import ConfigError, NotFound, SourceUnavailable
+from lifeos_backup.postgres.connect import AuthenticationFailed, classify_connect_error
+from lifeos_backup.postgres.conninfo import PgTarget
+from lifeos_backup.postgres.dump import dump_args
+from lifeos_backup.postgres.toc import missing_tables, parse_toc, select_tables, use_list
+from lifeos_backup.postgres.tools import Tool, ToolTooOld, parse_version, require_dump_not_older
+from lifeos_backup.settings import Settings
+from lifeos_backup.streams import CHUNK
+
+SECRET = "s3cr3t-Pa55"
+URL = f"postgresql://lifeos:{SECRET}@db.example:5433/lifeos?sslmode=require"
+
+# `pg_restore --list --verbose` of a small Life-OS-like dump (PostgreSQL 15).
+TOC = """\
+;
+; Archive created at 2026-11-28 06:53:42 UTC
+;     dbname: exp
+;
+; Selected TOC Entries:
+;
+3363; 0 0 ENCODING - ENCODING
+3364; 0 0 STDSTRINGS - STDSTRINGS
+3365; 0 0 SEARCHPATH - SEARCHPATH
+3366; 1262 16384 DATABASE - exp postgres
+215; 1259 16386 TABLE public characters postgres
+3367; 0 0 COMMENT public TABLE characters postgres
+;\tdepends on: 215
+214; 1259 16385 SEQUENCE public characters_id_seq postgres
+;\tdepends on: 215
+3368; 0 0 SEQUENCE OWNED BY public characters_id_seq postgres
+;\tdepends on: 214
+217; 1259 16397 TABLE public outfits postgres
+216; 1259 16396 SEQUENCE public outfits_id_seq postgres
+;\tdepends on: 217
+218; 1259 16409 VIEW public v postgres
+;\tdepends on: 215 217 215 217
+3206; 2604 16389 DEFAULT public characters id postgres
+;\tdepends on: 215 214 215
+3358; 0 16386 TABLE DATA public characters postgres
+;\tdepends on: 215
+3360; 0 16397 TABLE DATA public outfits postgres
+;\tdepends on: 217
+3369; 0 0 SEQUENCE SET public characters_id_seq postgres
+;\tdepends on: 214
+3370; 0 0 SEQUENCE SET public outfits_id_seq postgres
+;\tdepends on: 216
+3210; 2606 16394 CONSTRAINT public characters characters_pkey postgres
+;\tdepends on: 215
+3212; 2606 16403 CONSTRAINT public outfits outfits_pkey postgres
+;\tdepends on: 217
+3208; 1259 16395 INDEX public characters_name_idx postgres
+;\tdepends on: 215
+3213; 2606 16404 FK CONSTRAINT public outfits outfits_character_id_fkey postgres
+;\tdepends on: 3210 217 215
+"""
+
+
+def test_password_is_split_off_the_url() -> None:
+    target = PgTarget.parse(URL)
+    assert SECRET not in target.conninfo() and SECRET not in target.describe()
+    assert "sslmode=require" in target.conninfo() and "dbname=lifeos" in target.conninfo()
+    assert target.env() == {"PGPASSWORD": SECRET}
+    assert target.connect_kwargs() == {"password": SECRET}
+    assert target.describe() == "lifeos@db.example:5433/lifeos"
+    assert target.redact(f"failed for {SECRET}") == "failed for ***"
+    assert SECRET not in repr(target)
+
+
+def test_dump_arguments_never_carry_the_password() -> None:
+    target = PgTarget.parse(URL)
+    args = dump_args(Tool("/usr/bin/pg_dump", "15.2", 15), target, "00000003-0000001B-1")
+    assert not any(SECRET in arg for arg in args)
+    assert "--snapshot=00000003-0000001B-1" in args and "--compress=0" in args
+    assert "--format=custom" in args and "--no-password" in args
+
+
+def test_another_database_keeps_the_login_or_takes_a_whole_url() -> None:
+    target = PgTarget.parse(URL)
+    scratch = target.with_database("scratch")
+    assert scratch.params["dbname"] == "scratch" and scratch.env() == {"PGPASSWORD": SECRET}
+    other = target.with_database("postgresql://other@elsewhere/restored")
+    assert other.params["host"] == "elsewhere" and other.env() == {}
+
+
+def test_unparsable_url_does_not_echo_it() -> None:
+    with pytest.raises(ConfigError) as caught:
+        PgTarget.parse(f"host=db password={SECRET} bogus_option=1")
+    assert SECRET not in str(caught.value)
+
+
+def test_sslpassword_is_refused() -> None:
+    with pytest.raises(ConfigError, match="sslpassword"):
+        PgTarget.parse(f"postgresql://u@h/db?sslpassword={SECRET}")
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        ('connection to server at "h", port 5432 failed: FATAL:  password authentication '
+         'failed for user "lifeos"', AuthenticationFailed),
+        ("fe_sendauth: no password supplied", AuthenticationFailed),
+        ('FATAL:  role "nobody" does not exist', AuthenticationFailed),
+        ('FATAL:  no pg_hba.conf entry for host "10.0.0.1"', AuthenticationFailed),
+        ('FATAL:  database "gone" does not exist', NotFound),
+        ('connection to server at "h", port 1 failed: Connection refused\n\tIs the server '
+         "running on that host and accepting TCP/IP connections?", SourceUnavailable),
+        ("FATAL:  the database system is starting up", SourceUnavailable),
+        ("timeout expired", SourceUnavailable),
+    ],
+)
+def test_connection_failures_are_classified(message: str, kind: type) -> None:
+    error = classify_connect_error(message, PgTarget.parse(URL))
+    assert type(error) is kind
+    assert "\n" not in str(error) and SECRET not in str(error)
+
+
+def test_versions_are_parsed_and_an_old_pg_dump_refused() -> None:
+    assert parse_version("pg_dump (PostgreSQL) 15.20 (Debian 15.20-0+deb12u1)") == ("15.20", 15)
+    assert parse_version("pg_restore (PostgreSQL) 17beta1") == ("17", 17)
+    require_dump_not_older(Tool("pg_dump", "16.1", 16), "15.4", 150004)
+    too_old = r"pg_dump 14\.9 is older than the PostgreSQL server 15\.4"
+    with pytest.raises(ToolTooOld, match=too_old):
+        require_dump_not_older(Tool("pg_dump", "14.9", 14), "15.4", 150004)
+
+
+def test_toc_lists_tables_with_their_data() -> None:
+    entries = parse_toc(TOC)
+    assert [e.desc for e in entries[:5]] == [
+        "ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE", "TABLE",
+    ]
+    assert entries[-1].desc == "FK CONSTRAINT" and entries[-1].deps == (3210, 217, 215)
+    assert missing_tables(entries, [("public", "characters"), ("public", "outfits")]) == []
+    assert missing_tables(entries, [("public", "ghosts"), ("other", "characters")]) == [
+        "public.ghosts",
+        "other.characters",
+    ]
+
+
+def test_single_table_selection_takes_keys_indexes_and_owned_sequences_only() -> None:
+    chosen = select_tables(parse_toc(TOC), [("public", "characters")])
+    assert [e.dump_id for e in chosen] == [
+        3363, 3364, 3365,  # session set-up
+        215, 3367, 214, 3368, 3206, 3358, 3369, 3210, 3208,
+    ]
+    # outfits' foreign key and the view need other tables: left out.
+    assert use_list(chosen).splitlines()[3] == "215; 1259 16386 TABLE public characters postgres"
+    both = select_tables(parse_toc(TOC), [("public", "characters"), ("public", "outfits")])
+    assert 3213 in {e.dump_id for e in both} and 218 not in {e.dump_id for e in both}
+
+
+def test_postgres_is_scheduled_only_with_a_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("LIFEOS_DATABASE_URL", raising=False)
+    assert "postgres-backup" not in build_schedule(Settings(database_url=None))
+    job = build_schedule(Settings(database_url=URL))["postgres-backup"]
+    assert job["task"] == "lifeos.backup.start" and job["args"] == ("postgres",)
+    assert job["schedule"] == crontab(minute="0", hour="3")
+    monkeypatch.setenv("PGDATABASE", "lifeos")
+    assert "postgres-backup" in build_schedule(Settings(database_url=None))
+
+
+def test_postgres_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LIFEOS_RETENTION_POSTGRES", "LIFEOS_RESTORE_JOBS", "LIFEOS_PG_BIN_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings()
+    assert settings.retention_postgres == "within=30d" and settings.restore_jobs == 2
+    assert settings.pg_bin_dir is None and settings.postgres_compression_level == 1
+
+
+@pytest.mark.parametrize("where", [0, CHUNK - 3, CHUNK - 1, CHUNK, CHUNK + 1000])
+def test_block_end_is_found_across_chunk_boundaries(where: int) -> None:
+    from lifeos_backup.postgres.offsets import BLOCK_END, _Scanner
+
+    data = b"row\n" * (where // 4) + b"x" * (where % 4) + BLOCK_END + b"\x01next" + b"y" * 10
+    scanner = _Scanner(io.BytesIO(data), 0)
+    assert scanner.find(BLOCK_END, 0) == where
+    assert scanner.take(where + len(BLOCK_END), 5) == b"\x01next"
+    assert scanner.find(BLOCK_END, where + len(BLOCK_END) + 5) == -1  # forward only, none left
+
+
+def test_only_this_hosts_dead_restore_workspaces_are_removed(tmp_path) -> None:
+    import os
+    import socket
+
+    from lifeos_backup.postgres.restore import remove_abandoned
+
+    host = socket.gethostname()
+    names = [f"b@{host}-999999999", f"b@{host}-{os.getpid()}", "b@elsewhere-999999999"]
+    for name in names:
+        (tmp_path / name).mkdir()
+    remove_abandoned(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+
+
+def test_a_backup_without_a_configured_database_fails_clearly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from lifeos_backup.postgres.dump import dump_database
+
+    for name in ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE", "LIFEOS_DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ConfigError, match="no PostgreSQL database is configured"):
+        dump_database(Settings(database_url=None), tmp_path / "x.dump.zst", lambda _: None)
+    assert list(tmp_path.iterdir()) == []
