@@ -401,6 +401,11 @@ def report(backups: list[Contender], restores: list[Contender], worker_rss_kb: i
 # --------------------------------------------------------------------------- main
 
 
+def _rotated(items: list[Contender], by: int) -> list[Contender]:
+    by %= len(items)
+    return items[by:] + items[:by]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale (default 70)")
@@ -443,7 +448,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         worker = bench.worker = WorkerRss(bench)
         for rnd in range(args.repeat):
-            for contender in backups + restores:
+            # Each round starts the backups and the restores at a different contender, so that
+            # what ran just before (a big restore, a dropped database) weighs on all alike. Our
+            # restore needs this round's backup: the backups all come first.
+            order = _rotated(backups, rnd) + _rotated(restores, rnd)
+            for contender in order:
+                checkpoint(cluster)
                 sample = contender.run(rnd)
                 contender.samples.append(sample)
                 print(f"round {rnd + 1}: {contender.label}: {sample.seconds:.2f} s", flush=True)

@@ -122,10 +122,11 @@ def test_audit_records_every_action_with_its_initiator(
     assert verified.returncode == 0 and "11 records" in verified.stdout, verified.stderr
 
 
-def _append_many(url: str, worker: int, count: int) -> None:
+def _append_many(url: str, worker: int, count: int, go: Any) -> None:
     from lifeos_backup.catalog.store import Catalog
 
     catalog = Catalog(url)
+    go.wait(60)  # all processes connected: start appending at the same moment
     for i in range(count):
         audit.append(catalog, action="flag.set", target=f"w{worker}-{i}", initiator=f"p{worker}")
 
@@ -136,15 +137,18 @@ def test_concurrent_appends_on_a_postgres_catalog_keep_one_chain(pg_url: str) ->
 
     Catalog(pg_url)  # migrate once before the race
     context = multiprocessing.get_context("spawn")
-    procs = [context.Process(target=_append_many, args=(pg_url, w, 20)) for w in range(4)]
+    go = context.Event()
+    procs = [context.Process(target=_append_many, args=(pg_url, w, 40, go)) for w in range(4)]
     for proc in procs:
         proc.start()
+    time.sleep(3)  # spawn + import + connect
+    go.set()
     for proc in procs:
         proc.join(120)
         assert proc.exitcode == 0
     catalog = Catalog(pg_url)
     rows = audit.records(catalog)
-    assert len(rows) == 80 and len({r.prev_hash for r in rows}) == 80
+    assert len(rows) == 160 and len({r.prev_hash for r in rows}) == 160
     result = audit.verify(catalog)
     assert result.ok, result.problems[:3]
     catalog.engine.dispose()

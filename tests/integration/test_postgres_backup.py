@@ -519,3 +519,30 @@ def test_data_offsets_are_the_bytes_pg_dump_writes_to_a_file(
     assert patched[:16] == reference[:16] and patched[51:] == reference[51:]
     unchanged = gzipped.read_bytes()
     assert add_data_offsets(gzipped) == 0 and gzipped.read_bytes() == unchanged
+
+
+def test_disk_full_during_the_dump_removes_the_partial_file(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    import lifeos_backup.postgres.dump as dump_module
+    from lifeos_backup.postgres.dump import DiskFull
+    from lifeos_backup.streams import HashingWriter
+
+    class FillsUp(HashingWriter):
+        """The disk is full once 100 kB of the archive are written."""
+
+        def write(self, data: bytes) -> int:
+            if self.size + len(data) > 100_000:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(data)
+
+    monkeypatch.setattr(dump_module, "HashingWriter", FillsUp)
+    with lifeos_database(pg_cluster) as source:
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        with pytest.raises(DiskFull, match="the backup disk is full"):
+            create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog())
+    assert folder_contents(lifeos_env) == []
+    [row] = lifeos_env.catalog().list(kind="postgres")
+    assert row.status == FAILED and "No space left on device" in (row.error or "")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import os
 import re
+from types import ModuleType
 
 import pytest
 from celery import Celery
@@ -23,10 +25,25 @@ from lifeos_backup.client import (
 from lifeos_backup.errors import ConfigError
 from lifeos_backup.queues import pin_to_host, valid_queue_name
 from lifeos_backup.settings import Settings, get_settings
-from workers.celery_app import app as worker_app
-from workers.celery_app import configure, redbeat_connection
 
 SECRET_PARAMETER = re.compile(r"password|secret|token|key|auth|url", re.IGNORECASE)
+
+
+def _import_worker_app() -> ModuleType:
+    """workers.celery_app, without keeping the umask 077 its import sets for worker processes
+    (later tests in this process check group-readable file modes)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    try:
+        import workers.celery_app as module
+    finally:
+        os.umask(umask)
+    return module
+
+
+_worker = _import_worker_app()
+worker_app = _worker.app
+configure, redbeat_connection = _worker.configure, _worker.redbeat_connection
 
 
 def lifeos_tasks() -> dict[str, object]:
