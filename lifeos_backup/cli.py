@@ -15,6 +15,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
+import kombu.exceptions
+import redis
+import redis.exceptions
 import typer
 from rich.console import Console
 from rich.progress import DownloadColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -101,6 +104,17 @@ def _size(n: int | None) -> str:
     return f"{value:.1f} TiB"
 
 
+def _require_redis(url: str) -> None:
+    """Fail with one clear line before Celery's own retry loops bury the cause in a traceback."""
+    try:
+        with redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3) as client:
+            client.ping()
+    except redis.exceptions.RedisError as exc:
+        raise LifeosError(
+            "cannot reach Redis", str(exc), "start it, check LIFEOS_REDIS_URL, or run `up`"
+        ) from exc
+
+
 @app.command()
 def backup(
     kind: Annotated[str, typer.Argument(help="What to back up: json, postgres, basebackup.")],
@@ -113,7 +127,9 @@ def backup(
     from lifeos_backup.kinds import get_kind
 
     get_kind(kind)
-    client = make_app(settings().require_redis_url())
+    url = settings().require_redis_url()
+    _require_redis(url)
+    client = make_app(url)
     initiator = os.environ.get("USER") or "operator"
     try:
         with progress_bar(f"{kind} backup") as show:
@@ -345,6 +361,13 @@ def main() -> None:
     except typer.Abort:
         err.print("aborted")
         sys.exit(130)
+    except (redis.exceptions.ConnectionError, kombu.exceptions.OperationalError) as exc:
+        # Expected when Redis is down or not started: one line, not a traceback.
+        error = LifeosError(
+            "cannot reach Redis", str(exc), "start it, check LIFEOS_REDIS_URL, or run `up`"
+        )
+        err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)
     except Exception as exc:  # click usage errors come through here in non-standalone mode
         import click
 
