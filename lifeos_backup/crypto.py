@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from lifeos_backup.errors import ConfigError, DecryptionKeyError, VerificationFailed
-from lifeos_backup.manifest import Encryption, Manifest
+from lifeos_backup.manifest import Encryption, Manifest, require_archive_match
 from lifeos_backup.progress import Progress, ProgressFn, ignore
 from lifeos_backup.streams import HashingReader
 
@@ -552,12 +552,7 @@ def check_sealed(archive: Path, manifest: Manifest, progress: ProgressFn = ignor
         while hashed.read(1 << 20):
             report.bytes_done = hashed.size
             progress(report)
-    if hashed.size != manifest.archive.size or hashed.hexdigest() != manifest.archive.sha256:
-        raise VerificationFailed(
-            f"archive {archive.name} does not match its manifest checksum",
-            f"size {hashed.size} (manifest {manifest.archive.size})",
-            "the backup is not good; use another one",
-        )
+    require_archive_match(manifest, archive.name, hashed.size, hashed.hexdigest())
     if len(header.stanzas) != len(manifest.encryption.recipients):
         raise _damaged(
             f"{len(header.stanzas)} recipient stanzas, the manifest names "

@@ -22,7 +22,7 @@ import zstandard
 from lifeos_backup.crypto import open_plain
 from lifeos_backup.errors import TargetNotEmpty, UnsafeArchive, VerificationFailed
 from lifeos_backup.fsutil import DIR_MODE, FILE_MODE, private_dir
-from lifeos_backup.manifest import FileEntry, Manifest
+from lifeos_backup.manifest import FileEntry, Manifest, require_archive_match
 from lifeos_backup.progress import Progress, ProgressFn
 from lifeos_backup.streams import CHUNK, HashingReader, decompressor
 from lifeos_backup.tarstream import Member, TarReader
@@ -96,11 +96,7 @@ def check_archive(
             "archive lacks members listed in the manifest",
             f"{len(missing)} missing, first: {missing[0]}",
         )
-    if hashed.size != manifest.archive.size or hashed.hexdigest() != manifest.archive.sha256:
-        raise _mismatch(
-            f"archive {archive.name} does not match its manifest checksum",
-            f"size {hashed.size} (manifest {manifest.archive.size})",
-        )
+    require_archive_match(manifest, archive.name, hashed.size, hashed.hexdigest())
 
 
 def safe_relpath(path: str) -> str:

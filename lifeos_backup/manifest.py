@@ -106,3 +106,13 @@ def read_manifest(path: Path) -> Manifest:
             str(exc).splitlines()[0],
             "the backup cannot be trusted; use another one",
         ) from exc
+
+
+def require_archive_match(manifest: Manifest, name: str, size: int, sha256: str) -> None:
+    """The check every reader ends with: the bytes it read are the bytes the manifest promises."""
+    if size != manifest.archive.size or sha256 != manifest.archive.sha256:
+        raise VerificationFailed(
+            f"archive {name} does not match its manifest checksum",
+            f"size {size} (manifest {manifest.archive.size}), sha256 {sha256[:16]}...",
+            "the backup is not good; use another one",
+        )

@@ -289,3 +289,14 @@ def _redact(text: str, secrets: Collection[str]) -> str:
     for secret in secrets:
         text = text.replace(secret, "***")
     return text
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process exists (of any user): tells abandoned work folders from busy ones."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -40,6 +40,7 @@ from lifeos_backup.errors import ConfigError, LifeosError, NotFound, PermanentEr
 from lifeos_backup.fsutil import DIR_MODE, atomic_writer, private_dir, write_json_atomic
 from lifeos_backup.manifest import Manifest, read_manifest
 from lifeos_backup.monitoring import records
+from lifeos_backup.procs import pid_alive
 from lifeos_backup.progress import ProgressFn, ignore
 from lifeos_backup.settings import Settings
 
@@ -344,19 +345,9 @@ def _remove_abandoned(workspace: Path, say: Say) -> None:
     """Extraction folders of drills whose process is gone (killed mid-drill)."""
     for path in workspace.iterdir():
         pid = path.name.rpartition("-")[2]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             say("removing the extraction folder of an interrupted drill: %s", path.name)
             _remove_tree(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # ----------------------------------------------------------------------------- PostgreSQL

@@ -27,7 +27,7 @@ from typing import Any
 from lifeos_backup.errors import ConfigError, VerificationFailed
 from lifeos_backup.fsutil import atomic_writer
 from lifeos_backup.kinds import Written
-from lifeos_backup.manifest import Manifest
+from lifeos_backup.manifest import Manifest, require_archive_match
 from lifeos_backup.pitr import wal_archive_dir
 from lifeos_backup.pitr.pgconn import connect, conninfo_and_env, pg_tool
 from lifeos_backup.procs import spawn
@@ -259,12 +259,7 @@ def check_base_backup(archive: Path, manifest: Manifest, progress: ProgressFn) -
         hashed.drain()
     report.bytes_done = hashed.size
     progress(report)
-    if hashed.size != manifest.archive.size or hashed.hexdigest() != manifest.archive.sha256:
-        raise VerificationFailed(
-            f"archive {archive.name} does not match its manifest checksum",
-            f"size {hashed.size} (manifest {manifest.archive.size})",
-            "the backup is not good; use another one",
-        )
+    require_archive_match(manifest, archive.name, hashed.size, hashed.hexdigest())
     label = parse_backup_label(kept.get(LABEL_FILE, b"").decode("utf-8", "replace"))
     if not label.get("START WAL LOCATION", "").startswith(f"{facts.get('start_lsn')} "):
         raise VerificationFailed("backup_label does not match the manifest", str(label))

@@ -19,7 +19,7 @@ import zstandard
 from lifeos_backup import procs
 from lifeos_backup.crypto import open_plain
 from lifeos_backup.errors import CommandFailed, VerificationFailed
-from lifeos_backup.manifest import Manifest
+from lifeos_backup.manifest import Manifest, require_archive_match
 from lifeos_backup.postgres.toc import TocEntry, missing_tables, parse_toc
 from lifeos_backup.postgres.tools import Tool
 from lifeos_backup.progress import Progress, ProgressFn
@@ -38,12 +38,7 @@ def verify_checksum(archive: Path, manifest: Manifest, progress: ProgressFn) -> 
     """Size and SHA-256 of the archive file against the manifest."""
     progress(Progress("checksum", bytes_total=manifest.archive.size))
     digest, size = sha256_file(str(archive))
-    if size != manifest.archive.size or digest != manifest.archive.sha256:
-        raise VerificationFailed(
-            f"archive {archive.name} does not match its manifest checksum",
-            f"size {size} (manifest {manifest.archive.size}), sha256 {digest[:16]}...",
-            _HINT,
-        )
+    require_archive_match(manifest, archive.name, size, digest)
     progress(Progress("checksum", bytes_done=size, bytes_total=size))
 
 

@@ -38,6 +38,7 @@ from lifeos_backup.postgres.offsets import copy_with_offsets
 from lifeos_backup.postgres.snapshot import count_rows
 from lifeos_backup.postgres.toc import parse_toc, select_tables, use_list
 from lifeos_backup.postgres.tools import Tool, require_restore_not_older, tool
+from lifeos_backup.procs import pid_alive
 from lifeos_backup.progress import Progress, ProgressFn, ignore
 from lifeos_backup.settings import Settings
 from lifeos_backup.streams import CHUNK, decompressor
@@ -315,18 +316,8 @@ def remove_abandoned(root: Path) -> None:
     """
     for path in root.iterdir():
         host, _, pid = path.name.rpartition("@")[2].rpartition("-")
-        if host == socket.gethostname() and pid.isdigit() and not _alive(int(pid)):
+        if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def enough_space(work: Path, manifest: Manifest) -> bool:
