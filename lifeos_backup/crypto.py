@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from lifeos_backup.errors import ConfigError, DecryptionKeyError, VerificationFailed
 from lifeos_backup.manifest import Encryption, Manifest, require_archive_match
 from lifeos_backup.progress import Progress, ProgressFn, ignore
-from lifeos_backup.streams import HashingReader
+from lifeos_backup.streams import HashingReader, ReadStream
 
 SCHEME = "age-encryption.org/v1"
 EXTENSION = ".age"
@@ -387,7 +387,7 @@ def _unwrap(header: Header, identities: Sequence[Identity]) -> bytes | None:
     return None
 
 
-class OpeningReader:
+class OpeningReader(ReadStream):
     """Decrypts an age stream from `src`; every chunk is authenticated before it is returned.
 
     A wrong key raises DecryptionKeyError; altered, truncated or extended data raises
@@ -455,18 +455,9 @@ class OpeningReader:
         self._offset += len(data)
         return data
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
     def drain(self) -> None:
         """Read to the end, so every chunk (the final one too) is authenticated."""
-        while self.read(CHUNK):
-            pass
+        super().drain()
         drain = getattr(self._src, "drain", None)
         if drain is not None:
             drain()

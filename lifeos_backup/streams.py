@@ -38,7 +38,27 @@ class HashingWriter:
         return self._hash.hexdigest()
 
 
-class HashingReader:
+class ReadStream:
+    """What file-like readers here share, so zstd, gzip and tar readers can pull from them."""
+
+    def read(self, size: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        """Read to the end (so a digest or an authentication tag covers the whole stream)."""
+        while self.read(CHUNK):
+            pass
+
+
+class HashingReader(ReadStream):
     """Counts and SHA-256-hashes every byte read through it from `src`."""
 
     def __init__(self, src: BinaryIO) -> None:
@@ -51,19 +71,6 @@ class HashingReader:
         self._hash.update(data)
         self.size += len(data)
         return data
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:
-        data = self.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        """Read to the end so the digest covers the whole stream."""
-        while self.read(CHUNK):
-            pass
 
     def hexdigest(self) -> str:
         return self._hash.hexdigest()

@@ -68,7 +68,10 @@ def sql(url: str, query: str, *params: object) -> list[tuple[object, ...]]:
 
 def switch_and_wait(url: str, timeout: float = 30) -> str:
     """Close the current segment and wait until the archiver has stored it."""
-    (segment,) = sql(url, "SELECT pg_walfile_name(pg_switch_wal())")[0]
+    # An empty segment is not switched (pg_switch_wal then names the next, unarchived one):
+    # write a WAL record that changes no data first.
+    sql(url, "SELECT pg_logical_emit_message(false, 'lifeos-test', 'switch')")
+    (segment,) = sql(url, "SELECT pg_walfile_name(pg_switch_wal() - 1)")[0]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ((last, failed),) = sql(url, "SELECT last_archived_wal, failed_count FROM pg_stat_archiver")

@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import signal
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -18,50 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.support.worker import CELERY
-
-
-class ChildProcess:
-    """A child in its own session, its output appended to `log_path`."""
-
-    def __init__(self, args: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            list(args),
-            env=dict(env),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def wait_for_log(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text.encode() in self.log_path.read_bytes():
-                return
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.popen.args} exited early:\n{self.log()}")
-            time.sleep(0.1)
-        raise RuntimeError(f"no {text!r} after {timeout}s:\n{self.log()}")
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        if not self._log.closed:
-            self._log.close()
+from tests.support.worker import CELERY, ChildProcess
 
 
 class BeatProcess(ChildProcess):

@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,7 +57,50 @@ class LifeosEnv:
         return redis.Redis.from_url(self.vars["LIFEOS_REDIS_URL"])
 
 
-class WorkerProcess:
+class ChildProcess:
+    """A child in its own session, its output appended to `log_path`."""
+
+    def __init__(self, args: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            list(args),
+            env=dict(env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def wait_for_log(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text.encode() in self.log_path.read_bytes():
+                return
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.popen.args} exited early:\n{self.log()}")
+            time.sleep(0.1)
+        raise RuntimeError(f"no {text!r} after {timeout}s:\n{self.log()}")
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if not self._log.closed:
+            self._log.close()
+
+
+class WorkerProcess(ChildProcess):
     """`celery -A workers worker` as a child process; `kill()` is a real SIGKILL of the group."""
 
     def __init__(
@@ -67,7 +110,6 @@ class WorkerProcess:
         concurrency: int = 1,
         queues: str | None = None,
     ) -> None:
-        self.log_path = log_path
         args = [
             *CELERY,
             "worker",
@@ -80,35 +122,7 @@ class WorkerProcess:
         ]
         if queues:
             args.append(f"--queues={queues}")
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(
-            args, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        super().__init__(args, env, log_path)
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"worker exited early:\n{self.log()}")
-            if b" ready." in self.log_path.read_bytes():
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log()}")
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:]
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool children at once, as a crash or OOM kill would."""
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._log.close()
+        self.wait_for_log(" ready.", timeout)
