@@ -10,7 +10,7 @@ contender `--repeat` times, round robin, each in its own child process, and prin
   worker (request -> verified; the worker's peak RSS), `pg_dump | gzip`, `pg_dump -Fc`, and for
   reference the bare `pg_dump -Fc -Z0 | zstd -1 -T2` pipeline;
 * restore (each into a new database, after a CHECKPOINT): lifeos restore (default 2 jobs, and 1
-  job streamed), `gunzip -c | psql`, `pg_restore -j2` of the `pg_dump -Fc` file.
+  job), `gunzip -c | psql`, `pg_restore -j2` of the `pg_dump -Fc` file.
 
 Exit status 0 when the issue's targets hold (ratios of medians in this run), 1 otherwise.
 benchmarks/README.md explains the figures and records a run.
@@ -442,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         ]
         restores = [
             Contender("ours2", "lifeos restore (2 jobs, default)", bench.ours_restore(2)),
-            Contender("ours1", "lifeos restore (1 job, streamed)", bench.ours_restore(1)),
+            Contender("ours1", "lifeos restore (1 job)", bench.ours_restore(1)),
             Contender("psql", "gunzip -c | psql", bench.restore_psql),
             Contender("pgr", "pg_restore -j2 (pg_dump -Fc file)", bench.restore_pg_restore),
         ]

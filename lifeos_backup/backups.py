@@ -172,6 +172,10 @@ def verify_backup(
         manifest = read_manifest(mpath)
         if manifest.encryption and settings.encryption_identity_file is None:
             check_sealed(archive, manifest, progress)  # writers hold only public keys
+            # what a kind can check beyond the bytes without the key (basebackup: its WAL)
+            check_more = getattr(get_kind(manifest.kind), "check_without_key", None)
+            if check_more is not None:
+                check_more(archive, manifest, progress)
             scope = "ciphertext"
         else:
             get_kind(manifest.kind).check(archive, manifest, progress)

@@ -1,469 +1,79 @@
-"""Client-side encryption of archives: the age v1 format with X25519 recipients, as a stream.
+"""Client-side encryption of archives: age v1 (lifeos_backup.agestream) tied to manifests.
 
-Why age: it is a small, audited, documented format (https://age-encryption.org/v1) with public-key
-recipients, so the machines that write backups hold only public keys and cannot read old backups;
-the private key (an "identity") is needed only to restore and for drills. An operator can always
-decrypt an archive with the stock `age -d -i key.txt` or `rage`, without this program.
-
-Why our own writer instead of pyrage: pyrage's streaming API is pull-based
-(`encrypt_io(reader, writer)`), while our archives are written push-based (tar -> compressor ->
-encryptor -> hash -> file, one pass). Bridging the two needs a pipe and a thread per archive. The
-format is simple enough to write directly with `cryptography` (X25519, HKDF-SHA-256,
-ChaCha20-Poly1305), and the tests check interoperability with pyrage in both directions, so this is
-age, not a look-alike. docs/decisions.md has the measurements.
-
-Format, briefly: a text header (one `X25519` stanza per recipient, each wrapping the random 16-byte
-file key; an HMAC over the header), a 16-byte nonce, then the payload in 64 KiB chunks, each sealed
-with ChaCha20-Poly1305 under a key derived from file key and nonce; the chunk nonce is an 11-byte
-counter plus a final-chunk flag, so reordering, truncation and extension are all detected.
+The format itself (keys, the streaming writer and reader) lives in lifeos_backup.agestream, which
+the WAL hot path can import without pydantic or zstandard; this module adds what the backup kinds
+share: the manifest's `encryption` record, opening an archive with the configured identity, and
+checking an encrypted archive without its private key. The format's names are re-exported here,
+so callers need one import.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
-import os
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
-from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
-from lifeos_backup.errors import ConfigError, DecryptionKeyError, VerificationFailed
+from lifeos_backup.agestream import (
+    CHUNK,
+    EXTENSION,
+    PAYLOAD_NONCE,
+    SCHEME,
+    SEALED_CHUNK,
+    TAG,
+    Header,
+    Identity,
+    OpeningReader,
+    Recipient,
+    SealingWriter,
+    bech32_decode,
+    bech32_encode,
+    check_framing,
+    damaged,
+    fingerprint,
+    generate_identity,
+    identities_from,
+    load_identities,
+    parse_identity,
+    parse_recipient,
+    parse_recipients,
+    payload_size_ok,
+    read_header,
+)
+from lifeos_backup.errors import DecryptionKeyError
 from lifeos_backup.manifest import Encryption, Manifest, require_archive_match
 from lifeos_backup.progress import Progress, ProgressFn, ignore
-from lifeos_backup.streams import HashingReader, ReadStream
-
-SCHEME = "age-encryption.org/v1"
-EXTENSION = ".age"
-CHUNK = 64 * 1024
-TAG = 16
-SEALED_CHUNK = CHUNK + TAG
-_VERSION_LINE = b"age-encryption.org/v1\n"
-_X25519_LABEL = b"age-encryption.org/v1/X25519"
-_FILE_KEY_SIZE = 16
-_PAYLOAD_NONCE = 16
-_MAX_HEADER = 64 * 1024
-_COLUMNS = 64
-_RECIPIENT_HRP = "age"
-_IDENTITY_HRP = "age-secret-key-"
-
-
-class _Readable(Protocol):
-    def read(self, size: int = -1) -> bytes: ...
-
-
-# --- Bech32 (BIP 173), the encoding of age keys ---------------------------------------------------
-
-_CHARSET = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-_GENERATOR = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
-
-
-def _polymod(values: Iterable[int]) -> int:
-    check = 1
-    for value in values:
-        top = check >> 25
-        check = (check & 0x1FFFFFF) << 5 ^ value
-        for i, gen in enumerate(_GENERATOR):
-            check ^= gen if (top >> i) & 1 else 0
-    return check
-
-
-def _hrp_expand(hrp: str) -> list[int]:
-    return [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp]
-
-
-def _convert_bits(data: Iterable[int], from_bits: int, to_bits: int, pad: bool) -> list[int]:
-    acc = bits = 0
-    out: list[int] = []
-    maxv = (1 << to_bits) - 1
-    for value in data:
-        acc = (acc << from_bits) | value
-        bits += from_bits
-        while bits >= to_bits:
-            bits -= to_bits
-            out.append((acc >> bits) & maxv)
-    if pad and bits:
-        out.append((acc << (to_bits - bits)) & maxv)
-    elif not pad and (bits >= from_bits or (acc << (to_bits - bits)) & maxv):
-        raise ValueError("invalid padding")
-    return out
-
-
-def bech32_encode(hrp: str, data: bytes) -> str:
-    words = _convert_bits(data, 8, 5, pad=True)
-    check = _polymod([*_hrp_expand(hrp), *words, 0, 0, 0, 0, 0, 0]) ^ 1
-    checksum = [(check >> 5 * (5 - i)) & 31 for i in range(6)]
-    return hrp + "1" + "".join(_CHARSET[w] for w in words + checksum)
-
-
-def bech32_decode(text: str) -> tuple[str, bytes]:
-    """(hrp, data) of a Bech32 string; ValueError if it is not one (mixed case, checksum...)."""
-    if text.lower() != text and text.upper() != text:
-        raise ValueError("mixed case")
-    text = text.lower()
-    hrp, sep, rest = text.rpartition("1")
-    if not sep or not hrp or len(rest) < 6 or any(c not in _CHARSET for c in rest):
-        raise ValueError("not bech32")
-    words = [_CHARSET.index(c) for c in rest]
-    if _polymod([*_hrp_expand(hrp), *words]) != 1:
-        raise ValueError("bad checksum")
-    return hrp, bytes(_convert_bits(words[:-6], 5, 8, pad=False))
-
-
-# --- Keys -----------------------------------------------------------------------------------------
-
-
-def fingerprint(recipient_text: str) -> str:
-    """A short, non-secret name for a public key: what manifests record (never a key)."""
-    return "sha256:" + hashlib.sha256(recipient_text.encode()).hexdigest()[:16]
-
-
-@dataclass(frozen=True)
-class Recipient:
-    """An age X25519 public key (`age1...`): whoever holds its identity can read the archive."""
-
-    text: str
-    public: bytes
-
-    @property
-    def fingerprint(self) -> str:
-        return fingerprint(self.text)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """An age X25519 private key (`AGE-SECRET-KEY-1...`); never logged, never in a manifest."""
-
-    private: X25519PrivateKey
-    recipient: Recipient
-
-    def __repr__(self) -> str:  # a key must never reach a log line through repr()
-        return f"Identity(recipient={self.recipient.fingerprint})"
-
-
-def _recipient_from_public(public: bytes) -> Recipient:
-    return Recipient(bech32_encode(_RECIPIENT_HRP, public), public)
-
-
-def parse_recipient(text: str) -> Recipient:
-    try:
-        hrp, data = bech32_decode(text.strip())
-    except ValueError as exc:
-        raise ConfigError(
-            "invalid encryption recipient",
-            f"{text.strip()[:12]}...: {exc}",
-            "LIFEOS_ENCRYPTION_RECIPIENTS takes age public keys (age1...), see `keygen`",
-        ) from None
-    if hrp != _RECIPIENT_HRP or len(data) != 32:
-        raise ConfigError(
-            "invalid encryption recipient",
-            f"{text.strip()[:12]}... is not an age X25519 public key",
-            "use the age1... line of `lifeos-backup keygen` or `age-keygen -y`",
-        )
-    return Recipient(text.strip().lower(), data)
-
-
-def parse_recipients(text: str | None) -> list[Recipient]:
-    """Recipients from a comma- or whitespace-separated list; empty when encryption is off."""
-    return [parse_recipient(part) for part in re.split(r"[\s,]+", text or "") if part]
-
-
-def parse_identity(text: str) -> Identity:
-    try:
-        hrp, data = bech32_decode(text.strip())
-    except ValueError:
-        hrp, data = "", b""
-    if hrp != _IDENTITY_HRP or len(data) != 32:
-        raise ConfigError(
-            "invalid encryption identity",
-            "a line is not an age X25519 secret key (AGE-SECRET-KEY-1...)",
-            "LIFEOS_ENCRYPTION_IDENTITY_FILE must name a file written by `keygen` or age-keygen",
-        )
-    private = X25519PrivateKey.from_private_bytes(data)
-    public = private.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    return Identity(private, _recipient_from_public(public))
-
-
-def load_identities(path: Path) -> list[Identity]:
-    """The identities of an age key file (comment lines start with '#')."""
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise DecryptionKeyError(
-            f"cannot read the encryption identity file {path}",
-            exc.strerror or str(exc),
-            "check LIFEOS_ENCRYPTION_IDENTITY_FILE",
-        ) from None
-    identities = [parse_identity(line) for line in lines if line.strip() and line[0] != "#"]
-    if not identities:
-        raise DecryptionKeyError(
-            f"{path} holds no age identity", hint="check LIFEOS_ENCRYPTION_IDENTITY_FILE"
-        )
-    return identities
-
-
-def generate_identity() -> tuple[str, str]:
-    """A new key pair: (identity text AGE-SECRET-KEY-1..., recipient text age1...)."""
-    secret = X25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.Raw,
-        serialization.PrivateFormat.Raw,
-        serialization.NoEncryption(),
-    )
-    text = bech32_encode(_IDENTITY_HRP, secret).upper()
-    return text, parse_identity(text).recipient.text
-
-
-# --- Primitives -----------------------------------------------------------------------------------
-
-
-def _hkdf(ikm: bytes, salt: bytes, info: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(ikm)
-
-
-def _b64(data: bytes) -> bytes:
-    return base64.b64encode(data).rstrip(b"=")
-
-
-def _unb64(text: bytes) -> bytes:
-    if b"=" in text or b"\r" in text:
-        raise ValueError("padded or non-canonical base64")
-    return base64.b64decode(text + b"=" * (-len(text) % 4), validate=True)
-
-
-def _chunk_nonce(counter: int, last: bool) -> bytes:
-    return counter.to_bytes(11, "big") + (b"\x01" if last else b"\x00")
-
-
-def _wrap(file_key: bytes, recipient: Recipient) -> bytes:
-    ephemeral = X25519PrivateKey.generate()
-    share = ephemeral.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    shared = ephemeral.exchange(X25519PublicKey.from_public_bytes(recipient.public))
-    key = _hkdf(shared, share + recipient.public, _X25519_LABEL)
-    body = ChaCha20Poly1305(key).encrypt(b"\x00" * 12, file_key, None)
-    return b"-> X25519 " + _b64(share) + b"\n" + _b64(body) + b"\n"
-
-
-def _header(file_key: bytes, recipients: Sequence[Recipient]) -> bytes:
-    head = _VERSION_LINE + b"".join(_wrap(file_key, r) for r in recipients) + b"---"
-    mac = hmac.new(_hkdf(file_key, b"", b"header"), head, hashlib.sha256).digest()
-    return head + b" " + _b64(mac) + b"\n"
-
-
-# --- Writing --------------------------------------------------------------------------------------
-
-
-class SealingWriter:
-    """Encrypts everything written through it into `out` (age v1); `close()` seals the end.
-
-    Memory stays at about one chunk: full chunks are sealed as soon as a byte beyond them arrives
-    (the last chunk needs its own flag, so it is held back until close). Closing does not close
-    `out`.
-    """
-
-    def __init__(self, out: BinaryIO, recipients: Sequence[Recipient]) -> None:
-        if not recipients:
-            raise ConfigError("encryption needs at least one recipient")
-        self._out = out
-        file_key = os.urandom(_FILE_KEY_SIZE)
-        nonce = os.urandom(_PAYLOAD_NONCE)
-        out.write(_header(file_key, recipients) + nonce)
-        self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
-        self._buffer = bytearray()
-        self._counter = 0
-        self._closed = False
-
-    def write(self, data: bytes) -> int:
-        self._buffer += data
-        if len(self._buffer) > CHUNK:
-            whole = (len(self._buffer) - 1) // CHUNK * CHUNK  # keep >= 1 byte for the last chunk
-            with memoryview(self._buffer) as view:
-                for start in range(0, whole, CHUNK):
-                    self._seal(view[start : start + CHUNK], last=False)
-            del self._buffer[:whole]
-        return len(data)
-
-    def _seal(self, chunk: bytes | memoryview, last: bool) -> None:
-        self._out.write(self._aead.encrypt(_chunk_nonce(self._counter, last), chunk, None))
-        self._counter += 1
-
-    def flush(self) -> None:
-        self._out.flush()
-
-    def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._seal(bytes(self._buffer), last=True)
-            self._buffer.clear()
-            self._out.flush()
-
-
-# --- Reading --------------------------------------------------------------------------------------
-
-
-@dataclass
-class Header:
-    """A parsed age header: its stanzas (type, args, body), the bytes its MAC covers, the MAC."""
-
-    stanzas: list[tuple[str, list[str], bytes]]
-    covered: bytes
-    mac: bytes
-    size: int  # bytes of the header, including its last line
-
-
-def _damaged(detail: str) -> VerificationFailed:
-    return VerificationFailed(
-        "encrypted archive is damaged", detail, "the backup is not good; use another one"
-    )
-
-
-def read_header(src: _Readable) -> tuple[Header, bytes]:
-    """Parse the header from `src`; returns it and the payload bytes read past it."""
-    data = b""
-    while b"\n---" not in data or not data.split(b"\n---", 1)[1].count(b"\n"):
-        block = src.read(4096)
-        if not block:
-            raise _damaged("the age header is incomplete")
-        data += block
-        if len(data) > _MAX_HEADER:
-            raise _damaged("the age header is too long")
-    if not data.startswith(_VERSION_LINE):
-        raise _damaged("the file is not in age v1 format")
-    end = data.index(b"\n---") + 4
-    covered = data[:end]
-    mac_line, rest = data[end:].split(b"\n", 1)
-    if not mac_line.startswith(b" "):
-        raise _damaged("malformed age header MAC line")
-    lines = covered[len(_VERSION_LINE) : -3].split(b"\n")[:-1]
-    stanzas: list[tuple[str, list[str], bytes]] = []
-    try:
-        mac = _unb64(mac_line[1:])
-        index = 0
-        while index < len(lines):
-            if not lines[index].startswith(b"-> "):
-                raise ValueError("expected a stanza")
-            kind, *args = lines[index][3:].decode("ascii").split(" ")
-            body = b""
-            index += 1
-            while True:
-                line = lines[index]
-                index += 1
-                body += _unb64(line)
-                if len(line) < _COLUMNS:
-                    break
-            stanzas.append((kind, args, body))
-    except (ValueError, IndexError, UnicodeDecodeError) as exc:
-        raise _damaged(f"malformed age header ({exc})") from None
-    return Header(stanzas, covered, mac, len(covered) + len(mac_line) + 1), rest
-
-
-def _unwrap(header: Header, identities: Sequence[Identity]) -> bytes | None:
-    for kind, args, body in header.stanzas:
-        if kind != "X25519" or len(args) != 1 or len(body) != _FILE_KEY_SIZE + TAG:
-            continue
-        try:
-            share = _unb64(args[0].encode())
-            peer = X25519PublicKey.from_public_bytes(share)
-        except ValueError:
-            raise _damaged("malformed X25519 stanza in the age header") from None
-        for identity in identities:
-            try:
-                shared = identity.private.exchange(peer)
-                key = _hkdf(shared, share + identity.recipient.public, _X25519_LABEL)
-                return ChaCha20Poly1305(key).decrypt(b"\x00" * 12, body, None)
-            except (InvalidTag, ValueError):  # ValueError: low-order point, all-zero secret
-                continue
-    return None
-
-
-class OpeningReader(ReadStream):
-    """Decrypts an age stream from `src`; every chunk is authenticated before it is returned.
-
-    A wrong key raises DecryptionKeyError; altered, truncated or extended data raises
-    VerificationFailed. `drain()` reads (and so authenticates) the rest.
-    """
-
-    def __init__(self, src: _Readable, identities: Sequence[Identity], name: str = "") -> None:
-        self._src = src
-        header, rest = read_header(src)
-        file_key = _unwrap(header, identities)
-        if file_key is None:
-            raise DecryptionKeyError(
-                f"cannot decrypt {name or 'the archive'}: no configured identity matches",
-                f"identities {', '.join(i.recipient.fingerprint for i in identities)}",
-                "set LIFEOS_ENCRYPTION_IDENTITY_FILE to the private key of one of the "
-                "recipients the manifest names",
-            )
-        expected = hmac.new(_hkdf(file_key, b"", b"header"), header.covered, hashlib.sha256)
-        if not hmac.compare_digest(expected.digest(), header.mac):
-            raise _damaged("the age header MAC does not match (the header was altered)")
-        self._pending = rest
-        nonce = self._read_exact(_PAYLOAD_NONCE)
-        if len(nonce) != _PAYLOAD_NONCE:
-            raise _damaged("the payload nonce is missing")
-        self._aead = ChaCha20Poly1305(_hkdf(file_key, nonce, b"payload"))
-        self._counter = 0
-        self._next = self._read_exact(SEALED_CHUNK)
-        self._plain = b""
-        self._offset = 0
-        self._done = False
-
-    def _read_exact(self, size: int) -> bytes:
-        parts = [self._pending[:size]]
-        self._pending = self._pending[size:]
-        have = len(parts[0])
-        while have < size:
-            block = self._src.read(size - have)
-            if not block:
-                break
-            parts.append(block)
-            have += len(block)
-        return b"".join(parts)
-
-    def _open_next(self) -> None:
-        sealed = self._next
-        self._next = self._read_exact(SEALED_CHUNK) if len(sealed) == SEALED_CHUNK else b""
-        last = not self._next
-        try:
-            plain = self._aead.decrypt(_chunk_nonce(self._counter, last), sealed, None)
-        except InvalidTag:
-            raise _damaged(
-                f"chunk {self._counter} failed authentication (altered or truncated)"
-            ) from None
-        if last and not plain and self._counter:
-            raise _damaged("empty final chunk after data")
-        self._counter += 1
-        self._plain, self._offset, self._done = plain, 0, last
-
-    def read(self, size: int = -1) -> bytes:
-        if size is None or size < 0:
-            return b"".join(iter(lambda: self.read(CHUNK), b""))
-        while self._offset >= len(self._plain) and not self._done:
-            self._open_next()
-        data = self._plain[self._offset : self._offset + size]
-        self._offset += len(data)
-        return data
-
-    def drain(self) -> None:
-        """Read to the end, so every chunk (the final one too) is authenticated."""
-        super().drain()
-        drain = getattr(self._src, "drain", None)
-        if drain is not None:
-            drain()
-
-
-# --- Glue with manifests and settings -------------------------------------------------------------
+from lifeos_backup.streams import HashingReader
+
+__all__ = [
+    "CHUNK",
+    "EXTENSION",
+    "PAYLOAD_NONCE",
+    "SCHEME",
+    "SEALED_CHUNK",
+    "TAG",
+    "Header",
+    "Identity",
+    "OpeningReader",
+    "Recipient",
+    "SealingWriter",
+    "bech32_decode",
+    "bech32_encode",
+    "check_identities",
+    "check_sealed",
+    "encryption_info",
+    "fingerprint",
+    "generate_identity",
+    "identities_for",
+    "identities_from",
+    "load_identities",
+    "open_plain",
+    "parse_identity",
+    "parse_recipient",
+    "parse_recipients",
+    "payload_size_ok",
+    "read_header",
+    "sealed",
+]
 
 
 def encryption_info(recipients: Sequence[Recipient]) -> Encryption | None:
@@ -478,16 +88,6 @@ def sealed(out: BinaryIO, recipients: Sequence[Recipient]) -> BinaryIO:
     return SealingWriter(out, recipients) if recipients else out  # type: ignore[return-value]
 
 
-def identities_from(identity_file: Path | None, what: str) -> list[Identity]:
-    """The configured identities, or one clear error saying that a key is needed."""
-    if identity_file is None:
-        raise DecryptionKeyError(
-            f"{what} is encrypted and no private key is configured",
-            hint="set LIFEOS_ENCRYPTION_IDENTITY_FILE to the age identity file (kept offline)",
-        )
-    return load_identities(identity_file)
-
-
 def check_identities(identities: Sequence[Identity], recipients: Sequence[str], what: str) -> None:
     """Fail early, with both sides' fingerprints, when no identity fits the manifest."""
     mine = {i.recipient.fingerprint for i in identities}
@@ -499,24 +99,14 @@ def check_identities(identities: Sequence[Identity], recipients: Sequence[str], 
         )
 
 
-def payload_size_ok(payload: int) -> bool:
-    """Whether `payload` bytes (after header and nonce) can be a sequence of sealed chunks."""
-    whole, rest = divmod(payload, SEALED_CHUNK)
-    if rest == 0:
-        return whole > 0
-    if rest == TAG:  # an empty final chunk is allowed only as the only chunk
-        return whole == 0
-    return rest > TAG
+def identities_for(manifest: Manifest, identity_file: Path | None = None) -> list[Identity]:
+    """The identities that open an encrypted backup, or one clear DecryptionKeyError.
 
-
-def open_plain(src: BinaryIO, manifest: Manifest, identity_file: Path | None = None) -> BinaryIO:
-    """The archive's plain bytes: `src` itself, or decrypted with the configured identity.
-
-    Kinds read archives through this, so every kind decrypts the same way. Without an explicit
-    `identity_file` the setting LIFEOS_ENCRYPTION_IDENTITY_FILE is used.
+    Restores call this before they create anything, so a missing or wrong key never leaves a
+    half-made target behind. Without an explicit `identity_file` the setting
+    LIFEOS_ENCRYPTION_IDENTITY_FILE is used.
     """
-    if manifest.encryption is None:
-        return src
+    assert manifest.encryption is not None
     if identity_file is None:
         from lifeos_backup.settings import get_settings
 
@@ -524,7 +114,18 @@ def open_plain(src: BinaryIO, manifest: Manifest, identity_file: Path | None = N
     what = f"backup {manifest.backup_id}"
     identities = identities_from(identity_file, what)
     check_identities(identities, manifest.encryption.recipients, what)
-    return OpeningReader(src, identities, what)  # type: ignore[return-value]
+    return identities
+
+
+def open_plain(src: BinaryIO, manifest: Manifest, identity_file: Path | None = None) -> BinaryIO:
+    """The archive's plain bytes: `src` itself, or decrypted with the configured identity.
+
+    Kinds read archives through this, so every kind decrypts the same way.
+    """
+    if manifest.encryption is None:
+        return src
+    identities = identities_for(manifest, identity_file)
+    return OpeningReader(src, identities, f"backup {manifest.backup_id}")  # type: ignore[return-value]
 
 
 def check_sealed(archive: Path, manifest: Manifest, progress: ProgressFn = ignore) -> None:
@@ -545,9 +146,8 @@ def check_sealed(archive: Path, manifest: Manifest, progress: ProgressFn = ignor
             progress(report)
     require_archive_match(manifest, archive.name, hashed.size, hashed.hexdigest())
     if len(header.stanzas) != len(manifest.encryption.recipients):
-        raise _damaged(
+        raise damaged(
             f"{len(header.stanzas)} recipient stanzas, the manifest names "
             f"{len(manifest.encryption.recipients)}"
         )
-    if not payload_size_ok(hashed.size - header.size - _PAYLOAD_NONCE):
-        raise _damaged("the payload is not a whole sequence of sealed chunks")
+    check_framing(header, hashed.size)

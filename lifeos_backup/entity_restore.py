@@ -30,10 +30,10 @@ from lifeos_backup.catalog import Catalog
 from lifeos_backup.catalog.store import CREATED, VERIFIED
 from lifeos_backup.errors import ConfigError, NotFound, PermanentError
 from lifeos_backup.manifest import Manifest, read_manifest
-from lifeos_backup.postgres.check import read_toc
+from lifeos_backup.postgres.check import read_entries
 from lifeos_backup.postgres.conninfo import PgTarget
 from lifeos_backup.postgres.restore import MAINTENANCE_DB, drop_database, restore_postgres
-from lifeos_backup.postgres.toc import TocEntry, parse_toc
+from lifeos_backup.postgres.toc import TocEntry
 from lifeos_backup.postgres.tools import tool
 from lifeos_backup.progress import ProgressFn, ignore
 from lifeos_backup.settings import Settings
@@ -412,7 +412,7 @@ def restore_into_scratch(
         settings,
         scratch,
         create=True,
-        jobs=1,  # a few tables: streaming beats decompressing the whole dump to disk first
+        jobs=1,  # a few small tables: one pg_restore at a time is enough
         tables=[t.qualified for t in tables],
         progress=progress,
     )
@@ -441,7 +441,7 @@ def restore_entity(
     The scratch database is dropped in every case; the production transaction is the only write.
     """
     archive, manifest = postgres_backup(settings, catalog, backup_id)
-    entries = parse_toc(read_toc(archive, manifest, tool(settings, "pg_restore"), progress))
+    entries = read_entries(archive, manifest, tool(settings, "pg_restore"), progress)
     root = find_table(entries, table)
     children = referencing_tables(entries, root) if with_children else []
     target = appdb.production(settings)

@@ -85,7 +85,7 @@ class BaseBackupKind:
     name = "basebackup"
 
     def extension(self, settings: Settings) -> str:
-        return ".tar.zst"
+        return ".tar.zst" + (".age" if settings.encryption_recipients else "")
 
     def write(self, settings: Settings, archive: Path, progress: ProgressFn) -> Written:
         from lifeos_backup.pitr.basebackup import write_base_backup
@@ -96,6 +96,17 @@ class BaseBackupKind:
         from lifeos_backup.pitr.basebackup import check_base_backup
 
         check_base_backup(archive, manifest, progress)
+
+    def check_without_key(self, archive: Path, manifest: Manifest, progress: ProgressFn) -> None:
+        """Beyond the ciphertext (backups.verify_backup): the WAL the backup needs is archived.
+
+        A base backup is restorable only with its start..stop segments, and that needs no key.
+        """
+        from lifeos_backup.pitr import wal_archive_dir
+        from lifeos_backup.pitr.basebackup import check_wal_coverage
+        from lifeos_backup.settings import get_settings
+
+        check_wal_coverage(manifest.facts, wal_archive_dir(get_settings()))
 
     def after_rotate(self, settings: Settings, catalog: Any, dry_run: bool) -> list[str]:
         """Rotation hook (backups.rotate): prune archived WAL no kept base backup needs."""

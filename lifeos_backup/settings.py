@@ -51,8 +51,11 @@ class Settings(BaseSettings):
         1, description="zstd level of PostgreSQL dumps (measured: docs/decisions.md)."
     )
     pg_connect_timeout: int = Field(10, description="Seconds to wait for the database to answer.")
+    dump_jobs: int = Field(
+        2, ge=1, description="pg_dump processes run side by side, each on a share of the tables."
+    )
     restore_jobs: int = Field(
-        2, description="Parallel pg_restore jobs; 1 streams without a temporary file."
+        2, ge=1, description="pg_restore processes run side by side during a restore."
     )
 
     # Locks and task limits (seconds).

@@ -1,7 +1,8 @@
 """Stream plumbing: hashing pass-throughs and (de)compression, so every byte is read once.
 
 Compression, checksum and writing happen in one pass over the data; nothing is held in memory
-beyond one chunk.
+beyond one chunk. `zstandard` is imported where it is used: lifeos_backup.agestream (and through
+it the WAL hot path, on a server python3 that may lack zstandard) needs only ReadStream.
 """
 
 from __future__ import annotations
@@ -9,8 +10,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 from typing import BinaryIO
-
-import zstandard
 
 from lifeos_backup.errors import ConfigError
 
@@ -76,11 +75,16 @@ class HashingReader(ReadStream):
         return self._hash.hexdigest()
 
 
-def compressor(out: BinaryIO, algorithm: str, level: int) -> BinaryIO:
-    """A writable stream that compresses into `out`; closing it does not close `out`."""
+def compressor(out: BinaryIO, algorithm: str, level: int, threads: int = -1) -> BinaryIO:
+    """A writable stream that compresses into `out`; closing it does not close `out`.
+
+    zstd `threads=-1` (one per core) compresses beside the Python thread that reads the source;
+    0 compresses in the calling thread, for callers that already run one stream per core.
+    """
     if algorithm == "zstd":
-        # threads=-1: compression runs beside the Python thread that reads the source files.
-        ctx = zstandard.ZstdCompressor(level=level, threads=-1, write_checksum=True)
+        import zstandard
+
+        ctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
         return ctx.stream_writer(out, closefd=False)  # type: ignore[return-value]
     if algorithm == "gzip":
         return gzip.GzipFile(fileobj=out, mode="wb", compresslevel=level, mtime=0)  # type: ignore[return-value]
@@ -90,6 +94,8 @@ def compressor(out: BinaryIO, algorithm: str, level: int) -> BinaryIO:
 def decompressor(src: BinaryIO, algorithm: str) -> BinaryIO:
     """A readable stream of the decompressed bytes of `src`."""
     if algorithm == "zstd":
+        import zstandard
+
         ctx = zstandard.ZstdDecompressor()
         return ctx.stream_reader(src, read_size=CHUNK, closefd=False)  # type: ignore[return-value]
     if algorithm == "gzip":

@@ -11,6 +11,10 @@
 #
 # The archive folder is $LIFEOS_WAL_ARCHIVE_DIR (absolute). It does not update
 # .wal-status.json (health then relies on the archived files' times only).
+# It cannot encrypt (sh has no X25519/ChaCha20-Poly1305): push refuses to run while
+# LIFEOS_ENCRYPTION_RECIPIENTS is set, rather than archive in the clear, and fetch refuses a
+# sealed file (header text ending in " age") with exit 126. Use `lifeos-wal` (Python with the
+# cryptography package) for encrypted WAL; docs/pitr.md.
 set -u
 umask 027
 
@@ -27,19 +31,26 @@ valid_name() {
         '^([0-9A-F]{24}(\.partial|\.[0-9A-F]{8}\.backup)?|[0-9A-F]{8}\.history)$'
 }
 
-header_text() { head -c 112 "$1" | tail -c 104; }
+# "LIFEOS-WAL v1 sha256=<hex> size=<12 digits>", the same in plain and sealed files
+header_text() { head -c 111 "$1" | tail -c 103; }
+
+# sealed: the header text goes on with " age\n"; a plain file has "\n" and the zstd magic there
+is_sealed() { [ "$(head -c 115 "$1" | tail -c 4)" = " age" ]; }
 
 push() {
     src="$1"
     name="$(basename "$src")"
     valid_name "$name" || die "push $src: not a WAL file name"
+    [ -z "${LIFEOS_ENCRYPTION_RECIPIENTS:-}" ] || die "push $src: LIFEOS_ENCRYPTION_RECIPIENTS" \
+        "is set, but this sh port cannot encrypt; use lifeos-wal (Python with cryptography)" \
+        "as archive_command, or unset it to archive unencrypted"
     [ -d "$archive" ] || mkdir -p -m 0750 "$archive" || die "push $src: cannot create $archive"
     size="$(wc -c < "$src" | tr -d ' ')" || die "push $src: cannot read it"
     sum="$(sha256sum < "$src" | cut -c1-64)" || die "push $src: cannot read it"
     want="$(printf 'LIFEOS-WAL v1 sha256=%s size=%012d' "$sum" "$size")"
     dest="$archive/$name.zst"
     if [ -e "$dest" ]; then
-        [ "$(header_text "$dest" | head -n 1)" = "$want" ] && exit 0
+        [ "$(header_text "$dest")" = "$want" ] && exit 0
         die "push $src: $name is already archived with different content"
     fi
     tmp="$archive/.tmp-$name.$$"
@@ -50,7 +61,7 @@ push() {
     } > "$tmp" || die "push $src: compression failed"
     sync "$tmp" || die "push $src: fsync failed"
     if ! ln "$tmp" "$dest" 2>/dev/null; then
-        [ "$(header_text "$dest" | head -n 1)" = "$want" ] && exit 0
+        [ "$(header_text "$dest")" = "$want" ] && exit 0
         die "push $src: $name is already archived with different content"
     fi
     sync "$archive" || die "push $src: fsync of the folder failed"
@@ -64,7 +75,10 @@ fetch() {
     [ -d "$archive" ] || die "fetch $name: archive $archive is not reachable"
     src="$archive/$name.zst"
     [ -e "$src" ] || exit 1
-    want="$(header_text "$src" | head -n 1)"
+    ! is_sealed "$src" || die "fetch $name: the archived file is sealed (age-encrypted) and" \
+        "this sh port cannot decrypt it; use lifeos-wal (Python with cryptography) with" \
+        "LIFEOS_ENCRYPTION_IDENTITY_FILE as restore_command"
+    want="$(header_text "$src")"
     tmp="$(dirname "$dest")/.$(basename "$dest").lifeos-fetch.$$"
     trap 'rm -f "$tmp"' EXIT
     zstd -q -d -c < "$src" > "$tmp" || die "fetch $name: cannot decompress"

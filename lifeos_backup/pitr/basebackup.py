@@ -2,8 +2,9 @@
 
 `pg_basebackup -D - -Ft -X none -c fast` writes the data directory as one tar on stdout. Every byte
 goes once through our tar reader (to pick up `backup_label`, first in the stream, and
-`backup_manifest`, injected last by pg_basebackup), zstd and SHA-256 into a temporary file, which
-is fsynced and renamed. Nothing uncompressed touches the disk.
+`backup_manifest`, injected last by pg_basebackup), zstd, age encryption when
+LIFEOS_ENCRYPTION_RECIPIENTS is set (as every kind: lifeos_backup.crypto), and SHA-256 into a
+temporary file, which is fsynced and renamed. Nothing uncompressed or unencrypted touches the disk.
 
 Why `-X none`: the WAL written between the backup's start and stop reaches the WAL archive via
 archive_command anyway, and pg_basebackup then waits until the last of it is archived (it asks
@@ -24,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lifeos_backup.errors import ConfigError, VerificationFailed
+from lifeos_backup.crypto import encryption_info, open_plain, parse_recipients, sealed
+from lifeos_backup.errors import ConfigError, DecryptionKeyError, VerificationFailed
 from lifeos_backup.fsutil import atomic_writer
 from lifeos_backup.kinds import Written
 from lifeos_backup.manifest import Manifest, require_archive_match
@@ -35,10 +37,9 @@ from lifeos_backup.progress import Progress, ProgressFn
 from lifeos_backup.settings import Settings, get_settings
 from lifeos_backup.streams import CHUNK, HashingReader, HashingWriter, compressor, decompressor
 from lifeos_backup.tarstream import TarReader
-from lifeos_backup.wal.archive import CorruptSegment, WalError, verify_file
+from lifeos_backup.wal.archive import CorruptSegment, KeyUnavailable, WalError, verify_file
 from lifeos_backup.wal.names import format_lsn, parse_lsn, segment_of_lsn, segment_range
 
-EXTENSION = ".tar.zst"
 LABEL_FILE = "backup_label"
 MANIFEST_FILE = "backup_manifest"
 DEFAULT_LEVEL = 3  # base backups are large and mostly written once; speed over ratio
@@ -184,6 +185,7 @@ def write_base_backup(settings: Settings, archive: Path, progress: ProgressFn) -
     server = probe_server(settings)
     conninfo, env = conninfo_and_env(settings)
     level = int(getattr(settings, "postgres_compression_level", DEFAULT_LEVEL))
+    recipients = parse_recipients(settings.encryption_recipients)
     args = [
         pg_tool(settings, "pg_basebackup", server.major),
         "-d", conninfo,
@@ -191,7 +193,7 @@ def write_base_backup(settings: Settings, archive: Path, progress: ProgressFn) -
         "-X", "none",
         "-c", "fast",
         "-w",
-        "-l", f"lifeos {archive.name.removesuffix(EXTENSION)}",
+        "-l", f"lifeos {archive.name.split('.')[0]}",
     ]  # fmt: skip
     report = Progress("pg_basebackup")
 
@@ -201,7 +203,8 @@ def write_base_backup(settings: Settings, archive: Path, progress: ProgressFn) -
 
     with atomic_writer(archive) as out:
         hashed = HashingWriter(out)
-        packed = compressor(hashed, "zstd", level)
+        secret = sealed(hashed, recipients)  # `hashed` itself when encryption is off
+        packed = compressor(secret, "zstd", level)
         sink = _RawSink(packed)
         with spawn(args, env=env, timeout=settings.task_time_limit) as proc:
             assert proc.stdout is not None
@@ -210,9 +213,11 @@ def write_base_backup(settings: Settings, archive: Path, progress: ProgressFn) -
             while tee.readinto(bytearray(CHUNK)):  # end-of-archive blocks and record padding
                 pass
         packed.close()
+        if secret is not hashed:
+            secret.close()  # seals the final chunk
     facts = backup_facts(server, kept, files, sink.size, sink.hash.hexdigest())
     return Written(size=hashed.size, sha256=hashed.hexdigest(), algorithm="zstd", level=level,
-                   facts=facts)  # fmt: skip
+                   facts=facts, encryption=encryption_info(recipients))  # fmt: skip
 
 
 def required_segments(facts: dict[str, Any]) -> list[str]:
@@ -224,8 +229,14 @@ def required_segments(facts: dict[str, Any]) -> list[str]:
     return names
 
 
-def check_wal_coverage(facts: dict[str, Any], archive: Path) -> list[str]:
-    """Every segment the backup needs is archived and matches its checksum; returns them."""
+def check_wal_coverage(
+    facts: dict[str, Any], archive: Path, identity_file: Path | None = None
+) -> list[str]:
+    """Every segment the backup needs is archived and matches its checksum; returns them.
+
+    Sealed segments are decrypted and checked with `identity_file`; without it, only what can be
+    checked without the private key (wal.archive.verify_file).
+    """
     needed = required_segments(facts)
     for name in needed:
         path = archive / f"{name}.zst"
@@ -237,21 +248,31 @@ def check_wal_coverage(facts: dict[str, Any], archive: Path) -> list[str]:
                 "this base backup cannot be restored",
             )
         try:
-            verify_file(path)
+            verify_file(path, identity_file)
+        except KeyUnavailable as exc:  # not damage: the backup stays good
+            raise DecryptionKeyError(exc.what, exc.detail, exc.hint) from exc
         except (CorruptSegment, WalError) as exc:
             raise VerificationFailed(f"archived WAL segment {name} is damaged", str(exc)) from exc
     return needed
 
 
 def check_base_backup(archive: Path, manifest: Manifest, progress: ProgressFn) -> None:
-    """Archive checksum, a readable tar whose backup_label matches the manifest, and its WAL."""
+    """Archive checksum, a readable tar whose backup_label matches the manifest, and its WAL.
+
+    An encrypted base backup is decrypted with LIFEOS_ENCRYPTION_IDENTITY_FILE (verify without
+    it checks the ciphertext: crypto.check_sealed and BaseBackupKind.check_without_key).
+    """
     facts = manifest.facts
+    identity_file = get_settings().encryption_identity_file
     report = Progress("verifying", bytes_total=manifest.archive.size)
     with open(archive, "rb") as raw:
         hashed = HashingReader(raw)
-        tar = TarReader(decompressor(hashed, "zstd"))
+        opened = open_plain(hashed, manifest, identity_file)  # decrypts an encrypted archive
+        tar = TarReader(decompressor(opened, "zstd"))
         try:
             kept, _files = _scan(tar)
+            if opened is not hashed:
+                opened.drain()  # type: ignore[attr-defined]  # authenticates the final chunk
         except Exception as exc:
             if isinstance(exc, VerificationFailed):
                 raise
@@ -263,4 +284,4 @@ def check_base_backup(archive: Path, manifest: Manifest, progress: ProgressFn) -
     label = parse_backup_label(kept.get(LABEL_FILE, b"").decode("utf-8", "replace"))
     if not label.get("START WAL LOCATION", "").startswith(f"{facts.get('start_lsn')} "):
         raise VerificationFailed("backup_label does not match the manifest", str(label))
-    check_wal_coverage(facts, wal_archive_dir(get_settings()))
+    check_wal_coverage(facts, wal_archive_dir(get_settings()), identity_file)

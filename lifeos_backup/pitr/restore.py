@@ -7,6 +7,9 @@ they win without touching the operator's own configuration file.
 
 Archiving is switched off in the restored copy unless asked (`keep_archiving`): a copy restored
 for inspection would otherwise archive its new timeline into the production archive.
+
+Encrypted base backups and sealed WAL need LIFEOS_ENCRYPTION_IDENTITY_FILE: the key is checked
+before anything is created, and restore_command passes its path on to `lifeos-wal fetch`.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from typing import Any
 
 from lifeos_backup.catalog import Catalog
 from lifeos_backup.catalog.store import VERIFIED
+from lifeos_backup.crypto import identities_for, open_plain
 from lifeos_backup.errors import (
     CommandFailed,
     ConfigError,
+    DecryptionKeyError,
     NotFound,
     TargetNotEmpty,
     VerificationFailed,
@@ -45,6 +50,7 @@ from lifeos_backup.progress import Progress, ProgressFn, ignore
 from lifeos_backup.settings import Settings
 from lifeos_backup.streams import HashingReader, decompressor
 from lifeos_backup.tarstream import TarReader
+from lifeos_backup.wal.archive import SUFFIX, header_of
 from lifeos_backup.wal.names import parse_lsn
 
 DATA_DIR_MODE = 0o700
@@ -174,11 +180,18 @@ def _check_empty(datadir: Path) -> None:
         )
 
 
-def extract_base(archive: Path, manifest: Manifest, datadir: Path, progress: ProgressFn) -> int:
+def extract_base(
+    archive: Path,
+    manifest: Manifest,
+    datadir: Path,
+    progress: ProgressFn,
+    identity_file: Path | None = None,
+) -> int:
     """Unpack the base backup into `datadir`, checking the archive checksum in the same pass.
 
     Member paths and link targets are checked as for JSON restores (no absolute paths, no '..',
-    no links out). On any failure what was extracted is removed again.
+    no links out). An encrypted backup is decrypted with `identity_file` (default: the setting)
+    and authenticated to its end. On any failure what was extracted is removed again.
     """
     datadir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
     os.chmod(datadir, DATA_DIR_MODE)
@@ -187,7 +200,8 @@ def extract_base(archive: Path, manifest: Manifest, datadir: Path, progress: Pro
     try:
         with open(archive, "rb") as raw:
             hashed = HashingReader(raw)
-            tar = TarReader(decompressor(hashed, manifest.compression.algorithm))
+            opened = open_plain(hashed, manifest, identity_file)  # decrypts an encrypted archive
+            tar = TarReader(decompressor(opened, manifest.compression.algorithm))
             for found in tar:
                 # pg_basebackup writes a few members as './pg_wal/...'; that prefix is harmless.
                 member = dataclasses.replace(found, path=found.path.removeprefix("./"))
@@ -208,6 +222,8 @@ def extract_base(archive: Path, manifest: Manifest, datadir: Path, progress: Pro
                     files += 1
                 report.bytes_done = hashed.size
                 progress(report)
+            if opened is not hashed:
+                opened.drain()  # type: ignore[attr-defined]  # authenticates the final chunk
             hashed.drain()
         if hashed.hexdigest() != manifest.archive.sha256:
             raise VerificationFailed(
@@ -218,6 +234,18 @@ def extract_base(archive: Path, manifest: Manifest, datadir: Path, progress: Pro
         _empty_folder(datadir)
         raise
     return files
+
+
+def _refuse_sealed_wal(archive_dir: Path, needed: list[str]) -> None:
+    """Sealed WAL without a key would only fail later, inside the server's recovery: say it now."""
+    sealed = [name for name in needed if header_of(archive_dir / f"{name}{SUFFIX}").sealed]
+    if sealed:
+        raise DecryptionKeyError(
+            f"archived WAL segment {sealed[0]} is encrypted and no private key is configured",
+            f"{len(sealed)} of the {len(needed)} segments this base backup needs are sealed",
+            "set LIFEOS_ENCRYPTION_IDENTITY_FILE to the age identity file (readable by the "
+            "server's OS user: restore_command passes its path on)",
+        )
 
 
 def _empty_folder(folder: Path) -> None:
@@ -239,14 +267,20 @@ def default_wal_command() -> str:
     return shlex.quote(str(Path(found).resolve()))
 
 
-def restore_command(archive: Path, wal_command: str | None = None) -> str:
+def restore_command(
+    archive: Path, wal_command: str | None = None, identity_file: Path | None = None
+) -> str:
     """restore_command text: absolute paths, the archive passed in the environment.
 
     `wal_command` is the program part (e.g. '/usr/local/bin/lifeos-wal.sh' where the server has
-    no Python); both implementations read LIFEOS_WAL_ARCHIVE_DIR.
+    no Python); both implementations read LIFEOS_WAL_ARCHIVE_DIR. `identity_file` (its path, not
+    the key) opens sealed WAL; the server's OS user must be able to read that file.
     """
     program = wal_command or default_wal_command()
-    return f"LIFEOS_WAL_ARCHIVE_DIR={shlex.quote(str(archive))} {program} fetch %f %p"
+    env = f"LIFEOS_WAL_ARCHIVE_DIR={shlex.quote(str(archive))}"
+    if identity_file is not None:
+        env += f" LIFEOS_ENCRYPTION_IDENTITY_FILE={shlex.quote(str(identity_file.absolute()))}"
+    return f"{env} {program} fetch %f %p"
 
 
 def write_recovery_settings(
@@ -395,14 +429,20 @@ def restore_pitr(
     datadir = datadir.absolute()
     _check_empty(datadir)
     manifest = choose_base(settings, catalog, target, backup_id)
+    identity_file = settings.encryption_identity_file
+    if manifest.encryption is not None:
+        identities_for(manifest, identity_file)  # a missing or wrong key: one error, no datadir
     archive_dir = wal_archive_dir(settings).absolute()
-    check_wal_coverage(manifest.facts, archive_dir)  # fail before unpacking gigabytes
+    # fail before unpacking gigabytes; sealed segments are opened with the key here already
+    needed = check_wal_coverage(manifest.facts, archive_dir, identity_file)
+    if identity_file is None:
+        _refuse_sealed_wal(archive_dir, needed)
     row = catalog.get(manifest.backup_id)
-    extract_base(settings.backup_root / row.path, manifest, datadir, progress)
+    extract_base(settings.backup_root / row.path, manifest, datadir, progress, identity_file)
     write_recovery_settings(
         datadir,
         target,
-        restore_command(archive_dir, wal_command),
+        restore_command(archive_dir, wal_command, identity_file),
         port=port,
         keep_archiving=keep_archiving,
         note=f"from {manifest.backup_id} to {target.describe()}",

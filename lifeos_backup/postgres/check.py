@@ -1,16 +1,19 @@
 """Verifying a PostgreSQL archive without a database: checksum, then the dump's own structure.
 
 1. The archive's size and SHA-256 against the manifest (a cheap read of the compressed file).
-2. The whole archive decompressed (zstd checks its frame checksum), its head fed to
-   `pg_restore --list --verbose`: the table of contents must be readable and list every table of
-   the manifest with its data, and the decompressed length must be the length pg_dump wrote.
+2. Every part of the archive (parts.py) decompressed (zstd checks its frame checksum), its head
+   fed to `pg_restore --list --verbose`: each table of contents must be readable, together they
+   must list every table of the manifest with its definition and its data, and each part's
+   decompressed length must be the length its pg_dump wrote.
 """
 
 from __future__ import annotations
 
+import functools
 import subprocess
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO
 
@@ -20,6 +23,7 @@ from lifeos_backup import procs
 from lifeos_backup.crypto import open_plain
 from lifeos_backup.errors import CommandFailed, VerificationFailed
 from lifeos_backup.manifest import Manifest, require_archive_match
+from lifeos_backup.postgres.parts import Part, Window, parts_of
 from lifeos_backup.postgres.toc import TocEntry, missing_tables, parse_toc
 from lifeos_backup.postgres.tools import Tool
 from lifeos_backup.progress import Progress, ProgressFn
@@ -42,39 +46,99 @@ def verify_checksum(archive: Path, manifest: Manifest, progress: ProgressFn) -> 
     progress(Progress("checksum", bytes_done=size, bytes_total=size))
 
 
-def read_toc(archive: Path, manifest: Manifest, pg_restore: Tool, progress: ProgressFn) -> str:
-    """Decompress the whole archive, feeding it to `pg_restore --list --verbose`; its output.
+def read_tocs(
+    archive: Path, manifest: Manifest, pg_restore: Tool, progress: ProgressFn
+) -> list[str]:
+    """Decompress every part, feeding each to `pg_restore --list --verbose`; their outputs.
 
     pg_restore stops reading after the table of contents; the rest is still decompressed, so
-    that a damaged tail is found too, and its length compared with what pg_dump wrote.
+    that a damaged tail is found too, and each part's length compared with what pg_dump wrote.
+    The parts of a plain archive are read side by side, those of an encrypted one (a single age
+    stream) one after the other.
     """
+    parts = parts_of(manifest)
     report = Progress("reading table of contents", bytes_total=manifest.archive.size)
+    position = 0
+    for number, part in enumerate(parts):
+        if part.offset != position:
+            raise _damaged(archive, f"part {number} is not where the manifest says",
+                           f"offset {part.offset}, expected {position}")
+        position += part.size
+    try:
+        if manifest.encryption is None and len(parts) > 1:
+            if position != manifest.archive.size:
+                raise _damaged(archive, "its parts do not add up to its size")
+            with ThreadPoolExecutor(len(parts), thread_name_prefix="verify") as pool:
+                jobs = [
+                    pool.submit(_read_alone, archive, manifest, pg_restore, number, part)
+                    for number, part in enumerate(parts)
+                ]
+                return [job.result() for job in jobs]
+        with open(archive, "rb") as raw:
+            plain = open_plain(raw, manifest)  # decrypts an encrypted archive
+            tick = functools.partial(_report, progress, report, raw)
+            listings = [
+                _check_part(archive, manifest, pg_restore, n, part, Window(plain, part.size), tick)
+                for n, part in enumerate(parts)
+            ]
+            if plain.read(1):
+                raise _damaged(archive, "it has bytes after its last part")
+            return listings
+    except _STREAM_ERRORS as exc:
+        raise _damaged(archive, "it is corrupt", f"{type(exc).__name__}: {exc}") from exc
+
+
+def _read_alone(
+    archive: Path, manifest: Manifest, pg_restore: Tool, number: int, part: Part
+) -> str:
+    with open(archive, "rb") as raw:
+        raw.seek(part.offset)
+        window = Window(raw, part.size)  # type: ignore[arg-type]
+        return _check_part(archive, manifest, pg_restore, number, part, window, lambda: None)
+
+
+def _check_part(
+    archive: Path,
+    manifest: Manifest,
+    pg_restore: Tool,
+    number: int,
+    part: Part,
+    window: Window,
+    tick: Callable[[], None],
+) -> str:
+    """One part: its table of contents, all of it decompressed, its length as pg_dump wrote."""
+    text, length = _list_part(window, manifest, pg_restore, tick)
+    if window.read(1):
+        raise _damaged(archive, f"part {number} has bytes after its zstd frame")
+    if part.dump_bytes >= 0 and length != part.dump_bytes:
+        raise _damaged(
+            archive, f"part {number} decompresses to {length} bytes",
+            f"pg_dump wrote {part.dump_bytes} bytes",
+        )
+    return text
+
+
+def _damaged(archive: Path, what: str, detail: str = "") -> VerificationFailed:
+    return VerificationFailed(f"archive {archive.name}: {what}", detail, _HINT)
+
+
+def _list_part(
+    window: Window, manifest: Manifest, pg_restore: Tool, tick: Callable[[], None]
+) -> tuple[str, int]:
+    """`pg_restore --list --verbose` of one part, and the part's decompressed length."""
     args = [pg_restore.path, "--list", "--verbose"]
-    with open(archive, "rb") as raw, tempfile.TemporaryFile() as listing:
+    with tempfile.TemporaryFile() as listing:
         try:
             with procs.spawn(args, stdin=subprocess.PIPE, stdout=listing) as proc:
                 assert proc.stdin is not None
-                plain = open_plain(raw, manifest)  # decrypts an encrypted archive
-                stream = decompressor(plain, manifest.compression.algorithm)  # type: ignore[arg-type]
-                length = _feed(stream, proc.stdin, lambda: _report(progress, report, raw))
+                stream = decompressor(window, manifest.compression.algorithm)  # type: ignore[arg-type]
+                length = _feed(stream, proc.stdin, tick)
         except CommandFailed as exc:
             raise VerificationFailed(
                 "the dump's table of contents is unreadable", exc.detail, _HINT
             ) from exc
-        except _STREAM_ERRORS as exc:
-            raise VerificationFailed(
-                f"archive {archive.name} is corrupt", f"{type(exc).__name__}: {exc}", _HINT
-            ) from exc
         listing.seek(0)
-        text = listing.read().decode(errors="replace")
-    expected = manifest.facts.get("dump_bytes")
-    if expected is not None and length != expected:
-        raise VerificationFailed(
-            f"archive {archive.name} decompresses to {length} bytes",
-            f"pg_dump wrote {expected} bytes",
-            _HINT,
-        )
-    return text
+        return listing.read().decode(errors="replace"), length
 
 
 def _report(progress: ProgressFn, report: Progress, raw: IO[bytes]) -> None:
@@ -115,6 +179,14 @@ def check_dump(
 ) -> list[TocEntry]:
     """The whole verification; returns the table of contents for callers that need it."""
     verify_checksum(archive, manifest, progress)
-    entries = parse_toc(read_toc(archive, manifest, pg_restore, progress))
+    entries = read_entries(archive, manifest, pg_restore, progress)
     check_toc(entries, manifest)
     return entries
+
+
+def read_entries(
+    archive: Path, manifest: Manifest, pg_restore: Tool, progress: ProgressFn
+) -> list[TocEntry]:
+    """The entries of every part's table of contents, part after part."""
+    listings = read_tocs(archive, manifest, pg_restore, progress)
+    return [entry for text in listings for entry in parse_toc(text)]

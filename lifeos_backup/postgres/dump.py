@@ -1,9 +1,10 @@
-"""Writing a PostgreSQL archive: `pg_dump -Fc -Z0` through zstd and SHA-256, in one pass.
+"""Writing a PostgreSQL archive: `pg_dump -Fc -Z0` in parts, through zstd and SHA-256.
 
-pg_dump writes the custom format uncompressed to a pipe; this process compresses the stream with
-multi-threaded zstd, hashes the compressed bytes and writes them under a temporary name
-(fsutil.atomic_writer), in 1 MiB chunks: no uncompressed copy on disk, bounded memory whatever the
-database size. docs/decisions.md has the measurements behind the format and the level.
+Each part's pg_dump (parts.py: one per group of tables, same snapshot, side by side) writes the
+custom format uncompressed to a pipe; a thread per part compresses it with zstd into an unnamed
+temporary file (compressed: the archive's size, never the dump's), in 1 MiB chunks. The parts are
+then joined, hashed [and encrypted] under a temporary name (fsutil.atomic_writer). No uncompressed
+copy on disk, bounded memory whatever the database size. docs/decisions.md has the measurements.
 
 Order matters for the failure modes: connect (unreachable: retryable; bad login: permanent), then
 compare pg_dump's version with the server's, and only then create the file. Whatever fails later
@@ -14,23 +15,28 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import functools
 import logging
+import tempfile
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import psycopg
 
 from lifeos_backup import procs
 from lifeos_backup.crypto import Recipient, parse_recipients, sealed
 from lifeos_backup.errors import CommandFailed, ConfigError, PermanentError, SourceUnavailable
-from lifeos_backup.fsutil import atomic_writer
+from lifeos_backup.fsutil import atomic_writer, private_dir
 from lifeos_backup.postgres.connect import connect, one_line
 from lifeos_backup.postgres.conninfo import PgTarget, postgres_configured
+from lifeos_backup.postgres.parts import Part, plan
 from lifeos_backup.postgres.snapshot import (
     DatabaseFacts,
+    TableFact,
     catalog_facts,
     count_all,
     exported_snapshot,
@@ -38,6 +44,7 @@ from lifeos_backup.postgres.snapshot import (
 from lifeos_backup.postgres.tools import Tool, require_dump_not_older, tool
 from lifeos_backup.progress import Progress, ProgressFn
 from lifeos_backup.settings import Settings
+from lifeos_backup.sidebyside import Crew, run_side_by_side
 from lifeos_backup.streams import CHUNK, HashingWriter, compressor
 
 log = logging.getLogger(__name__)
@@ -47,6 +54,7 @@ FORMAT = "pg_dump custom format (-Fc -Z0) compressed with zstd"
 # pg_dump waits this long for its ACCESS SHARE locks (e.g. behind a migration), then fails; the
 # failure is retryable, so a busy moment delays the backup instead of hanging it for hours.
 LOCK_WAIT = "120s"
+PIPE_SIZE = 1 << 20
 # pg_dump stderr fragments that mean the server went away or was busy: worth a retry.
 _PASSING = (
     "could not connect",
@@ -73,6 +81,7 @@ class DumpResult:
     source: str
     facts: DatabaseFacts
     pg_dump: Tool
+    parts: list[Part]
 
     def manifest_facts(self) -> dict[str, Any]:
         return {
@@ -81,6 +90,7 @@ class DumpResult:
             "pg_dump_major": self.pg_dump.major,
             "dump_bytes": self.dump_bytes,
             **self.facts.as_facts(),
+            "parts": [part.as_fact() for part in self.parts],
         }
 
 
@@ -124,21 +134,45 @@ def dump_database(settings: Settings, archive: Path, progress: ProgressFn) -> Du
         with exported_snapshot(conn) as snapshot:
             facts = catalog_facts(conn)
             source = pinned(target, conn)
-            args = dump_args(pg_dump, source, snapshot)
+            groups = plan([(t.qualified, t.bytes) for t in facts.tables], settings.dump_jobs)
+            by_name = {t.qualified: t for t in facts.tables}
+            commands = part_args(
+                dump_args(pg_dump, source, snapshot), [[by_name[n] for n in g] for g in groups]
+            )
             with ThreadPoolExecutor(1, thread_name_prefix="row-count") as pool:
                 # Counting runs beside pg_dump, in the same snapshot, on the exporting connection.
                 counting = pool.submit(count_all, conn, facts.tables)
                 try:
-                    size, sha256, dump_bytes = _write(
-                        args, source, archive, level, progress, facts.database_size,
+                    size, sha256, parts = _write(
+                        commands, source, archive, level, progress, facts.database_size,
                         parse_recipients(settings.encryption_recipients),
                     )
                 except BaseException:
                     _stop(conn, counting)
                     raise
                 counting.result()
-    log.info("dumped %s: %d bytes of dump, %d bytes archived", source.describe(), dump_bytes, size)
-    return DumpResult(size, sha256, level, dump_bytes, source.describe(), facts, pg_dump)
+    for part, group in zip(parts, groups, strict=True):
+        part.tables = group
+    dump_bytes = sum(p.dump_bytes for p in parts)
+    log.info(
+        "dumped %s in %d parts: %d bytes of dump, %d bytes archived",
+        source.describe(), len(parts), dump_bytes, size,
+    )
+    return DumpResult(size, sha256, level, dump_bytes, source.describe(), facts, pg_dump, parts)
+
+
+def _pattern(table: TableFact) -> str:
+    """An exact pg_dump name pattern: inside double quotes `.`, `*` and `?` are literal."""
+    return ".".join('"' + word.replace('"', '""') + '"' for word in (table.schema, table.name))
+
+
+def part_args(base: list[str], groups: Sequence[Sequence[TableFact]]) -> list[list[str]]:
+    """pg_dump's arguments for each part: part 0 everything but the other parts' table data,
+    the others the data of their own tables only."""
+    others = [table for group in groups[1:] for table in group]
+    first = base + [f"--exclude-table-data={_pattern(t)}" for t in others]
+    rest = [base + ["--data-only"] + [f"--table={_pattern(t)}" for t in g] for g in groups[1:]]
+    return [first, *rest]
 
 
 def _stop(conn: psycopg.Connection[tuple], counting: Future[None]) -> None:
@@ -148,29 +182,70 @@ def _stop(conn: psycopg.Connection[tuple], counting: Future[None]) -> None:
     wait([counting], timeout=30)
 
 
+@dataclass
+class _PartRun:
+    """One part's pg_dump as it runs: its arguments, its spool file, the plain bytes seen."""
+
+    args: list[str]
+    out: BinaryIO
+    done: int = 0
+
+
+def _dump_part(run: _PartRun, source: PgTarget, level: int, crew: Crew) -> None:
+    """One pg_dump's stdout -> zstd (in this thread: one part per core) -> its spool file."""
+    with procs.spawn(run.args, env=source.env()) as proc:
+        crew.track(proc)
+        assert proc.stdout is not None
+        # A 1 MiB pipe (Linux' limit for unprivileged processes) lets pg_dump write on while
+        # this thread compresses the previous chunk; the default 64 kB would stall it.
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        packer = compressor(run.out, ALGORITHM, level, threads=0)
+        while chunk := proc.stdout.read(CHUNK):
+            packer.write(chunk)
+            run.done += len(chunk)
+        packer.close()  # ends the zstd frame; the spool stays open
+
+
 def _write(
-    args: list[str],
+    commands: list[list[str]],
     source: PgTarget,
     archive: Path,
     level: int,
     progress: ProgressFn,
     total: int,
     recipients: Sequence[Recipient] = (),
-) -> tuple[int, str, int]:
-    """Stream pg_dump's stdout -> zstd [-> age] -> SHA-256 -> temporary file -> rename."""
+) -> tuple[int, str, list[Part]]:
+    """Run the parts' pg_dumps side by side, each compressed into an unnamed temporary file,
+    then join them [-> age] -> SHA-256 -> temporary name -> rename."""
     report = Progress("dumping", bytes_total=total)
+    spool_dir = private_dir(archive.parent)
     try:
-        with atomic_writer(archive) as handle:
-            hashed = HashingWriter(handle)
-            secret = sealed(hashed, recipients)  # `hashed` itself when encryption is off
-            with procs.spawn(args, env=source.env()) as proc:
-                assert proc.stdout is not None
-                packer = compressor(secret, ALGORITHM, level)
-                while chunk := proc.stdout.read(CHUNK):
-                    packer.write(chunk)
-                    report.bytes_done += len(chunk)
-                    progress(report)
-                packer.close()  # ends the zstd frame; `hashed` and the file stay open
+        with contextlib.ExitStack() as stack:
+            runs = [
+                _PartRun(args, stack.enter_context(tempfile.TemporaryFile(dir=spool_dir)))
+                for args in commands
+            ]
+
+            def tick() -> None:
+                report.bytes_done = sum(run.done for run in runs)
+                progress(report)
+
+            run_side_by_side(
+                [functools.partial(_dump_part, run, source, level) for run in runs],
+                len(runs),
+                tick,
+            )
+            parts: list[Part] = []
+            with atomic_writer(archive) as handle:
+                hashed = HashingWriter(handle)
+                secret = sealed(hashed, recipients)  # `hashed` itself when encryption is off
+                for run in runs:
+                    size = run.out.tell()
+                    run.out.seek(0)
+                    while chunk := run.out.read(CHUNK):
+                        secret.write(chunk)
+                    parts.append(Part(sum(p.size for p in parts), size, run.done))
                 if secret is not hashed:
                     secret.close()  # seals the final chunk
     except OSError as exc:
@@ -186,7 +261,7 @@ def _write(
         if passing is None:
             raise
         raise passing from exc
-    return hashed.size, hashed.hexdigest(), report.bytes_done
+    return hashed.size, hashed.hexdigest(), parts
 
 
 def _passing_failure(exc: CommandFailed, source: PgTarget) -> SourceUnavailable | None:

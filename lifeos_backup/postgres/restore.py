@@ -1,25 +1,28 @@
 """Restoring a PostgreSQL backup into a named database, then proving it against the manifest.
 
 Order: the archive's checksum first (a bad archive never touches a database), then the target
-(created with --create; refused when it already holds tables, unless force), then pg_restore, then
-the exact row count of every restored table compared with the counts taken in the dump's snapshot.
+(created with --create; refused when it already holds tables, unless force), then the restore in
+pg_restore's three sections, then the exact row count of every restored table compared with the
+counts taken in the dump's snapshot.
 
-pg_restore runs its jobs in parallel only from a seekable file, so with jobs > 1 the archive is
-decompressed into a private workspace under the backup root first (about the size of the plain
-dump; removed afterwards, even on failure), with the data offsets pg_dump could not write into
-its pipe added on the way (offsets.py). With jobs = 1, or when that space is missing, the
-decompressed stream is piped straight into a single pg_restore: no temporary file.
+The sections run as the archive's parts allow (parts.py): the definitions (pre-data) from part 0;
+the data of all parts side by side, each part streamed decompressed into its own pg_restore (no
+copy of the dump on disk); then keys, indexes and constraints (post-data) with `--jobs`, from the
+head of part 0 (tochead.py: header and table of contents, a small file pg_restore can seek in).
+The row counting runs beside the post-data section.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
 import socket
 import subprocess
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,27 +30,27 @@ import psycopg
 from psycopg import sql
 
 from lifeos_backup import procs
-from lifeos_backup.crypto import open_plain
 from lifeos_backup.errors import ConfigError, NotFound, PermanentError, TargetNotEmpty
 from lifeos_backup.fsutil import FILE_MODE, private_dir
 from lifeos_backup.manifest import Manifest
-from lifeos_backup.postgres.check import manifest_tables, read_toc, verify_checksum
+from lifeos_backup.postgres.check import manifest_tables, read_tocs, verify_checksum
 from lifeos_backup.postgres.connect import connect
 from lifeos_backup.postgres.conninfo import PgTarget
-from lifeos_backup.postgres.offsets import copy_with_offsets
+from lifeos_backup.postgres.parts import PartSource, open_part, part_sources, parts_of
 from lifeos_backup.postgres.snapshot import count_rows
-from lifeos_backup.postgres.toc import parse_toc, select_tables, use_list
+from lifeos_backup.postgres.toc import SESSION, parse_toc, select_tables, use_list
+from lifeos_backup.postgres.tochead import copy_head
 from lifeos_backup.postgres.tools import Tool, require_restore_not_older, tool
 from lifeos_backup.procs import pid_alive
 from lifeos_backup.progress import Progress, ProgressFn, ignore
 from lifeos_backup.settings import Settings
-from lifeos_backup.streams import CHUNK, decompressor
+from lifeos_backup.sidebyside import Crew, run_side_by_side
+from lifeos_backup.streams import CHUNK
 
 log = logging.getLogger(__name__)
 
 WORKSPACE = ".restore"  # under the backup root: hidden, never inside a kind's folder
 MAINTENANCE_DB = "postgres"  # where CREATE DATABASE is run
-SPACE_MARGIN = 256 << 20  # bytes left free beyond the decompressed dump
 _USER_RELATIONS = (
     "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
     " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
@@ -126,7 +129,7 @@ def restore_postgres(
     target = PgTarget.from_settings(settings).with_database(database)
     prepare_target(target, manifest, create=create, force=force)
     try:
-        jobs = run_restore(
+        counts = run_restore(
             archive,
             manifest,
             settings,
@@ -142,10 +145,7 @@ def restore_postgres(
         if create:  # a half-restored database of our own making would block the next --create
             drop_database(target)
         raise
-    progress(Progress("counting rows"))
-    report = RestoreReport(manifest.backup_id, target.describe(), jobs)
-    report.counts = compare_counts(target, manifest, wanted)
-    return report
+    return RestoreReport(manifest.backup_id, target.describe(), jobs, counts)
 
 
 def run_restore(
@@ -160,27 +160,139 @@ def run_restore(
     selective: bool,
     force: bool,
     progress: ProgressFn,
-) -> int:
-    """Run pg_restore (parallel from a decompressed file, or streamed); returns the jobs used."""
+) -> list[TableCount]:
+    """pre-data, data (parts side by side), post-data (`--jobs`) beside the row counts."""
+    parts = parts_of(manifest)
+    algorithm = manifest.compression.algorithm
+    base = restore_args(pg_restore, target)
     with workspace(settings, manifest.backup_id) as work:
-        list_file = None
+        sources = part_sources(archive, manifest, parts, work)  # decrypted here if encrypted
+        head = work / "head.dump"
+        write_head(sources[0], algorithm, head)
+        lists: list[list[str] | None] = [[] for _ in parts]
         if selective:
-            toc = parse_toc(read_toc(archive, manifest, pg_restore, progress))
-            list_file = work / "use-list.txt"
-            list_file.write_text(use_list(select_tables(toc, wanted)))
+            lists = use_lists(archive, manifest, pg_restore, work, wanted, progress)
             create_schemas(target, {schema for schema, _ in wanted})
-        if jobs > 1 and not enough_space(work, manifest):
-            log.warning("not enough space in %s for a parallel restore; streaming instead", work)
-            jobs = 1
-        args = restore_args(pg_restore, target, jobs=jobs, list_file=list_file, force=force)
-        if jobs > 1:
-            dump = work / "dump"
-            decompress_to(archive, manifest, dump, progress)
-            progress(Progress("restoring"))
-            procs.run([*args, str(dump)], env=target.env(), stdout=subprocess.DEVNULL)
+        schema_list = lists[0] or []
+        if force:
+            drop_objects(pg_restore, target, head, schema_list)
+        progress(Progress("restoring definitions"))
+        procs.run(
+            [*base, "--section=pre-data", *schema_list, str(head)],
+            env=target.env(), stdout=subprocess.DEVNULL,
+        )
+        load_data(sources, lists, base, target, jobs, algorithm, progress)
+        progress(Progress("restoring keys, indexes and constraints; counting rows"))
+        with ThreadPoolExecutor(1, thread_name_prefix="row-count") as pool:
+            counting = pool.submit(compare_counts, target, manifest, wanted)
+            parallel = [f"--jobs={jobs}"] if jobs > 1 else []
+            try:
+                procs.run(
+                    [*base, "--section=post-data", *parallel, *schema_list, str(head)],
+                    env=target.env(), stdout=subprocess.DEVNULL,
+                )
+            finally:
+                counts = counting.result()
+    return counts
+
+
+def write_head(source: PartSource, algorithm: str, head: Path) -> None:
+    """Part 0's header and table of contents, as a file for the definitions and the post-data."""
+    fd = os.open(head, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    with open_part(source, algorithm) as stream, os.fdopen(fd, "wb") as out:
+        copy_head(stream, out)
+
+
+def use_lists(
+    archive: Path,
+    manifest: Manifest,
+    pg_restore: Tool,
+    work: Path,
+    wanted: list[tuple[str, str]],
+    progress: ProgressFn,
+) -> list[list[str] | None]:
+    """`--use-list` arguments per part for a selective restore: part 0 the tables with what
+    depends only on them, the other parts the data of those tables (None: none of it there)."""
+    tocs = [parse_toc(text) for text in read_tocs(archive, manifest, pg_restore, progress)]
+    lists: list[list[str] | None] = []
+    for number, toc in enumerate(tocs):
+        if number == 0:
+            chosen = select_tables(toc, wanted)
         else:
-            stream_restore(archive, manifest, args, target, progress)
-    return jobs
+            data = [e for e in toc if any(e.names("TABLE DATA", s, n) for s, n in wanted)]
+            chosen = [e for e in toc if e.desc in SESSION] + data if data else []
+        if number and not chosen:
+            lists.append(None)
+            continue
+        path = work / f"use-list-{number}.txt"
+        path.write_text(use_list(chosen))
+        lists.append([f"--use-list={path}"])
+    return lists
+
+
+def load_data(
+    sources: list[PartSource],
+    lists: list[list[str] | None],
+    base: list[str],
+    target: PgTarget,
+    jobs: int,
+    algorithm: str,
+    progress: ProgressFn,
+) -> None:
+    """The data section of every part, `jobs` parts at a time, each streamed into a pg_restore."""
+    report = Progress("restoring data", bytes_total=0)
+    fed = [0] * len(sources)
+
+    def tick() -> None:
+        report.bytes_done = sum(fed)
+        progress(report)
+
+    def load(number: int, use: list[str], crew: Crew) -> None:
+        args = [*base, "--section=data", *use]
+        stream_into(args, sources[number], algorithm, target, crew, fed, number)
+
+    loads = [functools.partial(load, n, use) for n, use in enumerate(lists) if use is not None]
+    run_side_by_side(loads, jobs, tick)
+
+
+def stream_into(
+    args: list[str],
+    source: PartSource,
+    algorithm: str,
+    target: PgTarget,
+    crew: Crew,
+    fed: list[int],
+    slot: int,
+) -> None:
+    """Pipe one decompressed part into a pg_restore; its own error wins over our EPIPE."""
+    with open_part(source, algorithm) as stream, procs.spawn(
+        args, env=target.env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
+    ) as proc:
+        crew.track(proc)
+        assert proc.stdin is not None
+        while chunk := stream.read(CHUNK):
+            try:
+                proc.stdin.write(chunk)
+            except BrokenPipeError:  # pg_restore has read what it needs; spawn checks its exit
+                break
+            fed[slot] += len(chunk)
+
+
+def drop_objects(pg_restore: Tool, target: PgTarget, head: Path, use: list[str]) -> None:
+    """--force: drop the backup's objects that exist, as `pg_restore --clean --if-exists` would.
+
+    pg_restore only drops together with creating everything, and the sections here run apart, so
+    its script is asked for and its DROP part (everything before the first object's "-- Name:"
+    comment, minus psql meta-commands) run here.
+    """
+    script = procs.run(
+        [pg_restore.path, "--clean", "--if-exists", "--schema-only", *use, "--file=-", str(head)],
+        capture_stdout=True,
+    ).stdout or b""
+    text = script.decode().split("\n--\n-- Name: ", 1)[0]
+    statements = "\n".join(line for line in text.splitlines() if not line.startswith("\\"))
+    with connect(target, autocommit=True) as conn:
+        conn.execute(statements.encode())
 
 
 def resolve_tables(manifest: Manifest, names: Sequence[str]) -> list[tuple[str, str]]:
@@ -276,23 +388,9 @@ def create_schemas(target: PgTarget, schemas: set[str]) -> None:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
 
 
-def restore_args(
-    pg_restore: Tool, target: PgTarget, *, jobs: int, list_file: Path | None, force: bool
-) -> list[str]:
+def restore_args(pg_restore: Tool, target: PgTarget) -> list[str]:
     """pg_restore's arguments; it stops at the first error so the report names the cause."""
-    args = [
-        pg_restore.path,
-        "--no-password",
-        "--exit-on-error",
-        f"--dbname={target.conninfo()}",
-    ]
-    if jobs > 1:
-        args.append(f"--jobs={jobs}")
-    if list_file is not None:
-        args.append(f"--use-list={list_file}")
-    if force:
-        args += ["--clean", "--if-exists"]
-    return args
+    return [pg_restore.path, "--no-password", "--exit-on-error", f"--dbname={target.conninfo()}"]
 
 
 @contextlib.contextmanager
@@ -318,48 +416,6 @@ def remove_abandoned(root: Path) -> None:
         host, _, pid = path.name.rpartition("@")[2].rpartition("-")
         if host == socket.gethostname() and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
-
-
-def enough_space(work: Path, manifest: Manifest) -> bool:
-    """Room for the decompressed dump (its length is in the manifest) plus a margin."""
-    needed = int(manifest.facts.get("dump_bytes", 0)) + SPACE_MARGIN
-    return shutil.disk_usage(work).free >= needed
-
-
-def decompress_to(archive: Path, manifest: Manifest, dest: Path, progress: ProgressFn) -> int:
-    """Decompress the archive into a private file that pg_restore --jobs can seek in, adding
-    the data offsets pg_dump could not write into a pipe (so each job seeks to its table)."""
-    report = Progress("decompressing", bytes_total=manifest.archive.size)
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-    with open(archive, "rb") as raw, os.fdopen(fd, "wb") as out:
-        plain = open_plain(raw, manifest)  # decrypts an encrypted archive
-        stream = decompressor(plain, manifest.compression.algorithm)  # type: ignore[arg-type]
-
-        def tick() -> None:
-            report.bytes_done = raw.tell()
-            progress(report)
-
-        return copy_with_offsets(stream, out, tick)
-
-
-def stream_restore(
-    archive: Path, manifest: Manifest, args: list[str], target: PgTarget, progress: ProgressFn
-) -> None:
-    """Pipe the decompressed archive into one pg_restore; its own error wins over our EPIPE."""
-    report = Progress("restoring", bytes_total=manifest.archive.size)
-    with open(archive, "rb") as raw, procs.spawn(
-        args, env=target.env(), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL
-    ) as proc:
-        assert proc.stdin is not None
-        plain = open_plain(raw, manifest)  # decrypts an encrypted archive
-        stream = decompressor(plain, manifest.compression.algorithm)  # type: ignore[arg-type]
-        while chunk := stream.read(CHUNK):
-            try:
-                proc.stdin.write(chunk)
-            except BrokenPipeError:  # pg_restore stopped; spawn raises with its stderr
-                break
-            report.bytes_done = raw.tell()
-            progress(report)
 
 
 def compare_counts(

@@ -19,7 +19,8 @@ from psycopg import IsolationLevel, sql
 # User schemas only (no system catalogs, temporary or TOAST schemas), and no objects that belong
 # to an extension: CREATE EXTENSION recreates those, pg_dump does not dump them.
 _RELATIONS = """
-    SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    SELECT n.nspname, c.relname, pg_table_size(c.oid)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.relkind = %s AND c.relpersistence <> 't'
       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
       AND n.nspname NOT LIKE 'pg\\_toast%%' AND n.nspname NOT LIKE 'pg\\_temp\\_%%'
@@ -43,10 +44,14 @@ _DATABASE = (
 
 @dataclass
 class TableFact:
-    """One ordinary table and its exact row count in the snapshot."""
+    """One ordinary table, its exact row count in the snapshot and its size on disk.
+
+    The size (heap and TOAST, not MVCC: as the server sees it now) only balances the dump parts.
+    """
 
     schema: str
     name: str
+    bytes: int = 0
     rows: int = 0
 
     @property
@@ -93,8 +98,8 @@ def catalog_facts(conn: psycopg.Connection[tuple]) -> DatabaseFacts:
     assert row is not None
     facts = DatabaseFacts(*row)
     facts.schemas = [name for (name,) in conn.execute(_SCHEMAS)]
-    facts.tables = [TableFact(s, n) for s, n in conn.execute(_RELATIONS, ("r",))]
-    facts.sequences = [f"{s}.{n}" for s, n in conn.execute(_RELATIONS, ("S",))]
+    facts.tables = [TableFact(s, n, size) for s, n, size in conn.execute(_RELATIONS, ("r",))]
+    facts.sequences = [f"{s}.{n}" for s, n, _ in conn.execute(_RELATIONS, ("S",))]
     return facts
 
 

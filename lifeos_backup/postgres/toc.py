@@ -36,7 +36,7 @@ _DESCS = sorted(
     reverse=True,
 )
 # Session set-up entries every restore needs.
-_SESSION = frozenset({"ENCODING", "STDSTRINGS", "SEARCHPATH"})
+SESSION = frozenset({"ENCODING", "STDSTRINGS", "SEARCHPATH"})
 # What a single-table restore takes along when all its dependencies are taken: the table's rows,
 # keys, indexes, defaults, owned sequences (and their values), triggers, comments and grants.
 _FOLLOWERS = frozenset(
@@ -125,7 +125,7 @@ def select_tables(
             ):
                 chosen.add(entry.dump_id)
                 grew = True
-    return [e for e in entries if e.dump_id in chosen or e.desc in _SESSION]
+    return [e for e in entries if e.dump_id in chosen or e.desc in SESSION]
 
 
 def use_list(entries: Iterable[TocEntry]) -> str:

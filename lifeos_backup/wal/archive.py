@@ -7,6 +7,10 @@ File format (`<wal name>.zst`), readable by the plain `zstd -d` command as well:
               uncompressed WAL file
     ...       one zstd frame (with its own content checksum) holding the WAL file
 
+Sealed (LIFEOS_ENCRYPTION_RECIPIENTS set when pushed; lifeos_backup.wal.sealing): the frame
+length is 108, the text ends in " age\\n", and the zstd frame is inside an age v1 file. The name
+stays `<wal name>.zst`, so there is still exactly one file per WAL file, whatever the setting was.
+
 The checksum sits in the file itself, so one rename publishes segment and checksum together:
 there is no state in which one exists without the other. A push stores the file under a temporary
 name, fsyncs it and publishes it with link(2), which fails if the name exists; so two pushes of one
@@ -14,7 +18,7 @@ segment can never overwrite each other, and an existing segment is compared, nev
 (PostgreSQL's documentation requires exactly that of an archive_command).
 
 Standard library only, plus `zstandard` when importable (else the `zstd` command): PostgreSQL runs
-this once per segment as its own OS user.
+this once per segment as its own OS user. Sealing imports `cryptography`, only when it is used.
 """
 
 from __future__ import annotations
@@ -26,20 +30,26 @@ import json
 import os
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from lifeos_backup.wal.names import check_name
 
 SUFFIX = ".zst"
 TEXT_LEN = 104
 HEADER_LEN = 8 + TEXT_LEN
+SEALED_TEXT_LEN = TEXT_LEN + 4
+SEALED_HEADER_LEN = 8 + SEALED_TEXT_LEN
 _MAGIC = struct.pack("<II", 0x184D2A5E, TEXT_LEN)
-_TEXT = "LIFEOS-WAL v1 sha256={} size={:012d}\n"
+_SEALED_MAGIC = struct.pack("<II", 0x184D2A5E, SEALED_TEXT_LEN)
+_TEXT = "LIFEOS-WAL v1 sha256={} size={:012d}"
+_PLAIN_END = "\n"
+_SEALED_END = " age\n"
 FILE_MODE = 0o640  # the server's group may read (restore, base backup checks); others never
 DIR_MODE = 0o750
 STATUS_FILE = ".wal-status.json"
@@ -50,6 +60,8 @@ CHUNK = 1 << 20
 ENV_ARCHIVE_DIR = "LIFEOS_WAL_ARCHIVE_DIR"
 ENV_BACKUP_ROOT = "LIFEOS_BACKUP_ROOT"
 ENV_LEVEL = "LIFEOS_WAL_COMPRESSION_LEVEL"
+ENV_RECIPIENTS = "LIFEOS_ENCRYPTION_RECIPIENTS"  # set: push seals (age public keys, age1...)
+ENV_IDENTITY = "LIFEOS_ENCRYPTION_IDENTITY_FILE"  # fetch opens sealed files with this key file
 ARCHIVE_SUBDIR = ("postgresql", "wal")
 
 try:  # the fast path; the server's Python may lack it (e.g. system python3 of a DB host)
@@ -82,13 +94,52 @@ class CorruptSegment(WalError):
     """An archived file does not match its own checksum."""
 
 
+class KeyUnavailable(WalError):
+    """A sealed file cannot be opened: no private key configured, or not the right one.
+
+    Not "missing" (exit 1) for restore_command: recovery must stop, not end early and promote.
+    """
+
+
+class _Reader(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class _Writer(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
 @dataclass(frozen=True)
 class Header:
+    """SHA-256 and size of the WAL file itself; equal content is equal, sealed or not."""
+
     sha256: str
     size: int
+    sealed: bool = field(default=False, compare=False)
+
+    @property
+    def length(self) -> int:
+        return SEALED_HEADER_LEN if self.sealed else HEADER_LEN
 
     def encode(self) -> bytes:
-        return _MAGIC + _TEXT.format(self.sha256, self.size).encode("ascii")
+        magic, end = (_SEALED_MAGIC, _SEALED_END) if self.sealed else (_MAGIC, _PLAIN_END)
+        return magic + (_TEXT.format(self.sha256, self.size) + end).encode("ascii")
+
+
+class _HashingReader:
+    """SHA-256 and size of everything read through it: the Header of the WAL file."""
+
+    def __init__(self, src: _Reader) -> None:
+        self._src, self._digest, self.size = src, hashlib.sha256(), 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        block = self._src.read(size)
+        self._digest.update(block)
+        self.size += len(block)
+        return block
+
+    def header(self) -> Header:
+        return Header(self._digest.hexdigest(), self.size)
 
 
 @dataclass(frozen=True)
@@ -145,17 +196,19 @@ def archived_path(archive: Path, name: str) -> Path:
 
 def read_header(handle: BinaryIO, where: str) -> Header:
     """Parse the header at the start of an archived file; CorruptSegment if it is not ours."""
-    raw = handle.read(HEADER_LEN)
-    text = raw[8:].decode("ascii", errors="replace")
+    magic = handle.read(8)
+    sealed = magic == _SEALED_MAGIC
+    length = SEALED_TEXT_LEN if sealed else TEXT_LEN
+    raw = handle.read(length) if sealed or magic == _MAGIC else b""
+    text = raw.decode("ascii", errors="replace")
     ok = (
-        len(raw) == HEADER_LEN
-        and raw[:8] == _MAGIC
+        len(raw) == length
         and text.startswith("LIFEOS-WAL v1 sha256=")
-        and text.endswith("\n")
+        and text[103:] == (_SEALED_END if sealed else _PLAIN_END)
     )
     if ok:
         try:
-            return Header(text[21:85], int(text[91:103]))
+            return Header(text[21:85], int(text[91:103]), sealed)
         except ValueError:
             pass
     raise CorruptSegment(f"{where} is not a lifeos WAL archive file", "bad header")
@@ -167,13 +220,51 @@ def header_of(path: Path) -> Header:
 
 
 def _hash_file(path: Path) -> Header:
-    digest = hashlib.sha256()
-    size = 0
     with open(path, "rb") as handle:
-        while block := handle.read(CHUNK):
-            digest.update(block)
-            size += len(block)
-    return Header(digest.hexdigest(), size)
+        hashing = _HashingReader(handle)
+        while hashing.read(CHUNK):
+            pass
+    return hashing.header()
+
+
+def _zstd_filter(
+    args: list[str], src: _Reader, failure: type[WalError], what: str
+) -> Iterator[bytes]:
+    """Run the `zstd` command over `src`'s bytes and yield its output (`what` it does, for errors).
+
+    A thread feeds its input: writing a child's input and reading its output from one thread
+    deadlocks once both pipe buffers are full. An error of the feeder (a sealed chunk failing
+    authentication, say) wins over zstd's complaint about the input it then lacked.
+    """
+    failed: list[BaseException] = []
+    with subprocess.Popen(
+        args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as child:
+        assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+        sink = child.stdin
+
+        def feed() -> None:
+            try:
+                while block := src.read(CHUNK):
+                    sink.write(block)
+            except BrokenPipeError:
+                pass  # zstd stopped early: its exit status says why
+            except BaseException as exc:  # re-raised below, in the caller's thread
+                failed.append(exc)
+            finally:
+                with contextlib.suppress(OSError):
+                    sink.close()
+
+        feeder = threading.Thread(target=feed, name="zstd-feed", daemon=True)
+        feeder.start()
+        while block := child.stdout.read(CHUNK):
+            yield block
+        feeder.join()
+        error = child.stderr.read().decode(errors="replace").strip()
+    if failed:
+        raise failed[0]
+    if child.returncode != 0:
+        raise failure(f"zstd failed while {what}", error or f"exit {child.returncode}")
 
 
 # --------------------------------------------------------------------------- push
@@ -206,43 +297,48 @@ def _compare_existing(dest: Path, ours: Header, name: str) -> None:
         )
 
 
-def _compress_into(src: BinaryIO, out: BinaryIO, level: int, force_cli: bool) -> Header:
+def _compress_into(src: BinaryIO, out: _Writer, level: int, force_cli: bool) -> Header:
     """Stream `src` through zstd into `out` (positioned after the header), hashing the input."""
-    digest = hashlib.sha256()
-    size = 0
+    hashing = _HashingReader(src)
     if _zstd is not None and not force_cli:
         compressor = _zstd.ZstdCompressor(level=level, write_checksum=True)
         with compressor.stream_writer(out, closefd=False) as writer:
-            while block := src.read(CHUNK):
-                digest.update(block)
-                size += len(block)
+            while block := hashing.read(CHUNK):
                 writer.write(block)
-        return Header(digest.hexdigest(), size)
-    out.flush()  # the child writes at our offset: both share the open file
-    with subprocess.Popen(
-        ["zstd", "-q", "-c", f"-{level}", "--check"], stdin=subprocess.PIPE, stdout=out
-    ) as child:
-        assert child.stdin is not None
-        with child.stdin:
-            while block := src.read(CHUNK):
-                digest.update(block)
-                size += len(block)
-                child.stdin.write(block)
-    if child.returncode != 0:
-        raise WalError("zstd failed while compressing", f"exit {child.returncode}")
-    return Header(digest.hexdigest(), size)
+        return hashing.header()
+    for block in _zstd_filter(
+        ["zstd", "-q", "-c", f"-{level}", "--check"], hashing, WalError, "compressing"
+    ):
+        out.write(block)
+    return hashing.header()
+
+
+def _sealing() -> Any:
+    """lifeos_backup.wal.sealing, imported only when a file is (to be) sealed: it loads
+    `cryptography`, which the unencrypted hot path never needs."""
+    from lifeos_backup.wal import sealing
+
+    return sealing
 
 
 def push(
-    source: Path, archive: Path, *, level: int = DEFAULT_LEVEL, force_cli: bool = False
+    source: Path,
+    archive: Path,
+    *,
+    level: int = DEFAULT_LEVEL,
+    force_cli: bool = False,
+    recipients: str | None = None,
 ) -> Pushed:
     """Archive one WAL file durably; return only once it is fsynced under its final name.
 
     Already archived with the same SHA-256 and size: success without writing (PostgreSQL may
     re-run archive_command after a crash). Different content: ArchiveConflict, nothing replaced.
+    `recipients` (age public keys, comma-separated): the zstd frame is sealed for them; a key
+    that does not parse fails the push rather than archive in the clear.
     """
     started = time.monotonic()
     name = check_name(source.name)
+    keys = _sealing().parse_recipients(recipients) if (recipients or "").strip() else []
     ensure_dir(archive)
     dest = archive / (name + SUFFIX)
     if dest.exists():  # cheap re-push check: one read of the source, no compression
@@ -253,8 +349,14 @@ def push(
     fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
     try:
         with os.fdopen(fd, "r+b") as out, open(source, "rb") as src:
-            out.write(b"\0" * HEADER_LEN)
-            header = _compress_into(src, out, level, force_cli)
+            if keys:
+                out.write(b"\0" * SEALED_HEADER_LEN)
+                sealer = _sealing().sealer(out, keys)
+                header = replace(_compress_into(src, sealer, level, force_cli), sealed=True)
+                sealer.close()  # seals the final chunk
+            else:
+                out.write(b"\0" * HEADER_LEN)
+                header = _compress_into(src, out, level, force_cli)
             out.seek(0)
             out.write(header.encode())
             out.flush()
@@ -275,39 +377,36 @@ def push(
 # --------------------------------------------------------------------------- fetch
 
 
-def _decompressed_chunks(handle: BinaryIO, force_cli: bool) -> Iterator[bytes]:
-    """Decompress the zstd frame that follows the header (handle positioned after it)."""
+def _decompressed_chunks(src: Any, force_cli: bool) -> Iterator[bytes]:
+    """Decompress the zstd frame that follows the header (`src` positioned after it)."""
     if _zstd is not None and not force_cli:
-        reader = _zstd.ZstdDecompressor().stream_reader(handle, read_size=CHUNK, closefd=False)
+        reader = _zstd.ZstdDecompressor().stream_reader(src, read_size=CHUNK, closefd=False)
         with reader:
             while block := reader.read(CHUNK):
                 yield block
         return
-    # The child reads from the shared OS file offset; a buffered seek inside the read-ahead
-    # buffer would not move it, so set it directly.
-    os.lseek(handle.fileno(), HEADER_LEN, os.SEEK_SET)
-    with subprocess.Popen(
-        ["zstd", "-q", "-d", "-c"], stdin=handle, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    ) as child:
-        assert child.stdout is not None and child.stderr is not None
-        while block := child.stdout.read(CHUNK):
-            yield block
-        error = child.stderr.read().decode(errors="replace").strip()
-    if child.returncode != 0:
-        raise CorruptSegment("zstd could not decompress the archived file", error)
+    yield from _zstd_filter(["zstd", "-q", "-d", "-c"], src, CorruptSegment, "decompressing")
 
 
-def read_verified(path: Path, force_cli: bool = False) -> Iterator[bytes]:
-    """Yield the WAL file's bytes; raise CorruptSegment at the end if they do not match."""
+def read_verified(
+    path: Path, force_cli: bool = False, identity_file: Path | None = None
+) -> Iterator[bytes]:
+    """Yield the WAL file's bytes; raise CorruptSegment at the end if they do not match.
+
+    A sealed file is opened with the age identity in `identity_file` (KeyUnavailable without).
+    """
     with open(path, "rb") as handle:
         header = read_header(handle, path.name)
+        src = _sealing().opener(handle, path.name, identity_file) if header.sealed else handle
         digest = hashlib.sha256()
         size = 0
         try:
-            for block in _decompressed_chunks(handle, force_cli):
+            for block in _decompressed_chunks(src, force_cli):
                 digest.update(block)
                 size += len(block)
                 yield block
+            if header.sealed:
+                src.drain()  # authenticates the age stream to its final chunk
         except Exception as exc:
             if isinstance(exc, WalError):
                 raise
@@ -320,18 +419,35 @@ def read_verified(path: Path, force_cli: bool = False) -> Iterator[bytes]:
         )
 
 
-def verify_file(path: Path) -> Header:
-    """Decompress and check one archived file; return its header."""
-    for _block in read_verified(path):
+def verify_file(path: Path, identity_file: Path | None = None) -> Header:
+    """Decompress and check one archived file; return its header.
+
+    A sealed file without `identity_file` gets what can be checked without the private key: our
+    header, the age header and whole sealed chunks (the worker that verifies base backups holds
+    only public keys).
+    """
+    header = header_of(path)
+    if header.sealed and identity_file is None:
+        _sealing().check_without_key(path)
+        return header
+    for _block in read_verified(path, identity_file=identity_file):
         pass
-    return header_of(path)
+    return header
 
 
-def fetch(name: str, dest: Path, archive: Path, *, force_cli: bool = False) -> int:
+def fetch(
+    name: str,
+    dest: Path,
+    archive: Path,
+    *,
+    force_cli: bool = False,
+    identity_file: Path | None = None,
+) -> int:
     """Restore one archived WAL file to `dest` (temporary name, then rename); returns its size.
 
     SegmentMissing when the archive does not hold it (PostgreSQL asks for files beyond the end
-    of the archive, and for history files that may not exist, as a matter of course).
+    of the archive, and for history files that may not exist, as a matter of course). A sealed
+    file needs `identity_file`.
     """
     src = archive / (check_name(name) + SUFFIX)
     if not archive.is_dir():
@@ -346,7 +462,7 @@ def fetch(name: str, dest: Path, archive: Path, *, force_cli: bool = False) -> i
     size = 0
     try:
         with open(tmp, "wb") as out:
-            for block in read_verified(src, force_cli):
+            for block in read_verified(src, force_cli, identity_file):
                 out.write(block)
                 size += len(block)
         os.replace(tmp, dest)  # no fsync: a crash during recovery just fetches it again

@@ -7,9 +7,14 @@ Exit codes are what PostgreSQL expects:
 - fetch: 0 when the file was restored and its checksum matched; 1, silently, when the archive
   does not hold it (recovery asks for files past the end of the archive and for history files
   that may not exist: routine, not an error); 126 with one line on stderr when the archive is
-  unreadable or the file is corrupt. PostgreSQL aborts recovery on an exit status above 125
-  instead of treating the file as missing, which is what we want: a damaged segment must stop
-  recovery, not end it early at the wrong point.
+  unreadable or the file is corrupt, or when a sealed file's private key is missing or wrong.
+  PostgreSQL aborts recovery on an exit status above 125 instead of treating the file as missing,
+  which is what we want: a damaged or unreadable segment must stop recovery, not end it early at
+  the wrong point.
+
+Encryption is read from the environment (PostgreSQL passes its own to these commands): push seals
+for LIFEOS_ENCRYPTION_RECIPIENTS when set, fetch opens sealed files with
+LIFEOS_ENCRYPTION_IDENTITY_FILE (lifeos_backup.wal.sealing).
 """
 
 from __future__ import annotations
@@ -45,7 +50,12 @@ def run_push(path: str, archive_dir: str | None = None) -> int:
     archive: Path | None = None
     try:
         archive = wal.archive_dir_from_env(archive_dir)
-        pushed = wal.push(Path(path), archive, level=wal.level_from_env())
+        pushed = wal.push(
+            Path(path),
+            archive,
+            level=wal.level_from_env(),
+            recipients=os.environ.get(wal.ENV_RECIPIENTS),
+        )
     except (wal.WalError, BadWalName, OSError) as exc:
         message = f"lifeos-wal push {path}: {exc}"
         print(message, file=sys.stderr)
@@ -64,7 +74,8 @@ def run_fetch(name: str, dest: str, archive_dir: str | None = None) -> int:
     """restore_command body: returns the exit code; never raises."""
     try:
         archive = wal.archive_dir_from_env(archive_dir)
-        wal.fetch(name, Path(dest), archive)
+        identity = os.environ.get(wal.ENV_IDENTITY)
+        wal.fetch(name, Path(dest), archive, identity_file=Path(identity) if identity else None)
     except wal.SegmentMissing:
         return EXIT_MISSING  # routine: no output, PostgreSQL logs nothing either
     except (wal.WalError, BadWalName, OSError) as exc:

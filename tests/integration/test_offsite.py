@@ -32,7 +32,13 @@ from lifeos_backup.offsite import upload as upload_module
 from lifeos_backup.offsite.download import rebuild_from_offsite
 from lifeos_backup.offsite.sync import sync
 from lifeos_backup.offsite.upload import upload_backup
-from tests.support.s3 import Bucket, MotoServer, closed_port_url, new_bucket
+from tests.support.s3 import (
+    Bucket,
+    MotoServer,
+    authenticating_server,
+    closed_port_url,
+    new_bucket,
+)
 from tests.support.services import PostgresCluster, temporary_database
 from tests.support.trees import make_tree
 from tests.support.worker import LifeosEnv
@@ -260,6 +266,18 @@ def test_encrypted_backup_is_ciphertext_remotely_and_needs_its_key(
 # --- failures -------------------------------------------------------------------------------------
 
 
+def check_failed_upload(env: LifeosEnv, app, ref, reason: str):  # type: ignore[no-untyped-def]
+    """The chain's upload retried twice, then failed for `reason`; the local backup stays good."""
+    assert wait_task(app, ref.upload_task_id) == "FAILURE"
+    row = env.catalog().get(ref.backup_id)
+    assert row.status == "verified"  # the local backup stays good
+    assert row.offsite_status == "failed" and row.offsite_attempts == 3
+    assert row.offsite_error and reason in row.offsite_error
+    runs = [r.state for r in env.catalog().task_runs() if r.task_name.endswith("upload")]
+    assert runs == ["retrying", "retrying", "failed"]
+    return row
+
+
 def test_endpoint_down_retries_then_fails_and_a_later_sync_uploads(
     lifeos_env: LifeosEnv, s3_bucket: Bucket, start_worker
 ) -> None:
@@ -267,14 +285,7 @@ def test_endpoint_down_retries_then_fails_and_a_later_sync_uploads(
     start_worker(LIFEOS_S3_ENDPOINT_URL=closed_port_url(), LIFEOS_RETRY_MAX="2")
     app = make_app(lifeos_env.vars["LIFEOS_REDIS_URL"])
     ref = request_backup("json", "endpoint down", wait=True, timeout=120, app=app)
-    assert wait_task(app, ref.upload_task_id) == "FAILURE"
-
-    row = lifeos_env.catalog().get(ref.backup_id)
-    assert row.status == "verified"  # the local backup stays good
-    assert row.offsite_status == "failed" and row.offsite_attempts == 3
-    assert row.offsite_error and "unreachable" in row.offsite_error
-    runs = [r.state for r in lifeos_env.catalog().task_runs() if r.task_name.endswith("upload")]
-    assert runs == ["retrying", "retrying", "failed"]
+    check_failed_upload(lifeos_env, app, ref, "unreachable")
     assert listed(lifeos_env)[ref.backup_id]["location"] == "local"
     assert s3_bucket.keys() == []
 
@@ -283,6 +294,58 @@ def test_endpoint_down_retries_then_fails_and_a_later_sync_uploads(
     assert json.loads(synced.stdout)["uploaded"] == [ref.backup_id]
     assert listed(lifeos_env)[ref.backup_id]["location"] == "both"
     assert s3_bucket.keys().count(archive_key(s3_bucket, lifeos_env, ref.backup_id)) == 1
+
+
+def redis_values(env: LifeosEnv) -> bytes:
+    """Every value in the test's Redis (results, queues, locks), for a search."""
+    client = env.redis()
+    read = {
+        b"string": lambda k: [client.get(k) or b""],
+        b"list": lambda k: client.lrange(k, 0, -1),
+        b"hash": lambda k: [b for pair in client.hgetall(k).items() for b in pair],
+        b"set": lambda k: list(client.smembers(k)),
+        b"zset": lambda k: client.zrange(k, 0, -1),
+    }
+    found: list[bytes] = []
+    for key in client.scan_iter():
+        found += [key, *read.get(client.type(key), lambda _k: [])(key)]
+    return b"\n".join(found)
+
+
+def test_wrong_credentials_retry_then_fail_with_the_reason_and_never_leak_the_secret(
+    lifeos_env: LifeosEnv, start_worker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = authenticating_server()  # moto checks signatures: a wrong secret gets 403
+    try:
+        bucket = new_bucket(server)
+        good = server.credentials
+        wrong = {**good, "AWS_SECRET_ACCESS_KEY": "wrong-" + os.urandom(12).hex()}
+        setenv(
+            lifeos_env, monkeypatch,
+            LIFEOS_S3_ENDPOINT_URL=server.url, LIFEOS_S3_BUCKET=bucket.name,
+            LIFEOS_S3_PREFIX=bucket.prefix, LIFEOS_S3_MAX_ATTEMPTS="2",
+            AWS_DEFAULT_REGION="us-east-1", **wrong,
+        )  # fmt: skip
+        make_tree(lifeos_env.app_dir, files=10)
+        start_worker(LIFEOS_RETRY_MAX="2")
+        app = make_app(lifeos_env.vars["LIFEOS_REDIS_URL"])
+        ref = request_backup("json", "wrong credentials", wait=True, timeout=120, app=app)
+        row = check_failed_upload(lifeos_env, app, ref, "refused our credentials")
+        assert "403" in str(row.offsite_error)  # the first request, a HEAD, gets a bare 403
+        assert bucket.keys() == [] and bucket.uploads() == []
+
+        synced = cli(lifeos_env, "offsite", "sync", **good)  # the credentials are fixed
+        assert synced.returncode == 0, synced.stderr
+        assert json.loads(synced.stdout)["uploaded"] == [ref.backup_id]
+
+        # nothing secret in the catalog, the manifests, the worker's log, or Redis
+        for secret in (wrong["AWS_SECRET_ACCESS_KEY"], good["AWS_SECRET_ACCESS_KEY"]):
+            files = [p for p in lifeos_env.root.rglob("*") if p.is_file()]
+            assert any(p.name.startswith("worker-") for p in files)
+            assert [p for p in files if secret.encode() in p.read_bytes()] == []
+            assert secret.encode() not in redis_values(lifeos_env)
+    finally:
+        server.stop()
 
 
 class _SlowDown(http.server.BaseHTTPRequestHandler):

@@ -20,12 +20,15 @@ import pytest
 from lifeos_backup.backups import create_backup, rotate, verify_backup
 from lifeos_backup.catalog import Catalog, open_catalog
 from lifeos_backup.catalog.store import DELETED, VERIFIED
+from lifeos_backup.crypto import fingerprint, generate_identity
+from lifeos_backup.errors import DecryptionKeyError
+from lifeos_backup.manifest import manifest_path, read_manifest
 from lifeos_backup.pitr.basebackup import required_segments
 from lifeos_backup.pitr.health import wal_archive_status
 from lifeos_backup.pitr.offsite_wal import upload_wal
 from lifeos_backup.pitr.restore import RecoveryTarget, restore_pitr
 from lifeos_backup.settings import Settings, get_settings
-from lifeos_backup.wal.archive import SUFFIX, push
+from lifeos_backup.wal.archive import SUFFIX, header_of, push
 from tests.support.pitr import ArchivingCluster, start_archiving_cluster, stop_restored
 from tests.support.s3 import Bucket
 from tests.support.services import free_port
@@ -41,17 +44,26 @@ def archiving() -> Iterator[ArchivingCluster]:
     cluster.stop()
 
 
-@pytest.fixture
-def settings(
-    archiving: ArchivingCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Settings]:
+def configure(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, archiving: ArchivingCluster, **extra: str
+) -> Settings:
+    """LIFEOS_* of a test against `archiving` (and nothing from the outside environment)."""
     for key in [k for k in os.environ if k.startswith("LIFEOS_")]:
         monkeypatch.delenv(key)
     monkeypatch.setenv("LIFEOS_BACKUP_ROOT", str(tmp_path / "backups"))
     monkeypatch.setenv("LIFEOS_WAL_ARCHIVE_DIR", str(archiving.archive))
     monkeypatch.setenv("LIFEOS_DATABASE_URL", archiving.cluster.url())
+    for key, value in extra.items():
+        monkeypatch.setenv(key, value)
     get_settings.cache_clear()
-    yield get_settings()
+    return get_settings()
+
+
+@pytest.fixture
+def settings(
+    archiving: ArchivingCluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
+    yield configure(monkeypatch, tmp_path, archiving)
     get_settings.cache_clear()
 
 
@@ -237,14 +249,17 @@ def test_archived_wal_is_copied_offsite_once(
     archive = tmp_path / "wal"
     lifeos_env.set(LIFEOS_WAL_ARCHIVE_DIR=str(archive))
     names = ["000000010000000000000001", "000000010000000000000002", "00000002.history"]
+    recipient = generate_identity()[1]
     for name in names:
         (tmp_path / "pg_wal").mkdir(exist_ok=True)
         (tmp_path / "pg_wal" / name).write_bytes(name.encode() * 1000)
-        push(tmp_path / "pg_wal" / name, archive)
+        sealed = name.endswith("2")  # a sealed segment goes off-site as it is, sealed
+        push(tmp_path / "pg_wal" / name, archive, recipients=recipient if sealed else None)
 
     sent = upload_wal(get_settings())
 
     assert sorted(sent) == sorted(f"{n}{SUFFIX}" for n in names)
+    assert header_of(archive / f"{names[1]}{SUFFIX}").sealed
     for name in sent:
         key = f"{s3_bucket.prefix}/postgresql/wal/{name}"
         assert s3_bucket.get(key) == (archive / name).read_bytes()
@@ -272,3 +287,68 @@ def test_backup_basebackup_runs_the_chain_on_a_worker(
     assert backup_id.startswith("base_backup_")
     row = lifeos_env.catalog().get(backup_id)
     assert row.status == VERIFIED and row.path.startswith("postgresql/base/")
+
+
+def server_key(archiving: ArchivingCluster, name: str, identity: str) -> Path:
+    """An identity file (0600) owned by the server's OS user, which reads it in restore_command."""
+    path = archiving.base / name
+    path.write_text(f"# test key\n{identity}\n")
+    path.chmod(0o600)
+    owner = archiving.base.stat()
+    os.chown(path, owner.st_uid, owner.st_gid)
+    return path
+
+
+def test_encrypted_base_backup_and_wal_restore_only_with_the_right_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    identity, recipient = generate_identity()
+    archiving = start_archiving_cluster(archive_timeout=1, recipients=recipient)
+    try:
+        key = server_key(archiving, "backup.key", identity)
+        wrong = server_key(archiving, "wrong.key", generate_identity()[0])
+        settings = configure(
+            monkeypatch, tmp_path, archiving, LIFEOS_ENCRYPTION_RECIPIENTS=recipient
+        )  # no identity: like a backup host, which holds only the public key
+        catalog = open_catalog(settings.effective_catalog_url)
+        url = archiving.cluster.url()
+        sql(url, "CREATE TABLE events (id int PRIMARY KEY, phase text NOT NULL)")
+        backup_id = take_base_backup(settings, catalog)  # verified without the key
+
+        row = catalog.get(backup_id)
+        archive = settings.backup_root / row.path
+        manifest = read_manifest(manifest_path(archive, backup_id))
+        assert archive.name.endswith(".tar.zst.age")
+        assert manifest.encryption is not None
+        assert manifest.encryption.recipients == [fingerprint(recipient)]
+        assert manifest.verified_scope == "ciphertext"
+        head = archive.read_bytes()[:64]
+        assert head.startswith(b"age-encryption.org/v1\n") and b"\x28\xb5\x2f\xfd" not in head
+
+        sql(url, "INSERT INTO events SELECT g, 'T1' FROM generate_series(1, 5) g")
+        (between,) = sql(url, "SELECT clock_timestamp()")[0]
+        time.sleep(0.05)
+        sql(url, "INSERT INTO events SELECT g, 'T2' FROM generate_series(6, 8) g")
+        switch_and_wait(url)
+        segments = [p for p in archiving.archive.glob(f"*{SUFFIX}") if ".history" not in p.name]
+        assert len(segments) >= 2 and all(header_of(p).sealed for p in segments)
+        assert isinstance(between, datetime)
+
+        target = RecoveryTarget(time=between)
+        for identity_file, said in ((None, "no private key"), (wrong, "not one of its recipients")):
+            values = {"LIFEOS_ENCRYPTION_IDENTITY_FILE": str(wrong)} if identity_file else {}
+            settings = configure(monkeypatch, tmp_path, archiving, **values)
+            with pytest.raises(DecryptionKeyError, match=said):
+                restore_pitr(settings, catalog, target, archiving.base / "restores" / "refused")
+            assert not (archiving.base / "restores" / "refused").exists()
+
+        settings = configure(
+            monkeypatch, tmp_path, archiving, LIFEOS_ENCRYPTION_IDENTITY_FILE=str(key)
+        )
+        assert verify_backup(backup_id, settings, catalog).verified_scope == "content"
+        rows, reached = restore_and_read(archiving, settings, catalog, between, "sealed")
+        assert rows == [(i, "T1") for i in range(1, 6)]
+        assert reached is not None and datetime.fromisoformat(reached) <= between
+    finally:
+        archiving.stop()
+        get_settings.cache_clear()

@@ -8,6 +8,7 @@ roles keep `trust`) and take it out again at the end of the module.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import stat
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import zstandard
 from psycopg import sql
 
 from lifeos_backup.backups import create_backup, locate, verify_backup
@@ -342,6 +344,42 @@ def test_corrupted_archive_is_refused_by_verify_and_restore(
     assert not pg_cluster.database_exists(target)
 
 
+def test_verify_reads_every_part_not_only_the_checksum(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+) -> None:
+    """A part damaged after hashing (a writer bug, say) is still found: each part is
+    decompressed in full and its length compared; parts must tile the archive exactly."""
+    import hashlib
+
+    from lifeos_backup.postgres.check import check_dump
+    from lifeos_backup.postgres.tools import tool
+
+    with lifeos_database(pg_cluster) as source:
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        backup_id = backup_now(lifeos_env)
+    archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+    manifest = read_manifest(mpath)
+    pg_restore = tool(lifeos_env.settings(), "pg_restore")
+    second = manifest.facts["parts"][1]
+    data = bytearray(archive.read_bytes())
+    data[second["offset"] + second["size"] // 2] ^= 0x40
+    archive.write_bytes(bytes(data))
+    manifest.archive.sha256 = hashlib.sha256(data).hexdigest()
+    with pytest.raises(VerificationFailed, match=r"corrupt|decompresses to|after its zstd"):
+        check_dump(archive, manifest, pg_restore, lambda _: None)
+
+    manifest = read_manifest(mpath)
+    data[second["offset"] + second["size"] // 2] ^= 0x40  # undone
+    archive.write_bytes(bytes(data))
+    manifest.facts["parts"][1]["dump_bytes"] += 1
+    with pytest.raises(VerificationFailed, match="part 1 decompresses to"):
+        check_dump(archive, manifest, pg_restore, lambda _: None)
+    manifest.facts["parts"][1]["dump_bytes"] -= 1
+    manifest.facts["parts"][1]["offset"] += 1
+    with pytest.raises(VerificationFailed, match="part 1 is not where the manifest says"):
+        check_dump(archive, manifest, pg_restore, lambda _: None)
+
+
 def test_verify_needs_every_manifest_table_in_the_dump(
     lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
 ) -> None:
@@ -489,36 +527,68 @@ def test_cli_restore_exits_non_zero_on_a_row_count_difference(
         assert "Traceback" not in result.stderr
 
 
-def test_data_offsets_are_the_bytes_pg_dump_writes_to_a_file(
+def test_head_is_the_archive_up_to_its_data_and_lists_alike(
     pg_cluster: PostgresCluster, tmp_path: Path
 ) -> None:
-    from lifeos_backup.postgres.offsets import add_data_offsets, copy_with_offsets
+    from lifeos_backup.postgres.tochead import copy_head
 
-    pg_dump = str(pg_cluster.bindir / "pg_dump")
+    pg_dump, pg_restore = (str(pg_cluster.bindir / name) for name in ("pg_dump", "pg_restore"))
     with lifeos_database(pg_cluster) as source:
-        url = pg_cluster.url(source)
-        piped = tmp_path / "piped.dump"
-        with piped.open("wb") as out:  # through a pipe: pg_dump cannot seek back
-            dump = subprocess.Popen([pg_dump, "-Fc", "-Z0", url], stdout=subprocess.PIPE)
-            assert dump.stdout is not None
-            out.write(dump.stdout.read())
-            assert dump.wait() == 0
-        filed = tmp_path / "filed.dump"
-        subprocess.run([pg_dump, "-Fc", "-Z0", "-f", str(filed), url], check=True)
-        gzipped = tmp_path / "gzipped.dump"
-        subprocess.run([pg_dump, "-Fc", "-Z1", "-f", str(gzipped), url], check=True)
-    before = piped.read_bytes()
-    copied = tmp_path / "copied.dump"
-    with piped.open("rb") as src, copied.open("wb") as out:  # the restore's one-pass copy
-        assert copy_with_offsets(src, out, lambda: None) == len(TABLES)
-    assert add_data_offsets(piped) == len(TABLES)
-    assert copied.read_bytes() == piped.read_bytes()
-    patched, reference = piped.read_bytes(), filed.read_bytes()
-    assert patched != before
-    # Identical but for the creation time in the header (7 integers of 5 bytes after byte 16).
-    assert patched[:16] == reference[:16] and patched[51:] == reference[51:]
-    unchanged = gzipped.read_bytes()
-    assert add_data_offsets(gzipped) == 0 and gzipped.read_bytes() == unchanged
+        whole = subprocess.run(
+            [pg_dump, "-Fc", "-Z0", pg_cluster.url(source)], capture_output=True, check=True
+        ).stdout
+    head = tmp_path / "head.dump"
+    with head.open("wb") as out:
+        assert copy_head(io.BytesIO(whole), out) is True
+    cut = head.read_bytes()
+    assert 1000 < len(cut) < len(whole) // 10 and whole.startswith(cut)
+
+    def listing(data: bytes | None, path: Path | None = None) -> list[str]:
+        args = [pg_restore, "--list"] + ([str(path)] if path else [])
+        out = subprocess.run(args, input=data, capture_output=True, check=True).stdout.decode()
+        return [line for line in out.splitlines() if not line.startswith(";")]
+
+    assert listing(None, head) == listing(whole)
+    assert any("TABLE DATA public characters" in line for line in listing(None, head))
+    # Not an archive this module knows: everything is copied, which pg_restore reads just the same.
+    other = io.BytesIO(b"PGDMP" + bytes([1, 99, 0]) + b"rest of it" * 100)
+    copied = io.BytesIO()
+    assert copy_head(other, copied) is False and copied.getvalue() == other.getvalue()
+
+
+def test_the_biggest_table_is_dumped_in_its_own_part_and_restored_from_it(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+) -> None:
+    restored = scratch_name("parts")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        backup_id = backup_now(lifeos_env)
+        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+        manifest = read_manifest(mpath)
+        parts = manifest.facts["parts"]
+        sizes = {t["name"]: t["bytes"] for t in manifest.facts["tables"]}
+        biggest = max(sizes, key=sizes.__getitem__)
+        assert len(parts) == 2 and parts[0]["offset"] == 0
+        assert parts[1]["offset"] == parts[0]["size"]
+        assert parts[0]["size"] + parts[1]["size"] == archive.stat().st_size
+        assert f"public.{biggest}" in parts[1]["tables"]
+        assert sum(p["dump_bytes"] for p in parts) == manifest.facts["dump_bytes"]
+        # Part 1 is an ordinary custom-format archive holding only its tables' data.
+        with archive.open("rb") as raw:
+            raw.seek(parts[1]["offset"])
+            part = zstandard.ZstdDecompressor().decompressobj().decompress(
+                raw.read(parts[1]["size"])
+            )
+        listed = subprocess.run(
+            [str(pg_cluster.bindir / "pg_restore"), "--list"], input=part,
+            capture_output=True, check=True,
+        ).stdout.decode()
+        assert f"TABLE DATA public {biggest}" in listed and " TABLE public " not in listed
+        report = restore_postgres(
+            archive, manifest, lifeos_env.settings(), restored, create=True, jobs=1
+        )
+        assert report.differences == [] and report.jobs == 1
+        assert_identical(pg_cluster, source, restored)
 
 
 def test_disk_full_during_the_dump_removes_the_partial_file(

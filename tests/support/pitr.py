@@ -5,7 +5,8 @@ virtualenv (its interpreter lives under /root) nor, possibly, the checkout. So t
 package (`lifeos_backup/__init__.py` + `lifeos_backup/wal/`, standard library only) is copied into
 a folder that user can read and run with the system's python3. That interpreter has no
 `zstandard`, so the live path also proves the `zstd`-command fallback; the in-process path is
-covered by tests/unit/test_wal_archive.py.
+covered by tests/unit/test_wal_archive.py. Sealed (encrypted) WAL also needs `cryptography`: the
+system's when it has one, else the virtualenv's copied beside the package.
 """
 
 from __future__ import annotations
@@ -19,10 +20,17 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import cryptography
+
 import lifeos_backup
 from tests.support.services import PG_OS_USER, PostgresCluster, _pg_temp_base
 
 SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")
+# What sealing WAL imports beyond lifeos_backup/wal (lifeos_backup.wal.sealing).
+SEALING_MODULES = ("agestream.py", "errors.py", "streams.py")
+CRYPTO_PROBE = "import cryptography.hazmat.primitives.ciphers.aead"
+# `cryptography` and what it loads at run time, as installed in the virtualenv.
+CRYPTO_DISTS = ("cryptography", "cffi", "_cffi_backend*")
 
 
 @dataclass
@@ -61,14 +69,31 @@ def server_python(user: pwd.struct_passwd | None) -> str:
 
 
 def copy_wal_package(dest: Path) -> Path:
-    """Copy the standard-library-only hot path to `dest`; returns the PYTHONPATH entry."""
+    """Copy the hot path (standard library only, plus what sealing imports lazily) to `dest`;
+    returns the PYTHONPATH entry."""
     source = Path(lifeos_backup.__file__).parent
     package = dest / "lifeos_backup"
     (package / "wal").mkdir(parents=True)
-    shutil.copy(source / "__init__.py", package / "__init__.py")
+    for name in ("__init__.py", *SEALING_MODULES):
+        shutil.copy(source / name, package / name)
     for module in (source / "wal").glob("*.py"):
         shutil.copy(module, package / "wal" / module.name)
     return dest
+
+
+def ensure_crypto(python: str, pythonpath: Path, user: pwd.struct_passwd | None) -> None:
+    """Make `cryptography` importable for the server's python (system package or a copy)."""
+    probe = ["env", f"PYTHONPATH={pythonpath}", python, "-c", CRYPTO_PROBE]
+    if _runs_as(user, probe):
+        return
+    site = Path(cryptography.__file__).parents[1]  # the virtualenv's site-packages
+    for pattern in CRYPTO_DISTS:
+        for found in site.glob(pattern):
+            copy = shutil.copytree if found.is_dir() else shutil.copy
+            copy(found, pythonpath / found.name)
+    _chown_tree(pythonpath, user)
+    if not _runs_as(user, probe):
+        raise RuntimeError(f"{python} cannot import cryptography, even from a copy in {pythonpath}")
 
 
 def _chown_tree(root: Path, user: pwd.struct_passwd | None) -> None:
@@ -80,8 +105,11 @@ def _chown_tree(root: Path, user: pwd.struct_passwd | None) -> None:
             os.chown(os.path.join(folder, name), user.pw_uid, user.pw_gid)
 
 
-def start_archiving_cluster(archive_timeout: int = 1) -> ArchivingCluster:
-    """initdb + start a cluster with wal_level=replica, archive_mode=on, our archive_command."""
+def start_archiving_cluster(
+    archive_timeout: int = 1, recipients: str | None = None
+) -> ArchivingCluster:
+    """initdb + start a cluster with wal_level=replica, archive_mode=on, our archive_command;
+    with `recipients` (age public keys) the command seals every segment."""
     user = _server_user()
     base = Path(tempfile.mkdtemp(prefix="lifeos-pitr-", dir=_pg_temp_base(user)))
     base.chmod(0o755)
@@ -94,6 +122,9 @@ def start_archiving_cluster(archive_timeout: int = 1) -> ArchivingCluster:
         python = server_python(user)
         wal_command = f"PYTHONPATH={shlex.quote(str(pythonpath))} {python} -m lifeos_backup.wal"
         push = f"{wal_command} push %p --archive-dir {shlex.quote(str(archive))}"
+        if recipients:
+            ensure_crypto(python, pythonpath, user)
+            push = f"LIFEOS_ENCRYPTION_RECIPIENTS={shlex.quote(recipients)} {push}"
         cluster = PostgresCluster(
             conf_lines=[
                 "wal_level = replica",

@@ -1,10 +1,15 @@
 """A throwaway S3 endpoint for tests: a moto server process over HTTP (never in-process mocks).
 
-One server per session on a free 127.0.0.1 port; every test gets its own bucket.
+One server per session on a free 127.0.0.1 port; every test gets its own bucket. moto accepts any
+credentials unless started with INITIAL_NO_AUTH_ACTION_COUNT=n: after n unauthenticated actions
+every request must be signed by an access key it issued (moto.core.authorization), which is how
+`authenticating_server` makes wrong credentials fail for real.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -27,16 +32,18 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lifeos-test", "AWS_SECRET_ACCESS_KEY": "lif
 class MotoServer:
     """`python -m moto.server` as a child process; `url` is its endpoint."""
 
-    def __init__(self, start_timeout: float = 30) -> None:
+    def __init__(self, start_timeout: float = 30, env: dict[str, str] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="lifeos-moto-"))
         self.log = self.dir / "moto.log"
         self.port = free_port()
+        self.credentials = dict(CREDENTIALS)
         with self.log.open("ab") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
             )
         deadline = time.monotonic() + start_timeout
         while time.monotonic() < deadline:
@@ -54,13 +61,13 @@ class MotoServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def client(self) -> Any:
+    def client(self, service: str = "s3") -> Any:
         return boto3.client(
-            "s3",
+            service,
             endpoint_url=self.url,
             region_name=REGION,
-            aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
+            aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"],
         )
 
     def stop(self) -> None:
@@ -98,6 +105,34 @@ def new_bucket(server: MotoServer, object_lock: bool = False) -> Bucket:
     name = f"lifeos-test-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name, ObjectLockEnabledForBucket=object_lock)
     return Bucket(name, "lifeos", client, server.url)
+
+
+_ALLOW_S3 = {
+    "Version": "2012-10-17",
+    "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+}
+
+
+def authenticating_server() -> MotoServer:
+    """A moto server that checks signatures: its first three (unsigned) actions create an IAM
+    user allowed s3:* and that user's access key, which `credentials` and `client()` then use;
+    any request after them signed with another key or secret is refused (403)."""
+    server = MotoServer(env={"INITIAL_NO_AUTH_ACTION_COUNT": "3"})
+    try:
+        iam = server.client("iam")
+        iam.create_user(UserName="lifeos-backup")
+        iam.put_user_policy(
+            UserName="lifeos-backup", PolicyName="s3", PolicyDocument=json.dumps(_ALLOW_S3)
+        )
+        key = iam.create_access_key(UserName="lifeos-backup")["AccessKey"]
+    except BaseException:
+        server.stop()
+        raise
+    server.credentials = {
+        "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"],
+    }
+    return server
 
 
 def closed_port_url() -> str:

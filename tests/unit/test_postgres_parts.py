@@ -15,7 +15,6 @@ from lifeos_backup.postgres.dump import dump_args
 from lifeos_backup.postgres.toc import missing_tables, parse_toc, select_tables, use_list
 from lifeos_backup.postgres.tools import Tool, ToolTooOld, parse_version, require_dump_not_older
 from lifeos_backup.settings import Settings
-from lifeos_backup.streams import CHUNK
 
 SECRET = "s3cr3t-Pa55"
 URL = f"postgresql://lifeos:{SECRET}@db.example:5433/lifeos?sslmode=require"
@@ -178,15 +177,40 @@ def test_postgres_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.pg_bin_dir is None and settings.postgres_compression_level == 1
 
 
-@pytest.mark.parametrize("where", [0, CHUNK - 3, CHUNK - 1, CHUNK, CHUNK + 1000])
-def test_block_end_is_found_across_chunk_boundaries(where: int) -> None:
-    from lifeos_backup.postgres.offsets import BLOCK_END, _Scanner
+def test_tables_are_planned_into_parts_of_about_equal_size() -> None:
+    from lifeos_backup.postgres.parts import plan
 
-    data = b"row\n" * (where // 4) + b"x" * (where % 4) + BLOCK_END + b"\x01next" + b"y" * 10
-    scanner = _Scanner(io.BytesIO(data), 0)
-    assert scanner.find(BLOCK_END, 0) == where
-    assert scanner.take(where + len(BLOCK_END), 5) == b"\x01next"
-    assert scanner.find(BLOCK_END, where + len(BLOCK_END) + 5) == -1  # forward only, none left
+    sizes = [("public.big", 900), ("public.a", 300), ("public.b", 250), ("public.c", 200),
+             ("public.empty", 0)]
+    groups = plan(sizes, 2)
+    assert groups == [["public.a", "public.b", "public.c", "public.empty"], ["public.big"]]
+    assert plan(sizes, 1) == [[name for name, _ in sorted(sizes, key=lambda s: -s[1])]]
+    assert plan([("public.only", 5)], 2) == [[], ["public.only"]]  # part 0: definitions only
+    assert plan([], 2) == [[]]
+    assert sorted(n for g in plan(sizes, 4) for n in g) == sorted(n for n, _ in sizes)
+
+
+def test_part_patterns_match_exactly_one_table_whatever_its_name() -> None:
+    from lifeos_backup.postgres.dump import part_args
+    from lifeos_backup.postgres.snapshot import TableFact
+
+    odd = TableFact("My.Schema", 'we"ird*?')
+    plain = TableFact("public", "characters")
+    first, second = part_args(["pg_dump"], [[plain], [odd]])
+    assert first == ["pg_dump", '--exclude-table-data="My.Schema"."we""ird*?"']
+    assert second == ["pg_dump", "--data-only", '--table="My.Schema"."we""ird*?"']
+
+
+def test_a_window_never_reads_past_its_part() -> None:
+    from lifeos_backup.postgres.parts import Window
+
+    src = io.BytesIO(b"0123456789")
+    src.seek(2)
+    window = Window(src, 5)  # type: ignore[arg-type]
+    assert window.read(3) == b"234" and window.read(100) == b"56" and window.read(1) == b""
+    assert src.read() == b"789"
+    whole = Window(io.BytesIO(b"abc"), -1)  # type: ignore[arg-type]
+    assert whole.read() == b"abc"
 
 
 def test_only_this_hosts_dead_restore_workspaces_are_removed(tmp_path) -> None:

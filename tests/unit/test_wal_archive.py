@@ -341,3 +341,162 @@ def test_restore_pitr_wants_a_time_zone() -> None:
     assert RecoveryTarget(name="before it's gone").settings_lines() == [
         "recovery_target_name = 'before it''s gone'"
     ]
+
+
+# --------------------------------------------------------------------------- sealed (encrypted)
+
+
+@pytest.fixture(scope="module")
+def wal_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """(identity file, recipient) of a fresh age key pair."""
+    from lifeos_backup.crypto import generate_identity
+
+    identity, recipient = generate_identity()
+    path = tmp_path_factory.mktemp("keys") / "wal.key"
+    path.write_text(f"# test\n{identity}\n")
+    path.chmod(0o600)
+    return path, recipient
+
+
+@pytest.fixture
+def sealed_archive(tmp_path: Path, wal_keys: tuple[Path, str]) -> Path:
+    """An archive holding SEG sealed for `wal_keys`; the segment itself is in tmp_path/pg_wal."""
+    wal.push(make_segment(tmp_path / "pg_wal"), tmp_path / "archive", recipients=wal_keys[1])
+    return tmp_path / "archive"
+
+
+@pytest.mark.parametrize("force_cli", [False, True], ids=["zstandard", "zstd-command"])
+def test_sealed_push_then_fetch_round_trips(
+    tmp_path: Path, wal_keys: tuple[Path, str], force_cli: bool
+) -> None:
+    import pyrage
+    import zstandard
+
+    key, recipient = wal_keys
+    src = make_segment(tmp_path / "pg_wal")
+    archive = tmp_path / "archive"
+    pushed = wal.push(src, archive, recipients=recipient, force_cli=force_cli)
+    stored = archive / f"{SEG}.zst"
+    data = stored.read_bytes()
+    header = wal.header_of(stored)
+    assert pushed.stored and header.sealed and header == wal._hash_file(src)
+    assert data[wal.SEALED_HEADER_LEN :].startswith(b"age-encryption.org/v1\n")
+    plain_zstd = subprocess.run(["zstd", "-q", "-d", "-c", str(stored)], capture_output=True)
+    assert plain_zstd.returncode != 0  # not a plain archive any more
+    # the stock age tools read it: the manual recovery docs/pitr.md describes
+    them = pyrage.x25519.Identity.from_str(key.read_text().splitlines()[-1])
+    frame = pyrage.decrypt(data[wal.SEALED_HEADER_LEN :], [them])
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(frame) == src.read_bytes()
+
+    out = tmp_path / "restored"
+    assert wal.fetch(SEG, out, archive, force_cli=force_cli, identity_file=key) == len(
+        src.read_bytes()
+    )
+    assert out.read_bytes() == src.read_bytes()
+    assert wal.verify_file(stored) == header  # without the key: framing only
+    assert wal.verify_file(stored, key) == header
+
+
+def test_sealed_fetch_without_or_with_a_wrong_key_aborts_recovery(
+    tmp_path: Path, wal_keys: tuple[Path, str], sealed_archive: Path
+) -> None:
+    from lifeos_backup.crypto import generate_identity
+
+    key, archive = wal_keys[0], sealed_archive
+    other = tmp_path / "other.key"
+    other.write_text(generate_identity()[0] + "\n")
+    dest = tmp_path / "RECOVERYXLOG"
+    for identity, said in (("", "needs the private key"), (str(other), "no configured identity")):
+        env = {"LIFEOS_ENCRYPTION_IDENTITY_FILE": identity}
+        done = lifeos_wal("fetch", SEG, str(dest), "--archive-dir", str(archive), env=env)
+        assert done.returncode == EXIT_ABORT_RECOVERY, done  # never 1: "missing" would promote
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and SEG in lines[0] and said in lines[0]
+        assert not dest.exists() and not list(tmp_path.glob(".RECOVERYXLOG*"))
+    done = lifeos_wal(
+        "fetch", SEG, str(dest), "--archive-dir", str(archive),
+        env={"LIFEOS_ENCRYPTION_IDENTITY_FILE": str(key)},
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert dest.read_bytes() == (tmp_path / "pg_wal" / SEG).read_bytes()
+
+
+def test_a_damaged_sealed_segment_is_caught_with_and_without_the_key(
+    tmp_path: Path, wal_keys: tuple[Path, str], sealed_archive: Path
+) -> None:
+    key, archive = wal_keys[0], sealed_archive
+    stored = archive / f"{SEG}.zst"
+    good = stored.read_bytes()
+    stored.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # one bit of the last sealed chunk
+    assert run_fetch(SEG, str(tmp_path / "out"), str(archive)) == EXIT_ABORT_RECOVERY  # no key
+    with pytest.raises(wal.CorruptSegment, match="authentication"):
+        wal.verify_file(stored, key)
+    stored.write_bytes(good[:-10])  # truncated: the key finds it wherever it was cut
+    with pytest.raises(wal.CorruptSegment, match="authentication"):
+        wal.verify_file(stored, key)
+    stored.write_bytes(good[: wal.SEALED_HEADER_LEN + 40])  # the age header cut: found by anyone
+    with pytest.raises(wal.CorruptSegment, match="age header is incomplete"):
+        wal.verify_file(stored)
+
+
+def test_sealing_keeps_the_same_segment_same_content_rules(
+    tmp_path: Path, wal_keys: tuple[Path, str]
+) -> None:
+    _key, recipient = wal_keys
+    archive = tmp_path / "archive"
+    src = make_segment(tmp_path / "a", seed=1)
+    wal.push(src, archive, recipients=recipient)
+    assert wal.push(src, archive).stored is False  # identical content, now unsealed: success
+    assert sh("push", str(src), archive=archive).returncode == 0  # the sh port agrees
+    with pytest.raises(wal.ArchiveConflict):
+        wal.push(make_segment(tmp_path / "b", seed=2), archive, recipients=recipient)
+    assert wal.header_of(archive / f"{SEG}.zst").sealed  # never replaced
+
+
+def test_a_recipient_that_does_not_parse_fails_the_push(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LIFEOS_ENCRYPTION_RECIPIENTS", "age1notakey")
+    archive = tmp_path / "archive"
+    assert run_push(str(make_segment(tmp_path / "pg_wal")), str(archive)) == 1
+    assert "invalid encryption recipient" in capsys.readouterr().err
+    assert not list(archive.glob("*.zst"))  # never archived in the clear instead
+
+
+def test_only_sealing_loads_cryptography_and_nothing_loads_the_settings(
+    tmp_path: Path, wal_keys: tuple[Path, str]
+) -> None:
+    _key, recipient = wal_keys
+    src = make_segment(tmp_path / "pg_wal")
+    probe = (
+        "import sys; from lifeos_backup.wal.cli import run_push; "
+        f"code = run_push({str(src)!r}, sys.argv[1]); "
+        "heavy = ('cryptography', 'pydantic', 'lifeos_backup.settings', 'lifeos_backup.crypto'); "
+        "print(code, *sorted(m for m in heavy if m in sys.modules))"
+    )
+    for name, recipients, loaded in (("plain", "", "0"), ("sealed", recipient, "0 cryptography")):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, str(tmp_path / name)],
+            capture_output=True, text=True, check=False,
+            env={**os.environ, "LIFEOS_ENCRYPTION_RECIPIENTS": recipients},
+        )  # fmt: skip
+        assert done.stdout.strip() == loaded, done.stderr
+
+
+def test_sh_port_refuses_to_seal_or_to_open_sealed_files(
+    tmp_path: Path, wal_keys: tuple[Path, str]
+) -> None:
+    _key, recipient = wal_keys
+    archive = tmp_path / "archive"
+    src = make_segment(tmp_path / "pg_wal")
+    refused = subprocess.run(
+        ["sh", str(SH_PORT), "push", str(src)], capture_output=True, text=True, check=False,
+        env={**os.environ, "LIFEOS_WAL_ARCHIVE_DIR": str(archive),
+             "LIFEOS_ENCRYPTION_RECIPIENTS": recipient},
+    )  # fmt: skip
+    assert refused.returncode == 1 and "cannot encrypt" in refused.stderr
+    assert not list(archive.glob("*.zst"))
+    wal.push(src, archive, recipients=recipient)
+    fetched = sh("fetch", SEG, str(tmp_path / "out"), archive=archive)
+    assert fetched.returncode == EXIT_ABORT_RECOVERY and "sealed" in fetched.stderr
+    assert not (tmp_path / "out").exists()

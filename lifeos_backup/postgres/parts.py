@@ -1,0 +1,150 @@
+"""A PostgreSQL archive in parts: one pg_dump per group of tables, run side by side.
+
+One pg_dump reads one table at a time, and the server formats rows on one core; with two cores
+the biggest table alone is the backup's critical path. So tables are split into groups of about
+equal size, each group dumped by its own pg_dump from the same exported snapshot (consistent as
+one dump), and restored by its own pg_restore. Part 0 holds the whole schema and the data of its
+group; every other part holds only the data of its tables (`--data-only`). Each part is an
+ordinary custom-format archive compressed with zstd; the archive file is the parts one after the
+other, and the manifest records where each starts (docs/postgres.md shows how to cut one out by
+hand). An archive written before parts existed is one part: the whole file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from lifeos_backup.crypto import open_plain
+from lifeos_backup.fsutil import FILE_MODE
+from lifeos_backup.manifest import Manifest
+from lifeos_backup.streams import CHUNK, ReadStream, decompressor
+
+
+@dataclass
+class Part:
+    """One part: where its compressed bytes lie, how long it is plain, whose data it holds.
+
+    `offset`/`size` count bytes of the compressed stream (before encryption, if any); `tables`
+    are the schema.name of the tables whose data was planned into it (part 0 holds the data of
+    every table not planned into another part, and all definitions).
+    """
+
+    offset: int
+    size: int
+    dump_bytes: int
+    tables: list[str] = field(default_factory=list)
+
+    def as_fact(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plan(sizes: Sequence[tuple[str, int]], groups: int) -> list[list[str]]:
+    """Tables (schema.name, bytes) into at most `groups` groups of about equal size.
+
+    Biggest first, each into the lightest group; group 0 (the one with the schema) is returned
+    first even when empty. Groups that got nothing are dropped.
+    """
+    groups = max(1, groups)
+    bins: list[list[str]] = [[] for _ in range(groups)]
+    loads = [0] * groups
+    for name, size in sorted(sizes, key=lambda item: (-item[1], item[0])):
+        lightest = min(range(groups), key=lambda i: (loads[i], i))
+        bins[lightest].append(name)
+        loads[lightest] += max(size, 1)
+    # The schema part should be the lightest: it also carries the definitions.
+    order = sorted(range(groups), key=lambda i: (loads[i], i))
+    ordered = [bins[i] for i in order]
+    return [ordered[0], *(b for b in ordered[1:] if b)]
+
+
+def parts_of(manifest: Manifest) -> list[Part]:
+    """The manifest's parts; an archive from before parts is one part spanning the whole file."""
+    facts = manifest.facts.get("parts")
+    if facts:
+        return [Part(**fact) for fact in facts]
+    size = manifest.archive.size if manifest.encryption is None else -1
+    return [Part(0, size, int(manifest.facts.get("dump_bytes", -1)))]
+
+
+class Window(ReadStream):
+    """Reads `size` bytes of `src` from where it stands (all of it when size < 0), no further.
+
+    zstd must not read past the end of its part into the next one.
+    """
+
+    def __init__(self, src: BinaryIO, size: int) -> None:
+        self._src = src
+        self._left = size
+
+    def read(self, size: int = -1) -> bytes:
+        if self._left < 0:
+            return self._src.read(size)
+        if size < 0 or size > self._left:
+            size = self._left
+        data = self._src.read(size)
+        self._left -= len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._src.tell()
+
+
+@dataclass
+class PartSource:
+    """Where a restore reads one part's compressed bytes: a file, from `offset`, `size` long."""
+
+    path: Path
+    offset: int
+    size: int
+
+
+def part_sources(archive: Path, manifest: Manifest, parts: Sequence[Part], work: Path) -> list[
+    PartSource
+]:
+    """Each part as something pg_restore processes can read side by side.
+
+    Plain archives are read in place. An encrypted archive is one age stream, so it is decrypted
+    once, each part into its own file in the restore's private workspace (still compressed: about
+    the archive's size, never the dump's).
+    """
+    if manifest.encryption is None:
+        return [PartSource(archive, part.offset, part.size) for part in parts]
+    sources: list[PartSource] = []
+    with open(archive, "rb") as raw:
+        plain = open_plain(raw, manifest)
+        position = 0
+        for number, part in enumerate(parts):  # in archive order, as the dump wrote them
+            _skip(plain, part.offset - position)
+            path = work / f"part-{number}.zst"
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+            with os.fdopen(fd, "wb") as copy:
+                _copy(Window(plain, part.size), copy)  # type: ignore[arg-type]
+            sources.append(PartSource(path, 0, -1))
+            position = part.offset + max(part.size, 0)
+        while plain.read(CHUNK):  # the age stream authenticates its last chunk at its end
+            pass
+    return sources
+
+
+@contextlib.contextmanager
+def open_part(source: PartSource, algorithm: str) -> Iterator[BinaryIO]:
+    """The plain (decompressed) dump bytes of one part."""
+    with open(source.path, "rb") as raw:
+        raw.seek(source.offset)
+        yield decompressor(Window(raw, source.size), algorithm)  # type: ignore[arg-type]
+
+
+def _skip(src: BinaryIO, n: int) -> None:
+    while n > 0 and (data := src.read(min(n, CHUNK))):
+        n -= len(data)
+
+
+def _copy(src: BinaryIO, out: BinaryIO) -> None:
+    while chunk := src.read(CHUNK):
+        out.write(chunk)
+    out.flush()
