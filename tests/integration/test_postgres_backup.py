@@ -344,6 +344,32 @@ def test_corrupted_archive_is_refused_by_verify_and_restore(
     assert not pg_cluster.database_exists(target)
 
 
+def test_one_part_archive_and_one_from_before_parts_verify_and_restore(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+) -> None:
+    """LIFEOS_DUMP_JOBS=1 writes one part; a manifest without `parts` (written before parts
+    existed) means the whole file is one part, and must still verify and restore."""
+    from lifeos_backup.manifest import write_manifest
+
+    restored = scratch_name("legacy")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        lifeos_env.set(LIFEOS_DUMP_JOBS="1")
+        backup_id = backup_now(lifeos_env)
+        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+        manifest = read_manifest(mpath)
+        [part] = manifest.facts["parts"]
+        assert part["offset"] == 0 and part["size"] == archive.stat().st_size
+        del manifest.facts["parts"]
+        write_manifest(mpath, manifest)
+        verify_backup(backup_id, lifeos_env.settings(), lifeos_env.catalog())
+        report = restore_postgres(
+            archive, read_manifest(mpath), lifeos_env.settings(), restored, create=True
+        )
+        assert report.differences == [] and report.jobs == 2
+        assert_identical(pg_cluster, source, restored)
+
+
 def test_verify_reads_every_part_not_only_the_checksum(
     lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
 ) -> None:
