@@ -181,19 +181,19 @@ def run_restore(
             [*base, "--section=pre-data", *schema_list, str(head)],
             env=target.env(), stdout=subprocess.DEVNULL,
         )
-        load_data(sources, lists, base, target, jobs, algorithm, progress)
+        report = Progress("restoring data", bytes_total=sum(max(p.dump_bytes, 0) for p in parts))
+        load_data(sources, lists, base, target, jobs, algorithm, report, progress)
         progress(Progress("restoring keys, indexes and constraints; counting rows"))
         with ThreadPoolExecutor(1, thread_name_prefix="row-count") as pool:
+            # If post-data fails, leaving the block waits for the counting and drops its result:
+            # pg_restore's error is the one to report.
             counting = pool.submit(compare_counts, target, manifest, wanted)
             parallel = [f"--jobs={jobs}"] if jobs > 1 else []
-            try:
-                procs.run(
-                    [*base, "--section=post-data", *parallel, *schema_list, str(head)],
-                    env=target.env(), stdout=subprocess.DEVNULL,
-                )
-            finally:
-                counts = counting.result()
-    return counts
+            procs.run(
+                [*base, "--section=post-data", *parallel, *schema_list, str(head)],
+                env=target.env(), stdout=subprocess.DEVNULL,
+            )
+            return counting.result()
 
 
 def write_head(source: PartSource, algorithm: str, head: Path) -> None:
@@ -237,10 +237,10 @@ def load_data(
     target: PgTarget,
     jobs: int,
     algorithm: str,
+    report: Progress,
     progress: ProgressFn,
 ) -> None:
     """The data section of every part, `jobs` parts at a time, each streamed into a pg_restore."""
-    report = Progress("restoring data", bytes_total=0)
     fed = [0] * len(sources)
 
     def tick() -> None:
