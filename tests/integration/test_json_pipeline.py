@@ -142,13 +142,13 @@ def test_sigkill_during_create_leaves_nothing_good(lifeos_env: LifeosEnv, start_
         assert time.monotonic() < deadline, worker.log()
         time.sleep(0.05)
     worker.kill()
+    redis = lifeos_env.redis()
+    assert redis.exists("lifeos:lock:backup:json")  # checked first: it has only seconds to live
 
     partial = [p.name for p in (lifeos_env.backup_root / "json").iterdir()]
     assert all(name.startswith(".") and name.endswith(".partial") for name in partial), partial
     assert visible_files(lifeos_env) == []
     assert [r["status"] for r in listed(lifeos_env)] == ["running"]  # never verified/created
-    redis = lifeos_env.redis()
-    assert redis.exists("lifeos:lock:backup:json")
     deadline = time.monotonic() + 10
     while redis.exists("lifeos:lock:backup:json"):  # TTL 3 s: frees itself, nobody renews it
         assert time.monotonic() < deadline
