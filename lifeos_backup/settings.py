@@ -52,10 +52,10 @@ class Settings(BaseSettings):
     )
     pg_connect_timeout: int = Field(10, description="Seconds to wait for the database to answer.")
     dump_jobs: int = Field(
-        2, ge=1, description="pg_dump processes run side by side, each on a share of the tables."
+        2, ge=1, description="Parts of a PostgreSQL dump (pg_dump, COPY slices) run side by side."
     )
     restore_jobs: int = Field(
-        2, ge=1, description="pg_restore processes run side by side during a restore."
+        2, ge=1, description="Parts loaded side by side during a restore, and pg_restore --jobs."
     )
 
     # Locks and task limits (seconds).

@@ -1,10 +1,12 @@
-"""Writing a PostgreSQL archive: `pg_dump -Fc -Z0` in parts, through zstd and SHA-256.
+"""Writing a PostgreSQL archive in parts, through zstd and SHA-256.
 
-Each part's pg_dump (parts.py: one per group of tables, same snapshot, side by side) writes the
-custom format uncompressed to a pipe; a thread per part compresses it with zstd into an unnamed
-temporary file (compressed: the archive's size, never the dump's), in 1 MiB chunks. The parts are
-then joined, hashed [and encrypted] under a temporary name (fsutil.atomic_writer). No uncompressed
-copy on disk, bounded memory whatever the database size. docs/decisions.md has the measurements.
+Part 0 is `pg_dump -Fc -Z0` without the data of the big tables; each big table comes as COPY
+slices, each dumped by psql (parts.py, rows.py); all from the same exported snapshot, `dump_jobs`
+at a time. Each part's command writes to a pipe; a thread per part compresses it with zstd into
+an unnamed temporary file (compressed: the archive's size, never the dump's), in 1 MiB chunks,
+counting a slice's rows as they pass. The parts are then joined, hashed [and encrypted] under a
+temporary name (fsutil.atomic_writer). No uncompressed copy on disk, bounded memory whatever the
+database size. docs/decisions.md has the measurements.
 
 Order matters for the failure modes: connect (unreachable: retryable; bad login: permanent), then
 compare pg_dump's version with the server's, and only then create the file. Whatever fails later
@@ -19,13 +21,14 @@ import fcntl
 import functools
 import logging
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import psycopg
+from psycopg import sql
 
 from lifeos_backup import procs
 from lifeos_backup.crypto import Recipient, parse_recipients, sealed
@@ -33,15 +36,16 @@ from lifeos_backup.errors import CommandFailed, ConfigError, PermanentError, Sou
 from lifeos_backup.fsutil import atomic_writer, private_dir
 from lifeos_backup.postgres.connect import connect, one_line
 from lifeos_backup.postgres.conninfo import PgTarget, postgres_configured
-from lifeos_backup.postgres.parts import Part, plan
+from lifeos_backup.postgres.parts import Part
+from lifeos_backup.postgres.rows import Slice, candidates, lock_tables, plan_slices
+from lifeos_backup.postgres.rows import dump_args as slice_args
 from lifeos_backup.postgres.snapshot import (
     DatabaseFacts,
-    TableFact,
     catalog_facts,
     count_all,
     exported_snapshot,
 )
-from lifeos_backup.postgres.tools import Tool, require_dump_not_older, tool
+from lifeos_backup.postgres.tools import Tool, find_tool, require_dump_not_older, tool
 from lifeos_backup.progress import Progress, ProgressFn
 from lifeos_backup.settings import Settings
 from lifeos_backup.sidebyside import Crew, run_side_by_side
@@ -132,47 +136,73 @@ def dump_database(settings: Settings, archive: Path, progress: ProgressFn) -> Du
         server_version = conn.info.parameter_status("server_version") or "?"
         require_dump_not_older(pg_dump, server_version, conn.info.server_version)
         with exported_snapshot(conn) as snapshot:
-            facts = catalog_facts(conn)
             source = pinned(target, conn)
-            groups = plan([(t.qualified, t.bytes) for t in facts.tables], settings.dump_jobs)
-            by_name = {t.qualified: t for t in facts.tables}
-            commands = part_args(
-                dump_args(pg_dump, source, snapshot), [[by_name[n] for n in g] for g in groups]
-            )
+            facts, slices = _survey(conn, settings.dump_jobs, source)
+            psql = find_tool(settings, "psql") if slices else ""
+            sliced = {s.qualified for s in slices}
+            tables = {(s.schema, s.name) for s in slices}
+            commands = [
+                part_args(dump_args(pg_dump, source, snapshot), tables),
+                *(slice_args(psql, source.conninfo(), snapshot, facts.encoding, piece)
+                  for piece in slices),
+            ]
+            counted = [t for t in facts.tables if t.qualified not in sliced]
             with ThreadPoolExecutor(1, thread_name_prefix="row-count") as pool:
-                # Counting runs beside pg_dump, in the same snapshot, on the exporting connection.
-                counting = pool.submit(count_all, conn, facts.tables)
+                # Counting runs beside the dump, in the same snapshot, on the exporting
+                # connection; the slices count their own rows.
+                counting = pool.submit(count_all, conn, counted)
                 try:
                     size, sha256, parts = _write(
-                        commands, source, archive, level, progress, facts.database_size,
-                        parse_recipients(settings.encryption_recipients),
+                        commands, [None, *slices], source, archive, level, progress,
+                        facts.database_size, parse_recipients(settings.encryption_recipients),
                     )
                 except BaseException:
                     _stop(conn, counting)
                     raise
                 counting.result()
-    for part, group in zip(parts, groups, strict=True):
-        part.tables = group
+    parts[0].tables = [t.qualified for t in counted]
+    for table in facts.tables:
+        if table.qualified in sliced:
+            table.rows = sum(s.rows for s in slices if s.qualified == table.qualified)
     dump_bytes = sum(p.dump_bytes for p in parts)
     log.info(
-        "dumped %s in %d parts: %d bytes of dump, %d bytes archived",
-        source.describe(), len(parts), dump_bytes, size,
+        "dumped %s in %d parts (%d slices): %d bytes of dump, %d bytes archived",
+        source.describe(), len(parts), len(slices), dump_bytes, size,
     )
     return DumpResult(size, sha256, level, dump_bytes, source.describe(), facts, pg_dump, parts)
 
 
-def _pattern(table: TableFact) -> str:
+def _survey(
+    conn: psycopg.Connection[tuple], jobs: int, source: PgTarget
+) -> tuple[DatabaseFacts, list[Slice]]:
+    """The facts and the slices, in the snapshot, the sliced tables locked for the whole dump.
+
+    Reading table sizes and locking waits for any lock a migration holds; past LOCK_WAIT that is
+    a retryable failure (the next attempt may find the migration done), never a hang.
+    """
+    conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(LOCK_WAIT)))
+    try:
+        facts = catalog_facts(conn)
+        sizes = {t.qualified: t.bytes for t in facts.tables}
+        slices = plan_slices(candidates(conn, sizes), jobs, facts.server_version_num)
+        lock_tables(conn, slices)
+    except psycopg.errors.LockNotAvailable as exc:
+        raise SourceUnavailable(
+            f"could not lock the tables of {source.describe()} within {LOCK_WAIT}",
+            one_line(str(exc)),
+            "the backup is retried with backoff",
+        ) from exc
+    return facts, slices
+
+
+def _pattern(schema: str, name: str) -> str:
     """An exact pg_dump name pattern: inside double quotes `.`, `*` and `?` are literal."""
-    return ".".join('"' + word.replace('"', '""') + '"' for word in (table.schema, table.name))
+    return ".".join('"' + word.replace('"', '""') + '"' for word in (schema, name))
 
 
-def part_args(base: list[str], groups: Sequence[Sequence[TableFact]]) -> list[list[str]]:
-    """pg_dump's arguments for each part: part 0 everything but the other parts' table data,
-    the others the data of their own tables only."""
-    others = [table for group in groups[1:] for table in group]
-    first = base + [f"--exclude-table-data={_pattern(t)}" for t in others]
-    rest = [base + ["--data-only"] + [f"--table={_pattern(t)}" for t in g] for g in groups[1:]]
-    return [first, *rest]
+def part_args(base: list[str], sliced: Collection[tuple[str, str]]) -> list[str]:
+    """pg_dump's arguments for part 0: everything but the data the slices carry."""
+    return base + [f"--exclude-table-data={_pattern(*table)}" for table in sorted(sliced)]
 
 
 def _stop(conn: psycopg.Connection[tuple], counting: Future[None]) -> None:
@@ -184,31 +214,38 @@ def _stop(conn: psycopg.Connection[tuple], counting: Future[None]) -> None:
 
 @dataclass
 class _PartRun:
-    """One part's pg_dump as it runs: its arguments, its spool file, the plain bytes seen."""
+    """One part's command as it runs: its arguments, its spool file, the plain bytes seen, and
+    for a slice the slice, whose rows are counted on the way."""
 
     args: list[str]
     out: BinaryIO
+    piece: Slice | None
     done: int = 0
 
 
 def _dump_part(run: _PartRun, source: PgTarget, level: int, crew: Crew) -> None:
-    """One pg_dump's stdout -> zstd (in this thread: one part per core) -> its spool file."""
+    """One command's stdout -> zstd (in this thread: one part per core) -> its spool file."""
     with procs.spawn(run.args, env=source.env()) as proc:
         crew.track(proc)
         assert proc.stdout is not None
-        # A 1 MiB pipe (Linux' limit for unprivileged processes) lets pg_dump write on while
-        # this thread compresses the previous chunk; the default 64 kB would stall it.
+        # A 1 MiB pipe (Linux' limit for unprivileged processes) lets the command write on
+        # while this thread compresses the previous chunk; the default 64 kB would stall it.
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         packer = compressor(run.out, ALGORITHM, level, threads=0)
+        rows = 0
         while chunk := proc.stdout.read(CHUNK):
             packer.write(chunk)
+            rows += chunk.count(b"\n")  # COPY text: one line per row
             run.done += len(chunk)
         packer.close()  # ends the zstd frame; the spool stays open
+    if run.piece is not None:
+        run.piece.rows = rows
 
 
 def _write(
     commands: list[list[str]],
+    pieces: Sequence[Slice | None],
     source: PgTarget,
     archive: Path,
     level: int,
@@ -216,15 +253,15 @@ def _write(
     total: int,
     recipients: Sequence[Recipient] = (),
 ) -> tuple[int, str, list[Part]]:
-    """Run the parts' pg_dumps side by side, each compressed into an unnamed temporary file,
+    """Run the parts' commands side by side, each compressed into an unnamed temporary file,
     then join them [-> age] -> SHA-256 -> temporary name -> rename."""
     report = Progress("dumping", bytes_total=total)
     spool_dir = private_dir(archive.parent)
     try:
         with contextlib.ExitStack() as stack:
             runs = [
-                _PartRun(args, stack.enter_context(tempfile.TemporaryFile(dir=spool_dir)))
-                for args in commands
+                _PartRun(args, stack.enter_context(tempfile.TemporaryFile(dir=spool_dir)), piece)
+                for args, piece in zip(commands, pieces, strict=True)
             ]
 
             def tick() -> None:
@@ -245,7 +282,8 @@ def _write(
                     run.out.seek(0)
                     while chunk := run.out.read(CHUNK):
                         secret.write(chunk)
-                    parts.append(Part(sum(p.size for p in parts), size, run.done))
+                    table = [run.piece.qualified] if run.piece else []
+                    parts.append(Part(sum(p.size for p in parts), size, run.done, table, run.piece))
                 if secret is not hashed:
                     secret.close()  # seals the final chunk
     except OSError as exc:

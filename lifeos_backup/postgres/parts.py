@@ -1,13 +1,12 @@
-"""A PostgreSQL archive in parts: one pg_dump per group of tables, run side by side.
+"""A PostgreSQL archive in parts: pg_dump's custom archive, then COPY slices of big tables.
 
-One pg_dump reads one table at a time, and the server formats rows on one core; with two cores
-the biggest table alone is the backup's critical path. So tables are split into groups of about
-equal size, each group dumped by its own pg_dump from the same exported snapshot (consistent as
-one dump), and restored by its own pg_restore. Part 0 holds the whole schema and the data of its
-group; every other part holds only the data of its tables (`--data-only`). Each part is an
-ordinary custom-format archive compressed with zstd; the archive file is the parts one after the
-other, and the manifest records where each starts (docs/postgres.md shows how to cut one out by
-hand). An archive written before parts existed is one part: the whole file.
+Part 0 is an ordinary custom-format archive of the whole schema and of the data of every table
+not carried by a slice (rows.py); every other part is one slice of one big table, COPY text.
+Each part is compressed with zstd on its own and the archive file is the parts one after the
+other; the manifest records where each starts, and for a slice its table, columns and rows
+(docs/postgres.md shows how to restore one by hand). The parts are dumped side by side from one
+snapshot and restored side by side. Archives of earlier versions are read too: one part (the
+whole file), or several pg_dump archives (part 0 with the schema, the others `--data-only`).
 """
 
 from __future__ import annotations
@@ -22,51 +21,40 @@ from typing import Any, BinaryIO
 from lifeos_backup.crypto import open_plain
 from lifeos_backup.fsutil import FILE_MODE
 from lifeos_backup.manifest import Manifest
+from lifeos_backup.postgres.rows import Slice
 from lifeos_backup.streams import CHUNK, ReadStream, decompressor
 
 
 @dataclass
 class Part:
-    """One part: where its compressed bytes lie, how long it is plain, whose data it holds.
+    """One part: where its compressed bytes lie, how long it is plain, what it holds.
 
-    `offset`/`size` count bytes of the compressed stream (before encryption, if any); `tables`
-    are the schema.name of the tables whose data was planned into it (part 0 holds the data of
-    every table not planned into another part, and all definitions).
+    `offset`/`size` count bytes of the compressed stream (before encryption, if any). A pg_dump
+    part lists in `tables` the schema.name of the tables whose data it holds (part 0: every
+    table not in another part); a slice part has `copy` and its one table.
     """
 
     offset: int
     size: int
     dump_bytes: int
     tables: list[str] = field(default_factory=list)
+    copy: Slice | None = None
 
     def as_fact(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def plan(sizes: Sequence[tuple[str, int]], groups: int) -> list[list[str]]:
-    """Tables (schema.name, bytes) into at most `groups` groups of about equal size.
-
-    Biggest first, each into the lightest group; group 0 (the one with the schema) is returned
-    first even when empty. Groups that got nothing are dropped.
-    """
-    groups = max(1, groups)
-    bins: list[list[str]] = [[] for _ in range(groups)]
-    loads = [0] * groups
-    for name, size in sorted(sizes, key=lambda item: (-item[1], item[0])):
-        lightest = min(range(groups), key=lambda i: (loads[i], i))
-        bins[lightest].append(name)
-        loads[lightest] += max(size, 1)
-    # The schema part should be the lightest: it also carries the definitions.
-    order = sorted(range(groups), key=lambda i: (loads[i], i))
-    ordered = [bins[i] for i in order]
-    return [ordered[0], *(b for b in ordered[1:] if b)]
+        fact = asdict(self)
+        if self.copy is None:
+            del fact["copy"]
+        return fact
 
 
 def parts_of(manifest: Manifest) -> list[Part]:
     """The manifest's parts; an archive from before parts is one part spanning the whole file."""
     facts = manifest.facts.get("parts")
     if facts:
-        return [Part(**fact) for fact in facts]
+        return [
+            Part(**{**fact, "copy": Slice(**fact["copy"]) if fact.get("copy") else None})
+            for fact in facts
+        ]
     size = manifest.archive.size if manifest.encryption is None else -1
     return [Part(0, size, int(manifest.facts.get("dump_bytes", -1)))]
 

@@ -6,10 +6,12 @@ pg_restore's three sections, then the exact row count of every restored table co
 counts taken in the dump's snapshot.
 
 The sections run as the archive's parts allow (parts.py): the definitions (pre-data) from part 0;
-the data of all parts side by side, each part streamed decompressed into its own pg_restore (no
-copy of the dump on disk); then keys, indexes and constraints (post-data) with `--jobs`, from the
-head of part 0 (tochead.py: header and table of contents, a small file pg_restore can seek in).
-The row counting runs beside the post-data section.
+the data of all parts `jobs` at a time, each part streamed decompressed (no copy of the dump on
+disk) into its own pg_restore, or for a COPY slice of a big table into its own `COPY FROM STDIN`,
+so that several slices load one table at once; then keys, indexes and constraints (post-data)
+with `--jobs`, from the head of part 0 (tochead.py: header and table of contents, a small file
+pg_restore can seek in). The rows of the sliced tables are what their COPYs loaded (the server's
+count); the other tables are counted beside the post-data section.
 """
 
 from __future__ import annotations
@@ -36,9 +38,11 @@ from lifeos_backup.manifest import Manifest
 from lifeos_backup.postgres.check import manifest_tables, read_tocs, verify_checksum
 from lifeos_backup.postgres.connect import connect
 from lifeos_backup.postgres.conninfo import PgTarget
-from lifeos_backup.postgres.parts import PartSource, open_part, part_sources, parts_of
+from lifeos_backup.postgres.parts import Part, PartSource, open_part, part_sources, parts_of
+from lifeos_backup.postgres.rows import SESSION, Slice
 from lifeos_backup.postgres.snapshot import count_rows
-from lifeos_backup.postgres.toc import SESSION, parse_toc, select_tables, use_list
+from lifeos_backup.postgres.toc import SESSION as TOC_SESSION
+from lifeos_backup.postgres.toc import parse_toc, select_tables, use_list
 from lifeos_backup.postgres.tochead import copy_head
 from lifeos_backup.postgres.tools import Tool, require_restore_not_older, tool
 from lifeos_backup.procs import pid_alive
@@ -182,12 +186,16 @@ def run_restore(
             env=target.env(), stdout=subprocess.DEVNULL,
         )
         report = Progress("restoring data", bytes_total=sum(max(p.dump_bytes, 0) for p in parts))
-        load_data(sources, lists, base, target, jobs, algorithm, report, progress)
+        encoding = str(manifest.facts.get("encoding") or "UTF8")
+        loaded = load_data(
+            parts, sources, lists, wanted, base, target, jobs, algorithm, encoding, report,
+            progress,
+        )
         progress(Progress("restoring keys, indexes and constraints; counting rows"))
         with ThreadPoolExecutor(1, thread_name_prefix="row-count") as pool:
             # If post-data fails, leaving the block waits for the counting and drops its result:
             # pg_restore's error is the one to report.
-            counting = pool.submit(compare_counts, target, manifest, wanted)
+            counting = pool.submit(compare_counts, target, manifest, wanted, loaded)
             parallel = [f"--jobs={jobs}"] if jobs > 1 else []
             procs.run(
                 [*base, "--section=post-data", *parallel, *schema_list, str(head)],
@@ -220,7 +228,7 @@ def use_lists(
             chosen = select_tables(toc, wanted)
         else:
             data = [e for e in toc if any(e.names("TABLE DATA", s, n) for s, n in wanted)]
-            chosen = [e for e in toc if e.desc in SESSION] + data if data else []
+            chosen = [e for e in toc if e.desc in TOC_SESSION] + data if data else []
         if number and not chosen:
             lists.append(None)
             continue
@@ -231,17 +239,22 @@ def use_lists(
 
 
 def load_data(
+    parts: list[Part],
     sources: list[PartSource],
     lists: list[list[str] | None],
+    wanted: list[tuple[str, str]],
     base: list[str],
     target: PgTarget,
     jobs: int,
     algorithm: str,
+    encoding: str,
     report: Progress,
     progress: ProgressFn,
-) -> None:
-    """The data section of every part, `jobs` parts at a time, each streamed into a pg_restore."""
+) -> dict[tuple[str, str], int]:
+    """The data of every part, `jobs` parts at a time: pg_dump parts streamed into pg_restore,
+    slices into COPY. Returns the rows the slices loaded, per table."""
     fed = [0] * len(sources)
+    loaded: dict[tuple[str, str], list[int]] = {}
 
     def tick() -> None:
         report.bytes_done = sum(fed)
@@ -251,8 +264,50 @@ def load_data(
         args = [*base, "--section=data", *use]
         stream_into(args, sources[number], algorithm, target, crew, fed, number)
 
-    loads = [functools.partial(load, n, use) for n, use in enumerate(lists) if use is not None]
+    def copy(number: int, piece: Slice, crew: Crew) -> None:
+        rows = copy_into(piece, sources[number], algorithm, target, encoding, crew, fed, number)
+        loaded[(piece.schema, piece.name)].append(rows)
+
+    loads = []
+    for number, (part, use) in enumerate(zip(parts, lists, strict=True)):
+        if part.copy is None and use is not None:
+            loads.append(functools.partial(load, number, use))
+        elif part.copy is not None and (part.copy.schema, part.copy.name) in wanted:
+            loaded.setdefault((part.copy.schema, part.copy.name), [])
+            loads.append(functools.partial(copy, number, part.copy))
     run_side_by_side(loads, jobs, tick)
+    return {table: sum(rows) for table, rows in loaded.items()}
+
+
+def copy_into(
+    piece: Slice,
+    source: PartSource,
+    algorithm: str,
+    target: PgTarget,
+    encoding: str,
+    crew: Crew,
+    fed: list[int],
+    slot: int,
+) -> int:
+    """Stream one decompressed slice into `COPY ... FROM STDIN`; the rows the server loaded."""
+    try:
+        with connect(target, autocommit=True) as conn, open_part(source, algorithm) as stream:
+            conn.execute(SESSION)
+            conn.execute(sql.SQL("SET client_encoding = {}").format(sql.Literal(encoding)))
+            cursor = conn.cursor()
+            with cursor.copy(piece.copy_in()) as copy:
+                while chunk := stream.read(CHUNK):
+                    if crew.stopped:  # another part failed: abandon this COPY (rolled back)
+                        raise InterruptedError("stopped")
+                    copy.write(chunk)
+                    fed[slot] += len(chunk)
+            return cursor.rowcount
+    except psycopg.Error as exc:
+        raise PermanentError(
+            f"loading the rows of {piece.qualified} failed",
+            target.redact(str(exc).strip()),
+            "the target database is left as it is; restore into a new one with --create",
+        ) from exc
 
 
 def stream_into(
@@ -419,13 +474,23 @@ def remove_abandoned(root: Path) -> None:
 
 
 def compare_counts(
-    target: PgTarget, manifest: Manifest, wanted: list[tuple[str, str]]
+    target: PgTarget,
+    manifest: Manifest,
+    wanted: list[tuple[str, str]],
+    loaded: dict[tuple[str, str], int] | None = None,
 ) -> list[TableCount]:
-    """Exact row count of every restored table next to the manifest's count."""
+    """Exact row count of every restored table next to the manifest's count; for the tables
+    loaded by COPY slices, the rows those COPYs loaded (the server's count, no second scan)."""
     expected = {(t["schema"], t["name"]): int(t["rows"]) for t in manifest.facts.get("tables", [])}
+    loaded = loaded or {}
     counts: list[TableCount] = []
     with connect(target, autocommit=True) as conn:
         for schema, name in wanted:
+            if (schema, name) in loaded:
+                counts.append(
+                    TableCount(f"{schema}.{name}", expected[(schema, name)], loaded[schema, name])
+                )
+                continue
             try:
                 restored: int | None = count_rows(conn, schema, name)
             except psycopg.errors.UndefinedTable:

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import psycopg
@@ -237,6 +238,27 @@ def role_url(cluster: PostgresCluster, dbname: str, password: str) -> str:
     return f"postgresql://{ROLE}:{password}@127.0.0.1:{cluster.port}/{dbname}"
 
 
+@pytest.fixture
+def sliced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every table dumped as COPY slices, several per table (for real only tables of 16 MiB
+    and more are, in slices of 64 MiB or more): for tests that call the plain functions."""
+    from lifeos_backup.postgres import rows
+
+    monkeypatch.setattr(rows, "FLOOR", 0)
+    monkeypatch.setattr(rows, "SLICE_MIN", 8192)
+
+
+def pg_list(cluster: PostgresCluster, archive: Path, part: dict) -> str:
+    """`pg_restore --list` of one pg_dump part of an archive."""
+    with archive.open("rb") as raw:
+        raw.seek(part["offset"])
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(raw.read(part["size"]))
+    return subprocess.run(
+        [str(cluster.bindir / "pg_restore"), "--list"], input=data, capture_output=True,
+        check=True,
+    ).stdout.decode()
+
+
 # -------------------------------------------------------------------------------------- tests
 
 
@@ -371,7 +393,7 @@ def test_one_part_archive_and_one_from_before_parts_verify_and_restore(
 
 
 def test_verify_reads_every_part_not_only_the_checksum(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
 ) -> None:
     """A part damaged after hashing (a writer bug, say) is still found: each part is
     decompressed in full and its length compared; parts must tile the archive exactly."""
@@ -386,7 +408,7 @@ def test_verify_reads_every_part_not_only_the_checksum(
     archive, mpath = archive_and_manifest(lifeos_env, backup_id)
     manifest = read_manifest(mpath)
     pg_restore = tool(lifeos_env.settings(), "pg_restore")
-    second = manifest.facts["parts"][1]
+    second = manifest.facts["parts"][1]  # a COPY slice
     data = bytearray(archive.read_bytes())
     data[second["offset"] + second["size"] // 2] ^= 0x40
     archive.write_bytes(bytes(data))
@@ -582,39 +604,138 @@ def test_head_is_the_archive_up_to_its_data_and_lists_alike(
     assert copy_head(other, copied) is False and copied.getvalue() == other.getvalue()
 
 
-def test_the_biggest_table_is_dumped_in_its_own_part_and_restored_from_it(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+def test_copy_slices_tile_every_table_and_restore_identical_whole_or_one_table(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
 ) -> None:
-    restored = scratch_name("parts")
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
+    restored, scratch = scratch_name("slices"), scratch_name("slice_one")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored, scratch):
         use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
         backup_id = backup_now(lifeos_env)
         archive, mpath = archive_and_manifest(lifeos_env, backup_id)
         manifest = read_manifest(mpath)
         parts = manifest.facts["parts"]
-        sizes = {t["name"]: t["bytes"] for t in manifest.facts["tables"]}
-        biggest = max(sizes, key=sizes.__getitem__)
-        assert len(parts) == 2 and parts[0]["offset"] == 0
-        assert parts[1]["offset"] == parts[0]["size"]
-        assert parts[0]["size"] + parts[1]["size"] == archive.stat().st_size
-        assert f"public.{biggest}" in parts[1]["tables"]
+        assert "copy" not in parts[0] and all("copy" in p for p in parts[1:])
+        assert parts[-1]["offset"] + parts[-1]["size"] == archive.stat().st_size
         assert sum(p["dump_bytes"] for p in parts) == manifest.facts["dump_bytes"]
-        # Part 1 is an ordinary custom-format archive holding only its tables' data.
-        with archive.open("rb") as raw:
-            raw.seek(parts[1]["offset"])
-            part = zstandard.ZstdDecompressor().decompressobj().decompress(
-                raw.read(parts[1]["size"])
-            )
-        listed = subprocess.run(
-            [str(pg_cluster.bindir / "pg_restore"), "--list"], input=part,
-            capture_output=True, check=True,
-        ).stdout.decode()
-        assert f"TABLE DATA public {biggest}" in listed and " TABLE public " not in listed
-        report = restore_postgres(
-            archive, manifest, lifeos_env.settings(), restored, create=True, jobs=1
-        )
-        assert report.differences == [] and report.jobs == 1
+        counts = {t["name"]: t["rows"] for t in manifest.facts["tables"]}
+        with psycopg.connect(pg_cluster.url(source)) as conn:
+            for table in TABLES:  # the slices tile the table's pages and hold all its rows
+                pieces = sorted(
+                    (p["copy"] for p in parts[1:] if p["copy"]["name"] == table),
+                    key=lambda c: c["first_page"],
+                )
+                assert pieces[0]["first_page"] == 0 and pieces[-1]["end_page"] is None
+                assert all(a["end_page"] == b["first_page"] for a, b in pairwise(pieces))
+                query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+                [(rows,)] = conn.execute(query).fetchall()
+                assert counts[table] == sum(p["rows"] for p in pieces) == rows
+        assert max(sum(p["copy"]["name"] == t for p in parts[1:]) for t in TABLES) > 1
+        listed = pg_list(pg_cluster, archive, parts[0])  # definitions, no data of its own
+        assert "TABLE public characters" in listed and "TABLE DATA" not in listed
+
+        report = restore_postgres(archive, manifest, lifeos_env.settings(), restored, create=True)
+        assert report.differences == [] and len(report.counts) == 6
         assert_identical(pg_cluster, source, restored)
+
+        report = restore_postgres(
+            archive, manifest, lifeos_env.settings(), scratch, create=True, jobs=1,
+            tables=["characters"],
+        )
+        assert [(c.table, c.restored) for c in report.counts] == [("public.characters", 300)]
+        assert table_hashes(pg_cluster, scratch, ["characters"]) == table_hashes(
+            pg_cluster, source, ["characters"]
+        )
+        with psycopg.connect(pg_cluster.url(scratch)) as conn:
+            tables = conn.execute(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            ).fetchall()
+        assert tables == [("characters",)]
+
+
+def test_an_encrypted_archive_with_slices_restores_identical(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None, tmp_path: Path
+) -> None:
+    import pyrage
+
+    identity = pyrage.x25519.Identity.generate()
+    key_file = tmp_path / "backup.key"
+    key_file.write_text(str(identity) + "\n")
+    key_file.chmod(0o600)
+    restored = scratch_name("sealed")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        lifeos_env.set(
+            LIFEOS_ENCRYPTION_RECIPIENTS=str(identity.to_public()),
+            LIFEOS_ENCRYPTION_IDENTITY_FILE=str(key_file),
+        )
+        backup_id = backup_now(lifeos_env)
+        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+        manifest = read_manifest(mpath)
+        assert archive.name.endswith(".dump.zst.age") and len(manifest.facts["parts"]) > 2
+        report = restore_postgres(archive, manifest, lifeos_env.settings(), restored, create=True)
+        assert report.differences == []
+        assert_identical(pg_cluster, source, restored)
+
+
+def test_an_archive_of_several_pg_dump_parts_still_verifies_and_restores(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+) -> None:
+    """Archives written before COPY slices had the big tables' data in `--data-only` pg_dump
+    parts: rebuilt here by hand, they must verify and restore as before."""
+    import hashlib
+
+    from lifeos_backup.manifest import write_manifest
+
+    restored = scratch_name("pg_dump_parts")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        backup_id = backup_now(lifeos_env)
+        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+        base = [str(pg_cluster.bindir / "pg_dump"), "-Fc", "-Z0", pg_cluster.url(source)]
+        part_args = [
+            ["--exclude-table-data=characters", "--exclude-table-data=outfits"],
+            ["--data-only", "--table=characters", "--table=outfits"],
+        ]
+        dumps = [
+            subprocess.run([*base, *args], capture_output=True, check=True).stdout
+            for args in part_args
+        ]
+        packed = [zstandard.ZstdCompressor(write_checksum=True).compress(d) for d in dumps]
+        manifest = read_manifest(mpath)
+        manifest.facts["parts"] = [
+            {"offset": 0, "size": len(packed[0]), "dump_bytes": len(dumps[0]), "tables": []},
+            {"offset": len(packed[0]), "size": len(packed[1]), "dump_bytes": len(dumps[1]),
+             "tables": ["public.characters", "public.outfits"]},
+        ]
+        data = b"".join(packed)
+        archive.write_bytes(data)
+        manifest.archive.size, manifest.archive.sha256 = len(data), hashlib.sha256(data).hexdigest()
+        write_manifest(mpath, manifest)
+        verify_backup(backup_id, lifeos_env.settings(), lifeos_env.catalog())
+        report = restore_postgres(archive, manifest, lifeos_env.settings(), restored, create=True)
+        assert report.differences == []
+        assert_identical(pg_cluster, source, restored)
+
+
+def test_a_table_locked_away_makes_the_backup_wait_then_retry(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A migration holding a table (ACCESS EXCLUSIVE) past the lock wait: a retryable failure
+    naming the cause, no file."""
+    import lifeos_backup.postgres.dump as dump_module
+    from lifeos_backup.errors import SourceUnavailable
+
+    monkeypatch.setattr(dump_module, "LOCK_WAIT", "1s")
+    with lifeos_database(pg_cluster) as source:
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        with psycopg.connect(pg_cluster.url(source)) as migration:
+            migration.execute("LOCK TABLE characters IN ACCESS EXCLUSIVE MODE")
+            with pytest.raises(SourceUnavailable, match="could not lock the tables"):
+                create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog())
+    assert folder_contents(lifeos_env) == []
+    [row] = lifeos_env.catalog().list(kind="postgres")
+    assert row.status == FAILED and "lock" in (row.error or "")
 
 
 def test_disk_full_during_the_dump_removes_the_partial_file(

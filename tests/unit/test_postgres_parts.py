@@ -177,28 +177,82 @@ def test_postgres_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.pg_bin_dir is None and settings.postgres_compression_level == 1
 
 
-def test_tables_are_planned_into_parts_of_about_equal_size() -> None:
-    from lifeos_backup.postgres.parts import plan
+def test_big_tables_are_cut_into_slices_of_about_equal_pages_biggest_first() -> None:
+    from lifeos_backup.postgres.rows import FLOOR, SLICE_MIN, Candidate, plan_slices
 
-    sizes = [("public.big", 900), ("public.a", 300), ("public.b", 250), ("public.c", 200),
-             ("public.empty", 0)]
-    groups = plan(sizes, 2)
-    assert groups == [["public.a", "public.b", "public.c", "public.empty"], ["public.big"]]
-    assert plan(sizes, 1) == [[name for name, _ in sorted(sizes, key=lambda s: -s[1])]]
-    assert plan([("public.only", 5)], 2) == [[], ["public.only"]]  # part 0: definitions only
-    assert plan([], 2) == [[]]
-    assert sorted(n for g in plan(sizes, 4) for n in g) == sorted(n for n, _ in sizes)
+    mib = 1 << 20
+    tables = [
+        Candidate("public", "big", 1000 * mib, 1000, ["a", "b"]),
+        Candidate("public", "mid", 100 * mib, 50, ["a"]),
+        Candidate("public", "small", FLOOR - 1, 9, ["a"]),
+    ]
+    slices = plan_slices(tables, 2, 150000)
+    # About 1/(4 * 2) of the 1100 MiB to slice: `big` in 8 slices of 125 pages, `mid` whole.
+    bounds = [(s.first_page, s.end_page) for s in slices if s.name == "big"]
+    assert bounds == [(i * 125, (i + 1) * 125 if i < 7 else None) for i in range(8)]
+    assert [s.name for s in slices] == ["big"] * 8 + ["mid"]
+    assert slices[0].columns == ["a", "b"]
+    # One job: slices of 1100 MiB / 4; PostgreSQL 13 (no TID range scans): one slice per table.
+    assert len(plan_slices(tables, 1, 150000)) == 4 + 1
+    assert [(s.name, s.end_page) for s in plan_slices(tables, 2, 130000)] == [
+        ("big", None), ("mid", None),
+    ]
+    # Never more slices than pages, never smaller than SLICE_MIN.
+    tiny = Candidate("public", "wide", 4 * SLICE_MIN, 2, ["a"])
+    assert [(s.first_page, s.end_page) for s in plan_slices([tiny], 8, 150000)] == [
+        (0, 1), (1, None),
+    ]
+    assert len(plan_slices([Candidate("s", "t", SLICE_MIN, 10_000, ["a"])], 8, 150000)) == 1
+    assert plan_slices([], 2, 150000) == []
+
+
+def test_a_slice_copies_exactly_its_pages_and_columns_whatever_the_names() -> None:
+    from lifeos_backup.postgres.rows import Slice, dump_args
+
+    odd = Slice("My.Schema", 'we"ird*?', ["id", "Naïve col"], 0, 10)
+    assert odd.copy_out() == (
+        'COPY (SELECT "id", "Naïve col" FROM ONLY "My.Schema"."we""ird*?"'
+        " WHERE ctid < '(10,0)') TO STDOUT"
+    )
+    middle = Slice("public", "t", ["a"], 10, 20)
+    assert "WHERE ctid >= '(10,0)' AND ctid < '(20,0)'" in middle.copy_out()
+    assert middle.copy_out().startswith('COPY (SELECT "a" FROM ONLY "public"."t"')
+    last = Slice("public", "t", ["a"], 20, None)
+    assert last.copy_out().endswith("WHERE ctid >= '(20,0)') TO STDOUT")
+    assert Slice("public", "t", ["a"], 0, None).copy_out() == (
+        'COPY (SELECT "a" FROM ONLY "public"."t") TO STDOUT'
+    )
+    assert odd.copy_in().as_string(None) == (
+        'COPY "My.Schema"."we""ird*?" ("id", "Naïve col") FROM STDIN'
+    )
+    args = dump_args("psql", "host=h dbname=d", "0000-1", "UTF8", middle)
+    assert "SET TRANSACTION SNAPSHOT '0000-1'" in args and args[-1] == "COMMIT"
+    assert "--dbname=host=h dbname=d" in args and "--no-password" in args
 
 
 def test_part_patterns_match_exactly_one_table_whatever_its_name() -> None:
     from lifeos_backup.postgres.dump import part_args
-    from lifeos_backup.postgres.snapshot import TableFact
 
-    odd = TableFact("My.Schema", 'we"ird*?')
-    plain = TableFact("public", "characters")
-    first, second = part_args(["pg_dump"], [[plain], [odd]])
-    assert first == ["pg_dump", '--exclude-table-data="My.Schema"."we""ird*?"']
-    assert second == ["pg_dump", "--data-only", '--table="My.Schema"."we""ird*?"']
+    first = part_args(["pg_dump"], {("My.Schema", 'we"ird*?'), ("public", "characters")})
+    assert first == [
+        "pg_dump",
+        '--exclude-table-data="My.Schema"."we""ird*?"',
+        '--exclude-table-data="public"."characters"',
+    ]
+    assert part_args(["pg_dump"], set()) == ["pg_dump"]
+
+
+def test_parts_round_trip_through_the_manifest_facts() -> None:
+    from lifeos_backup.manifest import Manifest
+    from lifeos_backup.postgres.parts import Part, parts_of
+    from lifeos_backup.postgres.rows import Slice
+
+    piece = Slice("public", "t", ["a", "b"], 0, 7, rows=42)
+    parts = [Part(0, 10, 100, ["public.small"]), Part(10, 5, 50, ["public.t"], piece)]
+    facts = [p.as_fact() for p in parts]
+    assert "copy" not in facts[0] and facts[1]["copy"]["rows"] == 42
+    manifest = Manifest.model_construct(facts={"parts": facts})
+    assert parts_of(manifest) == parts
 
 
 def test_a_window_never_reads_past_its_part() -> None:

@@ -1,0 +1,164 @@
+"""Big tables as slices of plain COPY text: dumped side by side, restored side by side.
+
+pg_dump reads a table with one server process and pg_restore loads it with one; when one table
+holds most of the data (pgbench_accounts: 80 %), that table alone is the critical path of both.
+So every table bigger than `FLOOR` is cut into slices of its pages, each dumped by psql in the
+exported snapshot (`COPY (SELECT cols FROM ONLY t WHERE ctid >= '(a,0)' AND ctid < '(b,0)') TO
+STDOUT`, a TID range scan) and restored by its own `COPY t (cols) FROM STDIN`, several at once
+into the same table. A slice's rows are its newlines (COPY's text format escapes newlines in
+values), so the exact row count comes with the data instead of from a `count(*)` of its own.
+Everything else (definitions, small tables, sequence values, large objects) stays in pg_dump's
+part. docs/decisions.md has the measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+FLOOR = 16 << 20  # smaller tables stay in pg_dump's part: a slice costs a connection
+SLICE_MIN = 64 << 20  # no slice smaller than this, however many jobs
+TID_RANGE_SCANS = 140000  # PostgreSQL 14: `ctid >= ... AND ctid < ...` reads only those pages
+
+# What pg_dump sets before it reads data, so that COPY's text is the same as in its own archives
+# (dates, intervals, floats exact; names schema-qualified); the restore sets the same to read it.
+SESSION = (
+    "SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3;"
+    " SET statement_timeout = 0; SET lock_timeout = 0;"
+    " SET idle_in_transaction_session_timeout = 0; SET row_security = off;"
+    " SET search_path = pg_catalog"
+)
+
+# Ordinary tables without row security (pg_dump handles the rest): their pages and the columns
+# COPY reads and writes (no dropped or generated ones), in the table's order.
+_CANDIDATES = """
+    SELECT n.nspname, c.relname,
+           pg_relation_size(c.oid) / current_setting('block_size')::int,
+           array_agg(a.attname ORDER BY a.attnum)
+    FROM pg_class c
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                       AND a.attgenerated = ''
+    WHERE c.relkind = 'r' AND NOT c.relrowsecurity
+    GROUP BY n.nspname, c.relname, c.oid
+"""
+
+
+@dataclass
+class Slice:
+    """Pages [first_page, end_page) of one table (end_page None: to the table's end) as COPY
+    text; `rows` is filled in as the dump counts them."""
+
+    schema: str
+    name: str
+    columns: list[str]
+    first_page: int
+    end_page: int | None
+    rows: int = 0
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.schema}.{self.name}"
+
+    def copy_out(self) -> str:
+        """The COPY that dumps this slice (psql runs it in the exported snapshot)."""
+        where = [f"ctid >= '({self.first_page},0)'"] if self.first_page else []
+        if self.end_page is not None:
+            where.append(f"ctid < '({self.end_page},0)'")
+        query = sql.SQL("COPY (SELECT {} FROM ONLY {}.{}{}) TO STDOUT").format(
+            sql.SQL(", ").join(map(sql.Identifier, self.columns)),
+            sql.Identifier(self.schema),
+            sql.Identifier(self.name),
+            sql.SQL(" WHERE " + " AND ".join(where) if where else ""),
+        )
+        return query.as_string(None)
+
+    def copy_in(self) -> sql.Composed:
+        """The COPY that restores it."""
+        return sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
+            sql.Identifier(self.schema),
+            sql.Identifier(self.name),
+            sql.SQL(", ").join(map(sql.Identifier, self.columns)),
+        )
+
+    def as_fact(self) -> dict[str, Any]:
+        return {
+            "schema": self.schema, "name": self.name, "columns": self.columns,
+            "first_page": self.first_page, "end_page": self.end_page, "rows": self.rows,
+        }
+
+
+@dataclass
+class Candidate:
+    """A table that may be dumped as slices: its size on disk, pages and COPY columns."""
+
+    schema: str
+    name: str
+    bytes: int
+    pages: int
+    columns: list[str] = field(default_factory=list)
+
+
+def candidates(conn: psycopg.Connection[tuple], sizes: dict[str, int]) -> list[Candidate]:
+    """The tables (among `sizes`, schema.name -> bytes) COPY slices can carry, in the snapshot."""
+    found = []
+    for schema, name, pages, columns in conn.execute(_CANDIDATES):
+        size = sizes.get(f"{schema}.{name}")
+        if size is not None and columns:
+            found.append(Candidate(schema, name, size, int(pages), list(columns)))
+    return found
+
+
+def plan_slices(tables: Sequence[Candidate], jobs: int, server_version_num: int) -> list[Slice]:
+    """Tables of FLOOR bytes or more, cut into slices of about equal pages, biggest first.
+
+    A slice is about 1/(4 * jobs) of the sliced data (at least SLICE_MIN), so that `jobs`
+    workers end close together; before PostgreSQL 14 a ctid range reads the whole table, so each
+    table is then one slice.
+    """
+    big = [t for t in tables if t.bytes >= FLOOR]
+    target = max(SLICE_MIN, sum(t.bytes for t in big) / (4 * max(1, jobs)))
+    slices: list[tuple[float, Slice]] = []
+    for table in big:
+        count = 1
+        if server_version_num >= TID_RANGE_SCANS:
+            count = max(1, min(math.ceil(table.bytes / target), table.pages))
+        bounds = [table.pages * i // count for i in range(count)]
+        for i, first in enumerate(bounds):
+            end = bounds[i + 1] if i + 1 < count else None
+            piece = Slice(table.schema, table.name, table.columns, first, end)
+            slices.append((table.bytes / count, piece))
+    slices.sort(key=lambda item: (-item[0], item[1].qualified, item[1].first_page))
+    return [piece for _, piece in slices]
+
+
+def dump_args(psql: str, conninfo: str, snapshot: str, encoding: str, piece: Slice) -> list[str]:
+    """psql's arguments for one slice: the snapshot's transaction, pg_dump's settings, COPY."""
+    return [
+        psql, "-X", "-q", "--no-password", "-v", "ON_ERROR_STOP=1", f"--dbname={conninfo}",
+        "-c", f"{SESSION}; SET client_encoding = {_literal(encoding)}",
+        "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+        "-c", f"SET TRANSACTION SNAPSHOT {_literal(snapshot)}",
+        "-c", piece.copy_out(),
+        "-c", "COMMIT",
+    ]
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def lock_tables(conn: psycopg.Connection[tuple], slices: Sequence[Slice]) -> None:
+    """ACCESS SHARE on the sliced tables for the whole dump, as pg_dump takes on its own: no
+    DROP or ALTER can change them between the snapshot and the last slice."""
+    names = sorted({(s.schema, s.name) for s in slices})
+    if names:
+        tables = sql.SQL(", ").join(
+            sql.SQL("ONLY {}.{}").format(sql.Identifier(s), sql.Identifier(n)) for s, n in names
+        )
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(tables))
