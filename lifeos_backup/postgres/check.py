@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import tempfile
 from collections.abc import Callable
@@ -55,8 +56,8 @@ def read_tocs(
 
     pg_restore stops reading after the table of contents; the rest is still decompressed, so
     that a damaged tail is found too, and each part's length compared with what pg_dump wrote.
-    The parts of a plain archive are read side by side, those of an encrypted one (a single age
-    stream) one after the other.
+    The parts of a plain archive are read side by side (one per core), those of an encrypted one
+    (a single age stream) one after the other.
     """
     parts = parts_of(manifest)
     report = Progress("reading table of contents", bytes_total=manifest.archive.size)
@@ -70,7 +71,9 @@ def read_tocs(
         if manifest.encryption is None and len(parts) > 1:
             if position != manifest.archive.size:
                 raise _damaged(archive, "its parts do not add up to its size")
-            with ThreadPoolExecutor(len(parts), thread_name_prefix="verify") as pool:
+            # One thread per core, not per part: a database of many big tables has many parts.
+            workers = min(len(parts), os.cpu_count() or 2)
+            with ThreadPoolExecutor(workers, thread_name_prefix="verify") as pool:
                 jobs = [
                     pool.submit(_read_alone, archive, manifest, pg_restore, number, part)
                     for number, part in enumerate(parts)

@@ -153,8 +153,9 @@ def dump_database(settings: Settings, archive: Path, progress: ProgressFn) -> Du
                 counting = pool.submit(count_all, conn, counted)
                 try:
                     size, sha256, parts = _write(
-                        commands, [None, *slices], source, archive, level, progress,
-                        facts.database_size, parse_recipients(settings.encryption_recipients),
+                        commands, [None, *slices], settings.dump_jobs, source, archive, level,
+                        progress, facts.database_size,
+                        parse_recipients(settings.encryption_recipients),
                     )
                 except BaseException:
                     _stop(conn, counting)
@@ -246,6 +247,7 @@ def _dump_part(run: _PartRun, source: PgTarget, level: int, crew: Crew) -> None:
 def _write(
     commands: list[list[str]],
     pieces: Sequence[Slice | None],
+    jobs: int,
     source: PgTarget,
     archive: Path,
     level: int,
@@ -253,7 +255,7 @@ def _write(
     total: int,
     recipients: Sequence[Recipient] = (),
 ) -> tuple[int, str, list[Part]]:
-    """Run the parts' commands side by side, each compressed into an unnamed temporary file,
+    """Run the parts' commands, `jobs` at a time, each compressed into an unnamed temporary file,
     then join them [-> age] -> SHA-256 -> temporary name -> rename."""
     report = Progress("dumping", bytes_total=total)
     spool_dir = private_dir(archive.parent)
@@ -270,7 +272,7 @@ def _write(
 
             run_side_by_side(
                 [functools.partial(_dump_part, run, source, level) for run in runs],
-                len(runs),
+                jobs,
                 tick,
             )
             parts: list[Part] = []
