@@ -461,6 +461,30 @@ def test_unreachable_database_is_retried_then_failed(
     assert folder_contents(lifeos_env) == []
 
 
+def test_slices_log_in_with_the_password_from_the_environment(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, password_role: str, sliced: None
+) -> None:
+    """psql gets the password as PGPASSWORD, never in its arguments (which `ps` shows)."""
+    import lifeos_backup.procs as procs_module
+
+    seen: list[list[str]] = []
+    spawn = procs_module.spawn
+
+    def recording(args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(list(args))
+        return spawn(args, **kwargs)
+
+    with lifeos_database(pg_cluster) as source, pytest.MonkeyPatch.context() as patch:
+        patch.setattr(procs_module, "spawn", recording)
+        use_database(lifeos_env, pg_cluster, role_url(pg_cluster, source, PASSWORD))
+        backup_id = backup_now(lifeos_env)
+    _archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+    assert len(read_manifest(mpath).facts["parts"]) > 2
+    assert any(Path(args[0]).name == "psql" for args in seen)
+    assert not any(PASSWORD in arg for args in seen for arg in args)
+    assert PASSWORD not in mpath.read_text()
+
+
 def test_wrong_password_fails_at_once_without_leaking_it(
     lifeos_env: LifeosEnv, start_worker, pg_cluster: PostgresCluster, password_role: str
 ) -> None:
