@@ -35,14 +35,14 @@ from lifeos_backup import procs
 from lifeos_backup.errors import ConfigError, NotFound, PermanentError, TargetNotEmpty
 from lifeos_backup.fsutil import FILE_MODE, private_dir
 from lifeos_backup.manifest import Manifest
-from lifeos_backup.postgres.check import manifest_tables, read_tocs, verify_checksum
+from lifeos_backup.postgres.check import manifest_tables, verify_checksum
 from lifeos_backup.postgres.connect import connect
 from lifeos_backup.postgres.conninfo import PgTarget
 from lifeos_backup.postgres.parts import Part, PartSource, open_part, part_sources, parts_of
 from lifeos_backup.postgres.rows import SESSION, Slice
 from lifeos_backup.postgres.snapshot import count_rows
 from lifeos_backup.postgres.toc import SESSION as TOC_SESSION
-from lifeos_backup.postgres.toc import parse_toc, select_tables, use_list
+from lifeos_backup.postgres.toc import TocEntry, parse_toc, select_tables, use_list
 from lifeos_backup.postgres.tochead import copy_head
 from lifeos_backup.postgres.tools import Tool, require_restore_not_older, tool
 from lifeos_backup.procs import pid_alive
@@ -175,7 +175,7 @@ def run_restore(
         write_head(sources[0], algorithm, head)
         lists: list[list[str] | None] = [[] for _ in parts]
         if selective:
-            lists = use_lists(archive, manifest, pg_restore, work, wanted, progress)
+            lists = use_lists(parts, sources, algorithm, head, pg_restore, work, wanted)
             create_schemas(target, {schema for schema, _ in wanted})
         schema_list = lists[0] or []
         if force:
@@ -212,16 +212,29 @@ def write_head(source: PartSource, algorithm: str, head: Path) -> None:
 
 
 def use_lists(
-    archive: Path,
-    manifest: Manifest,
+    parts: list[Part],
+    sources: list[PartSource],
+    algorithm: str,
+    head: Path,
     pg_restore: Tool,
     work: Path,
     wanted: list[tuple[str, str]],
-    progress: ProgressFn,
 ) -> list[list[str] | None]:
     """`--use-list` arguments per part for a selective restore: part 0 the tables with what
-    depends only on them, the other parts the data of those tables (None: none of it there)."""
-    tocs = [parse_toc(text) for text in read_tocs(archive, manifest, pg_restore, progress)]
+    depends only on them, other pg_dump parts the data of those tables (None: none of it there,
+    or a COPY slice, chosen by its table). Only the parts' heads are read, not their data."""
+    tocs: list[list[TocEntry]] = []
+    for number, (part, source) in enumerate(zip(parts, sources, strict=True)):
+        if part.copy is not None:
+            tocs.append([])
+            continue
+        part_head = head if number == 0 else work / f"head-{number}.dump"
+        if number:
+            write_head(source, algorithm, part_head)
+        listed = procs.run(
+            [pg_restore.path, "--list", "--verbose", str(part_head)], capture_stdout=True
+        ).stdout or b""
+        tocs.append(parse_toc(listed.decode(errors="replace")))
     lists: list[list[str] | None] = []
     for number, toc in enumerate(tocs):
         if number == 0:

@@ -710,8 +710,8 @@ def test_an_archive_of_several_pg_dump_parts_still_verifies_and_restores(
 
     from lifeos_backup.manifest import write_manifest
 
-    restored = scratch_name("pg_dump_parts")
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
+    restored, scratch = scratch_name("pg_dump_parts"), scratch_name("pg_dump_part_one")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored, scratch):
         use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
         backup_id = backup_now(lifeos_env)
         archive, mpath = archive_and_manifest(lifeos_env, backup_id)
@@ -739,6 +739,13 @@ def test_an_archive_of_several_pg_dump_parts_still_verifies_and_restores(
         report = restore_postgres(archive, manifest, lifeos_env.settings(), restored, create=True)
         assert report.differences == []
         assert_identical(pg_cluster, source, restored)
+        report = restore_postgres(  # its data is in part 1: found from that part's head
+            archive, manifest, lifeos_env.settings(), scratch, create=True, tables=["characters"]
+        )
+        assert [(c.table, c.restored) for c in report.counts] == [("public.characters", 300)]
+        assert table_hashes(pg_cluster, scratch, ["characters"]) == table_hashes(
+            pg_cluster, source, ["characters"]
+        )
 
 
 def test_a_table_locked_away_makes_the_backup_wait_then_retry(
