@@ -676,6 +676,24 @@ def test_copy_slices_tile_every_table_and_restore_identical_whole_or_one_table(
         assert tables == [("characters",)]
 
 
+def test_a_slice_that_cannot_load_fails_the_restore_and_drops_what_it_created(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
+) -> None:
+    from lifeos_backup.errors import PermanentError
+
+    target = scratch_name("bad_slice")
+    with lifeos_database(pg_cluster) as source:
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        backup_id = backup_now(lifeos_env)
+        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+        manifest = read_manifest(mpath)
+        piece = next(p["copy"] for p in manifest.facts["parts"][1:] if p["copy"]["rows"])
+        piece["columns"][-1] = "no_such_column"
+        with pytest.raises(PermanentError, match=f"loading the rows of public.{piece['name']}"):
+            restore_postgres(archive, manifest, lifeos_env.settings(), target, create=True)
+    assert not pg_cluster.database_exists(target)
+
+
 def test_an_encrypted_archive_with_slices_restores_identical(
     lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None, tmp_path: Path
 ) -> None:
