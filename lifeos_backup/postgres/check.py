@@ -114,7 +114,8 @@ def _check_part(
     """One part: its table of contents (none for a slice), all of it decompressed, its length
     as dumped."""
     if part.copy is not None:
-        text, length = "", _drain(window, manifest, tick)
+        stream = decompressor(window, manifest.compression.algorithm)  # type: ignore[arg-type]
+        text, length = "", _feed(stream, None, tick)  # zstd checks the frame's checksum
     else:
         text, length = _list_part(window, manifest, pg_restore, tick)
     if window.read(1):
@@ -150,32 +151,22 @@ def _list_part(
         return listing.read().decode(errors="replace"), length
 
 
-def _drain(window: Window, manifest: Manifest, tick: Callable[[], None]) -> int:
-    """A slice decompressed to its end (zstd checks its checksum): its length."""
-    stream = decompressor(window, manifest.compression.algorithm)  # type: ignore[arg-type]
-    length = 0
-    while chunk := stream.read(CHUNK):
-        length += len(chunk)
-        tick()
-    return length
-
-
 def _report(progress: ProgressFn, report: Progress, raw: IO[bytes]) -> None:
     report.bytes_done = raw.tell()
     progress(report)
 
 
-def _feed(stream: IO[bytes], sink: IO[bytes], tick: Callable[[], None]) -> int:
-    """Copy `stream` into `sink` until the reader hangs up, then read `stream` to its end."""
+def _feed(stream: IO[bytes], sink: IO[bytes] | None, tick: Callable[[], None]) -> int:
+    """Copy `stream` into `sink` (if any) until the reader hangs up, then read `stream` to its
+    end; its length."""
     length = 0
-    listening = True
     while chunk := stream.read(CHUNK):
         length += len(chunk)
-        if listening:
+        if sink is not None:
             try:
                 sink.write(chunk)
             except BrokenPipeError:  # pg_restore --list is done after the table of contents
-                listening = False
+                sink = None
         tick()
     return length
 

@@ -150,7 +150,7 @@ def dump_args(psql: str, conninfo: str, snapshot: str, encoding: str, piece: Sli
 
 
 def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+    return sql.Literal(text).as_string(None)
 
 
 def lock_tables(conn: psycopg.Connection[tuple], slices: Sequence[Slice]) -> None:
