@@ -2,29 +2,45 @@
 
 Parallel pg_dump parts and parallel pg_restore streams need the same thing: N workers, progress
 ticks from the caller's thread, and on the first error every other command terminated, so that
-the error surfaces at once instead of after the slowest command, and is the one reported.
+the error surfaces at once instead of after the slowest command, and is the one reported. A job
+may queue a follow-up to start before the jobs still waiting (a restore builds a big table's
+indexes as soon as its rows are in, while other tables still load).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
 
 from lifeos_backup.procs import Process
 
+Job = Callable[["Crew"], None]
+
 
 class Crew:
-    """What the jobs share: the commands to stop, and the first error."""
+    """What the jobs share: the jobs not started yet, the commands to stop, and the first error."""
 
-    def __init__(self) -> None:
+    def __init__(self, jobs: Sequence[Job] = ()) -> None:
         self._lock = threading.Lock()
+        self._waiting: collections.deque[Job] = collections.deque(jobs)
         self._procs: list[Process] = []
         self.error: BaseException | None = None
         self.stopped = False
+
+    def next(self, job: Job) -> None:
+        """Start `job` before every job still waiting (on the first worker to come free)."""
+        with self._lock:
+            self._waiting.appendleft(job)
+
+    def _take(self) -> Job | None:
+        with self._lock:
+            if self.stopped or not self._waiting:
+                return None
+            return self._waiting.popleft()
 
     def track(self, proc: Process) -> None:
         """Register a job's command, so a failure elsewhere stops it."""
@@ -52,7 +68,7 @@ def _terminate(proc: Process) -> None:
 
 
 def run_side_by_side(
-    jobs: Sequence[Callable[[Crew], None]],
+    jobs: Sequence[Job],
     workers: int,
     tick: Callable[[], None] = lambda: None,
     interval: float = 0.5,
@@ -62,25 +78,30 @@ def run_side_by_side(
     The first job to fail stops the others (their own errors are consequences) and its error is
     raised once all have ended; an interrupt of the caller (e.g. a task time limit) stops all too.
     """
-    crew = Crew()
+    crew = Crew(jobs)
 
-    def guarded(job: Callable[[Crew], None]) -> None:
-        if crew.stopped:
-            return
-        try:
-            job(crew)
-        except BaseException as exc:
-            crew.stop(exc)
+    def work() -> None:
+        while (job := crew._take()) is not None:
+            try:
+                job(crew)
+            except BaseException as exc:
+                crew.stop(exc)
 
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="side-by-side") as pool:
-        futures = [pool.submit(guarded, job) for job in jobs]
-        try:
-            pending = set(futures)
-            while pending:
-                _, pending = wait(pending, timeout=interval)
+    threads = [
+        threading.Thread(target=work, name=f"side-by-side-{n}")
+        for n in range(max(1, min(workers, len(jobs))))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(interval)
                 tick()
-        except BaseException as exc:
-            crew.stop(exc)
-            raise
+    except BaseException as exc:
+        crew.stop(exc)
+        for thread in threads:
+            thread.join()
+        raise
     if crew.error is not None:
         raise crew.error

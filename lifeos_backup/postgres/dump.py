@@ -3,10 +3,10 @@
 Part 0 is `pg_dump -Fc -Z0` without the data of the big tables; each big table comes as COPY
 slices, each dumped by psql (parts.py, rows.py); all from the same exported snapshot, `dump_jobs`
 at a time. Each part's command writes to a pipe; a thread per part compresses it with zstd into
-an unnamed temporary file (compressed: the archive's size, never the dump's), in 1 MiB chunks,
-counting a slice's rows as they pass. The parts are then joined, hashed [and encrypted] under a
-temporary name (fsutil.atomic_writer). No uncompressed copy on disk, bounded memory whatever the
-database size. docs/decisions.md has the measurements.
+an unnamed temporary file (compressed: the archive's size, never the dump's), in 1 MiB chunks;
+psql reports a slice's rows when it is done. The parts are then joined, hashed [and encrypted]
+under a temporary name (fsutil.atomic_writer). No uncompressed copy on disk, bounded memory
+whatever the database size. docs/decisions.md has the measurements.
 
 Order matters for the failure modes: connect (unreachable: retryable; bad login: permanent), then
 compare pg_dump's version with the server's, and only then create the file. Whatever fails later
@@ -37,7 +37,13 @@ from lifeos_backup.fsutil import atomic_writer, private_dir
 from lifeos_backup.postgres.connect import connect, one_line
 from lifeos_backup.postgres.conninfo import PgTarget, postgres_configured
 from lifeos_backup.postgres.parts import Part
-from lifeos_backup.postgres.rows import Slice, candidates, lock_tables, plan_slices
+from lifeos_backup.postgres.rows import (
+    Slice,
+    candidates,
+    lock_tables,
+    plan_slices,
+    reported_rows,
+)
 from lifeos_backup.postgres.rows import dump_args as slice_args
 from lifeos_backup.postgres.snapshot import (
     DatabaseFacts,
@@ -216,7 +222,7 @@ def _stop(conn: psycopg.Connection[tuple], counting: Future[None]) -> None:
 @dataclass
 class _PartRun:
     """One part's command as it runs: its arguments, its spool file, the plain bytes seen, and
-    for a slice the slice, whose rows are counted on the way."""
+    for a slice the slice, whose rows psql reports at its end."""
 
     args: list[str]
     out: BinaryIO
@@ -234,13 +240,18 @@ def _dump_part(run: _PartRun, source: PgTarget, level: int, crew: Crew) -> None:
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         packer = compressor(run.out, ALGORITHM, level, threads=0)
-        rows = 0
         while chunk := proc.stdout.read(CHUNK):
             packer.write(chunk)
-            rows += chunk.count(b"\n")  # COPY text: one line per row
             run.done += len(chunk)
         packer.close()  # ends the zstd frame; the spool stays open
     if run.piece is not None:
+        rows = reported_rows(proc.stderr_tail())
+        if rows is None:
+            raise PermanentError(
+                f"psql did not report the rows it dumped of {run.piece.qualified}",
+                proc.stderr_tail()[-2000:],
+                "check the psql found by LIFEOS_PG_BIN_DIR (PostgreSQL 13 or newer)",
+            )
         run.piece.rows = rows
 
 

@@ -8,14 +8,16 @@ counts taken in the dump's snapshot.
 The sections run as the archive's parts allow (parts.py): the definitions (pre-data) from part 0;
 the data of all parts `jobs` at a time, each part streamed decompressed (no copy of the dump on
 disk) into its own pg_restore, or for a COPY slice of a big table into its own `COPY FROM STDIN`,
-so that several slices load one table at once; then keys, indexes and constraints (post-data)
-with `--jobs`, from the head of part 0 (tochead.py: header and table of contents, a small file
-pg_restore can seek in). The rows of the sliced tables are what their COPYs loaded (the server's
-count); the other tables are counted beside the post-data section.
+so that several slices load one table at once; a big table's own indexes and keys are built as
+soon as its last slice is in, before the parts still waiting; then the rest of the keys, indexes
+and constraints (post-data) with `--jobs`, from the head of part 0 (tochead.py: header and table
+of contents, a small file pg_restore can seek in). The rows of the sliced tables are what their
+COPYs loaded (the server's count); the other tables are counted beside the post-data section.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
@@ -23,6 +25,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,7 +45,13 @@ from lifeos_backup.postgres.parts import Part, PartSource, open_part, part_sourc
 from lifeos_backup.postgres.rows import SESSION, Slice
 from lifeos_backup.postgres.snapshot import count_rows
 from lifeos_backup.postgres.toc import SESSION as TOC_SESSION
-from lifeos_backup.postgres.toc import TocEntry, parse_toc, select_tables, use_list
+from lifeos_backup.postgres.toc import (
+    TocEntry,
+    own_post_data,
+    parse_toc,
+    select_tables,
+    use_list,
+)
 from lifeos_backup.postgres.tochead import copy_head
 from lifeos_backup.postgres.tools import Tool, require_restore_not_older, tool
 from lifeos_backup.procs import pid_alive
@@ -173,9 +182,12 @@ def run_restore(
         sources = part_sources(archive, manifest, parts, work)  # decrypted here if encrypted
         head = work / "head.dump"
         write_head(sources[0], algorithm, head)
+        toc = list_toc(pg_restore, head)
         lists: list[list[str] | None] = [[] for _ in parts]
+        chosen = toc
         if selective:
-            lists = use_lists(parts, sources, algorithm, head, pg_restore, work, wanted)
+            lists = use_lists(parts, sources, algorithm, toc, pg_restore, work, wanted)
+            chosen = select_tables(toc, wanted)
             create_schemas(target, {schema for schema, _ in wanted})
         schema_list = lists[0] or []
         if force:
@@ -185,11 +197,12 @@ def run_restore(
             [*base, "--section=pre-data", *schema_list, str(head)],
             env=target.env(), stdout=subprocess.DEVNULL,
         )
+        early, rest = plan_post_data(parts, chosen, wanted, base, head, work)
         report = Progress("restoring data", bytes_total=sum(max(p.dump_bytes, 0) for p in parts))
         encoding = str(manifest.facts.get("encoding") or "UTF8")
         loaded = load_data(
-            parts, sources, lists, wanted, base, target, jobs, algorithm, encoding, report,
-            progress,
+            parts, sources, lists, wanted, base, target, jobs, algorithm, encoding, early,
+            report, progress,
         )
         progress(Progress("restoring keys, indexes and constraints; counting rows"))
         with ThreadPoolExecutor(1, thread_name_prefix="row-count") as pool:
@@ -198,10 +211,49 @@ def run_restore(
             counting = pool.submit(compare_counts, target, manifest, wanted, loaded)
             parallel = [f"--jobs={jobs}"] if jobs > 1 else []
             procs.run(
-                [*base, "--section=post-data", *parallel, *schema_list, str(head)],
+                [*base, "--section=post-data", *parallel, *(rest or schema_list), str(head)],
                 env=target.env(), stdout=subprocess.DEVNULL,
             )
             return counting.result()
+
+
+def plan_post_data(
+    parts: list[Part],
+    chosen: list[TocEntry],
+    wanted: list[tuple[str, str]],
+    base: list[str],
+    head: Path,
+    work: Path,
+) -> tuple[dict[tuple[str, str], list[str]], list[str]]:
+    """The pg_restore command of each sliced table's own indexes and keys, built as soon as its
+    rows are in, and the use-list of the rest of the post-data (none: nothing built early)."""
+    sliced = {(p.copy.schema, p.copy.name) for p in parts if p.copy is not None}
+    early: dict[tuple[str, str], list[str]] = {}
+    built: set[int] = set()
+    for number, table in enumerate(t for t in wanted if t in sliced):
+        if entries := own_post_data(chosen, *table):
+            listed = write_use_list(work / f"post-data-{number}.txt", chosen, entries)
+            early[table] = [*base, "--section=post-data", listed, str(head)]
+            built.update(e.dump_id for e in entries)
+    if not built:
+        return early, []
+    others = [e for e in chosen if e.dump_id not in built]
+    return early, [write_use_list(work / "post-data-rest.txt", chosen, others)]
+
+
+def list_toc(pg_restore: Tool, dump: Path) -> list[TocEntry]:
+    """The table of contents of a pg_dump archive (its head is enough), with dependencies."""
+    listed = procs.run(
+        [pg_restore.path, "--list", "--verbose", str(dump)], capture_stdout=True
+    ).stdout or b""
+    return parse_toc(listed.decode(errors="replace"))
+
+
+def write_use_list(path: Path, toc: list[TocEntry], entries: list[TocEntry]) -> str:
+    """A `--use-list` file of `entries` (and the session set-up every restore needs)."""
+    ids = {e.dump_id for e in entries}
+    path.write_text(use_list(e for e in toc if e.dump_id in ids or e.desc in TOC_SESSION))
+    return f"--use-list={path}"
 
 
 def write_head(source: PartSource, algorithm: str, head: Path) -> None:
@@ -215,7 +267,7 @@ def use_lists(
     parts: list[Part],
     sources: list[PartSource],
     algorithm: str,
-    head: Path,
+    head_toc: list[TocEntry],
     pg_restore: Tool,
     work: Path,
     wanted: list[tuple[str, str]],
@@ -223,18 +275,16 @@ def use_lists(
     """`--use-list` arguments per part for a selective restore: part 0 the tables with what
     depends only on them, other pg_dump parts the data of those tables (None: none of it there,
     or a COPY slice, chosen by its table). Only the parts' heads are read, not their data."""
-    tocs: list[list[TocEntry]] = []
+    tocs: list[list[TocEntry]] = [head_toc]
     for number, (part, source) in enumerate(zip(parts, sources, strict=True)):
+        if number == 0:
+            continue
         if part.copy is not None:
             tocs.append([])
             continue
-        part_head = head if number == 0 else work / f"head-{number}.dump"
-        if number:
-            write_head(source, algorithm, part_head)
-        listed = procs.run(
-            [pg_restore.path, "--list", "--verbose", str(part_head)], capture_stdout=True
-        ).stdout or b""
-        tocs.append(parse_toc(listed.decode(errors="replace")))
+        part_head = work / f"head-{number}.dump"
+        write_head(source, algorithm, part_head)
+        tocs.append(list_toc(pg_restore, part_head))
     lists: list[list[str] | None] = []
     for number, toc in enumerate(tocs):
         if number == 0:
@@ -261,13 +311,18 @@ def load_data(
     jobs: int,
     algorithm: str,
     encoding: str,
+    follow_ups: dict[tuple[str, str], list[str]],
     report: Progress,
     progress: ProgressFn,
 ) -> dict[tuple[str, str], int]:
     """The data of every part, `jobs` parts at a time: pg_dump parts streamed into pg_restore,
-    slices into COPY. Returns the rows the slices loaded, per table."""
+    slices into COPY; once a sliced table's last slice is in, its `follow_ups` command (the
+    pg_restore of its own indexes and keys) runs before the parts still waiting. Returns the
+    rows the slices loaded, per table."""
     fed = [0] * len(sources)
     loaded: dict[tuple[str, str], list[int]] = {}
+    left: collections.Counter[tuple[str, str]] = collections.Counter()
+    counting = threading.Lock()
 
     def tick() -> None:
         report.bytes_done = sum(fed)
@@ -279,7 +334,13 @@ def load_data(
 
     def copy(number: int, piece: Slice, crew: Crew) -> None:
         rows = copy_into(piece, sources[number], algorithm, target, encoding, crew, fed, number)
-        loaded[(piece.schema, piece.name)].append(rows)
+        table = (piece.schema, piece.name)
+        with counting:
+            loaded[table].append(rows)
+            left[table] -= 1
+            last = left[table] == 0
+        if last and table in follow_ups:
+            crew.next(functools.partial(run_tracked, follow_ups[table], target))
 
     loads = []
     for number, (part, use) in enumerate(zip(parts, lists, strict=True)):
@@ -287,6 +348,7 @@ def load_data(
             loads.append(functools.partial(load, number, use))
         elif part.copy is not None and (part.copy.schema, part.copy.name) in wanted:
             loaded.setdefault((part.copy.schema, part.copy.name), [])
+            left[(part.copy.schema, part.copy.name)] += 1
             loads.append(functools.partial(copy, number, part.copy))
     run_side_by_side(loads, jobs, tick)
     return {table: sum(rows) for table, rows in loaded.items()}
@@ -321,6 +383,12 @@ def copy_into(
             target.redact(str(exc).strip()),
             "the target database is left as it is; restore into a new one with --create",
         ) from exc
+
+
+def run_tracked(args: list[str], target: PgTarget, crew: Crew) -> None:
+    """One pg_restore among the side-by-side jobs: stopped when another fails."""
+    with procs.spawn(args, env=target.env(), stdout=subprocess.DEVNULL) as proc:
+        crew.track(proc)
 
 
 def stream_into(

@@ -1,12 +1,14 @@
-"""Big tables as slices of plain COPY text: dumped side by side, restored side by side.
+"""Big tables as COPY slices: dumped side by side, restored side by side.
 
 pg_dump reads a table with one server process and pg_restore loads it with one; when one table
 holds most of the data (pgbench_accounts: 80 %), that table alone is the critical path of both.
 So every table bigger than `FLOOR` is cut into slices of its pages, each dumped by psql in the
-exported snapshot (`COPY (SELECT cols FROM ONLY t WHERE ctid >= '(a,0)' AND ctid < '(b,0)') TO
-STDOUT`, a TID range scan) and restored by its own `COPY t (cols) FROM STDIN`, several at once
-into the same table. A slice's rows are its newlines (COPY's text format escapes newlines in
-values), so the exact row count comes with the data instead of from a `count(*)` of its own.
+exported snapshot (`\\copy (SELECT cols FROM ONLY t WHERE ctid >= '(a,0)' AND ctid < '(b,0)')`,
+a TID range scan) and restored by its own `COPY t (cols) FROM STDIN`, several at once into the
+same table. COPY's binary format when every column has a built-in type with binary I/O (the
+server parses about a fifth less), its text format otherwise (extension and user types keep
+their text form across versions). psql reports the rows it copied (`ROW_COUNT`), so the exact
+row count comes with the data, counted by the server, instead of from a `count(*)` of its own.
 Everything else (definitions, small tables, sequence values, large objects) stays in pg_dump's
 part. docs/decisions.md has the measurements.
 """
@@ -14,6 +16,7 @@ part. docs/decisions.md has the measurements.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,25 +37,34 @@ SESSION = (
     " SET search_path = pg_catalog"
 )
 
-# Ordinary tables without row security (pg_dump handles the rest): their pages and the columns
-# COPY reads and writes (no dropped or generated ones), in the table's order.
+# Ordinary tables without row security (pg_dump handles the rest): their pages, the columns
+# COPY reads and writes (no dropped or generated ones) in the table's order, and whether every
+# column's type is built in (oid below FirstNormalObjectId) with binary send and receive
+# functions, its elements' too for an array.
 _CANDIDATES = """
     SELECT n.nspname, c.relname,
            pg_relation_size(c.oid) / current_setting('block_size')::int,
-           array_agg(a.attname ORDER BY a.attnum)
+           array_agg(a.attname ORDER BY a.attnum),
+           bool_and(t.oid < 16384 AND t.typsend <> 0 AND t.typreceive <> 0
+                    AND coalesce(e.typsend <> 0 AND e.typreceive <> 0, true))
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
                        AND a.attgenerated = ''
+    JOIN pg_type t ON t.oid = a.atttypid
+    LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typelem <> 0
     WHERE c.relkind = 'r' AND NOT c.relrowsecurity
     GROUP BY n.nspname, c.relname, c.oid
 """
+ROWS_MARK = "lifeos-rows"  # psql's report of the rows it copied, on its stderr
+_ROWS_RE = re.compile(ROWS_MARK + r" (\d+)")
 
 
 @dataclass
 class Slice:
-    """Pages [first_page, end_page) of one table (end_page None: to the table's end) as COPY
-    text; `rows` is filled in as the dump counts them."""
+    """Pages [first_page, end_page) of one table (end_page None: to the table's end) in COPY's
+    `format` (binary or text; archives before binary slices are all text); `rows` is filled in
+    from the server's count when the slice has been dumped."""
 
     schema: str
     name: str
@@ -60,36 +72,43 @@ class Slice:
     first_page: int
     end_page: int | None
     rows: int = 0
+    format: str = "text"
 
     @property
     def qualified(self) -> str:
         return f"{self.schema}.{self.name}"
 
     def copy_out(self) -> str:
-        """The COPY that dumps this slice (psql runs it in the exported snapshot)."""
+        """psql's `\\copy` that dumps this slice to its stdout (in the exported snapshot).
+
+        `\\copy` to a file name, unlike COPY TO STDOUT, sets psql's ROW_COUNT.
+        """
         where = [f"ctid >= '({self.first_page},0)'"] if self.first_page else []
         if self.end_page is not None:
             where.append(f"ctid < '({self.end_page},0)'")
-        query = sql.SQL("COPY (SELECT {} FROM ONLY {}.{}{}) TO STDOUT").format(
+        query = sql.SQL("\\copy (SELECT {} FROM ONLY {}.{}{}) TO '/dev/stdout' (FORMAT {})").format(
             sql.SQL(", ").join(map(sql.Identifier, self.columns)),
             sql.Identifier(self.schema),
             sql.Identifier(self.name),
             sql.SQL(" WHERE " + " AND ".join(where) if where else ""),
+            sql.SQL(self.format),
         )
         return query.as_string(None)
 
     def copy_in(self) -> sql.Composed:
         """The COPY that restores it."""
-        return sql.SQL("COPY {}.{} ({}) FROM STDIN").format(
+        return sql.SQL("COPY {}.{} ({}) FROM STDIN (FORMAT {})").format(
             sql.Identifier(self.schema),
             sql.Identifier(self.name),
             sql.SQL(", ").join(map(sql.Identifier, self.columns)),
+            sql.SQL(self.format),
         )
 
     def as_fact(self) -> dict[str, Any]:
         return {
             "schema": self.schema, "name": self.name, "columns": self.columns,
             "first_page": self.first_page, "end_page": self.end_page, "rows": self.rows,
+            "format": self.format,
         }
 
 
@@ -102,16 +121,28 @@ class Candidate:
     bytes: int
     pages: int
     columns: list[str] = field(default_factory=list)
+    binary: bool = False
 
 
 def candidates(conn: psycopg.Connection[tuple], sizes: dict[str, int]) -> list[Candidate]:
-    """The tables (among `sizes`, schema.name -> bytes) COPY slices can carry, in the snapshot."""
+    """The tables (among `sizes`, schema.name -> bytes) COPY slices can carry, in the snapshot.
+
+    A name with a line break stays with pg_dump: psql's `\\copy` must fit on one line.
+    """
     found = []
-    for schema, name, pages, columns in conn.execute(_CANDIDATES):
+    for schema, name, pages, columns, binary in conn.execute(_CANDIDATES):
         size = sizes.get(f"{schema}.{name}")
-        if size is not None and columns:
-            found.append(Candidate(schema, name, size, int(pages), list(columns)))
+        names = [schema, name, *(columns or [])]
+        if size is None or not columns or any("\n" in n or "\r" in n for n in names):
+            continue
+        found.append(Candidate(schema, name, size, int(pages), list(columns), bool(binary)))
     return found
+
+
+def reported_rows(stderr: str) -> int | None:
+    """The rows psql said it copied (dump_args has it print them), None if it said nothing."""
+    found = _ROWS_RE.findall(stderr)
+    return int(found[-1]) if found else None
 
 
 def plan_slices(tables: Sequence[Candidate], jobs: int, server_version_num: int) -> list[Slice]:
@@ -131,7 +162,10 @@ def plan_slices(tables: Sequence[Candidate], jobs: int, server_version_num: int)
         bounds = [table.pages * i // count for i in range(count)]
         for i, first in enumerate(bounds):
             end = bounds[i + 1] if i + 1 < count else None
-            piece = Slice(table.schema, table.name, table.columns, first, end)
+            piece = Slice(
+                table.schema, table.name, table.columns, first, end,
+                format="binary" if table.binary else "text",
+            )
             slices.append((table.bytes / count, piece))
     slices.sort(key=lambda item: (-item[0], item[1].qualified, item[1].first_page))
     return [piece for _, piece in slices]
@@ -145,6 +179,7 @@ def dump_args(psql: str, conninfo: str, snapshot: str, encoding: str, piece: Sli
         "-c", "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY",
         "-c", f"SET TRANSACTION SNAPSHOT {_literal(snapshot)}",
         "-c", piece.copy_out(),
+        "-c", f"\\warn {ROWS_MARK} :ROW_COUNT",
         "-c", "COMMIT",
     ]
 

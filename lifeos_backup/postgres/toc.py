@@ -3,7 +3,8 @@
 Verify uses it to prove every table of the manifest is in the archive (definition and data).
 Single-table restore uses it to build the `--use-list` file: pg_restore's own `--table` restores a
 table's definition and rows but none of its primary key, indexes, defaults or owned sequences, so
-the list here also takes every entry that depends only on the chosen tables.
+the list here also takes every entry that depends only on the chosen tables. The restore also
+picks each big table's own indexes and keys, to build them as soon as its rows are in.
 """
 
 from __future__ import annotations
@@ -46,6 +47,22 @@ _FOLLOWERS = frozenset(
         "ROW SECURITY", "COMMENT", "SECURITY LABEL", "ACL", "STATISTICS",
     }
 )
+
+
+# Entries a table's rows must precede (pg_restore waits for TABLE DATA before them, too): other
+# relations, data, and the post-data section.
+_AFTER_DATA = frozenset(
+    {
+        "TABLE", "MATERIALIZED VIEW", "FOREIGN TABLE", "TABLE DATA", "MATERIALIZED VIEW DATA",
+        "SEQUENCE SET", "BLOB", "BLOBS", "BLOB METADATA", "LARGE OBJECT", "INDEX",
+        "INDEX ATTACH", "STATISTICS", "CONSTRAINT", "CHECK CONSTRAINT", "FK CONSTRAINT",
+        "TRIGGER", "EVENT TRIGGER", "RULE", "POLICY", "PUBLICATION", "PUBLICATION TABLE",
+        "PUBLICATION TABLES IN SCHEMA", "SUBSCRIPTION", "SUBSCRIPTION TABLE",
+    }
+)
+# What a table's own post-data entries can be: built from its rows alone; and what follows them.
+_OWN_POST_DATA = frozenset({"INDEX", "CONSTRAINT", "CHECK CONSTRAINT"})
+_NOTES = frozenset({"COMMENT", "SECURITY LABEL"})
 
 
 @dataclass(frozen=True)
@@ -131,6 +148,33 @@ def select_tables(
                 chosen.add(entry.dump_id)
                 grew = True
     return [e for e in entries if e.dump_id in chosen or e.desc in SESSION]
+
+
+def own_post_data(entries: Sequence[TocEntry], schema: str, name: str) -> list[TocEntry]:
+    """The indexes and keys of schema.name that need nothing but its rows and the definitions
+    (pre-data), with their comments: they can be built while other tables still load. A foreign
+    key, or an index depending on another table or on anything of the post-data, waits for the
+    end.
+
+    The comments must come along: pg_restore gives a comment the section of the entry before it
+    in the list, and without its index before it, it would fall out of the post-data section.
+    """
+    by_id = {e.dump_id: e for e in entries}
+    table = next((e.dump_id for e in entries if e.names("TABLE", schema, name)), None)
+    if table is None:
+        return []
+
+    def ready(dep: int) -> bool:
+        found = by_id.get(dep)
+        return dep == table or (found is not None and found.desc not in _AFTER_DATA)
+
+    own = {
+        e.dump_id
+        for e in entries
+        if e.desc in _OWN_POST_DATA and table in e.deps and all(ready(d) for d in e.deps)
+    }
+    notes = {e.dump_id for e in entries if e.desc in _NOTES and e.deps and set(e.deps) <= own}
+    return [e for e in entries if e.dump_id in own | notes]
 
 
 def use_list(entries: Iterable[TocEntry]) -> str:

@@ -676,6 +676,47 @@ def test_copy_slices_tile_every_table_and_restore_identical_whole_or_one_table(
         assert tables == [("characters",)]
 
 
+ODD_TABLE = 'we"ird (t)'
+ODD_SCHEMA = """
+CREATE TYPE mood AS ENUM ('calm', 'wild');
+CREATE TABLE "we""ird (t)" (id int PRIMARY KEY, feeling mood, "na me" text);
+CREATE INDEX odd_feeling ON "we""ird (t)" (feeling);
+COMMENT ON INDEX odd_feeling IS 'index comment, restored after the index';
+INSERT INTO "we""ird (t)"
+SELECT g, (ARRAY['calm', 'wild'])[1 + g % 2]::mood,
+       CASE WHEN g % 3 = 0 THEN NULL ELSE 'n°' || g END
+FROM generate_series(1, 500) g;
+"""
+
+
+def test_slices_are_binary_for_built_in_types_text_for_others_and_both_restore(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
+) -> None:
+    """COPY binary needs the same types on both sides: a user type (enum) stays text. psql's
+    \\copy must take any quoted name; an index comment follows its early-built index."""
+    restored = scratch_name("formats")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
+        with psycopg.connect(pg_cluster.url(source), autocommit=True) as conn:
+            conn.execute(ODD_SCHEMA)
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        backup_id = backup_now(lifeos_env)
+        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+        manifest = read_manifest(mpath)
+        formats = {
+            (p["copy"]["name"], p["copy"]["format"]) for p in manifest.facts["parts"][1:]
+        }
+        assert formats == {(t, "binary") for t in TABLES} | {(ODD_TABLE, "text")}
+        counts = {t["name"]: t["rows"] for t in manifest.facts["tables"]}
+        assert counts[ODD_TABLE] == 500 and counts["characters"] == 300
+
+        report = restore_postgres(archive, manifest, lifeos_env.settings(), restored, create=True)
+        assert report.differences == [] and len(report.counts) == 7
+        assert_identical(pg_cluster, source, restored)
+        assert table_hashes(pg_cluster, restored, [ODD_TABLE]) == table_hashes(
+            pg_cluster, source, [ODD_TABLE]
+        )
+
+
 def test_a_slice_that_cannot_load_fails_the_restore_and_drops_what_it_created(
     lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
 ) -> None:

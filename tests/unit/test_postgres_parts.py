@@ -12,7 +12,13 @@ from lifeos_backup.errors import ConfigError, NotFound, SourceUnavailable
 from lifeos_backup.postgres.connect import AuthenticationFailed, classify_connect_error
 from lifeos_backup.postgres.conninfo import PgTarget
 from lifeos_backup.postgres.dump import dump_args
-from lifeos_backup.postgres.toc import missing_tables, parse_toc, select_tables, use_list
+from lifeos_backup.postgres.toc import (
+    missing_tables,
+    own_post_data,
+    parse_toc,
+    select_tables,
+    use_list,
+)
 from lifeos_backup.postgres.tools import Tool, ToolTooOld, parse_version, require_dump_not_older
 from lifeos_backup.settings import Settings
 
@@ -157,6 +163,29 @@ def test_single_table_selection_takes_keys_indexes_and_owned_sequences_only() ->
     assert 3213 in {e.dump_id for e in both} and 218 not in {e.dump_id for e in both}
 
 
+def test_a_tables_own_indexes_and_keys_are_those_needing_only_its_rows() -> None:
+    extra = """\
+230; 1255 16420 FUNCTION public f(integer) postgres
+3214; 1259 16410 INDEX public outfits_expr_idx postgres
+;\tdepends on: 217 230
+3215; 1259 16411 INDEX public outfits_odd_idx postgres
+;\tdepends on: 217 999
+3216; 2606 16412 CONSTRAINT public outfits outfits_excl postgres
+;\tdepends on: 217 3210
+3217; 0 0 COMMENT public INDEX outfits_expr_idx postgres
+;\tdepends on: 3214
+3218; 0 0 COMMENT public INDEX outfits_odd_idx postgres
+;\tdepends on: 3215
+"""
+    entries = parse_toc(TOC + extra)
+    assert [e.dump_id for e in own_post_data(entries, "public", "characters")] == [3210, 3208]
+    # A function is a definition (restored first); an unknown entry, another table's key, the
+    # foreign key: they wait for the end.
+    # A comment on an index comes with it (pg_restore gives it the section of the entry before).
+    assert [e.dump_id for e in own_post_data(entries, "public", "outfits")] == [3212, 3214, 3217]
+    assert own_post_data(entries, "public", "ghosts") == []
+
+
 def test_postgres_is_scheduled_only_with_a_database(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE"):
         monkeypatch.delenv(name, raising=False)
@@ -207,27 +236,31 @@ def test_big_tables_are_cut_into_slices_of_about_equal_pages_biggest_first() -> 
 
 
 def test_a_slice_copies_exactly_its_pages_and_columns_whatever_the_names() -> None:
-    from lifeos_backup.postgres.rows import Slice, dump_args
+    from lifeos_backup.postgres.rows import Slice, dump_args, reported_rows
 
     odd = Slice("My.Schema", 'we"ird*?', ["id", "Naïve col"], 0, 10)
     assert odd.copy_out() == (
-        'COPY (SELECT "id", "Naïve col" FROM ONLY "My.Schema"."we""ird*?"'
-        " WHERE ctid < '(10,0)') TO STDOUT"
+        '\\copy (SELECT "id", "Naïve col" FROM ONLY "My.Schema"."we""ird*?"'
+        " WHERE ctid < '(10,0)') TO '/dev/stdout' (FORMAT text)"
     )
-    middle = Slice("public", "t", ["a"], 10, 20)
+    middle = Slice("public", "t", ["a"], 10, 20, format="binary")
     assert "WHERE ctid >= '(10,0)' AND ctid < '(20,0)'" in middle.copy_out()
-    assert middle.copy_out().startswith('COPY (SELECT "a" FROM ONLY "public"."t"')
+    assert middle.copy_out().startswith('\\copy (SELECT "a" FROM ONLY "public"."t"')
+    assert middle.copy_out().endswith("(FORMAT binary)")
     last = Slice("public", "t", ["a"], 20, None)
-    assert last.copy_out().endswith("WHERE ctid >= '(20,0)') TO STDOUT")
+    assert last.copy_out().endswith("WHERE ctid >= '(20,0)') TO '/dev/stdout' (FORMAT text)")
     assert Slice("public", "t", ["a"], 0, None).copy_out() == (
-        'COPY (SELECT "a" FROM ONLY "public"."t") TO STDOUT'
+        '\\copy (SELECT "a" FROM ONLY "public"."t") TO \'/dev/stdout\' (FORMAT text)'
     )
     assert odd.copy_in().as_string(None) == (
-        'COPY "My.Schema"."we""ird*?" ("id", "Naïve col") FROM STDIN'
+        'COPY "My.Schema"."we""ird*?" ("id", "Naïve col") FROM STDIN (FORMAT text)'
     )
+    assert middle.copy_in().as_string(None).endswith("FROM STDIN (FORMAT binary)")
     args = dump_args("psql", "host=h dbname=d", "0000-1", "UTF8", middle)
     assert "SET TRANSACTION SNAPSHOT '0000-1'" in args and args[-1] == "COMMIT"
     assert "--dbname=host=h dbname=d" in args and "--no-password" in args
+    assert args[args.index(middle.copy_out()) + 2] == "\\warn lifeos-rows :ROW_COUNT"
+    assert reported_rows("lifeos-rows 12\n") == 12 and reported_rows("oops\n") is None
 
 
 def test_part_patterns_match_exactly_one_table_whatever_its_name() -> None:
@@ -247,12 +280,17 @@ def test_parts_round_trip_through_the_manifest_facts() -> None:
     from lifeos_backup.postgres.parts import Part, parts_of
     from lifeos_backup.postgres.rows import Slice
 
-    piece = Slice("public", "t", ["a", "b"], 0, 7, rows=42)
+    piece = Slice("public", "t", ["a", "b"], 0, 7, rows=42, format="binary")
     parts = [Part(0, 10, 100, ["public.small"]), Part(10, 5, 50, ["public.t"], piece)]
     facts = [p.as_fact() for p in parts]
     assert "copy" not in facts[0] and facts[1]["copy"]["rows"] == 42
     manifest = Manifest.model_construct(facts={"parts": facts})
     assert parts_of(manifest) == parts
+    # Slices written before binary ones have no format: they are COPY text.
+    del facts[1]["copy"]["format"]
+    [_, old] = parts_of(Manifest.model_construct(facts={"parts": facts}))
+    assert old.copy is not None and old.copy.format == "text"
+    assert old.copy.copy_in().as_string(None).endswith("FROM STDIN (FORMAT text)")
 
 
 def test_a_window_never_reads_past_its_part() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
@@ -60,3 +61,20 @@ def test_queued_jobs_do_not_start_after_a_failure() -> None:
     with pytest.raises(ValueError, match="first"):
         run_side_by_side([failing, later, later], workers=1, interval=0.01)
     assert started == ["failing"]
+
+
+def test_a_follow_up_job_starts_before_the_jobs_still_waiting() -> None:
+    order: list[str] = []
+
+    def first(crew: Crew) -> None:
+        order.append("first")
+        crew.next(lambda _crew: order.append("follow-up"))
+
+    def plain(name: str) -> Callable[[Crew], None]:
+        return lambda _crew: order.append(name)
+
+    run_side_by_side([first, plain("a"), plain("b")], workers=1, interval=0.01)
+    assert order == ["first", "follow-up", "a", "b"]
+    order.clear()
+    run_side_by_side([plain("a"), first], workers=2, interval=0.01)  # last job's follow-up
+    assert sorted(order) == ["a", "first", "follow-up"]
