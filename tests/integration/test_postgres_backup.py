@@ -807,6 +807,28 @@ def test_an_archive_of_several_pg_dump_parts_still_verifies_and_restores(
         )
 
 
+def test_a_psql_that_does_not_report_its_rows_fails_the_backup_without_a_file(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The manifest's row counts are the server's; with none reported there is no backup."""
+    from lifeos_backup.errors import PermanentError
+    from lifeos_backup.postgres import dump, rows
+
+    def silent(*args, **kwargs) -> list[str]:
+        argv = rows.dump_args(*args, **kwargs)
+        at = next(i for i, a in enumerate(argv) if a.startswith("\\warn"))
+        return argv[: at - 1] + argv[at + 1 :]  # without that `-c \\warn ...`
+
+    monkeypatch.setattr(dump, "slice_args", silent)
+    with lifeos_database(pg_cluster) as source:
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        with pytest.raises(PermanentError, match="did not report the rows"):
+            create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog(), reason="t")
+    assert [r.status for r in lifeos_env.catalog().list(kind="postgres")] == [FAILED]
+    assert folder_contents(lifeos_env) == []
+
+
 def test_a_table_locked_away_makes_the_backup_wait_then_retry(
     lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None,
     monkeypatch: pytest.MonkeyPatch,
