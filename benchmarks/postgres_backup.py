@@ -111,24 +111,6 @@ def build_database(cluster: Any, scale: int, documents: int) -> dict[str, str]:
     }
 
 
-def warm_up(cluster: Any, work: Path) -> None:
-    """One untimed restore of the database before the rounds: the first restore into a new
-    cluster is slower whoever runs it (the same restore: 7.35-7.95 s, then 5.0-5.4 s), and the
-    rotation would hand that penalty to the first restore contender of round 1 every time."""
-    dump, scratch = work / "warm-up.dump", "warm_up"
-    subprocess.run(
-        [str(cluster.bindir / "pg_dump"), "-Fc", "-Z0", "-f", str(dump), "-d", cluster.url(DB)],
-        check=True, capture_output=True,
-    )
-    cluster.create_database(scratch)
-    subprocess.run(
-        [str(cluster.bindir / "pg_restore"), "-j2", "-d", cluster.url(scratch), str(dump)],
-        check=True, capture_output=True,
-    )
-    cluster.drop_database(scratch)
-    dump.unlink()
-
-
 def checkpoint(cluster: Any) -> None:
     """Flush dirty buffers so one restore's writes do not slow the next contender."""
     psql(cluster, "postgres", "-c", "CHECKPOINT")
@@ -447,7 +429,6 @@ def main(argv: list[str] | None = None) -> int:
                        "full_page_writes=off (tests/support/services.py), default memory",
         })
         facts.update(build_database(cluster, args.scale, args.documents))
-        warm_up(cluster, work)
         facts["load average"] = f"{load_average()} at start"
         bench = Bench(cluster, work, redis_server.url(1))
         backups = [
