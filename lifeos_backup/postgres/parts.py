@@ -1,12 +1,13 @@
 """A PostgreSQL archive in parts: pg_dump's custom archive, then COPY slices of big tables.
 
 Part 0 is an ordinary custom-format archive of the whole schema and of the data of every table
-not carried by a slice (rows.py); every other part is one slice of one big table, COPY text.
-Each part is compressed with zstd on its own and the archive file is the parts one after the
-other; the manifest records where each starts, and for a slice its table, columns and rows
-(docs/postgres.md shows how to restore one by hand). The parts are dumped side by side from one
-snapshot and restored side by side. Archives of earlier versions are read too: one part (the
-whole file), or several pg_dump archives (part 0 with the schema, the others `--data-only`).
+not carried by a slice (rows.py); every other part is one slice of one big table, in COPY's
+binary or text format. Each part is compressed with zstd on its own and the archive file is the
+parts one after the other; the manifest records where each starts, and for a slice its table,
+columns, rows and format (docs/postgres.md shows how to restore one by hand). The parts are
+dumped side by side from one snapshot and restored side by side. Archives of earlier versions
+are read too: one part (the whole file), or several pg_dump archives (part 0 with the schema,
+the others `--data-only`).
 """
 
 from __future__ import annotations
