@@ -186,8 +186,8 @@ def run_restore(
         lists: list[list[str] | None] = [[] for _ in parts]
         chosen = toc
         if selective:
-            lists = use_lists(parts, sources, algorithm, toc, pg_restore, work, wanted)
             chosen = select_tables(toc, wanted)
+            lists = use_lists(parts, sources, algorithm, chosen, pg_restore, work, wanted)
             create_schemas(target, {schema for schema, _ in wanted})
         schema_list = lists[0] or []
         if force:
@@ -267,32 +267,24 @@ def use_lists(
     parts: list[Part],
     sources: list[PartSource],
     algorithm: str,
-    head_toc: list[TocEntry],
+    head_chosen: list[TocEntry],
     pg_restore: Tool,
     work: Path,
     wanted: list[tuple[str, str]],
 ) -> list[list[str] | None]:
-    """`--use-list` arguments per part for a selective restore: part 0 the tables with what
-    depends only on them, other pg_dump parts the data of those tables (None: none of it there,
-    or a COPY slice, chosen by its table). Only the parts' heads are read, not their data."""
-    tocs: list[list[TocEntry]] = [head_toc]
-    for number, (part, source) in enumerate(zip(parts, sources, strict=True)):
-        if number == 0:
-            continue
-        if part.copy is not None:
-            tocs.append([])
-            continue
-        part_head = work / f"head-{number}.dump"
-        write_head(source, algorithm, part_head)
-        tocs.append(list_toc(pg_restore, part_head))
+    """`--use-list` arguments per part for a selective restore: part 0 `head_chosen` (the tables
+    with what depends only on them), other pg_dump parts the data of those tables (None: none of
+    it there, or a COPY slice, chosen by its table). Only the parts' heads are read."""
     lists: list[list[str] | None] = []
-    for number, toc in enumerate(tocs):
-        if number == 0:
-            chosen = select_tables(toc, wanted)
-        else:
+    for number, (part, source) in enumerate(zip(parts, sources, strict=True)):
+        chosen = head_chosen
+        if number and part.copy is None:
+            part_head = work / f"head-{number}.dump"
+            write_head(source, algorithm, part_head)
+            toc = list_toc(pg_restore, part_head)
             data = [e for e in toc if any(e.names("TABLE DATA", s, n) for s, n in wanted)]
             chosen = [e for e in toc if e.desc in TOC_SESSION] + data if data else []
-        if number and not chosen:
+        if number and not (part.copy is None and chosen):
             lists.append(None)
             continue
         path = work / f"use-list-{number}.txt"
