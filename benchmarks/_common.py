@@ -287,6 +287,32 @@ def load_average() -> str:
     return f"{one:.2f} {five:.2f} {fifteen:.2f}"
 
 
+# A CPU-bound job of about a second: SHA-256 over the same 1 MiB, in a fresh interpreter.
+_CPU_JOB = (
+    "import hashlib; h = hashlib.sha256(); d = bytes(1 << 20)\nfor _ in range(1200): h.update(d)"
+)
+
+
+def two_core_check(rounds: int = 3) -> str:
+    """One CPU-bound job alone, then two at once (medians of `rounds`): on two real cores both
+    take the same time; when the host lends less (a busy neighbour, two vCPUs sharing a core),
+    "two at once" is slower, and so is every parallel contender against a serial one."""
+
+    def timed(copies: int) -> float:
+        start = time.perf_counter()
+        jobs = [subprocess.Popen([sys.executable, "-c", _CPU_JOB]) for _ in range(copies)]
+        if any(job.wait() for job in jobs):
+            raise ChildFailed("the two-core check's job failed")
+        return time.perf_counter() - start
+
+    alone, paired = [], []
+    for _ in range(rounds):
+        alone.append(timed(1))
+        paired.append(timed(2))
+    one, two = median(alone), median(paired)
+    return f"one job {one:.2f} s, two at once {two:.2f} s ({two / one:.2f}x; 1.00x: two full cores)"
+
+
 def git_revision(repo: str | Path, paths: Sequence[str] = ()) -> str:
     """Short HEAD of `repo`, noting uncommitted changes under `paths` (the code measured)."""
 

@@ -1,6 +1,6 @@
 """Benchmark: PostgreSQL backup and restore vs `pg_dump | gzip`, `pg_dump -Fc`, psql, pg_restore.
 
-    .venv/bin/python benchmarks/postgres_backup.py [--scale 70] [--documents 600000] [--repeat 3]
+    .venv/bin/python benchmarks/postgres_backup.py [--scale 70] [--documents 600000] [--repeat 5]
 
 Starts a throwaway PostgreSQL cluster (the test suite's, tests/support/services.py), fills a
 database of about 1 GB (`pgbench -i -s 70` plus a JSONB `documents` table), then runs every
@@ -46,6 +46,7 @@ from _common import (  # the folder is not a package; sys.path is set above
     run_callable,
     run_measured,
     tool_version,
+    two_core_check,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -410,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale (default 70)")
     parser.add_argument("--documents", type=int, default=600_000, help="JSONB rows")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (medians)")
+    parser.add_argument("--repeat", type=int, default=5, help="runs per contender (medians)")
     args = parser.parse_args(argv)
 
     from tests.support.services import PostgresCluster, RedisServer
@@ -430,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         })
         facts.update(build_database(cluster, args.scale, args.documents))
         facts["load average"] = f"{load_average()} at start"
+        facts["two cores"] = f"{two_core_check()} at start"
         bench = Bench(cluster, work, redis_server.url(1))
         backups = [
             Contender("ours", "lifeos create+verify", bench.ours_backup),
@@ -461,6 +463,7 @@ def main(argv: list[str] | None = None) -> int:
         worker_rss = worker.stop()
         worker = None
         facts["load average"] += f", {load_average()} at end"
+        facts["two cores"] += f"; {two_core_check()} at end"
         text, ok = report(backups, restores, worker_rss)
         print()
         print(facts_block(facts))
