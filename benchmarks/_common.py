@@ -293,10 +293,11 @@ _CPU_JOB = (
     "import hashlib; h = hashlib.sha256(); d = bytes(1 << 20)\nfor _ in range(1200): h.update(d)"
 )
 _WRITE_JOB = """\
-import os, sys, tempfile
+import sys, tempfile
+block = b"1" * (1 << 20)
 with tempfile.NamedTemporaryFile(dir=sys.argv[1]) as out:
     for _ in range(768):
-        out.write(b"1" * (1 << 20))
+        out.write(block)
 """
 
 
