@@ -4,7 +4,9 @@ Parallel pg_dump parts and parallel pg_restore streams need the same thing: N wo
 ticks from the caller's thread, and on the first error every other command terminated, so that
 the error surfaces at once instead of after the slowest command, and is the one reported. A job
 may queue a follow-up to start before the jobs still waiting (a restore builds a big table's
-indexes as soon as its rows are in, while other tables still load).
+indexes as soon as its rows are in, while other tables still load). A job may name a group
+(`Apart`): a free worker prefers a waiting job whose group is not running already (two COPYs into
+one table queue on its extension lock).
 """
 
 from __future__ import annotations
@@ -14,11 +16,27 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 
 from lifeos_backup.procs import Process
 
 Job = Callable[["Crew"], None]
+
+
+@dataclass(frozen=True)
+class Apart:
+    """A job of a `group` that runs beside another of its group only when nothing else waits."""
+
+    group: Hashable
+    job: Job
+
+    def __call__(self, crew: Crew) -> None:
+        self.job(crew)
+
+
+def _group(job: Job) -> Hashable | None:
+    return job.group if isinstance(job, Apart) else None
 
 
 class Crew:
@@ -28,6 +46,7 @@ class Crew:
         self._lock = threading.Lock()
         self._waiting: collections.deque[Job] = collections.deque(jobs)
         self._procs: list[Process] = []
+        self._running: collections.Counter[Hashable] = collections.Counter()
         self.error: BaseException | None = None
         self.stopped = False
 
@@ -36,11 +55,20 @@ class Crew:
         with self._lock:
             self._waiting.appendleft(job)
 
-    def _take(self) -> Job | None:
+    def _take(self, done: Job | None = None) -> Job | None:
+        """The next job for a free worker (`done`: the job it has just finished, if any)."""
         with self._lock:
+            if done is not None:
+                self._running[_group(done)] -= 1
             if self.stopped or not self._waiting:
                 return None
-            return self._waiting.popleft()
+            job = next(
+                (j for j in self._waiting if _group(j) is None or not self._running[_group(j)]),
+                self._waiting[0],
+            )
+            self._waiting.remove(job)
+            self._running[_group(job)] += 1
+            return job
 
     def track(self, proc: Process) -> None:
         """Register a job's command, so a failure elsewhere stops it."""
@@ -81,11 +109,13 @@ def run_side_by_side(
     crew = Crew(jobs)
 
     def work() -> None:
-        while (job := crew._take()) is not None:
+        job = crew._take()
+        while job is not None:
             try:
                 job(crew)
             except BaseException as exc:
                 crew.stop(exc)
+            job = crew._take(job)
 
     threads = [
         threading.Thread(target=work, name=f"side-by-side-{n}")

@@ -57,7 +57,7 @@ from lifeos_backup.postgres.tools import Tool, require_restore_not_older, tool
 from lifeos_backup.procs import pid_alive
 from lifeos_backup.progress import Progress, ProgressFn, ignore
 from lifeos_backup.settings import Settings
-from lifeos_backup.sidebyside import Crew, run_side_by_side
+from lifeos_backup.sidebyside import Apart, Crew, run_side_by_side
 from lifeos_backup.streams import CHUNK
 
 log = logging.getLogger(__name__)
@@ -309,8 +309,9 @@ def load_data(
 ) -> dict[tuple[str, str], int]:
     """The data of every part, `jobs` parts at a time: pg_dump parts streamed into pg_restore,
     slices into COPY; once a sliced table's last slice is in, its `follow_ups` command (the
-    pg_restore of its own indexes and keys) runs before the parts still waiting. Returns the
-    rows the slices loaded, per table."""
+    pg_restore of its own indexes and keys) runs before the parts still waiting. Slices of one
+    table run side by side only when nothing else waits: their COPYs queue on the table's
+    extension lock (docs/decisions.md). Returns the rows the slices loaded, per table."""
     fed = [0] * len(sources)
     loaded: dict[tuple[str, str], list[int]] = {}
     left: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -339,9 +340,10 @@ def load_data(
         if part.copy is None and use is not None:
             loads.append(functools.partial(load, number, use))
         elif part.copy is not None and (part.copy.schema, part.copy.name) in wanted:
-            loaded.setdefault((part.copy.schema, part.copy.name), [])
-            left[(part.copy.schema, part.copy.name)] += 1
-            loads.append(functools.partial(copy, number, part.copy))
+            table = (part.copy.schema, part.copy.name)
+            loaded.setdefault(table, [])
+            left[table] += 1
+            loads.append(Apart(table, functools.partial(copy, number, part.copy)))
     run_side_by_side(loads, jobs, tick)
     return {table: sum(rows) for table, rows in loaded.items()}
 

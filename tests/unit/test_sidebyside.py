@@ -10,7 +10,7 @@ import pytest
 
 from lifeos_backup import procs
 from lifeos_backup.errors import CommandFailed
-from lifeos_backup.sidebyside import Crew, run_side_by_side
+from lifeos_backup.sidebyside import Apart, Crew, run_side_by_side
 
 
 def _long(crew: Crew) -> None:
@@ -78,3 +78,30 @@ def test_a_follow_up_job_starts_before_the_jobs_still_waiting() -> None:
     order.clear()
     run_side_by_side([plain("a"), first], workers=2, interval=0.01)  # last job's follow-up
     assert sorted(order) == ["a", "first", "follow-up"]
+
+
+def test_a_free_worker_takes_a_job_of_another_group_first() -> None:
+    """Two slices of one table would queue on its extension lock: the other table's goes beside."""
+    started: list[str] = []
+    other_started = threading.Event()
+
+    def job(name: str) -> Callable[[Crew], None]:
+        def run(_crew: Crew) -> None:
+            started.append(name)
+            if name == "u1":
+                other_started.set()
+            if name == "t1":
+                assert other_started.wait(5), "the second worker took t2 beside t1"
+
+        return run
+
+    jobs = [Apart("t", job("t1")), Apart("t", job("t2")), Apart("u", job("u1"))]
+    run_side_by_side(jobs, workers=2, interval=0.01)
+    assert set(started[:2]) == {"t1", "u1"}
+    assert started[2] == "t2"
+
+
+def test_jobs_of_one_group_run_side_by_side_when_nothing_else_waits() -> None:
+    both = threading.Barrier(2, timeout=5)
+    run_side_by_side([Apart("t", lambda _c: both.wait()) for _ in range(2)], workers=2,
+                     interval=0.01)
