@@ -62,13 +62,16 @@ class Crew:
                 self._running[_group(done)] -= 1
             if self.stopped or not self._waiting:
                 return None
-            job = next(
-                (j for j in self._waiting if _group(j) is None or not self._running[_group(j)]),
-                self._waiting[0],
-            )
-            self._waiting.remove(job)
+            index = next((i for i, job in enumerate(self._waiting) if self._free(job)), 0)
+            job = self._waiting[index]
+            del self._waiting[index]
             self._running[_group(job)] += 1
             return job
+
+    def _free(self, job: Job) -> bool:
+        """No job of `job`'s group is running (a job without a group is always free)."""
+        group = _group(job)
+        return group is None or not self._running[group]
 
     def track(self, proc: Process) -> None:
         """Register a job's command, so a failure elsewhere stops it."""
