@@ -4,8 +4,7 @@
 
 Starts a throwaway PostgreSQL cluster (the test suite's, tests/support/services.py), fills a
 database of about 1 GB (`pgbench -i -s 70` plus a JSONB `documents` table), then runs every
-contender `--repeat` times, round robin, each in its own child process, after `--warmup` rounds
-that are not counted (default 1), and prints medians:
+contender `--repeat` times, round robin, each in its own child process, and prints medians:
 
 * backup: lifeos create+verify (plain functions, fresh interpreter), lifeos through a real Celery
   worker (request -> verified; the worker's peak RSS), `pg_dump | gzip`, `pg_dump -Fc`, and for
@@ -258,7 +257,7 @@ class Bench:
 
     # restores (each into a new database, dropped afterwards, not timed)
     def _fresh(self, label: str, rnd: int, create: bool = True) -> str:
-        name = f"r_{label}_{rnd}" if rnd >= 0 else f"w_{label}_{-rnd}"  # w: a warm-up round
+        name = f"r_{label}_{rnd}"
         self.cluster.drop_database(name)
         if create:
             self.cluster.create_database(name)
@@ -419,9 +418,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=int, default=70, help="pgbench scale (default 70)")
     parser.add_argument("--documents", type=int, default=600_000, help="JSONB rows")
     parser.add_argument("--repeat", type=int, default=5, help="runs per contender (medians)")
-    parser.add_argument("--warmup", type=int, default=1,
-                        help="rounds run first and not counted (default 1: a new cluster's first "
-                             "big writes are the slowest of the run, whoever makes them)")
     args = parser.parse_args(argv)
 
     from tests.support.services import PostgresCluster, RedisServer
@@ -459,19 +455,16 @@ def main(argv: list[str] | None = None) -> int:
             Contender("pgr", "pg_restore -j2 (pg_dump -Fc file)", bench.restore_pg_restore),
         ]
         worker = bench.worker = WorkerRss(bench)
-        for rnd in range(-args.warmup, args.repeat):
+        for rnd in range(args.repeat):
             # Each round starts the backups and the restores at a different contender, so that
             # what ran just before (a big restore, a dropped database) weighs on all alike. Our
-            # restore needs this round's backup: the backups all come first. Warm-up rounds
-            # (negative numbers) run everything and count nothing.
+            # restore needs this round's backup: the backups all come first.
             order = _rotated(backups, rnd) + _rotated(restores, rnd)
-            name = f"round {rnd + 1}" if rnd >= 0 else f"warm-up {rnd + args.warmup + 1}"
             for contender in order:
                 checkpoint(cluster)
                 sample = contender.run(rnd)
-                if rnd >= 0:
-                    contender.samples.append(sample)
-                print(f"{name}: {contender.label}: {sample.seconds:.2f} s", flush=True)
+                contender.samples.append(sample)
+                print(f"round {rnd + 1}: {contender.label}: {sample.seconds:.2f} s", flush=True)
             shutil.rmtree(work / "ours", ignore_errors=True)  # keep the disk use bounded
         worker_rss = worker.stop()
         worker = None
@@ -481,8 +474,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(facts_block(facts))
         print()
-        print(f"medians of {args.repeat} runs after {args.warmup} warm-up round(s) (min s: best "
-              "run); MB = 10^6 bytes")
+        print(f"medians of {args.repeat} runs (min s: best run); MB = 10^6 bytes")
         print()
         print(text)
         return 0 if ok else 1
