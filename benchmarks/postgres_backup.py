@@ -9,8 +9,9 @@ contender `--repeat` times, round robin, each in its own child process, and prin
 * backup: lifeos create+verify (plain functions, fresh interpreter), lifeos through a real Celery
   worker (request -> verified; the worker's peak RSS), `pg_dump | gzip`, `pg_dump -Fc`, and for
   reference the bare `pg_dump -Fc -Z0 | zstd -1 -T2` pipeline;
-* restore (each into a new database, after a CHECKPOINT): lifeos restore (default 2 jobs, and 1
-  job), `gunzip -c | psql`, `pg_restore -j2` of the `pg_dump -Fc` file.
+* restore (each into a new, empty database created beforehand, untimed, after a CHECKPOINT):
+  lifeos restore (default 2 jobs, and 1 job), `gunzip -c | psql`, `pg_restore -j2` of the
+  `pg_dump -Fc` file.
 
 The "two-core check" at start and end times a CPU-bound job and a 768 MiB file write, alone and
 two at once: on a shared VM it shows whether two cores (and the page cache) were really there.
@@ -155,7 +156,8 @@ def ours_backup_child(root: str, url: str, bindir: str) -> dict[str, Any]:
 
 def ours_restore_child(root: str, url: str, bindir: str, backup_id: str, target: str,
                        jobs: int) -> dict[str, Any]:
-    """Fresh interpreter: restore_postgres (checksum, create, pg_restore, row counts)."""
+    """Fresh interpreter: restore_postgres (checksum, pg_restore, row counts) into `target`, an
+    empty database created beforehand, untimed, as for the other restores."""
     from lifeos_backup.backups import locate
     from lifeos_backup.catalog.store import Catalog
     from lifeos_backup.manifest import read_manifest
@@ -167,7 +169,7 @@ def ours_restore_child(root: str, url: str, bindir: str, backup_id: str, target:
     _row, archive, mpath = locate(settings, catalog, backup_id)
     manifest = read_manifest(mpath)
     t0 = time.perf_counter()
-    report = restore_postgres(archive, manifest, settings, target, create=True, jobs=jobs)
+    report = restore_postgres(archive, manifest, settings, target, jobs=jobs)
     seconds = time.perf_counter() - t0
     assert not report.differences, report.differences
     return {"total_s": seconds, "jobs": report.jobs, "tables": len(report.counts)}
@@ -256,18 +258,17 @@ class Bench:
         return s
 
     # restores (each into a new database, dropped afterwards, not timed)
-    def _fresh(self, label: str, rnd: int, create: bool = True) -> str:
+    def _fresh(self, label: str, rnd: int) -> str:
         name = f"r_{label}_{rnd}"
         self.cluster.drop_database(name)
-        if create:
-            self.cluster.create_database(name)
+        self.cluster.create_database(name)
         checkpoint(self.cluster)
         return name
 
     def ours_restore(self, jobs: int) -> Callable[[int], Sample]:
         def run(rnd: int) -> Sample:
             assert self.last_backup is not None
-            target = self._fresh(f"ours{jobs}", rnd, create=False)
+            target = self._fresh(f"ours{jobs}", rnd)
             m = run_callable(
                 ours_restore_child, str(self.work / "ours"), self.url, str(self.bindir),
                 self.last_backup, target, jobs,
