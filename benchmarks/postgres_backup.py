@@ -47,6 +47,7 @@ from _common import (  # the folder is not a package; sys.path is set above
     machine_facts,
     markdown_table,
     median,
+    reported_gib,
     run_callable,
     run_measured,
     tool_version,
@@ -438,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         })
         facts.update(build_database(cluster, args.scale, args.documents))
         facts["load average"] = f"{load_average()} at start"
+        reported_at_start = reported_gib()
         facts["two-core check"] = f"at start: {two_core_check(work)}"
         bench = Bench(cluster, work, redis_server.url(1))
         backups = [
@@ -470,6 +472,12 @@ def main(argv: list[str] | None = None) -> int:
         worker_rss = worker.stop()
         worker = None
         facts["load average"] += f", {load_average()} at end"
+        reported_at_end = reported_gib()
+        if reported_at_start is not None and reported_at_end is not None:
+            facts["handed back"] = (
+                f"{reported_at_end - reported_at_start:.1f} GiB of free memory reported to the "
+                "host during the rounds"
+            )
         facts["two-core check"] += f"; at end: {two_core_check(work)} (1.00x: as fast as alone)"
         text, ok = report(backups, restores, worker_rss)
         print()
