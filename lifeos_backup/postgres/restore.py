@@ -54,6 +54,7 @@ from lifeos_backup.postgres.toc import (
 )
 from lifeos_backup.postgres.tochead import copy_head
 from lifeos_backup.postgres.tools import Tool, require_restore_not_older, tool
+from lifeos_backup.postgres.vacuumguard import VacuumGuards
 from lifeos_backup.procs import pid_alive
 from lifeos_backup.progress import Progress, ProgressFn, ignore
 from lifeos_backup.settings import Settings
@@ -311,11 +312,13 @@ def load_data(
     slices into COPY; once a sliced table's last slice is in, its `follow_ups` command (the
     pg_restore of its own indexes and keys) runs before the parts still waiting. Slices of one
     table run side by side only when nothing else waits: their COPYs queue on the table's
-    extension lock (docs/decisions.md). Returns the rows the slices loaded, per table."""
+    extension lock (docs/decisions.md). From its first slice to its index build a table is kept
+    from autovacuum (vacuumguard.py). Returns the rows the slices loaded, per table."""
     fed = [0] * len(sources)
     loaded: dict[tuple[str, str], list[int]] = {}
     left: collections.Counter[tuple[str, str]] = collections.Counter()
     counting = threading.Lock()
+    guards = VacuumGuards(target)
 
     def tick() -> None:
         report.bytes_done = sum(fed)
@@ -326,14 +329,21 @@ def load_data(
         stream_into(args, sources[number], algorithm, target, crew, fed, number)
 
     def copy(number: int, piece: Slice, crew: Crew) -> None:
-        rows = copy_into(piece, sources[number], algorithm, target, encoding, crew, fed, number)
         table = (piece.schema, piece.name)
+        guards.hold(table)
+        rows = copy_into(piece, sources[number], algorithm, target, encoding, crew, fed, number)
         with counting:
             loaded[table].append(rows)
             left[table] -= 1
             last = left[table] == 0
         if last and table in follow_ups:
-            crew.next(functools.partial(run_tracked, follow_ups[table], target))
+            crew.next(functools.partial(build_own, table))
+        elif last:
+            guards.release(table)
+
+    def build_own(table: tuple[str, str], crew: Crew) -> None:
+        guards.release(table)  # the index build's lock conflicts with the guard's
+        run_tracked(follow_ups[table], target, crew)
 
     loads = []
     for number, (part, use) in enumerate(zip(parts, lists, strict=True)):
@@ -344,7 +354,10 @@ def load_data(
             loaded.setdefault(table, [])
             left[table] += 1
             loads.append(Apart(table, functools.partial(copy, number, part.copy)))
-    run_side_by_side(loads, jobs, tick)
+    try:
+        run_side_by_side(loads, jobs, tick)
+    finally:
+        guards.release_all()
     return {table: sum(rows) for table, rows in loaded.items()}
 
 

@@ -31,7 +31,7 @@ from lifeos_backup.manifest import read_manifest
 from lifeos_backup.postgres.restore import restore_postgres
 from lifeos_backup.postgres.tools import ToolTooOld
 from lifeos_backup.repository import kind_dir
-from tests.support.services import PostgresCluster, temporary_database
+from tests.support.services import PgDatabase, PostgresCluster, temporary_database
 from tests.support.worker import LifeosEnv
 
 pytestmark = pytest.mark.integration
@@ -733,6 +733,76 @@ def test_a_slice_that_cannot_load_fails_the_restore_and_drops_what_it_created(
         with pytest.raises(PermanentError, match=f"loading the rows of public.{piece['name']}"):
             restore_postgres(archive, manifest, lifeos_env.settings(), target, create=True)
     assert not pg_cluster.database_exists(target)
+
+
+def vacuum_skipped(url: str, table: str) -> bool:
+    """Whether `VACUUM (SKIP_LOCKED)`, autovacuum's way of taking a table, passes it by."""
+    notices: list[str] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        conn.execute(sql.SQL("VACUUM (SKIP_LOCKED) {}").format(sql.Identifier(table)))
+    return any(n.startswith("skipping vacuum") for n in notices)
+
+
+def test_autovacuum_is_kept_off_a_table_from_its_first_slice_to_its_index_build(
+    lifeos_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    sliced: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Slices commit one by one: an autovacuum started on a half-loaded table holds up its index
+    build for deadlock_timeout, then is cancelled (docs/decisions.md, session 8)."""
+    from lifeos_backup.postgres import restore as restore_module
+
+    restored = scratch_name("guarded")
+    seen: list[tuple[str, bool]] = []
+    real_copy = restore_module.copy_into
+
+    def copy_then_vacuum(piece, *args):  # type: ignore[no-untyped-def]
+        rows = real_copy(piece, *args)
+        seen.append((piece.name, vacuum_skipped(pg_cluster.url(restored), piece.name)))
+        return rows
+
+    monkeypatch.setattr(restore_module, "copy_into", copy_then_vacuum)
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        archive, mpath = archive_and_manifest(lifeos_env, backup_now(lifeos_env))
+        report = restore_postgres(
+            archive, read_manifest(mpath), lifeos_env.settings(), restored, create=True
+        )
+        assert report.differences == []
+        assert {name for name, _ in seen} == set(TABLES)
+        assert all(skipped for _, skipped in seen), seen
+        assert not any(vacuum_skipped(pg_cluster.url(restored), t) for t in TABLES)
+        assert_identical(pg_cluster, source, restored)
+
+
+def test_a_table_already_locked_is_loaded_without_a_guard(pg_database: PgDatabase) -> None:
+    """The guard only saves time: a table someone else holds (a manual VACUUM, a LOCK) is
+    loaded without it, after LOCK_TIMEOUT, and never blocks the restore."""
+    from lifeos_backup.postgres.conninfo import PgTarget
+    from lifeos_backup.postgres.vacuumguard import VacuumGuards
+
+    target = PgTarget.parse(pg_database.url)
+    with psycopg.connect(pg_database.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE held (id int); CREATE TABLE free (id int)")
+    guards = VacuumGuards(target)
+    with psycopg.connect(pg_database.url) as other:
+        other.execute("LOCK TABLE held IN SHARE UPDATE EXCLUSIVE MODE")
+        guards.hold(("public", "held"))  # gives up after LOCK_TIMEOUT instead of waiting
+        guards.hold(("public", "free"))
+        guards.hold(("public", "free"))  # once per table
+        with psycopg.connect(pg_database.url, autocommit=True) as conn:
+            conn.execute("INSERT INTO free VALUES (1)")  # COPY and INSERT pass the guard
+            [(guarded,)] = conn.execute(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'free'::regclass"
+                " AND mode = 'ShareUpdateExclusiveLock' AND granted"
+            ).fetchall()
+        assert guarded == 1
+    assert vacuum_skipped(pg_database.url, "free")
+    guards.release_all()
+    assert not vacuum_skipped(pg_database.url, "free")
+    assert not vacuum_skipped(pg_database.url, "held")
 
 
 def test_an_encrypted_archive_with_slices_restores_identical(
