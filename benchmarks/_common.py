@@ -229,7 +229,7 @@ def page_reporting() -> str:
     """Whether the guest hands free memory back to the host (virtio-balloon free page reporting).
 
     On the VMs here it does, and the next write into the page cache then faults that memory back
-    in at the host, slowly and one fault at a time: it slows two writers at once far more than one.
+    in at the host, slowly; measured here, it slowed two writers at once far more than one.
     """
     if not _PAGE_REPORTING.is_dir():
         return "none"

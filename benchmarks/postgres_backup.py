@@ -439,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
         })
         facts.update(build_database(cluster, args.scale, args.documents))
         facts["load average"] = f"{load_average()} at start"
-        reported_at_start = reported_gib()
         facts["two-core check"] = f"at start: {two_core_check(work)}"
+        reported_at_start = reported_gib()
         bench = Bench(cluster, work, redis_server.url(1))
         backups = [
             Contender("ours", "lifeos create+verify", bench.ours_backup),
@@ -471,8 +471,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work / "ours", ignore_errors=True)  # keep the disk use bounded
         worker_rss = worker.stop()
         worker = None
-        facts["load average"] += f", {load_average()} at end"
         reported_at_end = reported_gib()
+        facts["load average"] += f", {load_average()} at end"
         if reported_at_start is not None and reported_at_end is not None:
             facts["handed back"] = (
                 f"{reported_at_end - reported_at_start:.1f} GiB of free memory reported to the "

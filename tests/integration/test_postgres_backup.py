@@ -791,14 +791,19 @@ def test_a_table_already_locked_is_loaded_without_a_guard(pg_database: PgDatabas
         other.execute("LOCK TABLE held IN SHARE UPDATE EXCLUSIVE MODE")
         guards.hold(("public", "held"))  # gives up after LOCK_TIMEOUT instead of waiting
         guards.hold(("public", "free"))
-        guards.hold(("public", "free"))  # once per table
+        guards.hold(("public", "free"))  # a second call for a table does nothing
         with psycopg.connect(pg_database.url, autocommit=True) as conn:
             conn.execute("INSERT INTO free VALUES (1)")  # COPY and INSERT pass the guard
             [(guarded,)] = conn.execute(
                 "SELECT count(*) FROM pg_locks WHERE relation = 'free'::regclass"
                 " AND mode = 'ShareUpdateExclusiveLock' AND granted"
             ).fetchall()
-        assert guarded == 1
+            [(guards_open,)] = conn.execute(  # only `free`'s guard is connected
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND backend_type = 'client backend' AND pid <> ALL(%s)",
+                ([other.info.backend_pid, conn.info.backend_pid],),
+            ).fetchall()
+        assert guarded == 1 and guards_open == 1
     assert vacuum_skipped(pg_database.url, "free")
     guards.release_all()
     assert not vacuum_skipped(pg_database.url, "free")
