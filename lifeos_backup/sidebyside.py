@@ -4,9 +4,8 @@ Parallel pg_dump parts and parallel pg_restore streams need the same thing: N wo
 ticks from the caller's thread, and on the first error every other command terminated, so that
 the error surfaces at once instead of after the slowest command, and is the one reported. A job
 may queue a follow-up to start before the jobs still waiting (a restore builds a big table's
-indexes as soon as its rows are in, while other tables still load). A job may name a group
-(`Apart`): a free worker prefers a waiting job whose group is not running already (two COPYs into
-one table queue on its extension lock).
+indexes as soon as its rows are in, while other tables still load), and ask whether it shares
+the workers with other jobs (that index build then takes one server process, not a parallel build).
 """
 
 from __future__ import annotations
@@ -16,37 +15,22 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 
 from lifeos_backup.procs import Process
 
 Job = Callable[["Crew"], None]
 
 
-@dataclass(frozen=True)
-class Apart:
-    """A job of a `group` that runs beside another of its group only when nothing else waits."""
-
-    group: Hashable
-    job: Job
-
-    def __call__(self, crew: Crew) -> None:
-        self.job(crew)
-
-
-def _group(job: Job) -> Hashable | None:
-    return job.group if isinstance(job, Apart) else None
-
-
 class Crew:
     """What the jobs share: the jobs not started yet, the commands to stop, and the first error."""
 
-    def __init__(self, jobs: Sequence[Job] = ()) -> None:
+    def __init__(self, jobs: Sequence[Job] = (), workers: int = 1) -> None:
         self._lock = threading.Lock()
         self._waiting: collections.deque[Job] = collections.deque(jobs)
         self._procs: list[Process] = []
-        self._running: collections.Counter[Hashable] = collections.Counter()
+        self._workers = workers
+        self._running = 0
         self.error: BaseException | None = None
         self.stopped = False
 
@@ -55,23 +39,21 @@ class Crew:
         with self._lock:
             self._waiting.appendleft(job)
 
-    def _take(self, done: Job | None = None) -> Job | None:
-        """The next job for a free worker (`done`: the job it has just finished, if any)."""
+    def shared(self) -> bool:
+        """Whether the calling job shares the machine: another job runs now, or one waits and
+        another worker will take it."""
         with self._lock:
-            if done is not None:
-                self._running[_group(done)] -= 1
+            return self._running > 1 or (bool(self._waiting) and self._workers > 1)
+
+    def _take(self, done: bool = False) -> Job | None:
+        """The next job for a free worker (`done`: it has just finished one)."""
+        with self._lock:
+            if done:
+                self._running -= 1
             if self.stopped or not self._waiting:
                 return None
-            index = next((i for i, job in enumerate(self._waiting) if self._free(job)), 0)
-            job = self._waiting[index]
-            del self._waiting[index]
-            self._running[_group(job)] += 1
-            return job
-
-    def _free(self, job: Job) -> bool:
-        """No job of `job`'s group is running (a job without a group is always free)."""
-        group = _group(job)
-        return group is None or not self._running[group]
+            self._running += 1
+            return self._waiting.popleft()
 
     def track(self, proc: Process) -> None:
         """Register a job's command, so a failure elsewhere stops it."""
@@ -109,7 +91,8 @@ def run_side_by_side(
     The first job to fail stops the others (their own errors are consequences) and its error is
     raised once all have ended; an interrupt of the caller (e.g. a task time limit) stops all too.
     """
-    crew = Crew(jobs)
+    count = max(1, min(workers, len(jobs)))
+    crew = Crew(jobs, count)
 
     def work() -> None:
         job = crew._take()
@@ -118,12 +101,9 @@ def run_side_by_side(
                 job(crew)
             except BaseException as exc:
                 crew.stop(exc)
-            job = crew._take(job)
+            job = crew._take(done=True)
 
-    threads = [
-        threading.Thread(target=work, name=f"side-by-side-{n}")
-        for n in range(max(1, min(workers, len(jobs))))
-    ]
+    threads = [threading.Thread(target=work, name=f"side-by-side-{n}") for n in range(count)]
     for thread in threads:
         thread.start()
     try:

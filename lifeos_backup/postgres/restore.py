@@ -8,8 +8,9 @@ counts taken in the dump's snapshot.
 The sections run as the archive's parts allow (parts.py): the definitions (pre-data) from part 0;
 the data of all parts `jobs` at a time, each part streamed decompressed (no copy of the dump on
 disk) into its own pg_restore, or for a COPY slice of a big table into its own `COPY FROM STDIN`,
-so that several slices load one table at once; a big table's own indexes and keys are built as
-soon as its last slice is in, before the parts still waiting; then the rest of the keys, indexes
+so that several slices load one table at once, the biggest table first; a big table's own indexes
+and keys are built as soon as its last slice is in, before the parts still waiting (by one server
+process when other jobs run beside: docs/decisions.md); then the rest of the keys, indexes
 and constraints (post-data) with `--jobs`, from the head of part 0 (tochead.py: header and table
 of contents, a small file pg_restore can seek in). The rows of the sliced tables are what their
 COPYs loaded (the server's count); the other tables are counted beside the post-data section.
@@ -58,11 +59,13 @@ from lifeos_backup.postgres.vacuumguard import VacuumGuards
 from lifeos_backup.procs import pid_alive
 from lifeos_backup.progress import Progress, ProgressFn, ignore
 from lifeos_backup.settings import Settings
-from lifeos_backup.sidebyside import Apart, Crew, run_side_by_side
+from lifeos_backup.sidebyside import Crew, run_side_by_side
 from lifeos_backup.streams import CHUNK
 
 log = logging.getLogger(__name__)
 
+# An index build beside other jobs: the leader alone (docs/decisions.md, "PostgreSQL dump format").
+ONE_PROCESS = "-c max_parallel_maintenance_workers=0"
 WORKSPACE = ".restore"  # under the backup root: hidden, never inside a kind's folder
 MAINTENANCE_DB = "postgres"  # where CREATE DATABASE is run
 _USER_RELATIONS = (
@@ -198,11 +201,11 @@ def run_restore(
             [*base, "--section=pre-data", *schema_list, str(head)],
             env=target.env(), stdout=subprocess.DEVNULL,
         )
-        early, rest = plan_post_data(parts, chosen, wanted, base, head, work)
+        early, rest = plan_post_data(parts, chosen, wanted, head, work)
         report = Progress("restoring data", bytes_total=sum(max(p.dump_bytes, 0) for p in parts))
         encoding = str(manifest.facts.get("encoding") or "UTF8")
         loaded = load_data(
-            parts, sources, lists, wanted, base, target, jobs, algorithm, encoding, early,
+            parts, sources, lists, wanted, pg_restore, target, jobs, algorithm, encoding, early,
             report, progress,
         )
         progress(Progress("restoring keys, indexes and constraints; counting rows"))
@@ -222,19 +225,19 @@ def plan_post_data(
     parts: list[Part],
     chosen: list[TocEntry],
     wanted: list[tuple[str, str]],
-    base: list[str],
     head: Path,
     work: Path,
 ) -> tuple[dict[tuple[str, str], list[str]], list[str]]:
-    """The pg_restore command of each sliced table's own indexes and keys, built as soon as its
-    rows are in, and the use-list of the rest of the post-data (none: nothing built early)."""
+    """The pg_restore arguments (after the connection's) of each sliced table's own indexes and
+    keys, built as soon as its rows are in, and the use-list of the rest of the post-data (none:
+    nothing built early)."""
     sliced = {(p.copy.schema, p.copy.name) for p in parts if p.copy is not None}
     early: dict[tuple[str, str], list[str]] = {}
     built: set[int] = set()
     for number, table in enumerate(t for t in wanted if t in sliced):
         if entries := own_post_data(chosen, *table):
             listed = write_use_list(work / f"post-data-{number}.txt", chosen, entries)
-            early[table] = [*base, "--section=post-data", listed, str(head)]
+            early[table] = ["--section=post-data", listed, str(head)]
             built.update(e.dump_id for e in entries)
     if not built:
         return early, []
@@ -299,7 +302,7 @@ def load_data(
     sources: list[PartSource],
     lists: list[list[str] | None],
     wanted: list[tuple[str, str]],
-    base: list[str],
+    pg_restore: Tool,
     target: PgTarget,
     jobs: int,
     algorithm: str,
@@ -309,11 +312,12 @@ def load_data(
     progress: ProgressFn,
 ) -> dict[tuple[str, str], int]:
     """The data of every part, `jobs` parts at a time: pg_dump parts streamed into pg_restore,
-    slices into COPY; once a sliced table's last slice is in, its `follow_ups` command (the
-    pg_restore of its own indexes and keys) runs before the parts still waiting. Slices of one
-    table run side by side only when nothing else waits: their COPYs queue on the table's
-    extension lock (docs/decisions.md). From its first slice to its index build a table is kept
-    from autovacuum (vacuumguard.py). Returns the rows the slices loaded, per table."""
+    slices into COPY, the biggest table's first (`load_order`); once a sliced table's last slice
+    is in, its `follow_ups` (the pg_restore of its own indexes and keys) run before the parts
+    still waiting, so that the biggest table's index build overlaps the other tables' loads. From
+    its first slice to its index build a table is kept from autovacuum (vacuumguard.py). Returns
+    the rows the slices loaded, per table."""
+    base = restore_args(pg_restore, target)
     fed = [0] * len(sources)
     loaded: dict[tuple[str, str], list[int]] = {}
     left: collections.Counter[tuple[str, str]] = collections.Counter()
@@ -343,22 +347,43 @@ def load_data(
 
     def build_own(table: tuple[str, str], crew: Crew) -> None:
         guards.release(table)  # the index build's lock conflicts with the guard's
-        run_tracked(follow_ups[table], target, crew)
+        # Beside other jobs a parallel build would crowd them out of the server's cores.
+        own = restore_args(pg_restore, target, one_process=crew.shared())
+        run_tracked([*own, *follow_ups[table]], target, crew)
 
     loads = []
-    for number, (part, use) in enumerate(zip(parts, lists, strict=True)):
+    for number in load_order(parts):
+        part, use = parts[number], lists[number]
         if part.copy is None and use is not None:
             loads.append(functools.partial(load, number, use))
         elif part.copy is not None and (part.copy.schema, part.copy.name) in wanted:
             table = (part.copy.schema, part.copy.name)
             loaded.setdefault(table, [])
             left[table] += 1
-            loads.append(Apart(table, functools.partial(copy, number, part.copy)))
+            loads.append(functools.partial(copy, number, part.copy))
     try:
         run_side_by_side(loads, jobs, tick)
     finally:
         guards.release_all()
     return {table: sum(rows) for table, rows in loaded.items()}
+
+
+def load_order(parts: Sequence[Part]) -> list[int]:
+    """Part numbers in loading order: pg_dump parts as archived, then the slices, biggest table
+    first (its load and then its index build are the restore's longest chain), each table's in
+    archive (page) order."""
+    size: collections.Counter[tuple[str, str]] = collections.Counter()
+    for part in parts:
+        if part.copy is not None:
+            size[(part.copy.schema, part.copy.name)] += max(part.dump_bytes, part.size)
+
+    def key(number: int) -> tuple[int, int, str, str]:
+        piece = parts[number].copy
+        if piece is None:
+            return (0, 0, "", "")
+        return (1, -size[(piece.schema, piece.name)], piece.schema, piece.name)
+
+    return sorted(range(len(parts)), key=key)
 
 
 def copy_into(
@@ -531,8 +556,13 @@ def create_schemas(target: PgTarget, schemas: set[str]) -> None:
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
 
 
-def restore_args(pg_restore: Tool, target: PgTarget) -> list[str]:
-    """pg_restore's arguments; it stops at the first error so the report names the cause."""
+def restore_args(pg_restore: Tool, target: PgTarget, *, one_process: bool = False) -> list[str]:
+    """pg_restore's arguments; it stops at the first error so the report names the cause.
+    `one_process`: its index builds take no parallel workers (the server option added to the
+    connection's own)."""
+    if one_process:
+        options = f"{target.params.get('options', '')} {ONE_PROCESS}".strip()
+        target = target.with_params(options=options)
     return [pg_restore.path, "--no-password", "--exit-on-error", f"--dbname={target.conninfo()}"]
 
 

@@ -777,6 +777,67 @@ def test_autovacuum_is_kept_off_a_table_from_its_first_slice_to_its_index_build(
         assert_identical(pg_cluster, source, restored)
 
 
+def test_the_biggest_table_loads_first_and_an_index_build_beside_others_is_one_process(
+    lifeos_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    sliced: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The biggest table's load and then its index build are the restore's longest chain; beside
+    other jobs a parallel index build would crowd them out (docs/decisions.md, session 9)."""
+    from lifeos_backup.postgres import restore as restore_module
+
+    events: list[tuple[str, str]] = []
+    real_copy, real_tracked = restore_module.copy_into, restore_module.run_tracked
+
+    def copy(piece, *args):  # type: ignore[no-untyped-def]
+        events.append(("copy", piece.name))
+        return real_copy(piece, *args)
+
+    def tracked(args, *rest):  # type: ignore[no-untyped-def]
+        [dbname] = [a.removeprefix("--dbname=") for a in args if a.startswith("--dbname=")]
+        with psycopg.connect(dbname) as conn:  # what the server gives the build's connection
+            [(workers,)] = conn.execute("SHOW max_parallel_maintenance_workers").fetchall()
+        events.append(("build", workers))
+        return real_tracked(args, *rest)
+
+    monkeypatch.setattr(restore_module, "copy_into", copy)
+    monkeypatch.setattr(restore_module, "run_tracked", tracked)
+    alone, beside = scratch_name("alone"), scratch_name("beside")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, alone, beside):
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        archive, mpath = archive_and_manifest(lifeos_env, backup_now(lifeos_env))
+        manifest = read_manifest(mpath)
+        parts = manifest.facts["parts"]
+        parts[1:] = parts[:0:-1]  # whatever order the archive lists its slices in
+        size: dict[str, int] = {}
+        for part in parts[1:]:
+            name = part["copy"]["name"]
+            size[name] = size.get(name, 0) + part["dump_bytes"]
+        by_size = sorted(TABLES, key=lambda t: (-size[t], t))
+        assert len(set(size.values())) > 1  # an order to get right
+
+        # One job: each table's slices, biggest first, then its own index build, a parallel
+        # one (the server's default: nothing runs beside it).
+        report = restore_postgres(
+            archive, manifest, lifeos_env.settings(), alone, create=True, jobs=1
+        )
+        assert report.differences == []
+        expected: list[tuple[str, str]] = []
+        for table in by_size:
+            slices = sum(p["copy"]["name"] == table for p in parts[1:])
+            expected += [("copy", table)] * slices + [("build", "2")]
+        assert events == expected
+
+        events.clear()
+        report = restore_postgres(archive, manifest, lifeos_env.settings(), beside, create=True)
+        assert report.differences == []
+        assert [name for kind, name in events if kind == "copy"][:2] == [by_size[0]] * 2
+        builds = [workers for kind, workers in events if kind == "build"]
+        assert len(builds) == len(TABLES) and "0" in builds
+        assert_identical(pg_cluster, source, beside)
+
+
 def test_a_table_already_locked_is_loaded_without_a_guard(pg_database: PgDatabase) -> None:
     """The guard only saves time: a table someone else holds (a manual VACUUM, a LOCK) is
     loaded without it, after LOCK_TIMEOUT, and never blocks the restore."""

@@ -6,6 +6,7 @@ import io
 
 import pytest
 from celery.schedules import crontab
+from psycopg.conninfo import conninfo_to_dict
 
 from beat_schedule import build_schedule
 from lifeos_backup.errors import ConfigError, NotFound, SourceUnavailable
@@ -329,3 +330,38 @@ def test_a_backup_without_a_configured_database_fails_clearly(
     with pytest.raises(ConfigError, match="no PostgreSQL database is configured"):
         dump_database(Settings(database_url=None), tmp_path / "x.dump.zst", lambda _: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_slices_load_after_the_pg_dump_parts_biggest_table_first() -> None:
+    """The biggest table's load and then its index build are the restore's longest chain."""
+    from lifeos_backup.postgres.parts import Part
+    from lifeos_backup.postgres.restore import load_order
+    from lifeos_backup.postgres.rows import Slice
+
+    def piece(name: str, first: int, dump_bytes: int) -> Part:
+        return Part(0, 1, dump_bytes, [f"public.{name}"], Slice("public", name, ["a"], first, None))
+
+    parts = [
+        Part(0, 1, 10, ["public.small"]),
+        piece("mid", 0, 300), piece("mid", 5, 300),  # 600 bytes in all
+        piece("big", 0, 200), piece("big", 5, 200), piece("big", 9, 250),  # 650
+        Part(0, 1, 10, ["public.other"]),  # a pg_dump part of an archive before slices
+        piece("tiny", 0, -1),  # no plain size recorded: its compressed size (1) stands in
+    ]
+    assert load_order(parts) == [0, 6, 3, 4, 5, 1, 2, 7]
+
+
+def test_an_index_build_beside_other_jobs_asks_the_server_for_one_process() -> None:
+    from lifeos_backup.postgres.restore import ONE_PROCESS, restore_args
+
+    tool = Tool("/usr/bin/pg_restore", "15.20", 15)
+    target = PgTarget.parse(URL)
+    assert "options" not in restore_args(tool, target)[-1]
+    [*_, dbname] = restore_args(tool, target, one_process=True)
+    assert dbname.startswith("--dbname=") and SECRET not in dbname
+    assert conninfo_to_dict(dbname.removeprefix("--dbname="))["options"] == ONE_PROCESS
+    own = target.with_params(options="-c work_mem=64MB")  # the operator's own options stay
+    [*_, dbname] = restore_args(tool, own, one_process=True)
+    assert conninfo_to_dict(dbname.removeprefix("--dbname="))["options"] == (
+        f"-c work_mem=64MB {ONE_PROCESS}"
+    )

@@ -10,7 +10,7 @@ import pytest
 
 from lifeos_backup import procs
 from lifeos_backup.errors import CommandFailed
-from lifeos_backup.sidebyside import Apart, Crew, run_side_by_side
+from lifeos_backup.sidebyside import Crew, run_side_by_side
 
 
 def _long(crew: Crew) -> None:
@@ -80,28 +80,36 @@ def test_a_follow_up_job_starts_before_the_jobs_still_waiting() -> None:
     assert sorted(order) == ["a", "first", "follow-up"]
 
 
-def test_a_free_worker_takes_a_job_of_another_group_first() -> None:
-    """Two slices of one table would queue on its extension lock: the other table's goes beside."""
-    started: list[str] = []
-    other_started = threading.Event()
+def test_a_job_is_shared_while_another_runs_or_waits_for_a_second_worker() -> None:
+    """A restore's index build asks this to choose between a parallel build and one process."""
+    seen: dict[str, bool] = {}
+    both = threading.Barrier(2, timeout=5)
 
-    def job(name: str) -> Callable[[Crew], None]:
-        def run(_crew: Crew) -> None:
-            started.append(name)
-            if name == "u1":
-                other_started.set()
-            if name == "t1":
-                assert other_started.wait(5), "the second worker took t2 beside t1"
+    def beside(name: str) -> Callable[[Crew], None]:
+        def run(crew: Crew) -> None:
+            both.wait()  # both running: each shares the machine
+            seen[name] = crew.shared()
+            both.wait()
 
         return run
 
-    jobs = [Apart("t", job("t1")), Apart("t", job("t2")), Apart("u", job("u1"))]
-    run_side_by_side(jobs, workers=2, interval=0.01)
-    assert set(started[:2]) == {"t1", "u1"}
-    assert started[2] == "t2"
+    def last(crew: Crew) -> None:
+        seen["last"] = crew.shared()
+
+    run_side_by_side([beside("a"), beside("b")], workers=2, interval=0.01)
+    run_side_by_side([last], workers=2, interval=0.01)  # alone: one job for two workers
+    assert seen == {"a": True, "b": True, "last": False}
 
 
-def test_jobs_of_one_group_run_side_by_side_when_nothing_else_waits() -> None:
-    both = threading.Barrier(2, timeout=5)
-    run_side_by_side([Apart("t", lambda _c: both.wait()) for _ in range(2)], workers=2,
+def test_waiting_jobs_share_the_machine_only_with_a_second_worker() -> None:
+    seen: list[bool] = []
+    run_side_by_side([lambda crew: seen.append(crew.shared()), lambda _c: None], workers=1,
                      interval=0.01)
+    gate = threading.Event()
+
+    def first(crew: Crew) -> None:
+        seen.append(crew.shared())  # the second job waits for the other worker, or runs
+        gate.set()
+
+    run_side_by_side([first, lambda _c: gate.wait(5)], workers=2, interval=0.01)
+    assert seen == [False, True]
