@@ -25,7 +25,7 @@ Job = Callable[["Crew"], None]
 class Crew:
     """What the jobs share: the jobs not started yet, the commands to stop, and the first error."""
 
-    def __init__(self, jobs: Sequence[Job] = (), workers: int = 1) -> None:
+    def __init__(self, jobs: Sequence[Job], workers: int) -> None:
         self._lock = threading.Lock()
         self._waiting: collections.deque[Job] = collections.deque(jobs)
         self._procs: list[Process] = []
