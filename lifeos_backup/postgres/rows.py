@@ -7,8 +7,11 @@ exported snapshot (`\\copy (SELECT cols FROM ONLY t WHERE ctid >= '(a,0)' AND ct
 a TID range scan) and restored by its own `COPY t (cols) FROM STDIN`, several at once into the
 same table. COPY's binary format when every column has a built-in type with binary I/O (the
 server parses about a fifth less), its text format otherwise (extension and user types keep
-their text form across versions). psql reports the rows it copied (`ROW_COUNT`), so the exact
-row count comes with the data, counted by the server, instead of from a `count(*)` of its own.
+their text form across versions); a char(n) column's trailing blanks are left out of binary
+slices, as COPY FROM pads them back (pgbench_accounts: 588 MB of its 800 MB are the blanks of
+`filler char(84)`, which the server also counts character by character on input). psql
+reports the rows it copied (`ROW_COUNT`), so the exact row count comes with the data, counted
+by the server, instead of from a `count(*)` of its own.
 Everything else (definitions, small tables, sequence values, large objects) stays in pg_dump's
 part. docs/decisions.md has the measurements.
 """
@@ -19,7 +22,6 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -27,6 +29,7 @@ from psycopg import sql
 FLOOR = 16 << 20  # smaller tables stay in pg_dump's part: a slice costs a connection
 SLICE_MIN = 64 << 20  # no slice smaller than this, however many jobs
 TID_RANGE_SCANS = 140000  # PostgreSQL 14: `ctid >= ... AND ctid < ...` reads only those pages
+BYTEA_RTRIM = 140000  # PostgreSQL 14: rtrim(bytea, bytea)
 
 # What pg_dump sets before it reads data, so that COPY's text is the same as in its own archives
 # (dates, intervals, floats exact; names schema-qualified); the restore sets the same to read it.
@@ -40,13 +43,15 @@ SESSION = (
 # Ordinary tables without row security (pg_dump handles the rest): their pages, the columns
 # COPY reads and writes (no dropped or generated ones) in the table's order, and whether every
 # column's type is built in (oid below FirstNormalObjectId) with binary send and receive
-# functions, its elements' too for an array.
+# functions, its elements' too for an array; and its char(n) columns (padded to n on input).
 _CANDIDATES = """
     SELECT n.nspname, c.relname,
            pg_relation_size(c.oid) / current_setting('block_size')::int,
            array_agg(a.attname ORDER BY a.attnum),
            bool_and(t.oid < 16384 AND t.typsend <> 0 AND t.typreceive <> 0
-                    AND coalesce(e.typsend <> 0 AND e.typreceive <> 0, true))
+                    AND coalesce(e.typsend <> 0 AND e.typreceive <> 0, true)),
+           array_agg(a.attname ORDER BY a.attnum)
+               FILTER (WHERE t.oid = 'pg_catalog.bpchar'::pg_catalog.regtype AND a.atttypmod >= 4)
     FROM pg_class c
     JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -73,6 +78,7 @@ class Slice:
     end_page: int | None
     rows: int = 0
     format: str = "text"
+    trimmed: list[str] = field(default_factory=list)
 
     @property
     def qualified(self) -> str:
@@ -87,13 +93,23 @@ class Slice:
         if self.end_page is not None:
             where.append(f"ctid < '({self.end_page},0)'")
         query = sql.SQL("\\copy (SELECT {} FROM ONLY {}.{}{}) TO '/dev/stdout' (FORMAT {})").format(
-            sql.SQL(", ").join(map(sql.Identifier, self.columns)),
+            sql.SQL(", ").join(map(self._output, self.columns)),
             sql.Identifier(self.schema),
             sql.Identifier(self.name),
             sql.SQL(" WHERE " + " AND ".join(where) if where else ""),
             sql.SQL(self.format),
         )
         return query.as_string(None)
+
+    def _output(self, column: str) -> sql.Composable:
+        """A column as dumped. A `trimmed` char(n) column of a binary slice goes without its
+        trailing blanks, which COPY FROM puts back (char(n) pads every value to n characters on
+        input): as bytea, whose binary form is the value's bytes, as char(n)'s is."""
+        if column not in self.trimmed:
+            return sql.Identifier(column)
+        return sql.SQL("pg_catalog.rtrim(pg_catalog.bpcharsend({}), ' '::pg_catalog.bytea)").format(
+            sql.Identifier(column)
+        )
 
     def copy_in(self) -> sql.Composed:
         """The COPY that restores it."""
@@ -103,13 +119,6 @@ class Slice:
             sql.SQL(", ").join(map(sql.Identifier, self.columns)),
             sql.SQL(self.format),
         )
-
-    def as_fact(self) -> dict[str, Any]:
-        return {
-            "schema": self.schema, "name": self.name, "columns": self.columns,
-            "first_page": self.first_page, "end_page": self.end_page, "rows": self.rows,
-            "format": self.format,
-        }
 
 
 @dataclass
@@ -122,6 +131,7 @@ class Candidate:
     pages: int
     columns: list[str] = field(default_factory=list)
     binary: bool = False
+    padded: list[str] = field(default_factory=list)
 
 
 def candidates(conn: psycopg.Connection[tuple], sizes: dict[str, int]) -> list[Candidate]:
@@ -130,12 +140,16 @@ def candidates(conn: psycopg.Connection[tuple], sizes: dict[str, int]) -> list[C
     A name with a line break stays with pg_dump: psql's `\\copy` must fit on one line.
     """
     found = []
-    for schema, name, pages, columns, binary in conn.execute(_CANDIDATES):
+    for schema, name, pages, columns, binary, padded in conn.execute(_CANDIDATES):
         size = sizes.get(f"{schema}.{name}")
         names = [schema, name, *(columns or [])]
         if size is None or not columns or any("\n" in n or "\r" in n for n in names):
             continue
-        found.append(Candidate(schema, name, size, int(pages), list(columns), bool(binary)))
+        found.append(
+            Candidate(
+                schema, name, size, int(pages), list(columns), bool(binary), list(padded or [])
+            )
+        )
     return found
 
 
@@ -153,6 +167,7 @@ def plan_slices(tables: Sequence[Candidate], jobs: int, server_version_num: int)
     table is then one slice.
     """
     big = [t for t in tables if t.bytes >= FLOOR]
+    trim = server_version_num >= BYTEA_RTRIM
     target = max(SLICE_MIN, sum(t.bytes for t in big) / (4 * max(1, jobs)))
     slices: list[tuple[float, Slice]] = []
     for table in big:
@@ -165,6 +180,7 @@ def plan_slices(tables: Sequence[Candidate], jobs: int, server_version_num: int)
             piece = Slice(
                 table.schema, table.name, table.columns, first, end,
                 format="binary" if table.binary else "text",
+                trimmed=table.padded if trim and table.binary else [],
             )
             slices.append((table.bytes / count, piece))
     slices.sort(key=lambda item: (-item[0], item[1].qualified, item[1].first_page))

@@ -717,6 +717,67 @@ def test_slices_are_binary_for_built_in_types_text_for_others_and_both_restore(
         )
 
 
+PADDED_SCHEMA = r"""
+CREATE TABLE codes (
+    id int PRIMARY KEY,
+    code char(6),
+    label character(12),
+    loose bpchar,
+    tags char(3)[]
+);
+INSERT INTO codes
+SELECT g,
+       (ARRAY[NULL, '', ' ', 'é' || g % 10, ' a b', E'x\t', 'c' || g % 1000])[1 + g % 7],
+       repeat('x', g % 12),
+       'l' || g || repeat(' ', g % 4),
+       ARRAY['a', 'bb ', NULL]::char(3)[]
+FROM generate_series(1, 700) g;
+"""
+
+
+def padded_bytes(cluster: PostgresCluster, dbname: str) -> str:
+    """Every value of `codes` as its stored bytes, the padding of char(n) included."""
+    with psycopg.connect(cluster.url(dbname)) as conn:
+        row = conn.execute(
+            "SELECT count(*), md5(string_agg(concat_ws('|', id, bpcharsend(code),"
+            " bpcharsend(label), bpcharsend(loose), tags::text), ',' ORDER BY id)),"
+            " sum(octet_length(code)) + sum(octet_length(label)) + sum(octet_length(loose))"
+            " FROM codes"
+        ).fetchone()
+    return str(row)
+
+
+def test_char_columns_are_dumped_without_their_padding_and_restored_byte_for_byte(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
+) -> None:
+    """char(n) pads every value to n characters on input, so a slice leaves the trailing blanks
+    out; a bpchar without a length keeps its trailing blanks as data, and arrays stay as they
+    are."""
+    restored = scratch_name("padded")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
+        with psycopg.connect(pg_cluster.url(source), autocommit=True) as conn:
+            conn.execute(PADDED_SCHEMA)
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        backup_id = backup_now(lifeos_env)
+        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
+        manifest = read_manifest(mpath)
+        trimmed = {
+            (p["copy"]["name"], p["copy"]["format"], tuple(p["copy"]["trimmed"]))
+            for p in manifest.facts["parts"][1:]
+        }
+        assert trimmed == {(t, "binary", ()) for t in TABLES} | {
+            ("codes", "binary", ("code", "label"))
+        }
+
+        report = restore_postgres(archive, manifest, lifeos_env.settings(), restored, create=True)
+        assert report.differences == []
+        assert padded_bytes(pg_cluster, restored) == padded_bytes(pg_cluster, source)
+        assert table_hashes(pg_cluster, restored, ["codes"]) == table_hashes(
+            pg_cluster, source, ["codes"]
+        )
+        assert_identical(pg_cluster, source, restored)
+
+
 def test_a_slice_that_cannot_load_fails_the_restore_and_drops_what_it_created(
     lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
 ) -> None:

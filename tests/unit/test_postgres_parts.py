@@ -264,6 +264,33 @@ def test_a_slice_copies_exactly_its_pages_and_columns_whatever_the_names() -> No
     assert reported_rows("lifeos-rows 12\n") == 12 and reported_rows("oops\n") is None
 
 
+def test_char_columns_of_a_binary_slice_are_dumped_without_their_padding() -> None:
+    """char(n) is padded to n on input, so a slice need not carry the blanks; a text slice would
+    print the bytea, and PostgreSQL 13 has no rtrim(bytea, bytea): both keep the column."""
+    from lifeos_backup.postgres.parts import Part
+    from lifeos_backup.postgres.rows import Candidate, Slice, plan_slices
+
+    table = Candidate("public", "t", 64 << 20, 100, ["id", "Code ", "note"], True, ["Code "])
+    (piece,) = plan_slices([table], 1, 150000)
+    assert piece.trimmed == ["Code "]
+    assert piece.copy_out().startswith(
+        '\\copy (SELECT "id", pg_catalog.rtrim(pg_catalog.bpcharsend("Code "),'
+        " ' '::pg_catalog.bytea), \"note\" FROM ONLY"
+    )
+    assert piece.copy_in().as_string(None) == (
+        'COPY "public"."t" ("id", "Code ", "note") FROM STDIN (FORMAT binary)'
+    )
+    fact = Part(0, 1, 1, ["public.t"], piece).as_fact()["copy"]
+    assert fact["trimmed"] == ["Code "] and Slice(**fact) == piece
+    older = {k: v for k, v in fact.items() if k != "trimmed"}  # an archive from before
+    assert Slice(**older).trimmed == []
+
+    text = Candidate("public", "t", 64 << 20, 100, ["id", "Code "], False, ["Code "])
+    old = plan_slices([table], 1, 130000) + plan_slices([text], 1, 150000)
+    assert [p.trimmed for p in old] == [[], []]
+    assert all('"Code "' in p.copy_out() and "rtrim" not in p.copy_out() for p in old)
+
+
 def test_part_patterns_match_exactly_one_table_whatever_its_name() -> None:
     from lifeos_backup.postgres.dump import part_args
 
