@@ -151,6 +151,23 @@ def locate(settings: Settings, catalog: Catalog, backup_id: str) -> tuple[Backup
     return row, archive, manifest_path(archive, backup_id)
 
 
+def check_files(
+    settings: Settings, archive: Path, manifest: Manifest, progress: ProgressFn = ignore
+) -> str:
+    """Re-read `archive` against `manifest`; raise VerificationFailed, or return the scope checked:
+    "content" (every member), or "ciphertext" for an encrypted backup without the private key
+    (size, SHA-256, age header; writers hold only public keys)."""
+    if manifest.encryption and settings.encryption_identity_file is None:
+        check_sealed(archive, manifest, progress)
+        # what a kind can check beyond the bytes without the key (basebackup: its WAL)
+        check_more = getattr(get_kind(manifest.kind), "check_without_key", None)
+        if check_more is not None:
+            check_more(archive, manifest, progress)
+        return "ciphertext"
+    get_kind(manifest.kind).check(archive, manifest, progress)
+    return "content"
+
+
 def verify_backup(
     backup_id: str, settings: Settings, catalog: Catalog, progress: ProgressFn = ignore
 ) -> Manifest:
@@ -170,22 +187,13 @@ def verify_backup(
                 f"{'manifest' if not mpath.exists() else 'archive'} missing",
             )
         manifest = read_manifest(mpath)
-        if manifest.encryption and settings.encryption_identity_file is None:
-            check_sealed(archive, manifest, progress)  # writers hold only public keys
-            # what a kind can check beyond the bytes without the key (basebackup: its WAL)
-            check_more = getattr(get_kind(manifest.kind), "check_without_key", None)
-            if check_more is not None:
-                check_more(archive, manifest, progress)
-            scope = "ciphertext"
-        else:
-            get_kind(manifest.kind).check(archive, manifest, progress)
-            scope = "content"
+        scope = check_files(settings, archive, manifest, progress)
     except VerificationFailed as exc:
         catalog.update(backup_id, status=FAILED, error=str(exc)[:4000])
         raise
     now = utcnow()
     manifest.verified_at = now
-    manifest.verified_scope = scope
+    manifest.verified_scope = scope  # type: ignore[assignment]
     write_manifest(mpath, manifest)
     catalog.update(backup_id, status=VERIFIED, verified_at=now, error=None)
     log.info("verified %s", backup_id)

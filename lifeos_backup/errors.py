@@ -42,6 +42,10 @@ class NotFound(PermanentError):
     """A backup, file or object that was asked for does not exist."""
 
 
+class InvalidName(PermanentError):
+    """A backup id, archive name or path read from data is not the repository's own pattern."""
+
+
 class AlreadyRunning(PermanentError):
     """Another job holds the lock for the same kind; this request is skipped, not queued."""
 

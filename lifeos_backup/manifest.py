@@ -10,10 +10,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from lifeos_backup.errors import VerificationFailed
+from lifeos_backup.errors import LifeosError, VerificationFailed
 from lifeos_backup.fsutil import atomic_writer
+from lifeos_backup.names import check_archive_name
 
 FORMAT_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -83,6 +84,16 @@ class Manifest(BaseModel):
     # (size, SHA-256, header) because the writing machines hold only public keys.
     verified_scope: Literal["content", "ciphertext"] | None = None
 
+    @model_validator(mode="after")
+    def _names_are_the_repository_s(self) -> Manifest:
+        """Id, kind and archive name become paths: a manifest with any other is refused here,
+        before any reader (restore, rebuild, off-site, drill) can use them."""
+        try:
+            check_archive_name(self.backup_id, self.kind, self.archive.name)
+        except LifeosError as exc:  # InvalidName, or ConfigError for an unknown kind
+            raise ValueError(str(exc)) from None
+        return self
+
 
 def manifest_path(archive: Path, backup_id: str) -> Path:
     return archive.with_name(backup_id + MANIFEST_SUFFIX)
@@ -94,18 +105,24 @@ def write_manifest(path: Path, manifest: Manifest) -> None:
         handle.write(manifest.model_dump_json(exclude_none=True).encode() + b"\n")
 
 
-def read_manifest(path: Path) -> Manifest:
-    """Load and validate a manifest; a damaged one is a verification failure, not a crash."""
+def parse_manifest(data: bytes, name: str) -> Manifest:
+    """Validate a manifest's bytes; a damaged or hostile one is a verification failure."""
     try:
-        return Manifest.model_validate_json(path.read_bytes())
-    except FileNotFoundError:
-        raise
-    except (ValidationError, ValueError) as exc:
-        raise VerificationFailed(
-            f"manifest {path.name} is unreadable",
-            str(exc).splitlines()[0],
-            "the backup cannot be trusted; use another one",
-        ) from exc
+        return Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        detail = f"{where}: {first['msg']}" if where else str(first["msg"])
+    except ValueError as exc:
+        detail = str(exc).splitlines()[0]
+    raise VerificationFailed(
+        f"manifest {name} is unreadable", detail, "the backup cannot be trusted; use another one"
+    )
+
+
+def read_manifest(path: Path) -> Manifest:
+    """Load and validate a manifest (FileNotFoundError when there is none)."""
+    return parse_manifest(path.read_bytes(), path.name)
 
 
 def require_archive_match(manifest: Manifest, name: str, size: int, sha256: str) -> None:

@@ -2,54 +2,30 @@
 
 Names follow the old scripts' layout (operators' habits): json/json_backup_YYYYMMDD_HHMMSS.tar.zst
 and postgresql/full/postgres_full_YYYYMMDD_HHMMSS.<ext>, each with <id>.manifest.json beside it.
+The naming rules themselves, and their checks, are in lifeos_backup.names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
-from lifeos_backup.errors import ConfigError
 from lifeos_backup.manifest import MANIFEST_SUFFIX
+from lifeos_backup.names import LAYOUTS, KindLayout, kind_of_id, layout, new_backup_id
 
-
-@dataclass(frozen=True)
-class KindLayout:
-    folder: str
-    prefix: str
-
-
-LAYOUTS: dict[str, KindLayout] = {
-    "json": KindLayout("json", "json_backup_"),
-    "postgres": KindLayout("postgresql/full", "postgres_full_"),
-    "basebackup": KindLayout("postgresql/base", "base_backup_"),
-}
-
-
-def layout(kind: str) -> KindLayout:
-    try:
-        return LAYOUTS[kind]
-    except KeyError:
-        raise ConfigError(
-            f"unknown backup kind {kind!r}", hint=f"use one of: {', '.join(sorted(LAYOUTS))}"
-        ) from None
+__all__ = [
+    "LAYOUTS",
+    "KindLayout",
+    "iter_manifests",
+    "kind_dir",
+    "kind_of_id",
+    "layout",
+    "new_backup_id",
+]
 
 
 def kind_dir(root: Path, kind: str) -> Path:
     return root / layout(kind).folder
-
-
-def new_backup_id(kind: str, when: datetime) -> str:
-    return layout(kind).prefix + when.astimezone(UTC).strftime("%Y%m%d_%H%M%S")
-
-
-def kind_of_id(backup_id: str) -> str:
-    for kind, lay in LAYOUTS.items():
-        if backup_id.startswith(lay.prefix):
-            return kind
-    raise ConfigError(f"{backup_id!r} is not a backup id", hint="see `lifeos-backup list`")
 
 
 def iter_manifests(root: Path) -> Iterator[Path]:

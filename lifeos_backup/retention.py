@@ -10,7 +10,10 @@ unverified archive is no backup to rely on. Two guards sit above the policy:
 * the newest verified backup is always kept, so no policy (or clock error) can leave zero good
   backups;
 * failed, unverified and running backups are only removed once older than a grace period, so a
-  backup in progress, or one about to be verified, is never pulled from under its task.
+  backup in progress, or one about to be verified, is never pulled from under its task;
+* backups a catalog rebuild could not prove (`unverified`: listed from a trusted manifest;
+  `incomplete`: an archive without its manifest) are never removed by rotation: they may be the
+  only copy of something, and only a person (or `verify`) decides what they are.
 """
 
 from __future__ import annotations
@@ -27,13 +30,20 @@ CREATED = "created"
 VERIFIED = "verified"
 FAILED = "failed"
 DELETED = "deleted"
-STATUSES = frozenset({RUNNING, CREATED, VERIFIED, FAILED, DELETED})
+UNVERIFIED = "unverified"
+INCOMPLETE = "incomplete"
+STATUSES = frozenset({RUNNING, CREATED, VERIFIED, FAILED, DELETED, UNVERIFIED, INCOMPLETE})
 
 # Why a non-verified backup older than the grace period goes.
 _GRACE_DELETE_REASONS = {
     FAILED: "failed, older than grace",
     CREATED: "unverified, older than grace",
     RUNNING: "stale running, older than grace",
+}
+# Why a backup that rotation never removes is kept.
+_NEVER_DELETE_REASONS = {
+    UNVERIFIED: "unverified since a catalog rebuild: check it with `lifeos-backup verify`",
+    INCOMPLETE: "incomplete (no manifest): kept for inspection",
 }
 
 _FORM_HINT = (
@@ -288,6 +298,8 @@ def plan(candidates: Iterable[Candidate], policy: Policy, now: datetime, grace: 
             else:
                 reason = f"not kept by policy {policy}"
                 delete.append(Decision(c.id, c.created_at, c.status, [reason]))
+        elif c.status in _NEVER_DELETE_REASONS:
+            keep.append(Decision(c.id, c.created_at, c.status, [_NEVER_DELETE_REASONS[c.status]]))
         elif now - c.created_at > grace:
             delete.append(Decision(c.id, c.created_at, c.status, [_GRACE_DELETE_REASONS[c.status]]))
         else:

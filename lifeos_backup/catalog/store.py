@@ -23,7 +23,10 @@ from lifeos_backup.errors import NotFound
 from lifeos_backup.fsutil import FILE_MODE, private_dir
 
 RUNNING, CREATED, VERIFIED, FAILED, DELETED = "running", "created", "verified", "failed", "deleted"
-STATUSES = (RUNNING, CREATED, VERIFIED, FAILED, DELETED)
+# Set only by `catalog rebuild`: listed from a manifest it was told to trust without re-reading
+# the archive (`--trust-manifests`), or an archive found without its manifest.
+UNVERIFIED, INCOMPLETE = "unverified", "incomplete"
+STATUSES = (RUNNING, CREATED, VERIFIED, FAILED, DELETED, UNVERIFIED, INCOMPLETE)
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration (a unit test checks it against migrations/versions). A catalog already
 # there is not handed to Alembic at all: importing it costs every CLI call about 0.4 s.

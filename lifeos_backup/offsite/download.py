@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from botocore.exceptions import BotoCoreError
-from pydantic import ValidationError
 
 from lifeos_backup.catalog import Backup, Catalog
 from lifeos_backup.catalog.store import CREATED, VERIFIED
 from lifeos_backup.errors import NotFound, VerificationFailed
 from lifeos_backup.fsutil import private_dir, remove_quietly
-from lifeos_backup.manifest import MANIFEST_SUFFIX, Manifest
+from lifeos_backup.manifest import MANIFEST_SUFFIX, Manifest, parse_manifest
 from lifeos_backup.offsite import state
 from lifeos_backup.offsite.s3 import Remote, connect, head, manifest_key, s3_errors
 from lifeos_backup.offsite.upload import remote_mismatch
@@ -37,14 +36,7 @@ log = logging.getLogger(__name__)
 
 def read_remote_manifest(remote: Remote, key: str) -> Manifest:
     body = remote.client.get_object(Bucket=remote.bucket, Key=key)["Body"].read()
-    try:
-        return Manifest.model_validate_json(body)
-    except (ValidationError, ValueError) as exc:
-        raise VerificationFailed(
-            f"remote manifest {key} is unreadable",
-            str(exc).splitlines()[0],
-            "that off-site backup cannot be trusted; use another one",
-        ) from exc
+    return parse_manifest(body, key)
 
 
 def download_archive(

@@ -72,7 +72,7 @@ def manifest_for(result: ArchiveResult, archive: Path, algorithm: str, level: in
     """The manifest exactly as `backups.create_backup` builds it from a write result."""
     now = datetime(2025, 1, 1, tzinfo=UTC)
     return Manifest(
-        backup_id="json-20250101T000000Z",
+        backup_id="json_backup_20250101_000000",
         kind="json",
         created_at=now,
         finished_at=now,
@@ -145,7 +145,7 @@ def backup(
 ) -> tuple[Path, Manifest]:
     algorithm: str = request.param
     suffix = {"zstd": ".tar.zst", "gzip": ".tar.gz"}[algorithm]
-    archive = tmp_path_factory.mktemp("repo") / f"json-20250101T000000Z{suffix}"
+    archive = tmp_path_factory.mktemp("repo") / f"json_backup_20250101_000000{suffix}"
     reports: list[Progress] = []
     result = write_archive(app, NAMES, archive, algorithm, LEVELS[algorithm], reports.append)
     assert reports[-1].files_done == reports[-1].files_total == 8
@@ -184,7 +184,7 @@ def test_archive_lists_every_entry_with_hashes(app: Path, backup: tuple[Path, Ma
             assert entry.linkname == os.readlink(path)
     assert entries["data/private.json"].mode == 0o640
     assert entries["configs/empty-dir"].type == "dir"
-    assert manifest.archive.name.startswith("json-")
+    assert manifest.archive.name.startswith("json_backup_")
     assert [s.name for s in manifest.sources] == NAMES and all(s.present for s in manifest.sources)
 
 
@@ -373,11 +373,11 @@ def evil_archive(
             entries.append(FileEntry(path=name, size=len(data), mode=0o644, sha256=digest))
     packed = zstandard.ZstdCompressor().compress(raw.getvalue())
     folder.mkdir(parents=True, exist_ok=True)
-    archive = folder / "json-20250101T000000Z.tar.zst"
+    archive = folder / "json_backup_20250101_000000.tar.zst"
     archive.write_bytes(packed)
     now = datetime(2025, 1, 1, tzinfo=UTC)
     manifest = Manifest(
-        backup_id="json-20250101T000000Z",
+        backup_id="json_backup_20250101_000000",
         kind="json",
         created_at=now,
         finished_at=now,

@@ -86,7 +86,7 @@ def _manifest(path: Path) -> Manifest:
 
 
 def test_plan_hashes_parts_and_refuses_a_changed_file(tmp_path: Path) -> None:
-    path = tmp_path / "a.bin"
+    path = tmp_path / "json_backup_20260101_000000.tar.zst"
     data = os.urandom(2 * MIB + 123)
     path.write_bytes(data)
     manifest = _manifest(path)
@@ -110,7 +110,7 @@ def test_plan_hashes_parts_and_refuses_a_changed_file(tmp_path: Path) -> None:
 
 
 def test_empty_archive_is_one_empty_part(tmp_path: Path) -> None:
-    path = tmp_path / "empty"
+    path = tmp_path / "json_backup_20260101_000000.tar.gz"
     path.write_bytes(b"")
     plan = plan_upload(path, _manifest(path), MIB)
     assert plan.single and [p.size for p in plan.parts] == [0]
