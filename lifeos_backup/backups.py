@@ -25,11 +25,12 @@ from lifeos_backup.catalog.store import (
     utcnow,
 )
 from lifeos_backup.crypto import check_sealed
-from lifeos_backup.errors import NotFound, VerificationFailed
-from lifeos_backup.fsutil import PARTIAL_SUFFIX, private_dir, remove_quietly
+from lifeos_backup.errors import LifeosError, NotFound, RetryableError, VerificationFailed
+from lifeos_backup.fsutil import private_dir, remove_quietly
 from lifeos_backup.kinds import get_kind
+from lifeos_backup.leases import lease
+from lifeos_backup.leftovers import INTERRUPTED, clean_leftovers
 from lifeos_backup.manifest import (
-    MANIFEST_SUFFIX,
     ArchiveInfo,
     Compression,
     Manifest,
@@ -37,34 +38,14 @@ from lifeos_backup.manifest import (
     read_manifest,
     write_manifest,
 )
+from lifeos_backup.names import check_backup_id
 from lifeos_backup.offsite.state import remote_only
 from lifeos_backup.progress import ProgressFn, ignore
-from lifeos_backup.repository import iter_manifests, kind_dir, layout, new_backup_id
+from lifeos_backup.repository import iter_manifests, kind_dir, new_backup_id
 from lifeos_backup.retention import Candidate, Plan, parse_policy, plan
 from lifeos_backup.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-def clean_leftovers(kind: str, settings: Settings, catalog: Catalog) -> list[str]:
-    """Remove what a killed run of this kind left behind; call only while holding its lock."""
-    folder = kind_dir(settings.backup_root, kind)
-    removed: list[str] = []
-    if folder.is_dir():
-        prefix = layout(kind).prefix
-        for path in folder.iterdir():
-            name = path.name
-            orphan = name.startswith(prefix) and not name.endswith(MANIFEST_SUFFIX)
-            if orphan:
-                backup_id = name.split(".", 1)[0]
-                orphan = not manifest_path(path, backup_id).exists()
-            if (name.startswith(".") and name.endswith(PARTIAL_SUFFIX)) or orphan:
-                remove_quietly(path)
-                removed.append(name)
-    stale = catalog.fail_stale_running(kind, "interrupted: the worker stopped before it finished")
-    if removed or stale:
-        log.warning("cleaned leftovers of %s: files %s, runs %s", kind, removed, stale)
-    return removed + stale
 
 
 def _free_id(kind: str, catalog: Catalog) -> tuple[str, datetime]:
@@ -85,59 +66,69 @@ def create_backup(
     reason: str = "",
     initiator: str = "operator",
     progress: ProgressFn = ignore,
+    owner: str = "cli",
+    then: str | None = None,
 ) -> Manifest:
-    """Write a new archive and its manifest; the backup ends `created` (not yet good)."""
+    """Write a new archive and its manifest; the backup ends `created` (not yet good).
+
+    The caller holds the kind's lock. `owner` is the task writing it (or `cli`); `then` the task
+    that verifies it next, recorded so the sweeper can tell a waiting backup from a lost one.
+    The backup's lease is held from before its catalog row exists until it is `created`.
+    """
     kind = get_kind(kind_name)
     folder = private_dir(kind_dir(settings.backup_root, kind_name))
-    clean_leftovers(kind_name, settings, catalog)
+    clean_leftovers(kind_name, settings, catalog, owner)
     backup_id, started = _free_id(kind_name, catalog)
     archive = folder / (backup_id + kind.extension(settings))
     host = socket.gethostname()
-    catalog.add_backup(
-        Backup(
-            id=backup_id,
-            kind=kind_name,
-            status=RUNNING,
-            path=str(archive.relative_to(settings.backup_root)),
-            reason=reason,
-            initiator=initiator,
-            host=host,
-            created_at=started,
+    with lease(settings.backup_root, backup_id, owner, "create"):
+        catalog.add_backup(
+            Backup(
+                id=backup_id,
+                kind=kind_name,
+                status=RUNNING,
+                path=str(archive.relative_to(settings.backup_root)),
+                reason=reason,
+                initiator=initiator,
+                host=host,
+                created_at=started,
+                task_id=owner,
+            )
         )
-    )
-    mpath = manifest_path(archive, backup_id)
-    try:
-        written = kind.write(settings, archive, progress)
-        finished = utcnow()
-        manifest = Manifest(
-            backup_id=backup_id,
-            kind=kind_name,
-            created_at=started,
+        mpath = manifest_path(archive, backup_id)
+        try:
+            written = kind.write(settings, archive, progress)
+            finished = utcnow()
+            manifest = Manifest(
+                backup_id=backup_id,
+                kind=kind_name,
+                created_at=started,
+                finished_at=finished,
+                host=host,
+                tool_version=__version__,
+                reason=reason,
+                initiator=initiator,
+                sources=written.sources,
+                compression=Compression(algorithm=written.algorithm, level=written.level),
+                archive=ArchiveInfo(name=archive.name, size=written.size, sha256=written.sha256),
+                files=written.files,
+                facts=written.facts,
+                encryption=written.encryption,
+            )
+            write_manifest(mpath, manifest)  # last: an archive without a manifest is incomplete
+        except BaseException as exc:
+            remove_quietly(mpath, archive)
+            catalog.update(backup_id, status=FAILED, error=str(exc)[:4000], finished_at=utcnow())
+            raise
+        catalog.update(
+            backup_id,
+            status=CREATED,
+            size=written.size,
+            sha256=written.sha256,
             finished_at=finished,
-            host=host,
-            tool_version=__version__,
-            reason=reason,
-            initiator=initiator,
-            sources=written.sources,
-            compression=Compression(algorithm=written.algorithm, level=written.level),
-            archive=ArchiveInfo(name=archive.name, size=written.size, sha256=written.sha256),
-            files=written.files,
-            facts=written.facts,
-            encryption=written.encryption,
+            duration_s=(finished - started).total_seconds(),
+            task_id=then,
         )
-        write_manifest(mpath, manifest)  # last: an archive without a manifest is incomplete
-    except BaseException as exc:
-        remove_quietly(mpath, archive)
-        catalog.update(backup_id, status=FAILED, error=str(exc)[:4000], finished_at=utcnow())
-        raise
-    catalog.update(
-        backup_id,
-        status=CREATED,
-        size=written.size,
-        sha256=written.sha256,
-        finished_at=finished,
-        duration_s=(finished - started).total_seconds(),
-    )
     log.info("created %s (%d bytes)", backup_id, written.size)
     return manifest
 
@@ -169,33 +160,49 @@ def check_files(
 
 
 def verify_backup(
-    backup_id: str, settings: Settings, catalog: Catalog, progress: ProgressFn = ignore
+    backup_id: str,
+    settings: Settings,
+    catalog: Catalog,
+    progress: ProgressFn = ignore,
+    owner: str = "cli",
 ) -> Manifest:
-    """Re-read the archive and check it against its manifest; only then mark it verified."""
-    row, archive, mpath = locate(settings, catalog, backup_id)
-    try:
-        if row.status == RUNNING:
-            raise VerificationFailed(f"backup {backup_id} is still being written")
-        if remote_only(row, settings.backup_root):  # not a local failure: nothing local to check
-            raise NotFound(
-                f"backup {backup_id} is only off-site",
-                hint="restore it with --from offsite; the sync re-checks remote copies",
+    """Re-read the archive and check it against its manifest; only then mark it verified.
+
+    Holds the backup's lease (LeaseBusy while another process writes or verifies it), so the
+    clean-up never removes the manifest being rewritten here.
+    """
+    with lease(settings.backup_root, check_backup_id(backup_id), owner, "verify"):
+        row, archive, mpath = locate(settings, catalog, backup_id)
+        try:
+            if row.status == RUNNING:  # the lease is ours: its writer is gone
+                raise VerificationFailed(f"backup {backup_id} was never finished", INTERRUPTED)
+            if remote_only(row, settings.backup_root):  # nothing local to check: not a failure
+                raise NotFound(
+                    f"backup {backup_id} is only off-site",
+                    hint="restore it with --from offsite; the sync re-checks remote copies",
+                )
+            if not mpath.exists() or not archive.exists():
+                raise VerificationFailed(
+                    f"backup {backup_id} is incomplete on disk",
+                    f"{'manifest' if not mpath.exists() else 'archive'} missing",
+                )
+            manifest = read_manifest(mpath)
+            scope = check_files(settings, archive, manifest, progress)
+        except (NotFound, RetryableError):
+            raise  # nothing wrong with the backup itself (off-site only; try again later)
+        except Exception as exc:  # a backup that cannot be checked is no good backup
+            error = (
+                str(exc)
+                if isinstance(exc, LifeosError)
+                else f"verify failed: {type(exc).__name__}: {exc}"
             )
-        if not mpath.exists() or not archive.exists():
-            raise VerificationFailed(
-                f"backup {backup_id} is incomplete on disk",
-                f"{'manifest' if not mpath.exists() else 'archive'} missing",
-            )
-        manifest = read_manifest(mpath)
-        scope = check_files(settings, archive, manifest, progress)
-    except VerificationFailed as exc:
-        catalog.update(backup_id, status=FAILED, error=str(exc)[:4000])
-        raise
-    now = utcnow()
-    manifest.verified_at = now
-    manifest.verified_scope = scope  # type: ignore[assignment]
-    write_manifest(mpath, manifest)
-    catalog.update(backup_id, status=VERIFIED, verified_at=now, error=None)
+            catalog.update(backup_id, status=FAILED, error=error[:4000])
+            raise
+        now = utcnow()
+        manifest.verified_at = now
+        manifest.verified_scope = scope  # type: ignore[assignment]
+        write_manifest(mpath, manifest)
+        catalog.update(backup_id, status=VERIFIED, verified_at=now, error=None, task_id=None)
     log.info("verified %s", backup_id)
     return manifest
 

@@ -222,6 +222,12 @@ def die_with_parent_hook() -> Callable[[], None] | None:
     return hook
 
 
+def set_parent_death_signal() -> None:
+    """This process (a worker's pool process) is SIGKILLed when its parent dies (Linux)."""
+    if _prctl is not None:
+        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 def _start_watchdog(
     popen: subprocess.Popen[bytes], timeout: float | None, expired: threading.Event
 ) -> threading.Timer | None:

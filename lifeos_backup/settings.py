@@ -62,7 +62,10 @@ class Settings(BaseSettings):
     lock_ttl: int = Field(60, description="Lock lifetime; the running task renews it.")
     task_soft_time_limit: int = Field(10_500, description="Task gets a clean-up exception.")
     task_time_limit: int = Field(10_800, description="Task is killed.")
-    visibility_timeout: int = Field(14_400, description="Unacked message redelivered after this.")
+    visibility_timeout: int = Field(
+        300, ge=30, description="A held message whose worker stopped its heartbeat (every tenth "
+        "of this) is redelivered after this.",
+    )
     max_deliveries: int = Field(3, description="A message that killed its worker this often fails.")
     result_expires: int = Field(7 * 86_400, description="Task results kept this long in Redis.")
     retry_max: int = Field(5, description="Retries of a retryable failure.")

@@ -10,7 +10,6 @@ from typing import Any
 from lifeos_backup import backups
 from lifeos_backup.client import CREATE, ROTATE, VERIFY, backup_chain
 from lifeos_backup.kinds import KINDS
-from lifeos_backup.locks import exclusive
 from lifeos_backup.queues import pin_to_host
 from lifeos_backup.repository import kind_of_id
 from workers.base import LifeosTask
@@ -20,7 +19,7 @@ from workers.celery_app import app
 @app.task(bind=True, base=LifeosTask, name=CREATE)
 def create(self: LifeosTask, kind: str, reason: str = "", initiator: str = "operator") -> str:
     """Write the archive and manifest while holding the kind's lock; returns the backup id."""
-    with exclusive(self.redis, f"backup:{kind}", self.settings.lock_ttl, self.request.id) as held:
+    with self.exclusive(f"backup:{kind}") as held:
         manifest = backups.create_backup(
             kind,
             self.settings,
@@ -28,6 +27,8 @@ def create(self: LifeosTask, kind: str, reason: str = "", initiator: str = "oper
             reason=reason,
             initiator=initiator,
             progress=self.reporter(held),
+            owner=self.request.id,
+            then=self.next_task_id(),
         )
     if not self.settings.shared_repository:  # the archive is on this host's disk only
         pin_to_host(self.request.chain, self.settings.host_queue)
@@ -37,7 +38,10 @@ def create(self: LifeosTask, kind: str, reason: str = "", initiator: str = "oper
 @app.task(bind=True, base=LifeosTask, name=VERIFY)
 def verify(self: LifeosTask, backup_id: str) -> str:
     """Re-read the archive against its manifest; the backup is good only after this passed."""
-    backups.verify_backup(backup_id, self.settings, self.catalog, self.reporter())
+    with self.busy_means_retry():
+        backups.verify_backup(
+            backup_id, self.settings, self.catalog, self.reporter(), owner=self.request.id
+        )
     return backup_id
 
 
@@ -49,7 +53,7 @@ def rotate(
     kinds = [kind_of_id(backup_id)] if backup_id else [kind] if kind else sorted(KINDS)
     deleted: dict[str, list[str]] = {}
     for name in kinds:
-        with exclusive(self.redis, f"rotate:{name}", self.settings.lock_ttl, self.request.id):
+        with self.exclusive(f"rotate:{name}"):
             result = backups.rotate(name, self.settings, self.catalog)
         deleted[name] = [d.id for d in result.plan.delete]
     return deleted

@@ -1,14 +1,13 @@
-"""Restore drills and the health check: thin tasks around lifeos_backup.monitoring."""
+"""Restore drills and the health check (with the sweeper): thin tasks around monitoring."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from lifeos_backup.errors import AlreadyRunning
-from lifeos_backup.locks import exclusive
 from lifeos_backup.monitoring import checkup, drill
 from workers.base import LifeosTask
-from workers.celery_app import app
+from workers.celery_app import app, sweep_now
 
 
 @app.task(bind=True, base=LifeosTask, name=checkup.DRILL_TASK)
@@ -25,7 +24,7 @@ def run_drill(
         kinds = [kind] if kind else drill.kinds_to_drill(self.catalog)
     results = []
     for name in kinds:
-        with exclusive(self.redis, f"drill:{name}", self.settings.lock_ttl, self.request.id):
+        with self.exclusive(f"drill:{name}"):
             result = drill.run_drill(
                 self.settings, self.catalog, name, backup_id, progress=self.reporter()
             )
@@ -42,10 +41,12 @@ def run_drill(
 
 @app.task(bind=True, base=LifeosTask, name=checkup.HEALTH_TASK)
 def health_check(self: LifeosTask) -> dict[str, Any]:
-    """Evaluate health, request catch-up backups, send alerts; one check at a time."""
+    """Sweep backups whose task is gone, evaluate health, request catch-up backups, send
+    alerts; one check at a time."""
     try:
-        with exclusive(self.redis, "health", self.settings.lock_ttl, self.request.id):
-            return checkup.run_health_check(
+        with self.exclusive("health"):
+            swept = sweep_now(self.redis)
+            report = checkup.run_health_check(
                 self.settings,
                 self.catalog,
                 self.redis,
@@ -53,3 +54,5 @@ def health_check(self: LifeosTask) -> dict[str, Any]:
             )
     except AlreadyRunning:
         return {"status": "skipped", "reason": "another health check is running"}
+    report["swept"] = [{"id": s.backup_id, "failed": s.failed, "removed": s.removed} for s in swept]
+    return report

@@ -33,9 +33,7 @@ def upload(self: LifeosTask, backup_id: str) -> str:
     from lifeos_backup.offsite.upload import upload_backup
 
     try:
-        with exclusive(
-            self.redis, f"upload:{backup_id}", self.settings.lock_ttl, self.request.id
-        ) as held:
+        with self.exclusive(f"upload:{backup_id}") as held:
             upload_backup(backup_id, self.settings, self.catalog, self.reporter(held))
     except AlreadyRunning as exc:
         log.info("upload of %s left to the running one: %s", backup_id, exc)
@@ -58,7 +56,7 @@ def sync(self: LifeosTask) -> dict[str, Any]:
         with exclusive(self.redis, name, ttl, owner) as held:
             yield held
 
-    with exclusive(self.redis, "offsite-sync", ttl, owner) as held:
+    with self.exclusive("offsite-sync") as held:
         report = offsite_sync(self.settings, self.catalog, lock, self.reporter(held))
     if report.failed:
         first_id, first_error = next(iter(report.failed.items()))

@@ -6,7 +6,6 @@ Base backups themselves run through the ordinary chain (`lifeos.backup.start` wi
 from __future__ import annotations
 
 from lifeos_backup.errors import AlreadyRunning
-from lifeos_backup.locks import exclusive
 from workers.base import LifeosTask
 from workers.celery_app import app
 
@@ -21,7 +20,7 @@ def wal_offsite(self: LifeosTask) -> list[str]:
     from lifeos_backup.pitr.offsite_wal import upload_wal
 
     try:
-        with exclusive(self.redis, "wal-offsite", self.settings.lock_ttl, self.request.id):
+        with self.exclusive("wal-offsite"):
             return upload_wal(self.settings)
     except AlreadyRunning:
         return []  # the previous run is still copying; the next one picks up the rest

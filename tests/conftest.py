@@ -30,6 +30,22 @@ from tests.support.worker import LifeosEnv, WorkerProcess  # noqa: E402
 _T = TypeVar("_T")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("faults", "fault campaign (tests/faults)")
+    group.addoption(
+        "--fault-rounds",
+        type=int,
+        default=int(os.environ.get("LIFEOS_FAULT_ROUNDS", "6")),
+        help="rounds of the fault campaign, one injected fault each (default 6: one per type)",
+    )
+    group.addoption(
+        "--fault-max-outage",
+        type=float,
+        default=12.0,
+        help="longest Redis outage in seconds (the long campaign uses 40)",
+    )
+
+
 def _start(factory: Callable[[], _T]) -> _T:
     """Start a service; a missing/broken one is a test failure with a plain message, not a skip."""
     try:
@@ -110,13 +126,19 @@ def start_worker(lifeos_env: LifeosEnv) -> Iterator[Callable[..., WorkerProcess]
     """Factory: start a real Celery worker with the test's LIFEOS_* env (plus overrides)."""
     started: list[WorkerProcess] = []
 
-    def start(concurrency: int = 1, queues: str | None = None, **extra_env: str) -> WorkerProcess:
+    def start(
+        concurrency: int = 1,
+        queues: str | None = None,
+        hostname: str | None = None,
+        **extra_env: str,
+    ) -> WorkerProcess:
         index = len(started)
         proc = WorkerProcess(
             lifeos_env.subprocess_env(**extra_env),
             lifeos_env.root / f"worker-{index}.log",
             concurrency=concurrency,
             queues=queues,
+            hostname=hostname,
         )
         started.append(proc)
         proc.wait_ready()

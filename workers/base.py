@@ -5,20 +5,23 @@ Tasks stay thin: they wire arguments, locks and chaining; the work is in lifeos_
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
+from collections.abc import Iterator
 from functools import cached_property
 from typing import Any
 
 import redis
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Ignore, Retry
 
 from lifeos_backup.catalog import Catalog, open_catalog
 from lifeos_backup.errors import LifeosError, PermanentError, RetryableError, TooManyDeliveries
-from lifeos_backup.locks import HeldLock
-from lifeos_backup.progress import Progress, ProgressFn, Throttled
+from lifeos_backup.leases import LeaseBusy
+from lifeos_backup.locks import DuplicateDelivery, HeldLock, acquire
+from lifeos_backup.progress import Background, Progress, ProgressFn, Throttled
 from lifeos_backup.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,9 @@ DELIVERY_KEY = "lifeos:deliveries:{task_id}:{retries}"
 
 class LockLost(PermanentError):
     """The job's lock expired under it; stop rather than run beside another copy."""
+
+
+BUSY_RETRY = 30  # seconds before a step finds its backup busy (another verify) and tries again
 
 
 class LifeosTask(Task):
@@ -77,9 +83,15 @@ class LifeosTask(Task):
         started = time.monotonic()
         try:
             self._count_delivery()
-            result = super().__call__(*args, **kwargs)
+            try:
+                result = super().__call__(*args, **kwargs)
+            finally:
+                self._stop_reporting()
         except Retry as exc:
             self.catalog.task_finished(run_id, "retrying", error=str(exc.exc or exc)[:4000])
+            raise
+        except Ignore:  # a duplicate delivery of a run that goes on elsewhere in this host
+            self.catalog.task_finished(run_id, "duplicate")
             raise
         except LifeosError as exc:
             log.error("%s failed: %s", self.name, exc)
@@ -127,13 +139,75 @@ class LifeosTask(Task):
         except Exception:
             log.exception("could not write the audit record of %s %s", self.name, run.task_id)
 
+    @cached_property
+    def _reporting(self) -> list[Background]:
+        return []
+
+    def _stop_reporting(self) -> None:
+        """No PROGRESS may land after the task's final state (one task per process at a time)."""
+        while self._reporting:
+            self._reporting.pop().close()
+
+    def next_task_id(self) -> str | None:
+        """The id of the chain's next step (Celery keeps the rest of a chain reversed)."""
+        chain = self.request.chain or []
+        options = chain[-1].get("options", {}) if chain else {}
+        task_id = options.get("task_id") if isinstance(options, dict) else None
+        return str(task_id) if task_id else None
+
+    def _duplicate(self, exc: DuplicateDelivery | LeaseBusy, provable: bool) -> Exception:
+        """A duplicate delivery: dropped when its twin provably runs on this host (the twin
+        stores the result), else retried once the twin's lock would have expired."""
+        if provable:
+            log.warning("%s %s: duplicate delivery dropped: %s", self.name, self.request.id, exc)
+            return Ignore()
+        return self.retry(exc=exc, countdown=self.settings.lock_ttl, throw=False)
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str) -> Iterator[HeldLock]:
+        """Hold the Redis lock `name` for the block (owner: this task).
+
+        A lock held by a provably dead process of this host is taken over at once; one held by
+        this very task elsewhere makes this delivery a duplicate (`_duplicate`).
+        """
+        try:
+            held = acquire(self.redis, name, self.settings.lock_ttl, self.request.id)
+        except DuplicateDelivery as exc:
+            raise self._duplicate(exc, exc.provable) from exc
+        try:
+            yield held
+        finally:
+            held.release()
+
+    @contextlib.contextmanager
+    def busy_means_retry(self) -> Iterator[None]:
+        """A backup whose lease another live process holds: try again later (or drop a
+        duplicate of this very task)."""
+        try:
+            yield
+        except LeaseBusy as exc:
+            mine = exc.holder.get("owner") == self.request.id
+            if mine and exc.holder.get("host") == socket.gethostname():
+                raise self._duplicate(exc, provable=True) from exc
+            raise self.retry(exc=exc, countdown=BUSY_RETRY, throw=False) from exc
+
     def reporter(self, held: HeldLock | None = None) -> ProgressFn:
-        """Progress sink publishing a PROGRESS state (throttled); stops if the lock was lost."""
+        """Progress sink publishing a PROGRESS state (throttled); stops if the lock was lost.
 
-        def publish(report: Progress) -> None:
-            self.update_state(state="PROGRESS", meta=report.as_meta())
+        Progress is best effort: while Redis does not answer, the job goes on unreported.
+        """
 
-        throttled = Throttled(publish)
+        task_id = self.request.id
+
+        def publish(meta: dict[str, object]) -> None:
+            try:
+                self.update_state(task_id=task_id, state="PROGRESS", meta=meta)
+            except Exception as exc:  # Redis down: the job goes on unreported
+                log.warning("progress of %s not published: %s", task_id, exc)
+
+        background = Background(publish)
+        self._reporting.append(background)
+        throttled = Throttled(background)
 
         def report(progress: Progress) -> None:
             if held is not None and held.lost.is_set():

@@ -2,23 +2,36 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import redis
 from celery import Celery
-from celery.signals import celeryd_after_setup
+from celery.signals import celeryd_after_setup, task_received, worker_process_init, worker_ready
 
 from lifeos_backup.client import MAINTENANCE, TASK_ROUTES
+from lifeos_backup.procs import set_parent_death_signal
 from lifeos_backup.queues import task_queues, valid_queue_name
+from lifeos_backup.redelivery import HEARTBEAT, Heartbeat, pending_task_ids, restore_predecessor
 from lifeos_backup.settings import Settings, get_settings, redis_url_for_celery
+
+log = logging.getLogger(__name__)
 
 
 def configure(app: Celery) -> None:
     """Apply settings; kept apart from creation so tests can re-run it after changing env."""
     settings = get_settings()
     url = redis_url_for_celery()
-    visibility = {"visibility_timeout": settings.visibility_timeout}
+    # Messages a worker holds are kept fresh by its heartbeat (lifeos_backup/redelivery.py), so the
+    # timeout covers a gap in heartbeats, not a job's length; the restore sweep runs every 10 s.
+    visibility = {
+        "visibility_timeout": settings.visibility_timeout,
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+    }
     app.conf.update(
         broker_url=url,
         result_backend=url,
@@ -37,8 +50,8 @@ def configure(app: Celery) -> None:
         # Soft limit first, so the task can remove its temporary files; then the hard kill.
         task_soft_time_limit=settings.task_soft_time_limit,
         task_time_limit=settings.task_time_limit,
-        # An unacked message is redelivered after the visibility timeout: it must exceed the hard
-        # limit or a job still running would be started twice. Celery reads it in three places.
+        # An unacked message whose holder stopped its heartbeat is redelivered after the
+        # visibility timeout (docs/operations.md). Celery reads it in three places.
         broker_transport_options=visibility,
         result_backend_transport_options=visibility,
         visibility_timeout=settings.visibility_timeout,
@@ -51,14 +64,6 @@ def configure(app: Celery) -> None:
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
-    if settings.task_time_limit >= settings.visibility_timeout:
-        from lifeos_backup.errors import ConfigError
-
-        raise ConfigError(
-            "LIFEOS_TASK_TIME_LIMIT must be below LIFEOS_VISIBILITY_TIMEOUT",
-            f"{settings.task_time_limit}s >= {settings.visibility_timeout}s",
-            "otherwise a running job would be delivered to a second worker",
-        )
     import beat_schedule
 
     app.conf.beat_schedule = beat_schedule.build_schedule(settings)
@@ -105,6 +110,67 @@ def consume_host_queue(sender: str, instance: Any, **_kwargs: Any) -> None:
     (lifeos_backup.queues): they read the archive from this host's disk."""
     queue = valid_queue_name(get_settings().host_queue)
     instance.app.amqp.queues.select_add(queue)
+
+
+_HEARTBEATS: dict[str, Heartbeat] = {}
+
+
+def _heartbeat(consumer: Any) -> Heartbeat:
+    node = str(consumer.hostname)
+    if node not in _HEARTBEATS:
+        settings = get_settings()
+        client = redis.Redis.from_url(
+            settings.require_redis_url(), socket_timeout=10, socket_connect_timeout=10
+        )
+        interval = min(HEARTBEAT, settings.visibility_timeout / 10)
+        _HEARTBEATS[node] = Heartbeat(client, node, interval)
+    return _HEARTBEATS[node]
+
+
+@task_received.connect
+def hold_message(sender: Any, request: Any, **_kwargs: Any) -> None:
+    """Keep every message this worker receives fresh until it is acknowledged."""
+    tag = getattr(request.message, "delivery_tag", None)
+    if tag:
+        _heartbeat(sender).hold(str(tag))
+
+
+@worker_ready.connect
+def recover_on_start(sender: Any, **_kwargs: Any) -> None:
+    """A worker that starts again puts back its predecessor's messages, then sweeps its host's
+    backups whose task is gone (lifeos_backup.leftovers)."""
+    beat = _heartbeat(sender)
+    beat.start()
+    try:
+        restore_predecessor(sender.app, beat.client, beat.node, beat.held())
+    except redis.RedisError as exc:
+        log.warning("cannot put back a previous run's messages: %s", exc)
+    threading.Thread(target=sweep_now, args=(beat.client,), name="sweeper", daemon=True).start()
+
+
+def sweep_now(client: redis.Redis) -> list[Any]:
+    """The sweeper with the broker's view of which tasks are still pending."""
+    from lifeos_backup.catalog import open_catalog
+    from lifeos_backup.leftovers import sweep
+
+    settings = get_settings()
+    try:
+        pending = pending_task_ids(client).__contains__
+    except redis.RedisError as exc:
+        log.warning("sweeping without the broker's view (%s): created backups are left", exc)
+        pending = None
+    try:
+        return sweep(settings, open_catalog(settings.effective_catalog_url), pending)
+    except Exception:
+        log.exception("the sweeper failed")
+        return []
+
+
+@worker_process_init.connect
+def die_with_the_worker(**_kwargs: Any) -> None:
+    """A pool process dies with its worker: a job whose worker was killed stops at once, and
+    its lease and locks are freed for the redelivery."""
+    set_parent_death_signal()
 
 
 os.umask(0o077)  # every file a worker writes (archives, catalog, state) is private

@@ -46,6 +46,9 @@ class Backup(Base):
     verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     duration_s: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
+    # The task now responsible: the create task while `running`, then the chain's verify task
+    # (lifeos_backup.leftovers resolves a backup whose task is gone).
+    task_id: Mapped[str | None] = mapped_column(String(64))
     # Off-site copy (lifeos_backup.offsite.state): status, where, when, what S3 should report.
     offsite_status: Mapped[str | None] = mapped_column(String(16), index=True)
     offsite_key: Mapped[str | None] = mapped_column(Text)

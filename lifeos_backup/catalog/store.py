@@ -30,7 +30,7 @@ STATUSES = (RUNNING, CREATED, VERIFIED, FAILED, DELETED, UNVERIFIED, INCOMPLETE)
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration (a unit test checks it against migrations/versions). A catalog already
 # there is not handed to Alembic at all: importing it costs every CLI call about 0.4 s.
-HEAD = "0004_audit"
+HEAD = "0005_task"
 _OPEN: dict[str, Catalog] = {}
 logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl" on every open
 
@@ -155,16 +155,6 @@ class Catalog:
             for key, value in fields.items():
                 setattr(row, key, value)
             return row
-
-    def fail_stale_running(self, kind: str, reason: str) -> list[str]:
-        """Mark `running` backups of a kind failed; call only while holding that kind's lock."""
-        with self.session() as s:
-            rows = list(
-                s.scalars(select(Backup).where(Backup.kind == kind, Backup.status == RUNNING))
-            )
-            for row in rows:
-                row.status, row.error, row.finished_at = FAILED, reason, utcnow()
-            return [row.id for row in rows]
 
     # Task runs -----------------------------------------------------------------------------
 

@@ -150,11 +150,12 @@ def translate(exc: BaseException, what: str, where: str) -> LifeosError:
         detail = f"{where}: {code}: {message}"
         if code == "NoSuchBucket":
             return ConfigError(f"{what}: the bucket does not exist", detail, "create it first")
-        if code in _CREDENTIAL_CODES:
-            return OffsiteError(
+        if code in _CREDENTIAL_CODES:  # retrying only delays the alarm (and may lock a key)
+            return ConfigError(
                 f"{what}: off-site storage refused our credentials",
                 detail,
-                "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the bucket policy; retried",
+                "check AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY and the bucket policy; not "
+                "retried (the daily sync tries again)",
             )
         if code == "InvalidRequest" and "ObjectLock" in message.replace(" ", ""):
             return ConfigError(

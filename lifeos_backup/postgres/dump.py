@@ -73,6 +73,12 @@ _PASSING = (
     "terminating connection",
     "could not obtain lock",
     "the database system is",
+    "no connection to the server",
+    "could not send data",
+    "could not receive data",
+    "connection reset",
+    "broken pipe",
+    "ssl syscall error",
 )
 
 
@@ -127,7 +133,22 @@ def pinned(target: PgTarget, conn: psycopg.Connection[tuple]) -> PgTarget:
 
 
 def dump_database(settings: Settings, archive: Path, progress: ProgressFn) -> DumpResult:
-    """Dump the configured database into `archive` (atomically) and collect its facts."""
+    """Dump the configured database into `archive` (atomically) and collect its facts.
+
+    A connection lost mid-dump (the server restarted or shut down: AdminShutdown, a dropped
+    network) is a passing failure like an unreachable server: the task retries with backoff.
+    """
+    try:
+        return _dump_database(settings, archive, progress)
+    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        raise SourceUnavailable(
+            "lost the connection to PostgreSQL during the dump",
+            one_line(PgTarget.from_settings(settings).redact(str(exc)))[-2000:],
+            "the backup is retried with backoff",
+        ) from exc
+
+
+def _dump_database(settings: Settings, archive: Path, progress: ProgressFn) -> DumpResult:
     if not postgres_configured(settings):
         raise ConfigError(
             "no PostgreSQL database is configured",
@@ -316,12 +337,14 @@ def _write(
 
 
 def _passing_failure(exc: CommandFailed, source: PgTarget) -> SourceUnavailable | None:
-    """A pg_dump that lost its server (or waited too long for a lock) is worth a retry."""
+    """A pg_dump or psql that lost its server, its connection or its life to a signal (or waited
+    too long for a lock) is worth a retry; anything else it says is a mistake to fix."""
     detail = source.redact(exc.detail)
-    if not any(marker in detail for marker in _PASSING):
+    killed = "killed by" in exc.what  # by a signal: the OOM killer, an operator, a fault
+    if not killed and not any(marker in detail.lower() for marker in _PASSING):
         return None
     return SourceUnavailable(
-        f"pg_dump lost {source.describe()} or could not lock its tables",
+        f"{exc.what}: it lost {source.describe()}, was killed, or could not lock its tables",
         one_line(detail)[-2000:],
         "the backup is retried with backoff",
     )

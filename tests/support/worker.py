@@ -109,7 +109,9 @@ class WorkerProcess(ChildProcess):
         log_path: Path,
         concurrency: int = 1,
         queues: str | None = None,
+        hostname: str | None = None,
     ) -> None:
+        self.hostname = hostname or f"test-{os.getpid()}-{time.monotonic_ns()}@%h"
         args = [
             *CELERY,
             "worker",
@@ -118,7 +120,7 @@ class WorkerProcess(ChildProcess):
             "--pool=prefork",
             "--without-mingle",
             "--without-gossip",
-            f"--hostname=test-{os.getpid()}-{time.monotonic_ns()}@%h",
+            f"--hostname={self.hostname}",
         ]
         if queues:
             args.append(f"--queues={queues}")
@@ -126,3 +128,11 @@ class WorkerProcess(ChildProcess):
 
     def wait_ready(self, timeout: float = 30) -> None:
         self.wait_for_log(" ready.", timeout)
+
+    def pool_pids(self) -> list[int]:
+        """The worker's pool processes (children of its main process)."""
+        children = Path(f"/proc/{self.popen.pid}/task/{self.popen.pid}/children")
+        try:
+            return [int(pid) for pid in children.read_text().split()]
+        except OSError:
+            return []
