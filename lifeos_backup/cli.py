@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import kombu.exceptions
 import redis
 import redis.exceptions
+import sqlalchemy.exc
 import typer
 from rich.console import Console
 from rich.progress import DownloadColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -36,6 +37,13 @@ catalog_app = typer.Typer(no_args_is_help=True, help="Maintain the catalog.")
 app.add_typer(restore_app, name="restore")
 app.add_typer(catalog_app, name="catalog")
 
+# Database errors that are bugs (a broken constraint or statement), not a damaged or unreachable
+# catalog: those keep their traceback.
+CATALOG_BUGS = (
+    sqlalchemy.exc.IntegrityError,
+    sqlalchemy.exc.ProgrammingError,
+    sqlalchemy.exc.DataError,
+)
 # Not on a terminal (scripts, CI): wide enough that ids and errors are never wrapped or cut.
 out = Console(width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 250)
@@ -361,6 +369,14 @@ def main() -> None:
     except typer.Abort:
         err.print("aborted")
         sys.exit(130)
+    except sqlalchemy.exc.DatabaseError as exc:  # the catalog broke while in use
+        if isinstance(exc, CATALOG_BUGS):
+            raise
+        from lifeos_backup.catalog.store import unreadable
+
+        error = unreadable(settings().effective_catalog_url, exc)
+        err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)
     except (redis.exceptions.ConnectionError, kombu.exceptions.OperationalError) as exc:
         # Expected when Redis is down or not started: one line, not a traceback.
         error = LifeosError(
