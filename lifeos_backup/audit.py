@@ -94,9 +94,8 @@ def chain_lock(catalog: Catalog) -> Iterator[None]:
     PostgreSQL catalogs take an advisory lock inside the transaction instead (`_serialize`); an
     in-memory SQLite database belongs to one process and needs nothing.
     """
-    engine = catalog.engine
-    db = engine.url.database
-    if engine.dialect.name != "sqlite" or not db or db == ":memory:":
+    db = catalog.file_path  # the configured path: the same lock for every generation behind it
+    if db is None:
         yield
         return
     fd = os.open(f"{db}.audit.lock", os.O_CREAT | os.O_WRONLY, FILE_MODE)

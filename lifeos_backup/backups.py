@@ -1,7 +1,8 @@
-"""The life of a backup, shared by every kind: create, verify, rotate, and catalog rebuild.
+"""The life of a backup, shared by every kind: create, verify and rotate.
 
 A backup is `running` while written, `created` once archive and manifest are on disk, `verified`
-only after its verify step passed (the only status that counts as good), `failed` or `deleted`.
+only after its verify step passed (the only status that counts as good), `failed` or `deleted`
+(`catalog rebuild` also lists `unverified` and `incomplete` ones: lifeos_backup.rebuild).
 These functions assume the caller holds the kind's lock where one is needed (tasks and CLI do).
 """
 
@@ -41,7 +42,7 @@ from lifeos_backup.manifest import (
 from lifeos_backup.names import check_backup_id
 from lifeos_backup.offsite.state import remote_only
 from lifeos_backup.progress import ProgressFn, ignore
-from lifeos_backup.repository import iter_manifests, kind_dir, new_backup_id
+from lifeos_backup.repository import kind_dir, new_backup_id
 from lifeos_backup.retention import Candidate, Plan, parse_policy, plan
 from lifeos_backup.settings import Settings
 
@@ -249,45 +250,3 @@ def rotate(
     after_rotate = getattr(get_kind(kind), "after_rotate", None)  # optional per-kind step
     extra = after_rotate(settings, catalog, dry_run) if after_rotate is not None else []
     return RotationResult(kind, decided, dry_run, extra)
-
-
-def rebuild_catalog(settings: Settings, catalog: Catalog) -> list[str]:
-    """Recreate catalog rows from the manifests on disk; returns the ids found."""
-    found: list[str] = []
-    for mpath in iter_manifests(settings.backup_root):
-        try:
-            manifest = read_manifest(mpath)
-        except VerificationFailed as exc:
-            log.warning("skipping %s: %s", mpath, exc)
-            continue
-        archive = mpath.with_name(manifest.archive.name)
-        status = VERIFIED if manifest.verified_at else CREATED
-        error = None
-        if not archive.exists():
-            status, error = FAILED, "archive missing on disk (found by catalog rebuild)"
-        catalog.add_backup(
-            Backup(
-                id=manifest.backup_id,
-                kind=manifest.kind,
-                status=status,
-                path=str(archive.relative_to(settings.backup_root)),
-                size=manifest.archive.size,
-                sha256=manifest.archive.sha256,
-                reason=manifest.reason,
-                initiator=manifest.initiator,
-                host=manifest.host,
-                created_at=manifest.created_at,
-                finished_at=manifest.finished_at,
-                verified_at=manifest.verified_at,
-                duration_s=(manifest.finished_at - manifest.created_at).total_seconds(),
-                error=error,
-            )
-        )
-        found.append(manifest.backup_id)
-    listed = set(found)
-    for row in catalog.list(statuses=(CREATED, VERIFIED)):
-        if row.id not in listed and not remote_only(row, settings.backup_root):
-            catalog.update(
-                row.id, status=FAILED, error="manifest missing on disk (catalog rebuild)"
-            )
-    return found

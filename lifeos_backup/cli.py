@@ -18,6 +18,7 @@ from typing import Annotated, Any
 import kombu.exceptions
 import redis
 import redis.exceptions
+import sqlalchemy.exc
 import typer
 from rich.console import Console
 from rich.progress import DownloadColumn, MofNCompleteColumn, TimeRemainingColumn
@@ -36,6 +37,13 @@ catalog_app = typer.Typer(no_args_is_help=True, help="Maintain the catalog.")
 app.add_typer(restore_app, name="restore")
 app.add_typer(catalog_app, name="catalog")
 
+# Database errors that are bugs (a broken constraint or statement), not a damaged or unreachable
+# catalog: those keep their traceback.
+CATALOG_BUGS = (
+    sqlalchemy.exc.IntegrityError,
+    sqlalchemy.exc.ProgrammingError,
+    sqlalchemy.exc.DataError,
+)
 # Not on a terminal (scripts, CI): wide enough that ids and errors are never wrapped or cut.
 out = Console(width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 250)
@@ -321,25 +329,39 @@ def rotate(
     out.print(table)
 
 
+def warn(text: str) -> None:
+    """One `warning:` line on stderr (above a live progress bar on a terminal)."""
+    err.print(f"warning: {text}", highlight=False, markup=False, soft_wrap=True)
+
+
 @catalog_app.command("rebuild")
 def catalog_rebuild(
     source: Annotated[
         str, typer.Option("--from", help="local (manifests on disk) or offsite (the bucket).")
     ] = "local",
+    trust_manifests: Annotated[
+        bool,
+        typer.Option(
+            "--trust-manifests",
+            help="Do not re-read the archives: list them unverified (never verified).",
+        ),
+    ] = False,
 ) -> None:
-    """Recreate the catalog from the manifests in the backup repository (or the bucket)."""
-    from lifeos_backup.backups import rebuild_catalog
+    """Recreate the catalog from the repository, re-checking every archive (exit 0 once it is
+    rebuilt; what was skipped is named in warnings and the summary). A corrupt or missing
+    catalog file is replaced by a new one; the old file is kept aside."""
+    from lifeos_backup import rebuild
 
-    if source == "offsite":
-        from lifeos_backup.offsite.download import rebuild_from_offsite
-
-        found = rebuild_from_offsite(settings(), catalog())
-        out.print(f"catalog rebuilt from off-site: {len(found)} backups found")
-        return
-    if source != "local":
+    if source not in ("local", "offsite"):
         raise LifeosError(f"unknown source {source!r}", hint="use --from local or --from offsite")
-    found = rebuild_catalog(settings(), catalog())
-    out.print(f"catalog rebuilt: {len(found)} backups found")
+    s = settings()
+    if source == "offsite":
+        report, _found = rebuild.rebuild_offsite(s, warn=warn)
+    else:
+        with progress_bar("catalog rebuild") as show:
+            report = rebuild.rebuild_local(s, trust=trust_manifests, progress=show, warn=warn)
+    for line in rebuild.summary(report, source):
+        out.print(line, highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -361,6 +383,14 @@ def main() -> None:
     except typer.Abort:
         err.print("aborted")
         sys.exit(130)
+    except sqlalchemy.exc.DatabaseError as exc:  # the catalog broke while in use
+        if isinstance(exc, CATALOG_BUGS):
+            raise
+        from lifeos_backup.catalog.store import unreadable
+
+        error = unreadable(settings().effective_catalog_url, exc)
+        err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
+        sys.exit(1)
     except (redis.exceptions.ConnectionError, kombu.exceptions.OperationalError) as exc:
         # Expected when Redis is down or not started: one line, not a traceback.
         error = LifeosError(

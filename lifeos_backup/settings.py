@@ -294,7 +294,9 @@ class Settings(BaseSettings):
 
     @property
     def effective_catalog_url(self) -> str:
-        return self.catalog_url or f"sqlite:///{(self.backup_root / 'catalog.sqlite3').resolve()}"
+        # The folder resolved, the file not: catalog.sqlite3 is a pointer (a symlink) that the
+        # catalog follows itself (lifeos_backup.catalog.generations).
+        return self.catalog_url or f"sqlite:///{self.backup_root.resolve() / 'catalog.sqlite3'}"
 
     @property
     def effective_compression_level(self) -> int:

@@ -8,19 +8,22 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
-from sqlalchemy import Engine, create_engine, event, select, text
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy import URL, Engine, create_engine, event, make_url, select, text
+from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
+from lifeos_backup.catalog import generations
 from lifeos_backup.catalog.models import Action, Backup, TaskRun
-from lifeos_backup.errors import NotFound
-from lifeos_backup.fsutil import FILE_MODE, private_dir
+from lifeos_backup.errors import NotFound, PermanentError
+from lifeos_backup.fsutil import FILE_MODE
 
 RUNNING, CREATED, VERIFIED, FAILED, DELETED = "running", "created", "verified", "failed", "deleted"
 # Set only by `catalog rebuild`: listed from a manifest it was told to trust without re-reading
@@ -32,6 +35,7 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # there is not handed to Alembic at all: importing it costs every CLI call about 0.4 s.
 HEAD = "0005_task"
 _OPEN: dict[str, Catalog] = {}
+log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl" on every open
 
 
@@ -62,20 +66,124 @@ def open_catalog(url: str) -> Catalog:
     return _OPEN[url]
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The configured file of an SQLite catalog URL; None for other databases, in-memory ones
+    and `file:` URIs (those are opened exactly as given)."""
+    parsed = make_url(_with_driver(url))
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    db = parsed.database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(os.path.abspath(db))
+
+
+def _file_engine(path: Path) -> Engine:
+    """An engine on exactly this file. `mode=rw`: SQLite never creates it here (generations
+    makes files, 0600), so a generation set aside between resolving and opening fails to open
+    instead of coming back as a new empty database at the old name."""
+    url = URL.create(
+        "sqlite+pysqlite",
+        database=f"file:{quote(str(path))}",
+        query={"mode": "rw", "uri": "true"},
+    )
+    engine = create_engine(url, future=True)
+    event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class CatalogUnreadable(PermanentError):
+    """The catalog database cannot be opened or read (missing server, corrupt file)."""
+
+
+def unreadable(catalog_url: str, exc: Exception) -> CatalogUnreadable:
+    """The one-line error for a catalog that cannot be read, with the way out."""
+    detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    if sqlite_file(catalog_url) is not None:
+        return CatalogUnreadable(
+            "the catalog cannot be read",
+            detail,
+            "run `lifeos-backup catalog rebuild`; docs/runbook.md, the catalog is lost or corrupt",
+        )
+    return CatalogUnreadable(
+        "the catalog database cannot be reached or read",
+        detail,
+        "check LIFEOS_CATALOG_URL and the database server",
+    )
+
+
 class Catalog:
-    """One catalog database; upgrades its own schema when opened."""
+    """One catalog database; upgrades its own schema when opened.
+
+    An SQLite catalog follows its configured path (lifeos_backup.catalog.generations): before
+    every session one `stat` checks that the path still leads to the file this object opened;
+    if not (the catalog was rebuilt, replaced or deleted), the engine is disposed and the
+    catalog reopened, so long-running workers move to a new catalog by themselves.
+    """
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = create_engine(_with_driver(url), future=True)
-        if self.engine.dialect.name == "sqlite":
-            db = self.engine.url.database
-            if db and db != ":memory:":
-                private_dir(Path(db).parent)
-                os.close(os.open(db, os.O_CREAT | os.O_WRONLY, FILE_MODE))  # 0600 before SQLite
-            event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._session = sessionmaker(self.engine, expire_on_commit=False)
-        self.ensure_schema()
+        # The configured SQLite path (a pointer or a plain file); None: nothing to follow.
+        self.file_path: Path | None = sqlite_file(url)
+        # The file SQLite has open: the current generation, or the plain file itself.
+        self.database_file: Path | None = None
+        self._identity: generations.Identity | None = None
+        self._reopen = threading.Lock()
+        self._connect()
+
+    def _connect(self) -> None:
+        try:
+            if self.file_path is None:
+                engine = create_engine(_with_driver(self.url), future=True)
+                if engine.dialect.name == "sqlite":
+                    event.listen(engine, "connect", _sqlite_pragmas)
+            else:
+                engine = self._open_file(self.file_path)
+            self._engine = engine
+            self._session = sessionmaker(engine, expire_on_commit=False)
+            self.ensure_schema()
+        except DBAPIError as exc:
+            raise unreadable(self.url, exc) from exc
+
+    def _open_file(self, configured: Path) -> Engine:
+        """An engine on the file `configured` leads to now (made if missing), retried when that
+        file is replaced between finding and opening it."""
+        for _attempt in range(5):
+            path = generations.resolve(configured)
+            found = generations.identity(path)
+            engine = _file_engine(path)
+            try:
+                engine.connect().close()
+            except OperationalError:
+                engine.dispose()
+                if generations.identity(path) is None:  # set aside meanwhile: find it again
+                    continue
+                raise
+            self.database_file, self._identity = path, found
+            return engine
+        raise CatalogUnreadable(
+            f"the catalog {configured} keeps changing while it is opened",
+            hint="wait for `lifeos-backup catalog rebuild` to finish, then try again",
+        )
+
+    def refresh(self) -> None:
+        """Reopen when the configured path no longer leads to the file this object has open."""
+        if self.file_path is None or generations.identity(self.file_path) == self._identity:
+            return
+        with self._reopen:
+            if generations.identity(self.file_path) == self._identity:
+                return  # another thread of this process reopened it already
+            old = self._engine
+            log.info("catalog %s leads to another file now: reopening", self.file_path)
+            try:
+                self._connect()
+            finally:
+                old.dispose()  # closes its idle connections; ones in use close when returned
+
+    @property
+    def engine(self) -> Engine:
+        self.refresh()
+        return self._engine
 
     def ensure_schema(self) -> None:
         """Bring the schema to the newest Alembic revision (idempotent, safe between processes)."""
@@ -86,25 +194,25 @@ class Catalog:
 
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self._migration_lock(), self.engine.begin() as conn:
+        with self._migration_lock(), self._engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
     def revision(self) -> str | None:
         """The schema's Alembic revision; None for a new (empty) catalog."""
         try:
-            with self.engine.connect() as conn:
+            with self._engine.connect() as conn:
                 return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        except DBAPIError:  # no alembic_version table yet
+        except (OperationalError, ProgrammingError):  # no alembic_version table yet
             return None
 
     @contextmanager
     def _migration_lock(self) -> Iterator[None]:
-        db = self.engine.url.database
-        if self.engine.dialect.name != "sqlite" or not db or db == ":memory:":
+        if self.file_path is None:
             yield
             return
-        fd = os.open(Path(db).with_suffix(".migrate.lock"), os.O_CREAT | os.O_WRONLY, FILE_MODE)
+        lock = self.file_path.with_suffix(".migrate.lock")
+        fd = os.open(lock, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -113,8 +221,22 @@ class Catalog:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        self.refresh()
         with self._session.begin() as session:
             yield session
+
+    @contextmanager
+    def write_transaction(self) -> Iterator[Session]:
+        """A session that holds the backups table's write lock from its first statement, so
+        rows read in it cannot change before it writes (compare-and-set, as the rebuild needs):
+        SQLite's write lock, taken by a statement that writes nothing; on PostgreSQL a table
+        lock that lets readers through."""
+        with self.session() as s:
+            if s.get_bind().dialect.name == "postgresql":
+                s.execute(text("LOCK TABLE backups IN SHARE ROW EXCLUSIVE MODE"))
+            else:
+                s.execute(text("UPDATE backups SET id = id WHERE 0"))
+            yield s
 
     # Backups -------------------------------------------------------------------------------
 

@@ -353,6 +353,35 @@ def check_wal(settings: Settings, now: datetime) -> list[Condition]:
     return found
 
 
+UNPROVEN = "unproven_backups"  # degraded (its own constant: SEVERITY is edited elsewhere)
+UNPROVEN_STATUSES = ("unverified", "incomplete")  # catalog.store.UNVERIFIED, INCOMPLETE
+
+
+def check_unproven(catalog: Catalog) -> list[Condition]:
+    """Backups a catalog rebuild listed without proof (unverified: not re-read; incomplete: an
+    archive without its manifest). Rotation never removes them and they never count as good, so
+    they stay until someone looks: `verify` turns each into verified or failed."""
+    by_kind: dict[str, list[Backup]] = {}
+    for row in catalog.list(statuses=UNPROVEN_STATUSES):
+        by_kind.setdefault(row.kind, []).append(row)
+    found = []
+    for kind, rows in sorted(by_kind.items()):
+        shown = ", ".join(f"{r.id} ({r.status})" for r in rows[:5])
+        more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
+        found.append(
+            Condition(
+                UNPROVEN,
+                DEGRADED,
+                f"{len(rows)} {kind} backup(s) unverified or incomplete",
+                f"{shown}{more}",
+                f"check each with `lifeos-backup verify ID` (e.g. `lifeos-backup verify "
+                f"{rows[0].id}`): it becomes verified or failed",
+                kind,
+            )
+        )
+    return found
+
+
 def evaluate_health(
     settings: Settings, catalog: Catalog, now: datetime | None = None
 ) -> list[Condition]:
@@ -372,4 +401,5 @@ def evaluate_health(
     found += check_drills(catalog)
     found += check_offsite(settings, catalog, now)
     found += check_wal(settings, now)
+    found += check_unproven(catalog)
     return found

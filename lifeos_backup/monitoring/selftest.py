@@ -179,7 +179,7 @@ def check_rotation(s: Scratch, real: Settings) -> str:
     from lifeos_backup.kinds import KINDS
     from lifeos_backup.repository import new_backup_id
 
-    catalog = open_catalog(f"sqlite:///{(s.root / 'rotation.sqlite3').resolve()}")
+    catalog = open_catalog(f"sqlite:///{s.root.resolve() / 'rotation.sqlite3'}")
     now = utcnow().replace(microsecond=0)
     ids = []
     for days in (30, 20, 10):  # three synthetic verified backups, oldest first
@@ -225,7 +225,7 @@ def run_selftest(
     scratch_settings = settings.model_copy(
         update={
             "backup_root": root / "backups",
-            "catalog_url": f"sqlite:///{(root / 'catalog.sqlite3').resolve()}",
+            "catalog_url": f"sqlite:///{root.resolve() / 'catalog.sqlite3'}",
         }
     )
     scratch = Scratch(root, scratch_settings, open_catalog(scratch_settings.effective_catalog_url))

@@ -12,7 +12,7 @@ import logging
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,14 +145,28 @@ def remote_manifest_keys(remote: Remote) -> list[str]:
     return sorted(k for k in keys if _is_manifest_key(remote, k))
 
 
-def scan_remote(remote: Remote) -> list[RemoteBackup]:
-    """Every backup in the bucket with a manifest, and whether its archive is intact."""
+def _valid_remote_manifest(remote: Remote, key: str) -> Manifest:
+    """The manifest at `key`, valid (lifeos_backup.names, via Manifest) and describing the
+    backup its key is named after; VerificationFailed otherwise."""
+    manifest = read_remote_manifest(remote, key)
+    named = key.rsplit("/", 1)[-1].removesuffix(MANIFEST_SUFFIX)
+    if manifest.backup_id != named:
+        raise VerificationFailed(
+            f"manifest {key} describes {manifest.backup_id}",
+            "not the backup its key is named after",
+        )
+    return manifest
+
+
+def scan_remote(remote: Remote, warn: Callable[[str], None] = log.warning) -> list[RemoteBackup]:
+    """Every backup in the bucket with a valid manifest, and whether its archive is intact; an
+    invalid manifest is reported through `warn` and skipped."""
     found: list[RemoteBackup] = []
     for key in remote_manifest_keys(remote):
         try:
-            manifest = read_remote_manifest(remote, key)
+            manifest = _valid_remote_manifest(remote, key)
         except VerificationFailed as exc:
-            log.warning("skipping %s: %s", key, exc)
+            warn(f"skipped remote manifest {key}: {exc}")
             continue
         archive_key = key.rsplit("/", 1)[0] + "/" + manifest.archive.name
         reply = head(remote, archive_key)
@@ -165,8 +179,11 @@ def scan_remote(remote: Remote) -> list[RemoteBackup]:
     return found
 
 
-def rebuild_from_offsite(settings: Settings, catalog: Catalog) -> list[str]:
-    """Add every remote backup to the catalog (or its off-site fields to a known one).
+def rebuild_from_offsite(
+    settings: Settings, catalog: Catalog, warn: Callable[[str], None] = log.warning
+) -> list[str]:
+    """Add every remote backup to the catalog (or its off-site fields to a known one); invalid
+    remote manifests are reported through `warn` and skipped.
 
     Rows known only from the bucket get the manifest's status (verified: only verified backups
     are uploaded) and `list` shows them as `offsite`. Checksums are taken from the bucket as found
@@ -174,7 +191,7 @@ def rebuild_from_offsite(settings: Settings, catalog: Catalog) -> list[str]:
     """
     remote = connect(settings)
     with s3_errors("catalog rebuild from off-site", remote):
-        remote_backups = scan_remote(remote)
+        remote_backups = scan_remote(remote, warn)
     for item in remote_backups:
         m = item.manifest
         offsite = {

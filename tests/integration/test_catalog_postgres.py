@@ -9,6 +9,7 @@ import pytest
 
 from lifeos_backup.catalog import Backup, Catalog
 from lifeos_backup.errors import NotFound
+from tests.support.worker import LifeosEnv
 
 pytestmark = pytest.mark.integration
 
@@ -56,3 +57,25 @@ def _head() -> str:
     head = ScriptDirectory.from_config(config).get_current_head()
     assert head is not None
     return head
+
+
+def test_rebuild_on_postgres_is_in_place_and_keeps_other_tables(
+    pg_url: str, lifeos_env: LifeosEnv
+) -> None:
+    """No generations on PostgreSQL: rows are changed in place, under a table lock."""
+    from lifeos_backup import audit
+    from lifeos_backup.backups import create_backup
+    from lifeos_backup.rebuild import rebuild_local
+    from tests.support.trees import make_tree
+
+    lifeos_env.set(LIFEOS_CATALOG_URL=pg_url)
+    make_tree(lifeos_env.app_dir, files=4)
+    settings, catalog = lifeos_env.settings(), lifeos_env.catalog()
+    backup_id = create_backup("json", settings, catalog).backup_id
+    audit.append(catalog, action="flag.set", target="x", initiator="alice")
+    report = rebuild_local(settings)
+    assert report.database is None and not report.fresh and report.found == [backup_id]
+    assert catalog.get(backup_id).status == "verified"
+    assert [r.action for r in audit.records(catalog)] == ["flag.set", "catalog.rebuild"]
+    assert not (lifeos_env.backup_root / ".state" / "catalog").exists()
+    catalog.engine.dispose()
