@@ -6,8 +6,8 @@ It never changes anything; self-healing and alerts (`checkup`) act on its result
 
 Every condition has a fixed severity (docs/monitoring.md has the table):
 critical means the recovery promise is broken now (no recent good backup, a backup that did not
-restore, WAL archiving failing); degraded means it is at risk (odd size, disk filling up, off-site
-copies behind, WAL archive quiet).
+restore, WAL archiving failing, Redis unreachable so that nothing is scheduled or run); degraded
+means it is at risk (odd size, disk filling up, off-site copies behind, WAL archive quiet).
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ DRILL_FAILED = "drill_failed"
 OFFSITE_LAG = "offsite_lag"
 WAL_STALE = "wal_archive_stale"
 WAL_FAILING = "wal_archive_failing"
+BROKER_UNREACHABLE = "broker_unreachable"
 SEVERITY = {
+    BROKER_UNREACHABLE: CRITICAL,
     BACKUP_OVERDUE: CRITICAL,
     DRILL_FAILED: CRITICAL,
     WAL_FAILING: CRITICAL,
@@ -353,12 +355,40 @@ def check_wal(settings: Settings, now: datetime) -> list[Condition]:
     return found
 
 
+def check_broker(settings: Settings, now: datetime) -> Condition | None:
+    """Redis does not answer: no backup is enqueued, run or recorded until it does.
+
+    The only check that looks beyond the catalog and the disk, with a short timeout. "Since"
+    is the start noted in the state dir by whoever saw the outage first (`up`, `status`);
+    without such a note it is now. Reads only: `status` and `up` keep the note.
+    """
+    from lifeos_backup.monitoring import broker
+
+    url = broker.broker_url(settings)
+    if url is None:
+        return None
+    reason = broker.ping(url)
+    if reason is None:
+        return None
+    since = broker.read_since(settings.state_dir) or now
+    return _condition(
+        BROKER_UNREACHABLE,
+        f"broker unreachable since {since.astimezone(UTC).isoformat(timespec='seconds')}",
+        f"Redis at {broker.redacted(url)}: {reason}",
+        "start Redis (docker compose up -d redis, or the service holding LIFEOS_REDIS_URL); "
+        "workers, Beat and Flower reconnect by themselves; see docs/runbook.md",
+    )
+
+
 def evaluate_health(
     settings: Settings, catalog: Catalog, now: datetime | None = None
 ) -> list[Condition]:
     """Every condition that holds now; an empty list means healthy."""
     now = (now or utcnow()).astimezone(UTC)
     found: list[Condition] = []
+    broker_down = check_broker(settings, now)
+    if broker_down is not None:
+        found.append(broker_down)
     for kind in watched_kinds(settings, catalog):
         overdue = check_overdue(settings, catalog, kind, now)
         if overdue is not None:
