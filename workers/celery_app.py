@@ -68,6 +68,58 @@ def configure(app: Celery) -> None:
 
     app.conf.beat_schedule = beat_schedule.build_schedule(settings)
     configure_operations(app, settings, url)
+    ride_out_outages(app)
+
+
+# --- Riding out a Redis outage ------------------------------------------------------------------
+# Workers, Beat and Flower must outlive a Redis restart or outage of any length (docs/operations.md
+# "Supervision"). What each setting changes, from Celery 5.7 / kombu 5.7 / RedBeat 2.4 source:
+# - broker_connection_max_retries: the consumer reconnects with kombu's ensure_connection (waits
+#   2, 4, ... 30 s); its default of 100 tries gives up after about 50 minutes and the worker
+#   exits. None: for ever.
+# - result_backend_always_retry: the Redis result backend retries a write only 20 times, 1 s
+#   apart (its retry_policy); after that a finished task's state would be lost with an
+#   exception. With it, the write is retried (max_retries: inf by default) with sleeps growing
+#   from 100 ms, bounded at 5 s, until Redis answers.
+# - Socket timeouts, keepalive and health checks: without a socket timeout a command on a
+#   connection whose peer vanished (host down, NAT dropped) waits for ever; redis-py's health
+#   check PINGs a connection idle this long before using it, so a dead one is replaced at once.
+#   The same for the broker (kombu transport options), the result backend (redis_*) and
+#   RedBeat's own client (redbeat_redis_options).
+# - RedBeat (Beat's scheduler) extends its lock at every tick through a redis-py Lock bound to
+#   the plain client, and a ConnectionError there ends Beat (exit 1). Its one option for this,
+#   redbeat_redis_options["retry_period"], wraps only direct client calls, not the lock nor the
+#   schedule's pipeline, so no option keeps Beat alive through an outage: `lifeos-backup up`
+#   (and `restart: unless-stopped` in Compose) restarts it, and it waits for the lock.
+REDIS_SOCKET_TIMEOUT = 30.0  # seconds a single command may take; BRPOP waits 1 s server-side
+REDIS_CONNECT_TIMEOUT = 5.0
+REDIS_HEALTH_CHECK_INTERVAL = 25  # seconds idle before redis-py PINGs a pooled connection
+REDIS_SOCKETS: dict[str, Any] = {
+    "socket_timeout": REDIS_SOCKET_TIMEOUT,
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+    "socket_keepalive": True,
+    "health_check_interval": REDIS_HEALTH_CHECK_INTERVAL,
+}
+
+
+def ride_out_outages(app: Celery) -> None:
+    """Retry for ever instead of exiting when Redis goes away; notice dead connections."""
+    conf = app.conf
+    conf.update(
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        result_backend_always_retry=True,
+        result_backend_base_sleep_between_retries_ms=100,
+        result_backend_max_sleep_between_retries_ms=5000,
+        redis_socket_timeout=REDIS_SOCKET_TIMEOUT,
+        redis_socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        redis_socket_keepalive=True,
+        redis_retry_on_timeout=True,
+        redis_backend_health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
+        # Merged into the options set above (visibility timeout, RedBeat's password).
+        broker_transport_options={**conf.broker_transport_options, **REDIS_SOCKETS},
+        redbeat_redis_options={**conf.redbeat_redis_options, **REDIS_SOCKETS},
+    )
 
 
 def configure_operations(app: Celery, settings: Settings, url: str) -> None:

@@ -6,8 +6,8 @@ It never changes anything; self-healing and alerts (`checkup`) act on its result
 
 Every condition has a fixed severity (docs/monitoring.md has the table):
 critical means the recovery promise is broken now (no recent good backup, a backup that did not
-restore, WAL archiving failing); degraded means it is at risk (odd size, disk filling up, off-site
-copies behind, WAL archive quiet).
+restore, WAL archiving failing, Redis unreachable so that nothing is scheduled or run); degraded
+means it is at risk (odd size, disk filling up, off-site copies behind, WAL archive quiet).
 """
 
 from __future__ import annotations
@@ -39,7 +39,11 @@ DRILL_FAILED = "drill_failed"
 OFFSITE_LAG = "offsite_lag"
 WAL_STALE = "wal_archive_stale"
 WAL_FAILING = "wal_archive_failing"
+BROKER_UNREACHABLE = "broker_unreachable"
+UNPROVEN = "unproven_backups"
 SEVERITY = {
+    BROKER_UNREACHABLE: CRITICAL,
+    UNPROVEN: DEGRADED,
     BACKUP_OVERDUE: CRITICAL,
     DRILL_FAILED: CRITICAL,
     WAL_FAILING: CRITICAL,
@@ -353,7 +357,6 @@ def check_wal(settings: Settings, now: datetime) -> list[Condition]:
     return found
 
 
-UNPROVEN = "unproven_backups"  # degraded (its own constant: SEVERITY is edited elsewhere)
 UNPROVEN_STATUSES = ("unverified", "incomplete")  # catalog.store.UNVERIFIED, INCOMPLETE
 
 
@@ -369,9 +372,8 @@ def check_unproven(catalog: Catalog) -> list[Condition]:
         shown = ", ".join(f"{r.id} ({r.status})" for r in rows[:5])
         more = f" and {len(rows) - 5} more" if len(rows) > 5 else ""
         found.append(
-            Condition(
+            _condition(
                 UNPROVEN,
-                DEGRADED,
                 f"{len(rows)} {kind} backup(s) unverified or incomplete",
                 f"{shown}{more}",
                 f"check each with `lifeos-backup verify ID` (e.g. `lifeos-backup verify "
@@ -382,12 +384,40 @@ def check_unproven(catalog: Catalog) -> list[Condition]:
     return found
 
 
+def check_broker(settings: Settings, now: datetime) -> Condition | None:
+    """Redis does not answer: no backup is enqueued, run or recorded until it does.
+
+    The only check that looks beyond the catalog and the disk, with a short timeout. "Since"
+    is the start noted in the state dir by whoever saw the outage first (`up`, `status`);
+    without such a note it is now. Reads only: `status` and `up` keep the note.
+    """
+    from lifeos_backup.monitoring import broker
+
+    url = broker.broker_url(settings)
+    if url is None:
+        return None
+    reason = broker.ping(url)
+    if reason is None:
+        return None
+    since = broker.read_since(settings.state_dir) or now
+    return _condition(
+        BROKER_UNREACHABLE,
+        f"broker unreachable since {since.astimezone(UTC).isoformat(timespec='seconds')}",
+        f"Redis at {broker.redacted(url)}: {reason}",
+        "start Redis (docker compose up -d redis, or the service holding LIFEOS_REDIS_URL); "
+        "workers, Beat and Flower reconnect by themselves; see docs/runbook.md",
+    )
+
+
 def evaluate_health(
     settings: Settings, catalog: Catalog, now: datetime | None = None
 ) -> list[Condition]:
     """Every condition that holds now; an empty list means healthy."""
     now = (now or utcnow()).astimezone(UTC)
     found: list[Condition] = []
+    broker_down = check_broker(settings, now)
+    if broker_down is not None:
+        found.append(broker_down)
     for kind in watched_kinds(settings, catalog):
         overdue = check_overdue(settings, catalog, kind, now)
         if overdue is not None:

@@ -1,8 +1,11 @@
 """`lifeos-backup status`: the state of every kind and the recovery figures, for people and cron.
 
-Read-only and computed from the catalog, the disk and the WAL archive at call time, so any host
-that sees the catalog can answer (no worker, no Redis needed). The exit code is the worst
-condition's severity: 0 healthy, 1 degraded, 2 critical (health.RANK).
+Computed from the catalog, the disk and the WAL archive at call time, so any host that sees the
+catalog can answer (no worker needed), plus one PING of Redis with a short timeout: when Redis
+does not answer, `broker_unreachable` (critical) says since when. The start of the outage is
+noted in the state dir if nobody did yet (monitoring.broker), so a deployment without
+`lifeos-backup up` (Compose) also gets a start time; the note goes once Redis answers. The exit
+code is the worst condition's severity: 0 healthy, 1 degraded, 2 critical (health.RANK).
 
 Figures per kind:
 - RPO (recovery point): how much data a disaster now would lose: the age of the newest verified
@@ -19,9 +22,11 @@ from typing import Any
 from lifeos_backup.catalog import Catalog
 from lifeos_backup.catalog.models import Drill
 from lifeos_backup.catalog.store import VERIFIED, utcnow
-from lifeos_backup.monitoring import records
+from lifeos_backup.monitoring import broker, records
 from lifeos_backup.monitoring.health import (
+    BROKER_UNREACHABLE,
     RANK,
+    Condition,
     disk_usage,
     evaluate_health,
     newest_good,
@@ -89,12 +94,32 @@ def kind_status(
     return info
 
 
+def broker_status(settings: Settings, conditions: list[Condition], now: datetime) -> dict[str, Any]:
+    """The broker's state as `check_broker` found it (no second PING), with the note kept in step.
+
+    `reachable` is None when no Redis is configured (no LIFEOS_REDIS_URL, no `up` running).
+    """
+    url = broker.broker_url(settings)
+    if url is None:
+        return {"url": None, "reachable": None, "since": None, "reason": None}
+    down = next((c for c in conditions if c.name == BROKER_UNREACHABLE), None)
+    broker.note(settings.state_dir, down is not None, now)
+    since = broker.read_since(settings.state_dir) or now if down is not None else None
+    return {
+        "url": broker.redacted(url),
+        "reachable": down is None,
+        "since": since.isoformat() if since is not None else None,
+        "reason": down.detail.partition(": ")[2] if down is not None else None,
+    }
+
+
 def build_status(
     settings: Settings, catalog: Catalog, now: datetime | None = None
 ) -> dict[str, Any]:
     """Everything `status --json` prints; `exit_code` is 0/1/2."""
     now = now or utcnow()
     conditions = evaluate_health(settings, catalog, now)
+    broker_state = broker_status(settings, conditions, now)
     drills = records.latest(catalog)
     wal = wal_status(settings, now)
     path, free, total = disk_usage(settings)
@@ -110,5 +135,6 @@ def build_status(
         "disk": {"path": str(path), "free_bytes": free, "total_bytes": total},
         "wal": wal,
         "offsite_enabled": settings.offsite_enabled,
+        "broker": broker_state,
         "conditions": [c.as_dict() for c in conditions],
     }

@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
-from lifeos_backup.redelivery import pending_task_ids
 
 from lifeos_backup.backups import check_files, locate
 from lifeos_backup.catalog import Catalog, open_catalog
@@ -52,6 +51,7 @@ from lifeos_backup.catalog.store import CREATED, RUNNING, VERIFIED
 from lifeos_backup.client import BackupFailed, make_app, request_backup
 from lifeos_backup.locks import PREFIX, Holder
 from lifeos_backup.manifest import read_manifest
+from lifeos_backup.redelivery import pending_task_ids
 from lifeos_backup.settings import get_settings
 from tests.faults.stack import Stack
 
@@ -205,7 +205,7 @@ class Campaign:
         self._pause()
         seconds = self.rng.uniform(2, self.max_outage)
         assert self.stack.redis is not None
-        self.stack.redis.stop()
+        self.stack.redis.halt()
         time.sleep(seconds)
         self.stack.redis.start()
         result.injected, result.detail = True, f"Redis gone for {seconds:.1f} s"

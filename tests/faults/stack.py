@@ -22,8 +22,12 @@ from pathlib import Path
 
 import psycopg
 
-from tests.support.faults import StoppableRedis
-from tests.support.services import PostgresCluster, free_port, temporary_database
+from tests.support.services import (
+    PostgresCluster,
+    StoppableRedis,
+    free_port,
+    temporary_database,
+)
 from tests.support.trees import make_tree
 
 CLI = str(Path(sys.executable).parent / "lifeos-backup")
@@ -92,7 +96,7 @@ class Stack:
         return {
             "LIFEOS_BACKUP_ROOT": str(self.root),
             "LIFEOS_APP_DIR": str(self.app_dir),
-            "LIFEOS_REDIS_URL": self.redis.url,
+            "LIFEOS_REDIS_URL": self.redis.url(),
             "LIFEOS_DATABASE_URL": self.database_url,
             "LIFEOS_FLOWER_PORT": str(self.flower_port),
             "LIFEOS_METRICS_PORT": "0",
@@ -111,8 +115,7 @@ class Stack:
             folder.mkdir(parents=True, exist_ok=True)
         self.tmpfs = _mount_tmpfs(self.root)
         self.flower_port = free_port()
-        self.redis = StoppableRedis(self.work, persistent=True)
-        self.redis.start()
+        self.redis = StoppableRedis()
         self.cluster = PostgresCluster()
         database = self._database.enter_context(temporary_database(self.cluster, "lifeos_faults_"))
         self.database_url = database.url

@@ -18,7 +18,7 @@ import redis
 
 from lifeos_backup.errors import AlreadyRunning
 from lifeos_backup.locks import PREFIX, DuplicateDelivery, Holder, acquire, holder, reap_dead
-from tests.support.faults import StoppableRedis
+from tests.support.services import StoppableRedis
 
 pytestmark = pytest.mark.integration
 
@@ -79,12 +79,12 @@ def test_a_holder_on_another_host_is_never_declared_dead(redis_url: str) -> None
         acquire(client, "backup:json", 600, "task-b")
 
 
-def test_renewal_rides_out_a_redis_restart_that_lost_the_key(tmp_path) -> None:
-    with StoppableRedis(tmp_path) as server:
-        client = redis.Redis.from_url(server.url, socket_timeout=2, socket_connect_timeout=2)
+def test_renewal_rides_out_a_redis_restart_that_lost_the_key() -> None:
+    with StoppableRedis(persistent=False) as server:
+        client = redis.Redis.from_url(server.url(), socket_timeout=2, socket_connect_timeout=2)
         held = acquire(client, "backup:json", 6, "task-a")  # renewed every 2 s
         try:
-            server.stop()
+            server.kill()
             time.sleep(3)  # at least one renewal fails meanwhile
             server.start()  # no persistence: the key is gone
             deadline = time.monotonic() + 30
@@ -98,20 +98,20 @@ def test_renewal_rides_out_a_redis_restart_that_lost_the_key(tmp_path) -> None:
         assert client.get(PREFIX + "backup:json") is None
 
 
-def test_renewal_gives_up_after_the_ttl_and_says_the_lock_is_lost(tmp_path) -> None:
-    with StoppableRedis(tmp_path) as server:
-        client = redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
+def test_renewal_gives_up_after_the_ttl_and_says_the_lock_is_lost() -> None:
+    with StoppableRedis(persistent=False) as server:
+        client = redis.Redis.from_url(server.url(), socket_timeout=1, socket_connect_timeout=1)
         held = acquire(client, "backup:json", 3, "task-a")
-        server.stop()
+        server.kill()
         assert held.lost.wait(30), "an outage longer than the TTL must end the holder's claim"
         held.release()  # must not block while Redis is down
 
 
-def test_a_release_during_an_outage_happens_once_redis_is_back(tmp_path) -> None:
-    with StoppableRedis(tmp_path, persistent=True) as server:
-        client = redis.Redis.from_url(server.url, socket_timeout=1, socket_connect_timeout=1)
+def test_a_release_during_an_outage_happens_once_redis_is_back() -> None:
+    with StoppableRedis() as server:
+        client = redis.Redis.from_url(server.url(), socket_timeout=1, socket_connect_timeout=1)
         held = acquire(client, "backup:json", 60, "task-a")
-        server.stop()
+        server.halt()  # a clean stop: the lock is in its append-only file
         held.release()  # returns at once; the release is retried in the background
         server.start()
         deadline = time.monotonic() + 30

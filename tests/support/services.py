@@ -157,6 +157,92 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class StoppableRedis:
+    """A private redis-server that a test can stop and start again on the same port.
+
+    For outage tests: the port stays reserved for it (nothing else should take it meanwhile on
+    a test machine), the append-only file keeps the data across the gap as in production, and
+    an optional password checks that it never shows up in output.
+    """
+
+    def __init__(
+        self, password: str | None = None, start: bool = True, persistent: bool = True
+    ) -> None:
+        """`persistent=False`: no append-only file, so a restart comes back empty (a Redis
+        that lost its data)."""
+        self.executable = find_redis_server()
+        self.dir = Path(tempfile.mkdtemp(prefix="lifeos-redis-outage-"))
+        self.port = free_port()
+        self.password = password
+        self.persistent = persistent
+        self._proc: subprocess.Popen[bytes] | None = None
+        if start:
+            self.start()
+
+    def __enter__(self) -> StoppableRedis:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+    def url(self, db: int = 0) -> str:
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/{db}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start (again) on our port; raises ServiceUnavailable if it does not answer."""
+        args = [
+            self.executable,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.dir),
+            "--appendonly", "yes" if self.persistent else "no",
+            "--save", "",
+            "--daemonize", "no",
+        ]  # fmt: skip
+        if self.password:
+            args += ["--requirepass", self.password]
+        log_path = self.dir / "redis.log"
+        with log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.dir
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            try:
+                with redis.Redis.from_url(self.url(), socket_timeout=1) as client:
+                    if client.ping():
+                        return
+            except redis.RedisError:
+                pass
+            time.sleep(0.05)
+        raise ServiceUnavailable(f"redis-server did not start on {self.port}:\n{_tail(log_path)}")
+
+    def halt(self) -> None:
+        """Stop the server (SIGTERM: it writes its append-only file) and wait for it."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """Gone at once (SIGKILL), like a crash or a cut network; what was written stays."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def stop(self) -> None:
+        """Stop for good and delete the temp dir; safe to call twice."""
+        self.halt()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 # ---------------------------------------------------------------------- PostgreSQL
 
 

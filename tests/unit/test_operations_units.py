@@ -132,7 +132,7 @@ def test_redis_password_stays_out_of_the_config_workers_reveal(
         shown = repr(app.conf.table(with_defaults=False, censored=True))
         assert "hunter2-pw" not in shown
         assert app.conf.redbeat_redis_url == "redis://redis:6379/0"
-        assert app.conf.redbeat_redis_options == {"password": "hunter2-pw"}
+        assert app.conf.redbeat_redis_options["password"] == "hunter2-pw"
         assert app.conf.beat_scheduler == "redbeat.RedBeatScheduler"
         assert app.conf.redbeat_lock_timeout == 5 * app.conf.beat_max_loop_interval
     finally:
