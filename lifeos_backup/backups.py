@@ -29,7 +29,7 @@ from lifeos_backup.crypto import check_sealed
 from lifeos_backup.errors import LifeosError, NotFound, RetryableError, VerificationFailed
 from lifeos_backup.fsutil import private_dir, remove_quietly
 from lifeos_backup.kinds import get_kind
-from lifeos_backup.leases import lease
+from lifeos_backup.leases import lease, try_lease
 from lifeos_backup.leftovers import INTERRUPTED, clean_leftovers
 from lifeos_backup.manifest import (
     ArchiveInfo,
@@ -244,8 +244,12 @@ def rotate(
         by_id = {r.id: r for r in rows}
         for decision in decided.delete:
             archive = settings.backup_root / by_id[decision.id].path
-            remove_quietly(manifest_path(archive, decision.id), archive)  # manifest first
-            catalog.update(decision.id, status=DELETED, error="; ".join(decision.reasons))
+            with try_lease(settings.backup_root, decision.id, "rotation", "delete") as free:
+                if not free:  # being verified, written or cleaned right now: next rotation
+                    log.info("rotation left %s for now: it is busy", decision.id)
+                    continue
+                remove_quietly(manifest_path(archive, decision.id), archive)  # manifest first
+                catalog.update(decision.id, status=DELETED, error="; ".join(decision.reasons))
             log.info("rotation deleted %s (%s)", decision.id, ", ".join(decision.reasons))
     after_rotate = getattr(get_kind(kind), "after_rotate", None)  # optional per-kind step
     extra = after_rotate(settings, catalog, dry_run) if after_rotate is not None else []

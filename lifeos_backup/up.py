@@ -282,8 +282,18 @@ def _commands(
     ]
 
 
+def _private_tmp(logs: Path, name: str) -> Path:
+    """A child's TMPDIR, `<state>/tmp/<name>`, emptied before each run: what a killed run left
+    there (a worker pool's `pymp-*` folder) goes with the next start, and nothing of ours is
+    written to the machine's /tmp."""
+    tmp = logs.parent / "tmp" / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    return private_dir(tmp)
+
+
 def _start(name: str, args: list[str], logs: Path, env: dict[str, str] | None) -> Child:
     """Start a child in its own session, its output appended to `<logs>/<name>.log` (0600)."""
+    env = {**(os.environ if env is None else env), "TMPDIR": str(_private_tmp(logs, name))}
     log = logs / f"{name}.log"
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, FILE_MODE)
     try:

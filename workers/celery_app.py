@@ -102,6 +102,9 @@ REDIS_SOCKETS: dict[str, Any] = {
 }
 
 
+PUBLISH_RETRY = {"max_retries": 120, "interval_start": 0, "interval_step": 1, "interval_max": 5}
+
+
 def ride_out_outages(app: Celery) -> None:
     """Retry for ever instead of exiting when Redis goes away; notice dead connections."""
     conf = app.conf
@@ -116,6 +119,10 @@ def ride_out_outages(app: Celery) -> None:
         redis_socket_keepalive=True,
         redis_retry_on_timeout=True,
         redis_backend_health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
+        # A chain's next step is published by the worker that ran the step before: through an
+        # outage it keeps trying (about ten minutes), instead of losing the rest of the chain.
+        task_publish_retry=True,
+        task_publish_retry_policy=PUBLISH_RETRY,
         # Merged into the options set above (visibility timeout, RedBeat's password).
         broker_transport_options={**conf.broker_transport_options, **REDIS_SOCKETS},
         redbeat_redis_options={**conf.redbeat_redis_options, **REDIS_SOCKETS},

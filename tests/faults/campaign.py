@@ -42,13 +42,16 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
+from celery.result import AsyncResult
 
 from lifeos_backup.backups import check_files, locate
 from lifeos_backup.catalog import Catalog, open_catalog
 from lifeos_backup.catalog.store import CREATED, RUNNING, VERIFIED
 from lifeos_backup.client import BackupFailed, make_app, request_backup
+from lifeos_backup.leases import LeaseBusy, lease
 from lifeos_backup.locks import PREFIX, Holder
 from lifeos_backup.manifest import read_manifest
 from lifeos_backup.redelivery import pending_task_ids
@@ -66,6 +69,7 @@ class Round:
     fault: str
     kind: str
     detail: str = ""
+    where: str = ""  # what the round's chain was doing when the fault hit
     injected: bool = False
     settled_s: float = 0.0
     violations: list[str] = field(default_factory=list)
@@ -89,9 +93,11 @@ class Report:
 
     def summary(self) -> str:
         injected = Counter(r.fault for r in self.rounds if r.injected)
+        steps = Counter(r.where.split()[0] for r in self.rounds if r.injected and r.where)
         return (
             f"rounds: {len(self.rounds)}; faults injected: {sum(injected.values())} "
             f"({', '.join(f'{k} {injected[k]}' for k in FAULTS if injected[k])}); "
+            f"hit during: {', '.join(f'{k} {n}' for k, n in sorted(steps.items()))}; "
             f"invariant violations: {len(self.violations)}"
         )
 
@@ -107,6 +113,9 @@ class Campaign:
             stack.settings_env()["LIFEOS_REDIS_URL"], socket_timeout=5, socket_connect_timeout=5
         )
         self.app_digest = _tree_digest(stack.app_dir)
+        self._moment: Callable[[], str] = lambda: "before the round"
+        self.chain_s = {"json": 2.0, "postgres": 2.0}  # measured by the first backups
+        self.kind = "json"
 
     @property
     def catalog(self) -> Catalog:
@@ -115,7 +124,10 @@ class Campaign:
     def run(self, rounds: int) -> Report:
         report = Report()
         for kind in ("json", "postgres"):  # a good backup of each first: nothing is overdue
+            began = time.monotonic()
             self._backup_until_verified(kind)
+            self.chain_s[kind] = time.monotonic() - began
+        self.say(f"chain times (create + verify): {self.chain_s}")
         order: list[str] = []
         for number in range(1, rounds + 1):
             if not order:
@@ -134,38 +146,60 @@ class Campaign:
 
     def round(self, number: int, fault: str, kind: str) -> Round:
         result = Round(number, fault, kind)
+        self.kind = kind
         ref = request_backup(kind, f"fault round {number}", app=self.app, initiator="campaign")
-        chain = {ref.create_task_id, ref.verify_task_id, ref.upload_task_id, ref.rotate_task_id}
+        steps = {"create": ref.create_task_id, "verify": ref.verify_task_id,
+                 "upload": ref.upload_task_id, "rotate": ref.rotate_task_id}  # fmt: skip
+        self._until_started(ref.create_task_id)
+        self._moment = lambda: _where(self.app, steps)
         getattr(self, f"_{fault}")(result)
+        chain = set(steps.values())
         started = time.monotonic()
         result.violations += self._settle(chain)
         result.settled_s = time.monotonic() - started
         result.violations += self._invariants()
         try:
-            self._backup_until_verified(kind)
+            after = self._backup_until_verified(kind)
         except BackupFailed as exc:
             result.violations.append(f"next_backup: {exc}")
-        result.violations += self._settle(set())
+            after = set()
+        result.violations += self._settle(after)
         result.violations += self._invariants()
         return result
 
-    def _backup_until_verified(self, kind: str) -> str:
-        """One more backup; a request skipped because another backup of the kind runs (a retry
-        of the round's) is asked again once that one ended."""
+    def _backup_until_verified(self, kind: str) -> set[str]:
+        """One more backup, ending verified; returns its chain's task ids. A request skipped
+        because another backup of the kind runs (a retry of the round's) is asked again."""
         for _attempt in range(5):
             try:
                 ref = request_backup(kind, "after fault", wait=True, timeout=300, app=self.app)
-                return str(ref.backup_id)
+                return {ref.create_task_id, ref.verify_task_id, ref.upload_task_id,
+                        ref.rotate_task_id}  # fmt: skip
             except BackupFailed as exc:
                 if "already running" not in str(exc):
                     raise
                 time.sleep(3)
         raise BackupFailed(f"{kind} backup skipped five times: another one kept running")
 
+    def _until_started(self, task_id: str, most: float = 10) -> None:
+        """Faults land at a random moment after the backup's create began."""
+        deadline = time.monotonic() + most
+        while AsyncResult(task_id, app=self.app).state == "PENDING":
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.02)
+
     # ------------------------------------------------------------------ faults
 
-    def _pause(self, most: float = 2.5) -> None:
-        time.sleep(self.rng.uniform(0, most))
+    def _pause(self) -> None:
+        """A moment within the chain's usual run time (create through verify)."""
+        time.sleep(self.rng.uniform(0, self.chain_s[self.kind]))
+
+    def _hit(self, result: Round, what: str, where: str | None = None) -> None:
+        """Record the fault and what the round's chain was doing at that moment."""
+        result.injected = True
+        result.where = where or self._moment()
+        result.detail = f"{what} ({result.where})"
 
     def _kill(self, pid: int) -> bool:
         try:
@@ -178,26 +212,29 @@ class Campaign:
         self._pause()
         pools = self.stack.pool_processes()
         victim = self.rng.choice(pools) if pools else None
-        result.injected = victim is not None and self._kill(victim.pid)
-        result.detail = f"pool process {victim.pid if victim else '-'} killed"
+        where = self._moment()
+        if victim is not None and self._kill(victim.pid):
+            self._hit(result, f"pool process {victim.pid} killed", where)
 
     def _worker_kill(self, result: Round) -> None:
         self._pause()
         mains = self.stack.worker_mains()
         victim = self.rng.choice(mains) if mains else None
-        result.injected = victim is not None and self._kill(victim.pid)
-        result.detail = f"worker main process {victim.pid if victim else '-'} killed"
+        where = self._moment()
+        if victim is not None and self._kill(victim.pid):
+            self._hit(result, f"worker main process {victim.pid} killed", where)
 
     def _pg_dump_kill(self, result: Round) -> None:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 5
         while time.monotonic() < deadline:
             dumps = self.stack.dump_processes()
             if dumps:
-                self._pause(0.3)
                 victim = self.rng.choice(dumps)
-                result.injected = self._kill(victim.pid)
-                result.detail = f"{victim.name} {victim.pid} killed"
-                return
+                where = self._moment()
+                if self._kill(victim.pid):
+                    self._hit(result, f"{victim.name} {victim.pid} killed", where)
+                    return
+                continue
             time.sleep(0.01)
         result.detail = "no pg_dump ran"
 
@@ -205,23 +242,24 @@ class Campaign:
         self._pause()
         seconds = self.rng.uniform(2, self.max_outage)
         assert self.stack.redis is not None
+        self._hit(result, f"Redis gone for {seconds:.1f} s")
         self.stack.redis.halt()
         time.sleep(seconds)
         self.stack.redis.start()
-        result.injected, result.detail = True, f"Redis gone for {seconds:.1f} s"
 
     def _pg_restart(self, result: Round) -> None:
-        self._pause(1.5)
+        self._pause()
         assert self.stack.cluster is not None
+        self._hit(result, "PostgreSQL restarted (fast)")
         self.stack.cluster.restart()
-        result.injected, result.detail = True, "PostgreSQL restarted (fast)"
 
     def _disk_full(self, result: Round) -> None:
         if not self.stack.tmpfs:
             result.detail = "no tmpfs (not root): skipped"
             return
-        self._pause(1.0)
+        self._pause()
         seconds = self.rng.uniform(2, 8)
+        self._hit(result, f"repository full for {seconds:.1f} s")
         filler = self.stack.root / ".campaign-filler"
         with contextlib.suppress(OSError), filler.open("wb") as handle:
             block = b"\0" * (1 << 20)
@@ -230,7 +268,6 @@ class Campaign:
                 handle.flush()
         time.sleep(seconds)
         filler.unlink()
-        result.injected, result.detail = True, f"repository full for {seconds:.1f} s"
 
     # ------------------------------------------------------------------ settling and invariants
 
@@ -273,10 +310,14 @@ class Campaign:
         settings, found = get_settings(), []
         for row in self.catalog.list(statuses=(VERIFIED,)):
             try:
-                _row, archive, mpath = locate(settings, self.catalog, row.id)
-                check_files(settings, archive, read_manifest(mpath))
+                with lease(settings.backup_root, row.id, "campaign", "check"):
+                    _row, archive, mpath = locate(settings, self.catalog, row.id)
+                    check_files(settings, archive, read_manifest(mpath))
+            except LeaseBusy:
+                continue  # being verified or rotated now: judged in a later check
             except Exception as exc:
-                found.append(f"bad_verified: {row.id}: {exc}")
+                if self.catalog.get(row.id).status == VERIFIED:  # not rotated meanwhile
+                    found.append(f"bad_verified: {row.id}: {exc}")
         return found
 
     def _stale_locks(self) -> list[str]:
@@ -310,9 +351,25 @@ class Campaign:
             for name in files:
                 path = Path(folder, name)
                 with contextlib.suppress(FileNotFoundError):
+                    if path.is_symlink():  # catalog.sqlite3 points at the current catalog file
+                        continue
                     if stat.S_IMODE(path.lstat().st_mode) != 0o600:
                         found.append(f"modes: {path} is {oct(stat.S_IMODE(path.lstat().st_mode))}")
         return found[:5]
+
+
+def _where(app: Any, steps: dict[str, str]) -> str:
+    """The chain's first step that has not succeeded, and its state: where a fault landed."""
+    for name, task_id in steps.items():
+        result = AsyncResult(task_id, app=app)
+        try:
+            state = result.state
+        except Exception:  # Redis gone: the fault itself
+            return "state unknown"
+        if state != "SUCCESS":
+            phase = result.info.get("phase") if state == "PROGRESS" and result.info else None
+            return f"{name} {state.lower()}{f' ({phase})' if phase else ''}"
+    return "chain done"
 
 
 def _tree_digest(root: Path) -> str:

@@ -32,7 +32,7 @@ from tests.support.trees import make_tree
 
 CLI = str(Path(sys.executable).parent / "lifeos-backup")
 MARKER = "LIFEOS_FAULT_CAMPAIGN"
-TMPFS_SIZE = "320m"
+TMPFS_SIZE = "768m"
 
 
 @dataclass
@@ -120,7 +120,7 @@ class Stack:
         database = self._database.enter_context(temporary_database(self.cluster, "lifeos_faults_"))
         self.database_url = database.url
         _fill_database(database.url)
-        make_tree(self.app_dir, files=1500, size=12_000)
+        make_tree(self.app_dir, files=6000, size=12_000)
         self.start_up()
 
     def start_up(self) -> None:
@@ -219,6 +219,6 @@ def _fill_database(url: str) -> None:
             "INSERT INTO characters (name, traits) SELECT 'c' || g, "
             "jsonb_build_object('level', g) FROM generate_series(1, 5000) g;"
             "INSERT INTO events SELECT g, g % 5000, repeat(md5(g::text), 2) "
-            "FROM generate_series(1, 300000) g;"
-            "VACUUM ANALYZE;"
+            "FROM generate_series(1, 1500000) g;"
         )
+        conn.execute("VACUUM ANALYZE")
