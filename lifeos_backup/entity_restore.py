@@ -7,7 +7,8 @@ reference it (recursively, as ON DELETE CASCADE would have removed them), are re
 compared with production and shown. `apply` writes them back in ONE production transaction
 (insert, or update where the row still exists) and records the action in the audit trail; when
 production already holds every row as the backup has it, there is nothing to write and nothing is
-recorded. The scratch database is always dropped, whatever happened.
+recorded. The scratch database is always dropped, whatever happened. The tables are restored with
+what they need (types, domains, functions, sequences...: postgres/tableplan.py).
 
 Rows travel as PostgreSQL's own `to_jsonb` text and come back through `jsonb_populate_record`, so
 every column type round-trips through its own input function without a Python conversion.
