@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import kombu.exceptions
 import redis
@@ -30,6 +30,9 @@ from lifeos_backup.catalog import Backup, Catalog, open_catalog
 from lifeos_backup.errors import LifeosError
 from lifeos_backup.progress import Progress, ProgressFn
 from lifeos_backup.settings import Settings, get_settings
+
+if TYPE_CHECKING:  # the restore module is imported only by the command that uses it
+    from lifeos_backup.postgres.restore import RestoreReport
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 restore_app = typer.Typer(no_args_is_help=True, help="Restore a backup.")
@@ -265,7 +268,11 @@ def restore_postgres(
     ] = False,
     source: Annotated[str, typer.Option("--from", help="local, or offsite (download).")] = "local",
 ) -> None:
-    """Restore a PostgreSQL backup into DATABASE, then compare row counts with the manifest."""
+    """Restore a PostgreSQL backup into DATABASE, then compare row counts with the manifest.
+
+    With --table: those tables and what they need that DATABASE lacks (types, domains,
+    functions, sequences, extensions, schemas); what it has is kept as it is.
+    """
     from lifeos_backup.offsite.source import backup_source
     from lifeos_backup.postgres.restore import RowCountMismatch
     from lifeos_backup.postgres.restore import restore_postgres as restore
@@ -280,6 +287,7 @@ def restore_postgres(
         report = restore(
             archive, manifest, settings(), database,
             create=create, jobs=jobs, tables=table or (), force=force, progress=show,
+            planned=_say_planned,
         )
     if report.differences:
         diff = Table("table", "manifest rows", "restored rows", title="row count differences")
@@ -327,6 +335,17 @@ def rotate(
             action = "would delete" if dry_run else "deleted"
             table.add_row(d.id, d.status, action, ", ".join(d.reasons))
     out.print(table)
+
+
+def _say_planned(report: RestoreReport) -> None:
+    """What a table restore keeps of the target and leaves out, before it restores anything."""
+    if report.kept:
+        err.print(
+            f"kept as the target has them: {', '.join(report.kept)}",
+            highlight=False, markup=False, soft_wrap=True,
+        )
+    for line in report.warnings:
+        warn(line)
 
 
 def warn(text: str) -> None:

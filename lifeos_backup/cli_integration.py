@@ -117,7 +117,11 @@ def restore_entity(
         bool, typer.Option(help="Also the rows referencing it by foreign key, recursively.")
     ] = False,
     apply: Annotated[
-        bool, typer.Option(help="Write the rows back to production in one transaction.")
+        bool,
+        typer.Option(
+            help="Write the rows back to production in one transaction (nothing when "
+            "production already holds them as the backup has them)."
+        ),
     ] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -157,6 +161,14 @@ def restore_entity(
     out.print(table_view)
     if result.applied:
         err.print(f"written back in one transaction; catalog action {result.action_id}")
+    elif apply and result.nothing_to_change:
+        children = len(result.rows) - 1
+        rows = f" and the {children} rows referencing it" if children else ""
+        err.print(
+            f"nothing to change: production already holds {result.table} {id_value}{rows} as "
+            f"in backup {result.backup_id}; nothing was written or recorded",
+            highlight=False,
+        )
     else:
         err.print("nothing was written: pass --apply to write these rows back")
     err.print(f"scratch database {result.scratch_database} dropped")

@@ -5,8 +5,10 @@ referencing it by foreign key, found in the dump's table of contents) is restore
 into a scratch database `<db>_entity_<timestamp>` on the same server. The row, and the rows that
 reference it (recursively, as ON DELETE CASCADE would have removed them), are read there,
 compared with production and shown. `apply` writes them back in ONE production transaction
-(insert, or update where the row still exists), records the action in the catalog, and the scratch
-database is always dropped, whatever happened.
+(insert, or update where the row still exists) and records the action in the audit trail; when
+production already holds every row as the backup has it, there is nothing to write and nothing is
+recorded. The scratch database is always dropped, whatever happened. The tables are restored with
+what they need (types, domains, functions, sequences...: postgres/tableplan.py).
 
 Rows travel as PostgreSQL's own `to_jsonb` text and come back through `jsonb_populate_record`, so
 every column type round-trips through its own input function without a Python conversion.
@@ -102,6 +104,11 @@ class EntityRestore:
     applied: bool = False
     action_id: int | None = None
 
+    @property
+    def nothing_to_change(self) -> bool:
+        """Production already holds every row as the backup has it."""
+        return all(row.status == "same" for row in self.rows)
+
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for row in self.rows:
@@ -117,6 +124,7 @@ class EntityRestore:
             "with_children": self.with_children,
             "scratch_database": self.scratch_database,
             "applied": self.applied,
+            "nothing_to_change": self.nothing_to_change,
             "counts": self.counts(),
             "rows": [
                 {
@@ -438,7 +446,9 @@ def restore_entity(
 ) -> EntityRestore:
     """Show (and with `apply` write back) one row and its children from a PostgreSQL backup.
 
-    The scratch database is dropped in every case; the production transaction is the only write.
+    The scratch database is dropped in every case; the production transaction is the only write,
+    and it is skipped (no audit record either) when production already holds every row as the
+    backup has it: an action that changed nothing must not read as a restore in the trail.
     """
     archive, manifest = postgres_backup(settings, catalog, backup_id)
     entries = read_entries(archive, manifest, tool(settings, "pg_restore"), progress)
@@ -453,7 +463,7 @@ def restore_entity(
             with appdb.connect(target.with_database(scratch), autocommit=True) as conn:
                 collected, keys = collect_rows(conn, root, id_value, children)
             result.rows = compare(production, collected, keys)
-            if apply:
+            if apply and not result.nothing_to_change:
                 written = apply_changes(production, result.rows, keys)
                 result.applied = True
                 result.action_id = catalog.record_action(

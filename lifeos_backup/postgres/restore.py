@@ -1,9 +1,11 @@
 """Restoring a PostgreSQL backup into a named database, then proving it against the manifest.
 
 Order: the archive's checksum first (a bad archive never touches a database), then the target
-(created with --create; refused when it already holds tables, unless force), then the restore in
+(created with --create; refused when it already holds tables, unless force; a table restore is
+refused only when the target has one of the relations it would create), then the restore in
 pg_restore's three sections, then the exact row count of every restored table compared with the
-counts taken in the dump's snapshot.
+counts taken in the dump's snapshot. A table restore brings what its tables need and the target
+lacks (tableplan.py, present.py).
 
 The sections run as the archive's parts allow (parts.py): the definitions (pre-data) from part 0;
 the data of all parts `jobs` at a time, each part streamed decompressed (no copy of the dump on
@@ -27,7 +29,7 @@ import shutil
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,16 +45,12 @@ from lifeos_backup.postgres.check import manifest_tables, verify_checksum
 from lifeos_backup.postgres.connect import connect
 from lifeos_backup.postgres.conninfo import PgTarget
 from lifeos_backup.postgres.parts import Part, PartSource, open_part, part_sources, parts_of
+from lifeos_backup.postgres.present import Presence, kept_differences, name_taken
 from lifeos_backup.postgres.rows import SESSION, Slice
 from lifeos_backup.postgres.snapshot import count_rows
+from lifeos_backup.postgres.tableplan import TablePlan, plan_tables
 from lifeos_backup.postgres.toc import SESSION as TOC_SESSION
-from lifeos_backup.postgres.toc import (
-    TocEntry,
-    own_post_data,
-    parse_toc,
-    select_tables,
-    use_list,
-)
+from lifeos_backup.postgres.toc import TocEntry, own_post_data, parse_toc, use_list
 from lifeos_backup.postgres.tochead import copy_head
 from lifeos_backup.postgres.tools import Tool, require_restore_not_older, tool
 from lifeos_backup.postgres.vacuumguard import VacuumGuards
@@ -104,12 +102,16 @@ class TableCount:
 
 @dataclass
 class RestoreReport:
-    """What a restore did and how the result compares with the manifest."""
+    """What a restore did and how the result compares with the manifest. A table restore also
+    names the objects its tables need that the target already had (`kept`, as they were) and
+    says what it left out or found different (`warnings`, one line each)."""
 
     backup_id: str
     database: str
     jobs: int
     counts: list[TableCount] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def differences(self) -> list[TableCount]:
@@ -127,11 +129,16 @@ def restore_postgres(
     tables: Sequence[str] = (),
     force: bool = False,
     progress: ProgressFn = ignore,
+    planned: Callable[[RestoreReport], None] = lambda _report: None,
 ) -> RestoreReport:
     """Restore `archive` into `database` (a name on the source server, or a URL) and compare.
 
-    `tables` restores only those tables (schema.name or name) with their keys, indexes, defaults
-    and owned sequences. Returns the row counts; the caller decides what a difference means.
+    `tables` restores only those tables (schema.name or name) with their keys, indexes, defaults,
+    owned sequences and triggers, and what they need that the target lacks (types, domains,
+    functions, sequences, extensions, schemas). Returns the row counts; the caller decides what a
+    difference means. `planned` is called with the report once a table restore knows what it
+    keeps and leaves out, before anything is restored, so that a caller can say so even if the
+    restore then fails.
     """
     if manifest.kind != "postgres":
         raise ConfigError(f"backup {manifest.backup_id} is a {manifest.kind} backup, not postgres")
@@ -147,25 +154,27 @@ def restore_postgres(
     )
     verify_checksum(archive, manifest, progress)
     target = PgTarget.from_settings(settings).with_database(database)
-    prepare_target(target, manifest, create=create, force=force)
+    prepare_target(target, manifest, create=create, force=force, selective=bool(tables))
+    report = RestoreReport(manifest.backup_id, target.describe(), jobs)
     try:
-        counts = run_restore(
+        run_restore(
             archive,
             manifest,
             settings,
             pg_restore,
             target,
             wanted,
-            jobs=jobs,
+            report,
             selective=bool(tables),
             force=force,
             progress=progress,
+            planned=planned,
         )
     except BaseException:
         if create:  # a half-restored database of our own making would block the next --create
             drop_database(target)
         raise
-    return RestoreReport(manifest.backup_id, target.describe(), jobs, counts)
+    return report
 
 
 def run_restore(
@@ -175,13 +184,16 @@ def run_restore(
     pg_restore: Tool,
     target: PgTarget,
     wanted: list[tuple[str, str]],
+    report: RestoreReport,
     *,
-    jobs: int,
     selective: bool,
     force: bool,
     progress: ProgressFn,
-) -> list[TableCount]:
-    """pre-data, data (parts side by side), post-data (`--jobs`) beside the row counts."""
+    planned: Callable[[RestoreReport], None],
+) -> None:
+    """pre-data, data (parts side by side), post-data (`--jobs`) beside the row counts, which go
+    into `report`."""
+    jobs = report.jobs
     parts = parts_of(manifest)
     algorithm = manifest.compression.algorithm
     base = restore_args(pg_restore, target)
@@ -193,9 +205,10 @@ def run_restore(
         lists: list[list[str] | None] = [[] for _ in parts]
         chosen = toc
         if selective:
-            chosen = select_tables(toc, wanted)
+            plan = plan_selection(pg_restore, head, toc, wanted, target, work, force, report)
+            planned(report)
+            chosen = plan.entries
             lists = use_lists(parts, sources, algorithm, chosen, pg_restore, work, wanted)
-            create_schemas(target, {schema for schema, _ in wanted})
         schema_list = lists[0] or []
         if force:
             drop_objects(pg_restore, target, head, schema_list)
@@ -205,11 +218,11 @@ def run_restore(
             env=target.env(), stdout=subprocess.DEVNULL,
         )
         early, rest = plan_post_data(parts, chosen, wanted, head, work)
-        report = Progress("restoring data", bytes_total=sum(max(p.dump_bytes, 0) for p in parts))
+        bar = Progress("restoring data", bytes_total=sum(max(p.dump_bytes, 0) for p in parts))
         encoding = str(manifest.facts.get("encoding") or "UTF8")
         loaded = load_data(
             parts, sources, lists, wanted, pg_restore, target, jobs, algorithm, encoding, early,
-            report, progress,
+            bar, progress,
         )
         progress(Progress("restoring keys, indexes and constraints; counting rows"))
         with ThreadPoolExecutor(1, thread_name_prefix="row-count") as pool:
@@ -221,7 +234,40 @@ def run_restore(
                 [*base, "--section=post-data", *parallel, *(rest or schema_list), str(head)],
                 env=target.env(), stdout=subprocess.DEVNULL,
             )
-            return counting.result()
+            report.counts = counting.result()
+
+
+def plan_selection(
+    pg_restore: Tool,
+    head: Path,
+    toc: list[TocEntry],
+    wanted: list[tuple[str, str]],
+    target: PgTarget,
+    work: Path,
+    force: bool,
+    report: RestoreReport,
+) -> TablePlan:
+    """The entries of a table restore, as the target stands (tableplan.py): what it already has
+    is kept and named in `report`, with the kept enums and sequences that differ from the backup
+    and what is left out. A target that already has one of the tables (or their sequences or
+    indexes) is refused unless `force`. The schemas of the entries that have no entry of their
+    own in the dump (`public`) are created if missing."""
+    with connect(target, autocommit=True) as conn:
+        plan = plan_tables(toc, wanted, Presence(conn))
+        taken = name_taken(conn, plan.entries)
+        if taken and not force:
+            raise TargetNotEmpty(
+                f"database {target.params.get('dbname')} already has {', '.join(taken[:10])}",
+                hint="restore into a new database with --create, or pass --force to drop "
+                "them and restore them anew (what they need is kept as the target has it)",
+            )
+        report.kept = [e.label for e in plan.kept]
+        report.warnings = plan.left_out + kept_differences(
+            pg_restore, head, toc, plan.kept, work, conn
+        )
+    brought = {e.tag for e in plan.entries if e.desc == "SCHEMA"}
+    create_schemas(target, {e.schema for e in plan.entries if e.schema != "-"} - brought)
+    return plan
 
 
 def plan_post_data(
@@ -492,8 +538,12 @@ def resolve_tables(manifest: Manifest, names: Sequence[str]) -> list[tuple[str, 
     return chosen
 
 
-def prepare_target(target: PgTarget, manifest: Manifest, *, create: bool, force: bool) -> None:
-    """Create the database (create=True), or check the existing one holds no tables."""
+def prepare_target(
+    target: PgTarget, manifest: Manifest, *, create: bool, force: bool, selective: bool = False
+) -> None:
+    """Create the database (create=True), or check the existing one holds no tables. A table
+    restore (`selective`) may go into a database with other tables: what it would collide with
+    is only known from the dump's table of contents (plan_selection)."""
     name = target.params.get("dbname")
     if not name:
         raise ConfigError("no target database named", hint="pass --database NAME")
@@ -505,7 +555,7 @@ def prepare_target(target: PgTarget, manifest: Manifest, *, create: bool, force:
     except NotFound as exc:
         raise NotFound(exc.what, exc.detail, "pass --create to create it") from None
     with conn:
-        row = conn.execute(_USER_RELATIONS).fetchone()
+        row = None if selective else conn.execute(_USER_RELATIONS).fetchone()
     held = int(row[0]) if row else 0
     if held and not force:
         raise TargetNotEmpty(
@@ -553,7 +603,8 @@ def drop_database(target: PgTarget) -> None:
 
 
 def create_schemas(target: PgTarget, schemas: set[str]) -> None:
-    """A single-table restore carries no CREATE SCHEMA: make sure the table's schema exists."""
+    """A schema without an entry of its own in the dump (`public`, which every database has
+    unless someone dropped it) is created by hand when a table restore needs it."""
     with connect(target, autocommit=True) as conn:
         for schema in sorted(schemas):
             conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))

@@ -1,10 +1,9 @@
 """Reading a dump's table of contents (`pg_restore --list --verbose`), and picking entries from it.
 
 Verify uses it to prove every table of the manifest is in the archive (definition and data).
-Single-table restore uses it to build the `--use-list` file: pg_restore's own `--table` restores a
-table's definition and rows but none of its primary key, indexes, defaults or owned sequences, so
-the list here also takes every entry that depends only on the chosen tables. The restore also
-picks each big table's own indexes and keys, to build them as soon as its rows are in.
+Single-table restore (tableplan.py) walks the dependencies recorded here to build its `--use-list`
+file. The restore also picks each big table's own indexes and keys, to build them as soon as its
+rows are in.
 """
 
 from __future__ import annotations
@@ -38,17 +37,6 @@ _DESCS = sorted(
 )
 # Session set-up entries every restore needs.
 SESSION = frozenset({"ENCODING", "STDSTRINGS", "SEARCHPATH"})
-# What a single-table restore takes along when all its dependencies are taken: the table's rows,
-# keys, indexes, defaults, owned sequences (and their values), triggers, comments and grants.
-_FOLLOWERS = frozenset(
-    {
-        "TABLE DATA", "SEQUENCE", "SEQUENCE OWNED BY", "SEQUENCE SET", "DEFAULT", "CONSTRAINT",
-        "CHECK CONSTRAINT", "FK CONSTRAINT", "INDEX", "TRIGGER", "RULE", "POLICY",
-        "ROW SECURITY", "COMMENT", "SECURITY LABEL", "ACL", "STATISTICS",
-    }
-)
-
-
 # Entries a table's rows must precede (pg_restore waits for TABLE DATA before them, too): other
 # relations, data, and the post-data section.
 _AFTER_DATA = frozenset(
@@ -78,6 +66,25 @@ class TocEntry:
     def names(self, desc: str, schema: str, name: str) -> bool:
         """True if this is the `desc` entry of schema.name (the owner follows the name)."""
         return self.desc == desc and self.rest.startswith(f"{schema} {name} ")
+
+    @property
+    def schema(self) -> str:
+        """The entry's schema, `-` for objects outside schemas (schemas, extensions)."""
+        return self.rest.split(" ", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        """The entry's name: between the schema and the owner (the owner is the last word, empty
+        for an extension); a function's is `name(argument types)`, a constraint's or trigger's
+        `table name`."""
+        _, _, after = self.rest.partition(" ")
+        return after.rsplit(" ", 1)[0]
+
+    @property
+    def label(self) -> str:
+        """What a message calls the entry: `type public.mood`, `extension citext`."""
+        name = self.tag if self.schema == "-" else f"{self.schema}.{self.tag}"
+        return f"{self.desc.lower()} {name}"
 
 
 def _split_desc(text: str) -> tuple[str, str]:
@@ -119,35 +126,6 @@ def missing_tables(
         if not {"TABLE", "TABLE DATA"} <= found:
             missing.append(f"{schema}.{name}")
     return missing
-
-
-def select_tables(
-    entries: Sequence[TocEntry], tables: Iterable[tuple[str, str]]
-) -> list[TocEntry]:
-    """The entries restoring `tables` with everything that depends on nothing else.
-
-    A foreign key to a table that is not restored, a view over other tables, or a trigger calling
-    a function is left out: it cannot be created without objects the caller did not ask for.
-    """
-    wanted = list(tables)
-    chosen = {
-        e.dump_id
-        for e in entries
-        if any(e.names("TABLE", schema, name) for schema, name in wanted)
-    }
-    grew = True
-    while grew:
-        grew = False
-        for entry in entries:
-            if (
-                entry.dump_id not in chosen
-                and entry.desc in _FOLLOWERS
-                and entry.deps
-                and set(entry.deps) <= chosen
-            ):
-                chosen.add(entry.dump_id)
-                grew = True
-    return [e for e in entries if e.dump_id in chosen or e.desc in SESSION]
 
 
 def own_post_data(entries: Sequence[TocEntry], schema: str, name: str) -> list[TocEntry]:

@@ -202,3 +202,30 @@ def test_integer_key_given_as_text_and_the_sequence_moves_past_it(
     assert table_hashes(pg_database.url)["favorites"] == before["favorites"]
     with psycopg.connect(pg_database.url) as conn:
         assert conn.execute("SELECT nextval('favorites_favorite_id_seq')").fetchone()[0] > 3
+
+
+def test_apply_with_nothing_to_change_writes_and_records_nothing(
+    lifeos_env: LifeosEnv, pg_database: PgDatabase, backed_up: tuple[str, dict[str, str]]
+) -> None:
+    """c-2 and its rows are in production as in the backup: --apply says so, and neither a
+    transaction nor an audit record pretends that something was restored."""
+    backup_id, _ = backed_up
+    with psycopg.connect(pg_database.url) as conn:  # undo the later work on c-2's outfits
+        conn.execute("DELETE FROM outfits WHERE outfit_id = 'o-new'")
+    unchanged = table_hashes(pg_database.url)
+    result = cli(
+        lifeos_env, "restore", "entity", "--backup", backup_id, "--table", "characters",
+        "--id", "c-2", "--apply",
+    )
+    assert result.returncode == 0, result.stderr
+    assert "same as production" in result.stdout
+    assert (
+        f"nothing to change: production already holds characters c-2 as in backup {backup_id};"
+        " nothing was written or recorded" in result.stderr
+    )
+    assert "written back" not in result.stderr
+    assert table_hashes(pg_database.url) == unchanged
+    assert lifeos_env.catalog().actions("entity.") == []
+    assert scratch_databases(pg_database) == []
+    report = restore(lifeos_env, backup_id, "--with-children", "--apply")  # c-1: deleted
+    assert report["applied"] and not report["nothing_to_change"]

@@ -13,11 +13,12 @@ from lifeos_backup.errors import ConfigError, NotFound, SourceUnavailable
 from lifeos_backup.postgres.connect import AuthenticationFailed, classify_connect_error
 from lifeos_backup.postgres.conninfo import PgTarget
 from lifeos_backup.postgres.dump import dump_args
+from lifeos_backup.postgres.tableplan import UnmetDependency, plan_tables
 from lifeos_backup.postgres.toc import (
+    TocEntry,
     missing_tables,
     own_post_data,
     parse_toc,
-    select_tables,
     use_list,
 )
 from lifeos_backup.postgres.tools import Tool, ToolTooOld, parse_version, require_dump_not_older
@@ -152,16 +153,166 @@ def test_toc_lists_tables_with_their_data() -> None:
     ]
 
 
+def nothing_there(_entry: TocEntry) -> bool:
+    return False
+
+
 def test_single_table_selection_takes_keys_indexes_and_owned_sequences_only() -> None:
-    chosen = select_tables(parse_toc(TOC), [("public", "characters")])
+    plan = plan_tables(parse_toc(TOC), [("public", "characters")], nothing_there)
+    chosen = plan.entries
     assert [e.dump_id for e in chosen] == [
         3363, 3364, 3365,  # session set-up
         215, 3367, 214, 3368, 3206, 3358, 3369, 3210, 3208,
     ]
     # outfits' foreign key and the view need other tables: left out.
     assert use_list(chosen).splitlines()[3] == "215; 1259 16386 TABLE public characters postgres"
-    both = select_tables(parse_toc(TOC), [("public", "characters"), ("public", "outfits")])
+    assert plan.kept == [] and plan.left_out == []  # outfits' key is outfits', not restored
+    both = plan_tables(
+        parse_toc(TOC), [("public", "characters"), ("public", "outfits")], nothing_there
+    ).entries
     assert 3213 in {e.dump_id for e in both} and 218 not in {e.dump_id for e in both}
+    plan = plan_tables(parse_toc(TOC), [("public", "outfits")], nothing_there)
+    assert plan.left_out == [
+        "left out foreign key outfits_character_id_fkey of public.outfits: it references "
+        "public.characters, not restored"
+    ]
+
+
+# What a table needs, as PostgreSQL 15's pg_dump records it (`pg_restore --list --verbose`):
+# an extension, an enum (with a comment), a domain whose CHECK calls a function, a standalone
+# sequence and a function in defaults, a CHECK calling a function, a trigger function, a table in
+# schema app with a foreign key to users, another table's sequence in a default, a partition.
+NEEDS = """3480; 0 0 ENCODING - ENCODING
+3482; 0 0 SEARCHPATH - SEARCHPATH
+7; 2615 16645 SCHEMA - app postgres
+2; 3079 16515 EXTENSION - citext
+3484; 0 0 COMMENT - EXTENSION citext
+;\tdepends on: 2
+913; 1247 16647 TYPE app kind postgres
+;\tdepends on: 7
+896; 1247 16621 TYPE public mood postgres
+3517; 0 0 COMMENT public TYPE mood postgres
+;\tdepends on: 896
+267; 1255 16638 FUNCTION public is_slug(text) postgres
+909; 1247 16640 DOMAIN public slug postgres
+;\tdepends on: 267
+270; 1255 16677 FUNCTION app touch() postgres
+;\tdepends on: 7
+269; 1255 16644 FUNCTION public next_code() postgres
+268; 1255 16642 FUNCTION public positive(integer) postgres
+221; 1259 16663 TABLE app events postgres
+;\tdepends on: 269 913 7
+220; 1259 16662 SEQUENCE app events_id_seq postgres
+;\tdepends on: 221 7
+3485; 0 0 SEQUENCE OWNED BY app events_id_seq postgres
+;\tdepends on: 220
+217; 1259 16643 SEQUENCE public ticket_seq postgres
+219; 1259 16652 TABLE public users postgres
+;\tdepends on: 217 268 2 2 909 896
+218; 1259 16651 SEQUENCE public users_id_seq postgres
+;\tdepends on: 219
+225; 1259 16698 TABLE public parent postgres
+226; 1259 16701 TABLE public part1 postgres
+;\tdepends on: 225
+227; 1259 16704 TABLE public shares postgres
+;\tdepends on: 218
+3322; 2604 16666 DEFAULT app events id postgres
+;\tdepends on: 221 220 221
+3477; 0 16663 TABLE DATA app events postgres
+;\tdepends on: 221
+3475; 0 16652 TABLE DATA public users postgres
+;\tdepends on: 219
+3486; 0 0 SEQUENCE SET app events_id_seq postgres
+;\tdepends on: 220
+3487; 0 0 SEQUENCE SET public ticket_seq postgres
+;\tdepends on: 217
+3488; 0 0 SEQUENCE SET public users_id_seq postgres
+;\tdepends on: 218
+3328; 2606 16671 CONSTRAINT app events events_pkey postgres
+;\tdepends on: 221
+3326; 2606 16661 CONSTRAINT public users users_pkey postgres
+;\tdepends on: 219
+3330; 2620 16678 TRIGGER app events events_touch postgres
+;\tdepends on: 270 221
+3329; 2606 16672 FK CONSTRAINT app events events_user_id_fkey postgres
+;\tdepends on: 221 3326 219
+"""
+
+
+def ids(entries: list[TocEntry]) -> list[int]:
+    return [e.dump_id for e in entries if e.desc not in ("ENCODING", "SEARCHPATH")]
+
+
+def test_a_table_brings_what_it_needs_and_the_values_of_its_sequences() -> None:
+    plan = plan_tables(parse_toc(NEEDS), [("public", "users")], nothing_there)
+    assert ids(plan.entries) == [
+        2, 3484,  # the extension of its citext column, with the extension's comment
+        896, 3517,  # its enum, with the enum's comment
+        267, 909,  # the domain and the function its CHECK calls
+        268,  # the function of its CHECK constraint
+        217, 219, 218, 3475, 3487, 3488, 3326,  # standalone sequence, table, identity, values
+    ]
+    assert plan.kept == [] and plan.left_out == []
+
+
+def test_what_the_target_has_is_kept_with_what_only_it_needed() -> None:
+    has = {"mood", "ticket_seq", "slug", "citext"}
+    plan = plan_tables(parse_toc(NEEDS), [("public", "users")], lambda e: e.tag in has)
+    # Kept: not restored, nor their comments, values or the function only the domain needed.
+    assert ids(plan.entries) == [268, 219, 218, 3475, 3488, 3326]
+    assert [e.label for e in plan.kept] == [
+        "extension citext", "type public.mood", "domain public.slug", "sequence public.ticket_seq",
+    ]
+
+
+def test_a_table_in_another_schema_brings_its_schema_trigger_function_and_leaves_its_fk_out() -> (
+    None
+):
+    plan = plan_tables(parse_toc(NEEDS), [("app", "events")], nothing_there)
+    assert ids(plan.entries) == [
+        7, 913, 270, 269, 221, 220, 3485, 3322, 3477, 3486, 3328, 3330,
+    ]
+    assert plan.left_out == [
+        "left out foreign key events_user_id_fkey of app.events: it references public.users, "
+        "not restored"
+    ]
+    # The schema is there: its type and functions may still be missing.
+    plan = plan_tables(parse_toc(NEEDS), [("app", "events")], lambda e: e.desc == "SCHEMA")
+    assert 7 not in ids(plan.entries) and {913, 270} <= set(ids(plan.entries))
+    both = plan_tables(parse_toc(NEEDS), [("app", "events"), ("public", "users")], nothing_there)
+    assert 3329 in ids(both.entries) and both.left_out == []
+
+
+def test_a_table_needing_what_belongs_to_another_table_is_refused_a_partition_is_not() -> None:
+    with pytest.raises(UnmetDependency) as caught:
+        plan_tables(parse_toc(NEEDS), [("public", "shares")], nothing_there)
+    assert caught.value.what == (
+        "table public.shares needs sequence public.users_id_seq, which needs table public.users"
+    )
+    plan = plan_tables(  # the target has the sequence: kept
+        parse_toc(NEEDS), [("public", "shares")], lambda e: e.tag == "users_id_seq"
+    )
+    assert ids(plan.entries) == [227] and [e.label for e in plan.kept] == [
+        "sequence public.users_id_seq"
+    ]
+    plan = plan_tables(parse_toc(NEEDS), [("public", "part1")], nothing_there)
+    assert ids(plan.entries) == [226] and plan.left_out == [
+        "table public.part1 depends on table public.parent, which is neither restored nor in "
+        "the target: restored without it"
+    ]
+
+
+def test_entry_names_come_apart_from_schema_and_owner() -> None:
+    [fn, ext, fk] = parse_toc(
+        "1; 1255 1 FUNCTION public f(integer, public.mood) postgres\n"
+        "2; 3079 2 EXTENSION - citext \n"
+        "3; 2606 3 FK CONSTRAINT app events events_user_id_fkey postgres\n"
+    )
+    assert (fn.schema, fn.tag, fn.label) == (
+        "public", "f(integer, public.mood)", "function public.f(integer, public.mood)"
+    )
+    assert (ext.schema, ext.tag, ext.label) == ("-", "citext", "extension citext")
+    assert fk.tag == "events events_user_id_fkey"
 
 
 def test_a_tables_own_indexes_and_keys_are_those_needing_only_its_rows() -> None:
