@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from lifeos_backup.errors import ConfigError
 from lifeos_backup.manifest import Encryption, FileEntry, Manifest, Source
+from lifeos_backup.names import layout
 from lifeos_backup.postgres import PostgresKind
 from lifeos_backup.progress import ProgressFn
 from lifeos_backup.settings import Settings
@@ -123,9 +123,6 @@ KINDS: dict[str, Kind] = {
 
 
 def get_kind(name: str) -> Kind:
-    try:
-        return KINDS[name]
-    except KeyError:
-        raise ConfigError(
-            f"unknown backup kind {name!r}", hint=f"use one of: {', '.join(sorted(KINDS))}"
-        ) from None
+    """The kind called `name` (ConfigError naming the kinds for any other name)."""
+    layout(name)  # the repository's kinds and their error for an unknown one
+    return KINDS[name]

@@ -12,9 +12,10 @@ one never waits for a timeout. With the lease held:
 
 * a `running` backup has lost its creator: it becomes `failed` with the reason, and its partial
   and manifest-less files are removed;
-* a `created` backup whose verify task is nowhere (not queued, not held by a worker, not running)
-  for longer than `CREATED_GRACE` has lost its chain: it becomes `failed` with the reason (its
-  archive was never verified, so it is no backup to rely on; rotation removes it later);
+* a `created` backup whose verify task ended without marking it (it failed, e.g. on a full disk),
+  or is nowhere (not queued, not held by a worker, not running) for longer than `CREATED_GRACE`,
+  has lost its chain: it becomes `failed` with the reason (its archive was never verified, so it
+  is no backup to rely on; rotation removes it later);
 * hidden `.partial` files of any backup are removed (a writer that dies leaves them);
 * an archive without a manifest is removed only when the catalog calls the backup `running`
   (dead), `failed` or `deleted`, or does not know it: a complete backup (archive and manifest)
@@ -57,6 +58,7 @@ CHAIN_LOST = (
 _LEFTOVER_STATUSES = (None, RUNNING, FAILED, DELETED)
 
 Pending = Callable[[str], bool]  # task id -> is a message of it queued, held or running?
+Ended = Callable[[str], bool]  # task id -> did it end (a final state in the result backend)?
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,7 @@ def _resolve(
     catalog: Catalog,
     pending: Pending | None,
     now: datetime,
+    ended: Ended | None = None,
 ) -> Swept | None:
     """Judge one backup; call only while holding its lease."""
     row = _get(catalog, backup_id)
@@ -121,8 +124,10 @@ def _resolve(
     if row is not None and row.status == RUNNING:
         failed = INTERRUPTED
     elif row is not None and row.status == CREATED and pending is not None:
-        since = row.finished_at or row.created_at
-        if now - since > CREATED_GRACE and not (row.task_id and pending(row.task_id)):
+        task = row.task_id
+        waiting = bool(task) and pending(task)
+        over = bool(task) and ended is not None and ended(task)  # e.g. failed on a full disk
+        if not waiting and (over or now - (row.finished_at or row.created_at) > CREATED_GRACE):
             failed = CHAIN_LOST
     if failed is not None:
         catalog.update(backup_id, status=FAILED, error=failed, finished_at=row.finished_at or now)  # type: ignore[union-attr]
@@ -142,6 +147,7 @@ def _cleanup(
     owner: str,
     pending: Pending | None,
     now: datetime | None = None,
+    ended: Ended | None = None,
 ) -> list[Swept]:
     now = now or utcnow()
     swept: list[Swept] = []
@@ -153,7 +159,9 @@ def _cleanup(
         for backup_id, files in sorted(grouped.items()):
             with try_lease(settings.backup_root, backup_id, owner, "clean-up") as free:
                 if free:
-                    found = _resolve(backup_id, kind, files, settings, catalog, pending, now)
+                    found = _resolve(
+                        backup_id, kind, files, settings, catalog, pending, now, ended
+                    )
                     if found is not None:
                         swept.append(found)
     swept += _fail_abandoned_elsewhere(settings, catalog, now)
@@ -183,7 +191,8 @@ def sweep(
     catalog: Catalog,
     pending: Pending,
     now: datetime | None = None,
+    ended: Ended | None = None,
 ) -> list[Swept]:
     """Resolve every backup of every kind whose task is gone, and remove what it left."""
     owner = f"sweeper-{os.getpid()}"
-    return _cleanup(sorted(LAYOUTS), settings, catalog, owner, pending, now)
+    return _cleanup(sorted(LAYOUTS), settings, catalog, owner, pending, now, ended)

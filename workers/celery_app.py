@@ -9,7 +9,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import redis
-from celery import Celery
+from celery import Celery, states
+from celery.result import AsyncResult
 from celery.signals import celeryd_after_setup, task_received, worker_process_init, worker_ready
 
 from lifeos_backup.client import MAINTENANCE, TASK_ROUTES
@@ -19,6 +20,7 @@ from lifeos_backup.redelivery import HEARTBEAT, Heartbeat, pending_task_ids, res
 from lifeos_backup.settings import Settings, get_settings, redis_url_for_celery
 
 log = logging.getLogger(__name__)
+READY_STATES = states.READY_STATES
 
 
 def configure(app: Celery) -> None:
@@ -218,8 +220,12 @@ def sweep_now(client: redis.Redis) -> list[Any]:
     except redis.RedisError as exc:
         log.warning("sweeping without the broker's view (%s): created backups are left", exc)
         pending = None
+    def ended(task_id: str) -> bool:
+        return AsyncResult(task_id, app=app).state in READY_STATES
+
     try:
-        return sweep(settings, open_catalog(settings.effective_catalog_url), pending)
+        catalog = open_catalog(settings.effective_catalog_url)
+        return sweep(settings, catalog, pending, ended=ended if pending else None)
     except Exception:
         log.exception("the sweeper failed")
         return []

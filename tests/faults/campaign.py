@@ -56,7 +56,7 @@ from lifeos_backup.locks import PREFIX, Holder
 from lifeos_backup.manifest import read_manifest
 from lifeos_backup.redelivery import pending_task_ids
 from lifeos_backup.settings import get_settings
-from tests.faults.stack import Stack
+from tests.faults.stack import Proc, Stack
 
 FAULTS = ("pool_kill", "worker_kill", "pg_dump_kill", "redis_outage", "pg_restart", "disk_full")
 SETTLE = 360.0  # seconds a round may take to settle (a lost chain waits for the sweeper)
@@ -208,21 +208,19 @@ class Campaign:
             return False
         return True
 
-    def _pool_kill(self, result: Round) -> None:
+    def _kill_one_of(self, result: Round, find: Callable[[], list[Proc]], what: str) -> None:
         self._pause()
-        pools = self.stack.pool_processes()
-        victim = self.rng.choice(pools) if pools else None
+        candidates = find()
+        victim = self.rng.choice(candidates) if candidates else None
         where = self._moment()
         if victim is not None and self._kill(victim.pid):
-            self._hit(result, f"pool process {victim.pid} killed", where)
+            self._hit(result, f"{what} {victim.pid} killed", where)
+
+    def _pool_kill(self, result: Round) -> None:
+        self._kill_one_of(result, self.stack.pool_processes, "pool process")
 
     def _worker_kill(self, result: Round) -> None:
-        self._pause()
-        mains = self.stack.worker_mains()
-        victim = self.rng.choice(mains) if mains else None
-        where = self._moment()
-        if victim is not None and self._kill(victim.pid):
-            self._hit(result, f"worker main process {victim.pid} killed", where)
+        self._kill_one_of(result, self.stack.worker_mains, "worker main process")
 
     def _pg_dump_kill(self, result: Round) -> None:
         deadline = time.monotonic() + 5
@@ -383,9 +381,9 @@ def _tree_digest(root: Path) -> str:
 
 
 @contextlib.contextmanager
-def running_stack(work: Path):  # type: ignore[no-untyped-def]
+def running_stack(work: Path, big: bool = True):  # type: ignore[no-untyped-def]
     """A started stack whose settings this process uses too (catalog, checks)."""
-    stack = Stack(work)
+    stack = Stack(work, big)
     saved = {k: v for k, v in os.environ.items() if k.startswith("LIFEOS_")}
     try:
         stack.start()

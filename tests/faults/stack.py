@@ -64,6 +64,7 @@ class Stack:
     """One running system under test, in folder `work`."""
 
     work: Path
+    big: bool = True  # the long campaign's data; the test suite's is smaller (faster setup)
     marker: str = field(default_factory=lambda: uuid.uuid4().hex)
     redis: StoppableRedis | None = None
     cluster: PostgresCluster | None = None
@@ -119,8 +120,8 @@ class Stack:
         self.cluster = PostgresCluster()
         database = self._database.enter_context(temporary_database(self.cluster, "lifeos_faults_"))
         self.database_url = database.url
-        _fill_database(database.url)
-        make_tree(self.app_dir, files=6000, size=12_000)
+        _fill_database(database.url, rows=1_500_000 if self.big else 300_000)
+        make_tree(self.app_dir, files=6000 if self.big else 1500, size=12_000)
         self.start_up()
 
     def start_up(self) -> None:
@@ -209,7 +210,7 @@ def _mount_tmpfs(path: Path) -> bool:
     return result.returncode == 0
 
 
-def _fill_database(url: str) -> None:
+def _fill_database(url: str, rows: int) -> None:
     """A small Life-OS-like database: a few tables, one of them big enough to be sliced."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
@@ -219,6 +220,6 @@ def _fill_database(url: str) -> None:
             "INSERT INTO characters (name, traits) SELECT 'c' || g, "
             "jsonb_build_object('level', g) FROM generate_series(1, 5000) g;"
             "INSERT INTO events SELECT g, g % 5000, repeat(md5(g::text), 2) "
-            "FROM generate_series(1, 1500000) g;"
+            f"FROM generate_series(1, {rows}) g;"
         )
         conn.execute("VACUUM ANALYZE")

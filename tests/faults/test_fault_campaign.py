@@ -19,7 +19,7 @@ def test_no_fault_breaks_an_invariant(request: pytest.FixtureRequest, tmp_path: 
     rounds = int(request.config.getoption("fault_rounds"))
     max_outage = float(request.config.getoption("fault_max_outage"))
     lines: list[str] = []
-    with running_stack(tmp_path / "campaign") as stack:
+    with running_stack(tmp_path / "campaign", big=rounds > len(FAULTS)) as stack:
         report = Campaign(stack, seed=19, max_outage=max_outage, say=lines.append).run(rounds)
     print("\n".join([*lines, report.summary()]))
     assert not report.violations, "\n".join(lines)

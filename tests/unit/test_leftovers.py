@@ -155,3 +155,10 @@ def test_verified_backups_and_their_files_are_untouched(repo) -> None:
     assert sweep(settings, catalog, lambda _task: False) == []
     assert len(_files(settings)) == 2
     assert not list((settings.backup_root / ".state" / "leases").iterdir())  # no lock file left
+
+
+def test_a_created_backup_whose_verify_failed_is_resolved_without_waiting(repo) -> None:
+    settings, catalog = repo
+    _row(catalog, ID, CREATED, finished_at=utcnow(), task_id="verify-failed")
+    swept = sweep(settings, catalog, lambda _t: False, ended={"verify-failed"}.__contains__)
+    assert [(s.backup_id, s.failed) for s in swept] == [(ID, CHAIN_LOST)]
