@@ -1,6 +1,14 @@
 """lifeos-backup: backup and recovery for Life-OS, run as Celery workers.
 
-Kept import-free on purpose: `lifeos_backup.client` must load with only celery and redis installed.
+Kept import-free on purpose: `lifeos_backup.client` must load with only celery and redis installed,
+and `lifeos-wal` must start fast, so `__version__` is looked up only when asked for.
 """
 
-__version__ = "0.1.0"
+
+def __getattr__(name: str) -> str:
+    """`lifeos_backup.__version__`: the installed version (lifeos_backup.version)."""
+    if name == "__version__":
+        from lifeos_backup.version import package_version
+
+        return package_version()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

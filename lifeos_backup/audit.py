@@ -53,6 +53,37 @@ HASHED = (
 )  # fmt: skip
 
 
+# Every action the trail records, whoever records it (workers: lifeos_backup.audit_tasks; the
+# CLI: `audited`; flag changes, rollbacks and entity restores: Catalog.record_action).
+# `audit --action` accepts these and their groups (`restore` for restore.*); a unit test checks
+# that every action written anywhere in the code is listed here.
+ACTIONS = (
+    "audit.rotate",
+    "backup",
+    "catalog.rebuild",
+    "drill",
+    "entity.restore",
+    "flag.set",
+    "flag.set_user",
+    "flag.unset_user",
+    "offsite.sync",
+    "restore.json",
+    "restore.pitr",
+    "restore.postgres",
+    "rollback.to_json",
+    "rotate",
+    "upload",
+    "verify",
+    "wal.upload",
+)
+
+
+def action_filters() -> list[str]:
+    """What `audit --action` accepts: every action, and every group of dotted actions."""
+    groups = {action.split(".")[0] for action in ACTIONS if "." in action}
+    return sorted(set(ACTIONS) | groups)
+
+
 class AuditChainBroken(PermanentError):
     """The audit chain does not verify; rotation refuses to remove the evidence."""
 
@@ -370,7 +401,13 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     match = _RELATIVE.fullmatch(value)
     if match:
         amount, unit = int(match.group(1)), match.group(2)
-        return (now or utcnow()) - timedelta(**{_UNITS[unit]: amount})
+        try:
+            return (now or utcnow()) - timedelta(**{_UNITS[unit]: amount})
+        except OverflowError:  # more days than a date can go back
+            raise ConfigError(
+                f"--since {value!r} reaches back before the year 1",
+                hint="use a shorter duration (7d, 24h, 30m, 2w) or a date",
+            ) from None
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:

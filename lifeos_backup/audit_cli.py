@@ -13,7 +13,7 @@ from rich.table import Table
 
 from lifeos_backup import audit
 from lifeos_backup.cli import _size, app, catalog, err, out, settings
-from lifeos_backup.errors import PermanentError
+from lifeos_backup.errors import ConfigError, PermanentError
 
 audit_app = typer.Typer(
     help="The audit trail: who backed up, verified, uploaded, restored, drilled, rotated, "
@@ -27,14 +27,42 @@ class AuditVerifyFailed(PermanentError):
     """`audit verify` found records that do not fit the chain."""
 
 
+def check_since(value: str | None) -> str | None:
+    """`--since` that is no duration or date, or reaches before the year 1: a usage error."""
+    if value is not None:
+        try:
+            audit.parse_since(value)
+        except ConfigError as exc:
+            raise typer.BadParameter(f"{exc.what.removeprefix('--since ')} ({exc.hint})") from None
+    return value
+
+
+def check_action(value: str | None) -> str | None:
+    """An `--action` no record can have is a usage error naming the actions, not an empty list."""
+    if value is None or value in audit.action_filters():
+        return value
+    groups = sorted(set(audit.action_filters()) - set(audit.ACTIONS))
+    raise typer.BadParameter(
+        f"{value!r} is not an audit action; choose from: {', '.join(audit.ACTIONS)}; "
+        f"or a group: {', '.join(groups)}"
+    )
+
+
 @audit_app.callback()
 def audit_list(
     ctx: typer.Context,
     since: Annotated[
-        str | None, typer.Option(help="Only records since: 7d, 24h, 30m, 2w or an ISO date.")
+        str | None,
+        typer.Option(
+            help="Only records since: 7d, 24h, 30m, 2w or an ISO date.", callback=check_since
+        ),
     ] = None,
     action: Annotated[
-        str | None, typer.Option(help="Only this action (prefix: `restore` finds restore.*).")
+        str | None,
+        typer.Option(
+            help="Only this action, or a group of them (`restore` finds restore.*).",
+            callback=check_action,
+        ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON array for scripts.")] = False,
 ) -> None:

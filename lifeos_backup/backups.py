@@ -143,6 +143,23 @@ def locate(settings: Settings, catalog: Catalog, backup_id: str) -> tuple[Backup
     return row, archive, manifest_path(archive, backup_id)
 
 
+def require_local_files(settings: Settings, row: Backup, archive: Path, mpath: Path) -> None:
+    """Both files of a backup on this disk, else why not: only off-site (not a damaged backup)
+    or incomplete (archive or manifest gone). Verify and every local restore ask this first."""
+    if remote_only(row, settings.backup_root):
+        raise NotFound(
+            f"backup {row.id} is only off-site",
+            hint="restore it with --from offsite; the sync re-checks remote copies",
+        )
+    if not mpath.exists() or not archive.exists():
+        raise VerificationFailed(
+            f"backup {row.id} is incomplete on disk",
+            f"{'manifest' if not mpath.exists() else 'archive'} missing",
+            "use another backup (`lifeos-backup list`), or this one's off-site copy if it has "
+            "one (--from offsite)",
+        )
+
+
 def check_files(
     settings: Settings, archive: Path, manifest: Manifest, progress: ProgressFn = ignore
 ) -> str:
@@ -177,16 +194,7 @@ def verify_backup(
         try:
             if row.status == RUNNING:  # the lease is ours: its writer is gone
                 raise VerificationFailed(f"backup {backup_id} was never finished", INTERRUPTED)
-            if remote_only(row, settings.backup_root):  # nothing local to check: not a failure
-                raise NotFound(
-                    f"backup {backup_id} is only off-site",
-                    hint="restore it with --from offsite; the sync re-checks remote copies",
-                )
-            if not mpath.exists() or not archive.exists():
-                raise VerificationFailed(
-                    f"backup {backup_id} is incomplete on disk",
-                    f"{'manifest' if not mpath.exists() else 'archive'} missing",
-                )
+            require_local_files(settings, row, archive, mpath)  # off-site only: not a failure
             manifest = read_manifest(mpath)
             scope = check_files(settings, archive, manifest, progress)
         except (NotFound, RetryableError):

@@ -1,7 +1,8 @@
 """`lifeos-backup`: the operators' command line.
 
-Expected failures print one line (`error: ...`) and exit non-zero; never a traceback. Long work
-shows a Rich progress bar on a terminal (on stderr), so stdout stays clean for scripts.
+Never a traceback (lifeos_backup.cli_errors): a usage error prints click's short message and exits
+2, an expected failure one `error:` line and exits 1. Long work shows a Rich progress bar on a
+terminal (on stderr), so stdout stays clean for scripts.
 """
 
 from __future__ import annotations
@@ -10,26 +11,28 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import kombu.exceptions
 import redis
 import redis.exceptions
-import sqlalchemy.exc
 import typer
 from rich.console import Console
 from rich.progress import DownloadColumn, MofNCompleteColumn, TimeRemainingColumn
 from rich.progress import Progress as Bar
 from rich.table import Table
 
+from lifeos_backup import cli_errors
 from lifeos_backup.audit import audited
 from lifeos_backup.catalog import Backup, Catalog, open_catalog
-from lifeos_backup.errors import LifeosError
+from lifeos_backup.errors import ConfigError, LifeosError, NotFound
+from lifeos_backup.names import LAYOUTS, kind_of_id
+from lifeos_backup.offsite.source import SOURCES
 from lifeos_backup.progress import Progress, ProgressFn
 from lifeos_backup.settings import Settings, get_settings
+from lifeos_backup.version import package_version
 
 if TYPE_CHECKING:  # the restore module is imported only by the command that uses it
     from lifeos_backup.postgres.restore import RestoreReport
@@ -40,13 +43,13 @@ catalog_app = typer.Typer(no_args_is_help=True, help="Maintain the catalog.")
 app.add_typer(restore_app, name="restore")
 app.add_typer(catalog_app, name="catalog")
 
-# Database errors that are bugs (a broken constraint or statement), not a damaged or unreachable
-# catalog: those keep their traceback.
-CATALOG_BUGS = (
-    sqlalchemy.exc.IntegrityError,
-    sqlalchemy.exc.ProgrammingError,
-    sqlalchemy.exc.DataError,
-)
+# How each kind is named to people, and the command that restores a backup of it.
+KIND_NAMES = {"json": "JSON", "postgres": "PostgreSQL", "basebackup": "base (point-in-time)"}
+RESTORED_BY = {
+    "json": "restore json {id} --target DIR",
+    "postgres": "restore postgres {id} --database NAME",
+    "basebackup": "restore pitr --backup {id} --datadir DIR --target-time T",
+}
 # Not on a terminal (scripts, CI): wide enough that ids and errors are never wrapped or cut.
 out = Console(width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 250)
@@ -56,8 +59,65 @@ def settings() -> Settings:
     return get_settings()
 
 
+def require_repository(s: Settings) -> None:
+    """Refuse to work without a backup repository.
+
+    Opening the default catalog (an SQLite file inside the backup root) would otherwise create
+    an empty repository wherever the command happens to run, and answer about that one. Only
+    what makes backups creates a repository: `up`, the workers, `catalog rebuild --from
+    offsite`. A catalog configured elsewhere (LIFEOS_CATALOG_URL) creates nothing here.
+    """
+    root = s.backup_root
+    if s.catalog_url or root.is_dir():
+        return
+    shown = str(root) if root.is_absolute() or str(root).startswith(".") else f"./{root}"
+    state = "is not a folder" if root.exists() else "does not exist"
+    raise NotFound(
+        f"no backup repository at {shown}",
+        f"{root.resolve()} {state}",
+        "set LIFEOS_BACKUP_ROOT or run from the folder that holds the repository; "
+        "`lifeos-backup up` or a first backup creates one",
+    )
+
+
 def catalog() -> Catalog:
-    return open_catalog(settings().effective_catalog_url)
+    """The catalog of an existing repository (see `require_repository`)."""
+    s = settings()
+    require_repository(s)
+    return open_catalog(s.effective_catalog_url)
+
+
+def choice(what: str, choices: Callable[[], Iterable[str]]) -> Callable[[Any], Any]:
+    """A Typer callback making a value outside `choices` a usage error that names them all
+    (exit 2, like a mistyped option), instead of a silent empty answer."""
+
+    def check(value: Any) -> Any:
+        allowed = sorted(choices())
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"{value!r} is not {what}; choose from: {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+check_kind = choice("a backup kind", lambda: LAYOUTS)
+check_source = choice("a source", lambda: SOURCES)
+KindOption = Annotated[
+    str | None, typer.Option(help=f"Only this kind: {', '.join(LAYOUTS)}.", callback=check_kind)
+]
+SourceOption = Annotated[
+    str, typer.Option("--from", help="local, or offsite (download).", callback=check_source)
+]
+
+
+def require_kind(backup_id: str, wanted: str) -> None:
+    """Refuse an id of another kind before reading anything, naming the command for it."""
+    kind = kind_of_id(backup_id)
+    if kind != wanted:
+        raise ConfigError(
+            f"backup {backup_id} is a {KIND_NAMES[kind]} backup, not a {KIND_NAMES[wanted]} one",
+            hint=f"restore it with `lifeos-backup {RESTORED_BY[kind].format(id=backup_id)}`",
+        )
 
 
 @contextmanager
@@ -126,18 +186,42 @@ def _require_redis(url: str) -> None:
         ) from exc
 
 
+def _print_version(value: bool) -> None:
+    """`--version`: answered before any command runs or any setting is read."""
+    if value:
+        print(f"lifeos-backup {package_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+            help="Print the installed version and exit.",
+        ),
+    ] = False,
+) -> None:
+    """Options of the program itself (`--version`), not of a command; the help text is the
+    Typer app's."""
+
+
 @app.command()
 def backup(
-    kind: Annotated[str, typer.Argument(help="What to back up: json, postgres, basebackup.")],
+    kind: Annotated[
+        str,
+        typer.Argument(help="What to back up: json, postgres, basebackup.", callback=check_kind),
+    ],
     wait: Annotated[bool, typer.Option(help="Wait until verified; print the id last.")] = False,
     reason: Annotated[str, typer.Option(help="Why (kept in the catalog and manifest).")] = "",
-    timeout: Annotated[float, typer.Option(help="Seconds to wait with --wait.")] = 3600,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait with --wait.")] = 3600,
 ) -> None:
     """Request a backup from the workers (create -> verify -> upload -> rotate)."""
     from lifeos_backup.client import BackupFailed, make_app, request_backup
-    from lifeos_backup.kinds import get_kind
 
-    get_kind(kind)
     url = settings().require_redis_url()
     _require_redis(url)
     client = make_app(url)
@@ -165,7 +249,7 @@ def backup(
 
 @app.command("list")
 def list_backups(
-    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    kind: KindOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON array for scripts.")] = False,
 ) -> None:
     """List backups, newest first."""
@@ -231,20 +315,22 @@ def restore_json(
     force: Annotated[
         bool, typer.Option(help="Allow a non-empty target (files are replaced).")
     ] = False,
-    source: Annotated[str, typer.Option("--from", help="local, or offsite (download).")] = "local",
+    source: SourceOption = "local",
 ) -> None:
     """Restore a JSON backup into TARGET, verifying every file while extracting."""
-    from lifeos_backup.json_restore import restore_archive
+    from lifeos_backup.json_restore import check_target, restore_archive
     from lifeos_backup.offsite.source import backup_source
 
     with (
         audited(catalog(), "restore.json", backup_id) as entry,
         progress_bar(f"restore {backup_id}") as show,
-        backup_source(backup_id, settings(), catalog(), source, show) as (archive, manifest),
     ):
         entry.backup_id, entry.location = backup_id, f"{socket.gethostname()}:{target.resolve()}"
         entry.detail["from"] = source
-        count = restore_archive(archive, manifest, target, force, show)
+        require_kind(backup_id, "json")  # a refused restore is recorded like a failed one
+        check_target(target, force)  # before a download that could take hours
+        with backup_source(backup_id, settings(), catalog(), source, show) as (archive, manifest):
+            count = restore_archive(archive, manifest, target, force, show)
         entry.detail["files"], entry.size = count, manifest.archive.size
     out.print(f"restored {count} files from {backup_id} into {target}")
 
@@ -258,7 +344,8 @@ def restore_postgres(
     ],
     create: Annotated[bool, typer.Option(help="Create the database first.")] = False,
     jobs: Annotated[
-        int | None, typer.Option(help="Parallel pg_restore jobs (default LIFEOS_RESTORE_JOBS).")
+        int | None,
+        typer.Option(min=1, help="Parallel pg_restore jobs (default LIFEOS_RESTORE_JOBS)."),
     ] = None,
     table: Annotated[
         list[str] | None, typer.Option(help="Restore only this table (repeatable).")
@@ -266,7 +353,7 @@ def restore_postgres(
     force: Annotated[
         bool, typer.Option(help="Allow a database that has tables (backed-up objects replaced).")
     ] = False,
-    source: Annotated[str, typer.Option("--from", help="local, or offsite (download).")] = "local",
+    source: SourceOption = "local",
 ) -> None:
     """Restore a PostgreSQL backup into DATABASE, then compare row counts with the manifest.
 
@@ -280,15 +367,17 @@ def restore_postgres(
     with (
         audited(catalog(), "restore.postgres", backup_id) as entry,
         progress_bar(f"restore {backup_id}") as show,
-        backup_source(backup_id, settings(), catalog(), source, show) as (archive, manifest),
     ):
-        entry.backup_id, entry.size = backup_id, manifest.archive.size
+        entry.backup_id = backup_id
         entry.detail.update({"from": source, "tables": table or "all", "database": database})
-        report = restore(
-            archive, manifest, settings(), database,
-            create=create, jobs=jobs, tables=table or (), force=force, progress=show,
-            planned=_say_planned,
-        )
+        require_kind(backup_id, "postgres")  # a refused restore is recorded like a failed one
+        with backup_source(backup_id, settings(), catalog(), source, show) as (archive, manifest):
+            entry.size = manifest.archive.size
+            report = restore(
+                archive, manifest, settings(), database,
+                create=create, jobs=jobs, tables=table or (), force=force, progress=show,
+                planned=_say_planned,
+            )
     if report.differences:
         diff = Table("table", "manifest rows", "restored rows", title="row count differences")
         for d in report.differences:
@@ -308,7 +397,7 @@ def restore_postgres(
 
 @app.command()
 def rotate(
-    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    kind: KindOption = None,
     dry_run: Annotated[bool, typer.Option(help="Only show what would be deleted and why.")] = False,
 ) -> None:
     """Apply retention: delete what no rule keeps (never the newest verified backup)."""
@@ -356,7 +445,12 @@ def warn(text: str) -> None:
 @catalog_app.command("rebuild")
 def catalog_rebuild(
     source: Annotated[
-        str, typer.Option("--from", help="local (manifests on disk) or offsite (the bucket).")
+        str,
+        typer.Option(
+            "--from",
+            help="local (manifests on disk) or offsite (the bucket).",
+            callback=check_source,
+        ),
     ] = "local",
     trust_manifests: Annotated[
         bool,
@@ -371,12 +465,11 @@ def catalog_rebuild(
     catalog file is replaced by a new one; the old file is kept aside."""
     from lifeos_backup import rebuild
 
-    if source not in ("local", "offsite"):
-        raise LifeosError(f"unknown source {source!r}", hint="use --from local or --from offsite")
     s = settings()
-    if source == "offsite":
+    if source == "offsite":  # disaster recovery: may create the repository
         report, _found = rebuild.rebuild_offsite(s, warn=warn)
     else:
+        require_repository(s)
         with progress_bar("catalog rebuild") as show:
             report = rebuild.rebuild_local(s, trust=trust_manifests, progress=show, warn=warn)
     for line in rebuild.summary(report, source):
@@ -391,39 +484,21 @@ def up() -> None:
     raise typer.Exit(run_stack(settings()))
 
 
+def _catalog_url() -> str:
+    return settings().effective_catalog_url
+
+
 def main() -> None:
-    """Entry point: turn expected failures into one line on stderr and a non-zero exit."""
+    """Entry point: never a traceback. Usage errors, expected failures and bugs are answered as
+    lifeos_backup.cli_errors describes; the exit code is 0 only when the command succeeded."""
     os.umask(0o077)
     try:
         code = app(standalone_mode=False)  # returns the code of typer.Exit instead of exiting
-    except LifeosError as exc:
-        err.print(f"error: {exc}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(1)
-    except typer.Abort:
-        err.print("aborted")
-        sys.exit(130)
-    except sqlalchemy.exc.DatabaseError as exc:  # the catalog broke while in use
-        if isinstance(exc, CATALOG_BUGS):
-            raise
-        from lifeos_backup.catalog.store import unreadable
-
-        error = unreadable(settings().effective_catalog_url, exc)
-        err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(1)
-    except (redis.exceptions.ConnectionError, kombu.exceptions.OperationalError) as exc:
-        # Expected when Redis is down or not started: one line, not a traceback.
-        error = LifeosError(
-            "cannot reach Redis", str(exc), "start it, check LIFEOS_REDIS_URL, or run `up`"
-        )
-        err.print(f"error: {error}", highlight=False, markup=False, soft_wrap=True)
-        sys.exit(1)
-    except Exception as exc:  # click usage errors come through here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
-        raise
+    except KeyboardInterrupt:
+        print("aborted", file=sys.stderr)
+        sys.exit(cli_errors.EXIT_INTERRUPTED)
+    except Exception as exc:
+        sys.exit(cli_errors.exit_code(exc, _catalog_url))
     if isinstance(code, int) and code:
         sys.exit(code)
 

@@ -52,7 +52,9 @@ def rollback_to_json(
         list[str] | None, typer.Option(help="Only this entity type (repeatable).")
     ] = None,
     as_json: JsonOption = False,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for --backup-first.")] = 3600,
+    timeout: Annotated[
+        float, typer.Option(min=0, help="Seconds to wait for --backup-first.")
+    ] = 3600,
 ) -> None:
     """Export the app's entities from PostgreSQL into its JSON files under APP_DIR/data/."""
     from lifeos_backup import rollback
@@ -129,8 +131,10 @@ def restore_entity(
 
     The tables are restored into a scratch database <db>_entity_<timestamp> that is always dropped.
     """
-    from lifeos_backup.cli import progress_bar
+    from lifeos_backup.cli import progress_bar, require_kind
     from lifeos_backup.entity_restore import restore_entity as run
+
+    require_kind(backup, "postgres")
 
     with progress_bar(f"restore {table} from {backup}") as show:
         result = run(

@@ -107,11 +107,28 @@ def request_backup(
     return ref
 
 
+def failure_text(exc: object) -> str:
+    """A failed task's exception as one readable line.
+
+    Celery rebuilds a task's exception from its class name and arguments; when this process has
+    not imported that class (the app and the CLI never import lifeos_backup.postgres.connect,
+    say), it makes a stand-in Exception with the same arguments. A LifeosError's arguments are
+    (what, detail, hint), which the stand-in would print as a Python tuple; they are put back
+    together here the way LifeosError prints them (lifeos_backup.errors).
+    """
+    args = getattr(exc, "args", ())
+    plain = type(exc).__str__ is BaseException.__str__  # LifeosError has its own __str__
+    if plain and len(args) == 3 and all(isinstance(a, str) for a in args):
+        what, detail, hint = args
+        return what + (f": {detail}" if detail else "") + (f" (hint: {hint})" if hint else "")
+    return str(exc)
+
+
 def _step_result(app: Celery, task_id: str, step: str, on_progress: Any) -> Any | None:
     result = AsyncResult(task_id, app=app)
     state = result.state
     if state == "FAILURE":
-        raise BackupFailed(f"backup {step} failed: {result.result}")
+        raise BackupFailed(f"backup {step} failed: {failure_text(result.result)}")
     if state == "REVOKED":
         raise BackupFailed(f"backup {step} was revoked")
     if state == "PROGRESS" and on_progress and isinstance(result.info, dict):

@@ -8,6 +8,7 @@ place only after everything checked out, so a bad archive never leaves half a re
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import os
@@ -20,7 +21,13 @@ from pathlib import Path
 import zstandard
 
 from lifeos_backup.crypto import open_plain
-from lifeos_backup.errors import TargetNotEmpty, UnsafeArchive, VerificationFailed
+from lifeos_backup.errors import (
+    ConfigError,
+    PermanentError,
+    TargetNotEmpty,
+    UnsafeArchive,
+    VerificationFailed,
+)
 from lifeos_backup.fsutil import DIR_MODE, FILE_MODE, private_dir
 from lifeos_backup.manifest import FileEntry, Manifest, require_archive_match
 from lifeos_backup.progress import Progress, ProgressFn
@@ -132,6 +139,45 @@ def safe_link(member: Member) -> None:
         )
 
 
+class RestoreWriteFailed(PermanentError):
+    """The restored files could not be written (a full disk, no permission); nothing was moved
+    into the target, and the staging folder was removed."""
+
+
+_WRITE_HINTS = {
+    errno.ENOSPC: "free space there (the restore needs about the backup's unpacked size), or "
+    "restore into another folder",
+    errno.EDQUOT: "the disk quota is used up: free space, or restore into another folder",
+    errno.EACCES: "check the target's permissions, or restore into another folder",
+    errno.EROFS: "the target is on a read-only file system: restore into another folder",
+}
+
+
+@contextlib.contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """OS errors while writing the restore become one RestoreWriteFailed naming the target."""
+    try:
+        yield
+    except OSError as exc:
+        hint = _WRITE_HINTS.get(exc.errno or 0, "check the target folder and its disk")
+        raise RestoreWriteFailed(
+            f"cannot write the restore into {target}", exc.strerror or str(exc), hint
+        ) from exc
+
+
+def check_target(target: Path, force: bool) -> None:
+    """Refuse a target that is not a folder, or a non-empty one without --force: before any
+    download or extraction, so a long restore never fails at its first file."""
+    if target.exists() and not target.is_dir():
+        raise ConfigError(
+            f"restore target {target} is not a folder", hint="give a new or empty folder"
+        )
+    if not _is_empty(target) and not force:
+        raise TargetNotEmpty(
+            f"restore target {target} is not empty", hint="choose an empty folder or pass --force"
+        )
+
+
 class _Staging:
     """Receives members into a hidden folder inside the target; links and modes are set last."""
 
@@ -143,11 +189,14 @@ class _Staging:
 
     def __call__(self, member: Member, chunks: Iterator[bytes]) -> None:
         rel = safe_relpath(member.path)
-        dest = self.root / rel
         if member.type == "symlink":
             safe_link(member)
             self.links.append(member)
             return
+        with _writing(self.root.parent):
+            self._write(member, self.root / rel, chunks)
+
+    def _write(self, member: Member, dest: Path, chunks: Iterator[bytes]) -> None:
         dest.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
         if member.type == "dir":
             dest.mkdir(mode=DIR_MODE, exist_ok=True)
@@ -188,41 +237,46 @@ def restore_archive(
     archive: Path, manifest: Manifest, target: Path, force: bool, progress: ProgressFn
 ) -> int:
     """Verify and extract into `target`; returns the number of files restored."""
-    if not _is_empty(target) and not force:
-        raise TargetNotEmpty(
-            f"restore target {target} is not empty", hint="choose an empty folder or pass --force"
-        )
+    check_target(target, force)
     created = not target.exists()
-    if created:
-        private_dir(target)
     staging = Path(
         os.path.join(target, f".lifeos-restore-{manifest.backup_id}-{os.getpid()}.partial")
     )
-    shutil.rmtree(staging, ignore_errors=True)
-    private_dir(staging)
     try:
+        with _writing(target):
+            if created:
+                private_dir(target)
+            shutil.rmtree(staging, ignore_errors=True)
+            private_dir(staging)
         sink = _Staging(staging)
         check_archive(archive, manifest, progress, sink)
     except BaseException:
-        _make_removable(staging)
+        with contextlib.suppress(OSError):
+            _make_removable(staging)
         shutil.rmtree(staging, ignore_errors=True)
         if created:
             shutil.rmtree(target, ignore_errors=True)  # leave no trace of a refused restore
         raise
     try:
-        sink.finish()
-        for top in sorted(os.listdir(staging)):
-            dest = target / top
-            if dest.is_symlink() or dest.is_file():
-                dest.unlink()
-            elif dest.exists():
-                shutil.rmtree(dest)
-            os.replace(staging / top, dest)
+        with _writing(target):
+            sink.finish()
+            _move_into(staging, target)
     finally:
         with contextlib.suppress(FileNotFoundError):
             _make_removable(staging)
             shutil.rmtree(staging)
     return len(sink.files)
+
+
+def _move_into(staging: Path, target: Path) -> None:
+    """Replace the target's top-level entries by the staged ones (checked, complete)."""
+    for top in sorted(os.listdir(staging)):
+        dest = target / top
+        if dest.is_symlink() or dest.is_file():
+            dest.unlink()
+        elif dest.exists():
+            shutil.rmtree(dest)
+        os.replace(staging / top, dest)
 
 
 def _make_removable(root: Path) -> None:

@@ -10,7 +10,7 @@ import socket
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lifeos_backup.errors import ConfigError
@@ -258,6 +258,20 @@ class Settings(BaseSettings):
         """`LIFEOS_S3_ENDPOINT_URL=` (empty, as in .env files) means unset, i.e. AWS itself."""
         return None if isinstance(value, str) and not value.strip() else value
 
+    @field_validator("redis_url", "flags_redis_url", mode="before")
+    @classmethod
+    def _redis_url(cls, value: object) -> object:
+        """A Redis URL redis-py cannot open (no redis://, rediss:// or unix:// scheme, a bad
+        port) stops every process at start with the setting's name, instead of surfacing as a
+        bare ValueError at first use; empty means unset. redis-py's messages never repeat the
+        URL, so a password in it is not printed."""
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        from redis.connection import parse_url
+
+        parse_url(str(value))  # raises ValueError
+        return value
+
     @field_validator("s3_object_lock_mode")
     @classmethod
     def _lock_mode(cls, value: str) -> str:
@@ -323,10 +337,22 @@ def get_settings() -> Settings:
     """The process-wide settings; tests call `get_settings.cache_clear()` after changing env."""
     try:
         return Settings()
-    except ValueError as exc:  # pydantic's ValidationError is a ValueError
-        raise ConfigError(
-            "invalid settings", str(exc).splitlines()[0], "check LIFEOS_* variables"
-        ) from exc
+    except ValidationError as exc:
+        detail = invalid_fields(exc)
+        raise ConfigError("invalid settings", detail, "check LIFEOS_* variables") from exc
+    except ValueError as exc:  # pydantic-settings' own errors (a value that is not JSON, ...)
+        detail = str(exc).splitlines()[0]
+        raise ConfigError("invalid settings", detail, "check LIFEOS_* variables") from exc
+
+
+def invalid_fields(exc: ValidationError) -> str:
+    """`LIFEOS_NAME: what is wrong` for each invalid setting; never the value (it may be a
+    secret), and not pydantic's first line, which names only the class."""
+    problems = []
+    for error in exc.errors():
+        name = "LIFEOS_" + "_".join(str(part) for part in error["loc"]).upper()
+        problems.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(problems) or str(exc).splitlines()[0]
 
 
 def redis_url_for_celery() -> str:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The project's test command (README, CI): system packages -> .venv -> ruff -> pytest.
+# The project's test command (README, CI): system packages -> .venv -> ruff -> the CLI tests on
+# the newest dependencies (.venv-newest) -> pytest in .venv.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -q tests/unit`.
 # Tests start their own throwaway PostgreSQL/Redis (tests/support/services.py), so
 # we only need the binaries here, never a running service.
@@ -57,6 +58,36 @@ if [[ ! -e "$stamp" ]]; then
     touch "$stamp"
 fi
 
-# 3) Lint, then the tests; pytest's exit code (5 = nothing collected, too) is ours.
+# 3) Lint.
 .venv/bin/ruff check .
+
+# 4) The CLI tests again in .venv-newest, on the newest versions pyproject.toml allows: what a
+#    fresh clone installs today, while .venv keeps what it got when pyproject last changed. It is
+#    rebuilt when pyproject changes and once a day (UTC). Runs with the whole suite (no test
+#    paths among the arguments, as CI runs it); LIFEOS_TEST_NEWEST=1 forces it, =0 skips it.
+cli_tests=(tests/cli tests/unit/test_cli_errors.py)
+whole_suite=1
+for arg in "$@"; do
+    if [[ "$arg" != -* && -e "${arg%%::*}" ]]; then
+        whole_suite=0
+    fi
+done
+if [[ "${LIFEOS_TEST_NEWEST:-$whole_suite}" == 1 ]]; then
+    if [[ ! -x .venv-newest/bin/python ]]; then
+        python3 -m venv .venv-newest
+    fi
+    newest_stamp=".venv-newest/.installed-$(sha256sum pyproject.toml | cut -d' ' -f1)-$(date -u +%Y%m%d)"
+    if [[ ! -e "$newest_stamp" ]]; then
+        .venv-newest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e '.[dev]'
+        rm -f .venv-newest/.installed-*
+        touch "$newest_stamp"
+    fi
+    echo "scripts/test.sh: CLI tests on the newest dependencies:" \
+        "$(.venv-newest/bin/python -m pip list --format=freeze 2>/dev/null \
+            | grep -iE '^(typer|rich|celery|pydantic|sqlalchemy|redis|psycopg)==' | tr '\n' ' ')" >&2
+    .venv-newest/bin/python -m pytest -q -p no:cacheprovider "${cli_tests[@]}"
+fi
+
+# 5) The whole suite (or what the arguments select) in .venv; pytest's exit code (5 = nothing
+#    collected, too) is ours.
 exec .venv/bin/python -m pytest "$@"

@@ -94,11 +94,16 @@ def pg_url(pg_database: PgDatabase) -> str:
 def lifeos_env(
     tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[LifeosEnv]:
-    """A private backup root, app dir (empty data/), SQLite catalog and Redis DB for one test."""
+    """A private backup root, app dir (empty data/), SQLite catalog and Redis DB for one test.
+
+    The backup root exists, as on a running system (`up`, the workers or `catalog rebuild
+    --from offsite` create it): the CLI refuses to read or change backups without one."""
+    from lifeos_backup.fsutil import private_dir
     from lifeos_backup.settings import get_settings
 
     app_dir = tmp_path / "app"
     (app_dir / "data").mkdir(parents=True)
+    private_dir(tmp_path / "backups")
     env = LifeosEnv(tmp_path)
     for key in [k for k in os.environ if k.startswith("LIFEOS_")]:
         monkeypatch.delenv(key)

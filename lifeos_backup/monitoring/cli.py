@@ -17,7 +17,17 @@ import typer
 from rich.table import Table
 
 from lifeos_backup.audit import audited
-from lifeos_backup.cli import _size, app, catalog, err, out, progress_bar, settings
+from lifeos_backup.cli import (
+    _size,
+    app,
+    catalog,
+    check_kind,
+    err,
+    out,
+    progress_bar,
+    require_repository,
+    settings,
+)
 from lifeos_backup.errors import ConfigError
 
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
@@ -60,7 +70,9 @@ def _drill_lock(kind: str) -> Iterator[None]:
 
 @app.command()
 def drill(
-    kind: Annotated[str | None, typer.Option(help="Only this kind (json, postgres).")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="Only this kind (json, postgres).", callback=check_kind)
+    ] = None,
     backup: Annotated[str | None, typer.Option(help="Drill this backup id.")] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -117,6 +129,7 @@ def selftest(
 
     from lifeos_backup.monitoring.selftest import FAIL, PASS, run_selftest
 
+    require_repository(settings())  # its scratch area lies inside the repository
     report = run_selftest(settings(), keep=keep)
     if as_json:
         _print_json(
@@ -193,12 +206,16 @@ def status(as_json: JsonOption = False) -> None:
 
 @app.command()
 def metrics(
-    port: Annotated[int | None, typer.Option(help="Port (default LIFEOS_METRICS_PORT).")] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=0, max=65535, help="Port (default LIFEOS_METRICS_PORT)."),
+    ] = None,
 ) -> None:
     """Serve the Prometheus endpoint (/metrics) until Ctrl-C."""
     from lifeos_backup.monitoring.metrics import serve
 
     s = settings()
+    require_repository(s)  # what it reports comes from the repository's catalog
     chosen = s.metrics_port if port is None else port
     if not chosen:
         raise ConfigError("metrics port is 0 (off)", hint="pass --port or set LIFEOS_METRICS_PORT")

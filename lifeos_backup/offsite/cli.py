@@ -111,8 +111,15 @@ def keygen(
 
     if output.exists():
         raise ConfigError(f"{output} exists", hint="choose another file; keys are never replaced")
+    try:
+        fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create {output}",
+            exc.strerror or str(exc),
+            "choose a file in a folder that exists and that you may write to",
+        ) from None
     identity, recipient = generate_identity()
-    fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(f"# created by lifeos-backup keygen\n# public key: {recipient}\n{identity}\n")
     err.print(f"private key written to {output}; keep it offline")

@@ -29,9 +29,10 @@ def backup_source(
 ) -> Iterator[tuple[Path, Manifest]]:
     """(archive, manifest) of a backup; off-site ones are downloaded, checked, removed after."""
     if source == "local":
-        from lifeos_backup.backups import locate
+        from lifeos_backup.backups import locate, require_local_files
 
-        _, archive, mpath = locate(settings, catalog, backup_id)
+        row, archive, mpath = locate(settings, catalog, backup_id)
+        require_local_files(settings, row, archive, mpath)
         yield archive, read_manifest(mpath)
     elif source == "offsite":
         from lifeos_backup.offsite.download import fetched

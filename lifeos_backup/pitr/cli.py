@@ -15,7 +15,16 @@ from typing import Annotated
 import typer
 
 from lifeos_backup.audit import audited
-from lifeos_backup.cli import app, catalog, err, out, progress_bar, restore_app, settings
+from lifeos_backup.cli import (
+    app,
+    catalog,
+    err,
+    out,
+    progress_bar,
+    require_kind,
+    restore_app,
+    settings,
+)
 
 
 @app.command("wal-push")
@@ -56,7 +65,9 @@ def restore_pitr(
     target_name: Annotated[
         str | None, typer.Option(help="Recover to this restore point.")
     ] = None,
-    port: Annotated[int | None, typer.Option(help="Port of the restored server.")] = None,
+    port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Port of the restored server.")
+    ] = None,
     start: Annotated[
         bool, typer.Option(help="Start it, wait for recovery, report the time reached.")
     ] = False,
@@ -76,7 +87,7 @@ def restore_pitr(
     keep_archiving: Annotated[
         bool, typer.Option(help="Leave archive_mode as it was (only to replace production).")
     ] = False,
-    timeout: Annotated[int, typer.Option(help="Seconds to wait for recovery.")] = 3600,
+    timeout: Annotated[int, typer.Option(min=1, help="Seconds to wait for recovery.")] = 3600,
 ) -> None:
     """Restore PostgreSQL to a point in time from a base backup and the WAL archive."""
     from lifeos_backup.pitr.restore import RecoveryTarget, parse_target_time
@@ -94,6 +105,8 @@ def restore_pitr(
     ):
         entry.location = f"{socket.gethostname()}:{datadir.resolve()}"
         entry.detail.update({"started": start, "port": port})
+        if backup is not None:  # a refused restore is recorded like a failed one
+            require_kind(backup, "basebackup")
         result = run(
             settings(),
             catalog(),

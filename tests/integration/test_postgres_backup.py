@@ -507,6 +507,27 @@ def test_wrong_password_fails_at_once_without_leaking_it(
     assert wrong.encode() not in (lifeos_env.backup_root / "catalog.sqlite3").read_bytes()
 
 
+def test_cli_wrong_password_is_one_line_of_text(
+    lifeos_env: LifeosEnv, start_worker, pg_cluster: PostgresCluster, password_role: str
+) -> None:
+    """The CLI never imports the module of the worker's AuthenticationFailed, so Celery hands it
+    a stand-in exception; its message still reads as text, not as a Python tuple."""
+    wrong = "Wrong-" + uuid.uuid4().hex
+    start_worker(
+        LIFEOS_DATABASE_URL=role_url(pg_cluster, "postgres", wrong),
+        LIFEOS_PG_BIN_DIR=str(pg_cluster.bindir),
+        LIFEOS_RETRY_MAX="1",
+        LIFEOS_RETRY_BACKOFF_MAX="1",
+    )
+    result = cli(lifeos_env, "backup", "postgres", "--wait", "--timeout", "60")
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("error: backup create failed: PostgreSQL refused the login")
+    assert "password authentication failed" in lines[0] and "(hint: check the user" in lines[0]
+    assert "('" not in lines[0] and wrong not in result.stdout + result.stderr
+
+
 def test_pg_dump_older_than_server_is_refused_before_any_file(
     lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, tmp_path: Path
 ) -> None:
