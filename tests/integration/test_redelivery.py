@@ -8,6 +8,8 @@ import time
 import pytest
 import redis
 from celery import signature
+
+from lifeos_backup.client import CREATE, VERIFY, make_app
 from lifeos_backup.redelivery import (
     HELD,
     UNACKED,
@@ -17,8 +19,6 @@ from lifeos_backup.redelivery import (
     predecessor_tags,
     restore_predecessor,
 )
-
-from lifeos_backup.client import CREATE, VERIFY, make_app
 
 pytestmark = pytest.mark.integration
 
