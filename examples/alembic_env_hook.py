@@ -21,7 +21,6 @@ no backup: they change nothing. docs/app-integration.md has the details.
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any
 
 from lifeos_backup.client import BackupFailed, make_app, request_backup
@@ -67,16 +66,17 @@ def require_verified_backup(
     """Block until a pre-migration backup is verified; its id (None: nothing to migrate).
 
     Raises MigrationRefused when the backup failed or was not verified within `timeout`.
-    `redis_url` defaults to LIFEOS_REDIS_URL, the broker of the lifeos-backup workers.
+    `redis_url` defaults to LIFEOS_REDIS_URL, else the embedded Redis of the `lifeos-backup up`
+    serving the repository at LIFEOS_BACKUP_ROOT.
     """
     if not migration_pending(context):
         log.info("no migration to run: no pre-migration backup needed")
         return None
     current = ",".join(sorted(_as_set(context.get_context().get_current_heads()))) or "base"
     reason = f"pre-migration from {current}"
-    app = make_app(redis_url or os.environ.get("LIFEOS_REDIS_URL"))
     log.info("requesting a %s backup (%s) and waiting until it is verified", kind, reason)
     try:
+        app = make_app(redis_url)  # LIFEOS_REDIS_URL, else the repository's embedded Redis
         ref = request_backup(kind, reason, wait=True, timeout=timeout, app=app, initiator="alembic")
     except BackupFailed as exc:
         raise MigrationRefused(

@@ -59,6 +59,16 @@ def _free_id(kind: str, catalog: Catalog) -> tuple[str, datetime]:
         time.sleep(1.0 - now.microsecond / 1e6 + 0.01)
 
 
+def _id_for(kind: str, catalog: Catalog, owner: str, attempt: int) -> tuple[str, datetime, str]:
+    """The backup's id, start time and earlier attempts' errors: a retry of a task (attempt >
+    1) takes over the failed row of its earlier attempt, so one request is one row."""
+    earlier = catalog.by_task(owner, kind) if attempt > 1 and owner != "cli" else None
+    if earlier is not None and earlier.status == FAILED:
+        return earlier.id, utcnow().replace(microsecond=0), earlier.error or ""
+    backup_id, started = _free_id(kind, catalog)
+    return backup_id, started, ""
+
+
 def create_backup(
     kind_name: str,
     settings: Settings,
@@ -69,17 +79,19 @@ def create_backup(
     progress: ProgressFn = ignore,
     owner: str = "cli",
     then: str | None = None,
+    attempt: int = 1,
 ) -> Manifest:
     """Write a new archive and its manifest; the backup ends `created` (not yet good).
 
     The caller holds the kind's lock. `owner` is the task writing it (or `cli`); `then` the task
     that verifies it next, recorded so the sweeper can tell a waiting backup from a lost one.
     The backup's lease is held from before its catalog row exists until it is `created`.
+    `attempt` > 1 (a retry) reuses the row of the task's earlier attempt, its errors kept.
     """
     kind = get_kind(kind_name)
     folder = private_dir(kind_dir(settings.backup_root, kind_name))
     clean_leftovers(kind_name, settings, catalog, owner)
-    backup_id, started = _free_id(kind_name, catalog)
+    backup_id, started, earlier = _id_for(kind_name, catalog, owner, attempt)
     archive = folder / (backup_id + kind.extension(settings))
     host = socket.gethostname()
     with lease(settings.backup_root, backup_id, owner, "create"):
@@ -119,7 +131,9 @@ def create_backup(
             write_manifest(mpath, manifest)  # last: an archive without a manifest is incomplete
         except BaseException as exc:
             remove_quietly(mpath, archive)
-            catalog.update(backup_id, status=FAILED, error=str(exc)[:4000], finished_at=utcnow())
+            error = f"attempt {attempt}: {exc}" if attempt > 1 or earlier else str(exc)
+            history = f"{error}; earlier {earlier}" if earlier else error
+            catalog.update(backup_id, status=FAILED, error=history[:4000], finished_at=utcnow())
             raise
         catalog.update(
             backup_id,
@@ -129,6 +143,7 @@ def create_backup(
             finished_at=finished,
             duration_s=(finished - started).total_seconds(),
             task_id=then,
+            error=None,
         )
     log.info("created %s (%d bytes)", backup_id, written.size)
     return manifest

@@ -50,6 +50,7 @@ RESTORED_BY = {
     "postgres": "restore postgres {id} --database NAME",
     "basebackup": "restore pitr --backup {id} --datadir DIR --target-time T",
 }
+
 # Not on a terminal (scripts, CI): wide enough that ids and errors are never wrapped or cut.
 out = Console(width=None if sys.stdout.isatty() else 250)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 250)
@@ -133,10 +134,11 @@ def progress_bar(label: str) -> Iterator[ProgressFn]:
         def update(report: Progress | dict[str, Any]) -> None:
             data = report.as_meta() if isinstance(report, Progress) else report
             total = data.get("bytes_total") or None
+            files = data.get("files_total")
+            counted = f" {data.get('files_done', 0)}/{files} files" if files else ""
             bar.update(
                 task,
-                description=f"{label}: {data.get('phase', '')} "
-                f"{data.get('files_done', 0)}/{data.get('files_total', 0)} files",
+                description=f"{label}: {data.get('phase', '')}{counted}",
                 completed=data.get("bytes_done", 0),
                 total=total,
             )
@@ -180,7 +182,7 @@ def _require_redis(url: str) -> None:
     try:
         with redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3) as client:
             client.ping()
-    except redis.exceptions.RedisError as exc:
+    except (redis.exceptions.RedisError, ValueError) as exc:  # ValueError: not a Redis URL
         raise LifeosError(
             "cannot reach Redis", str(exc), "start it, check LIFEOS_REDIS_URL, or run `up`"
         ) from exc
@@ -204,9 +206,30 @@ def _root(
             help="Print the installed version and exit.",
         ),
     ] = False,
+    repo: Annotated[
+        Path | None,
+        typer.Option(
+            "--repo",
+            "-r",
+            help="The backup repository (default: LIFEOS_BACKUP_ROOT, else ./backups); its "
+            "running workers' settings are found there.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Options of the program itself (`--version`), not of a command; the help text is the
-    Typer app's."""
+    """Options of the program itself (`--version`, `--repo`), not of a command; the help text
+    is the Typer app's."""
+    if repo is not None:
+        os.environ["LIFEOS_BACKUP_ROOT"] = str(repo)
+        get_settings.cache_clear()
+
+
+# Settings that decide what a backup of each kind reads, compared with the workers' own.
+_MATTERS = {
+    "json": ["app_dir", "json_sources", "compression", "encryption_recipients"],
+    "postgres": ["database", "pg_bin_dir", "encryption_recipients"],
+    "basebackup": ["database", "pg_bin_dir", "wal_archive_dir", "encryption_recipients"],
+}
 
 
 @app.command()
@@ -220,31 +243,74 @@ def backup(
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait with --wait.")] = 3600,
 ) -> None:
     """Request a backup from the workers (create -> verify -> upload -> rotate)."""
-    from lifeos_backup.client import BackupFailed, make_app, request_backup
+    from lifeos_backup.client import request_backup
+    from lifeos_backup.settings import disagreements
 
     url = settings().require_redis_url()
     _require_redis(url)
-    client = make_app(url)
+    for line in disagreements(settings(), _MATTERS.get(kind, [])):
+        err.print(f"warning: {line}", highlight=False, markup=False, soft_wrap=True)
     initiator = os.environ.get("USER") or "operator"
-    try:
-        with progress_bar(f"{kind} backup") as show:
-            ref = request_backup(
-                kind,
-                reason,
-                wait=wait,
-                timeout=timeout,
-                app=client,
-                initiator=initiator,
-                on_progress=show,
-            )
-    except BackupFailed as exc:
-        raise LifeosError(str(exc)) from exc
+    with _client_errors(), progress_bar(f"{kind} backup") as show:
+        ref = request_backup(
+            kind,
+            reason,
+            wait=wait,
+            timeout=timeout,
+            app=_client_app(url),
+            initiator=initiator,
+            on_progress=show,
+        )
     if wait:
         err.print(f"backup {ref.backup_id} verified")
         out.print(ref.backup_id, highlight=False)
     else:
-        err.print(f"queued {kind} backup; create task {ref.create_task_id}")
+        err.print(
+            f"queued {kind} backup as task {ref.create_task_id}; "
+            f"`lifeos-backup follow {ref.create_task_id}` waits for it and prints its backup id",
+            highlight=False,
+            soft_wrap=True,
+        )
         out.print(ref.create_task_id, highlight=False)
+
+
+@app.command()
+def follow(
+    task_id: Annotated[str, typer.Argument(help="The task id `backup` printed without --wait.")],
+    timeout: Annotated[float, typer.Option(help="Seconds to wait.")] = 3600,
+) -> None:
+    """Wait for a requested backup until it is verified; print its id last."""
+    import uuid
+
+    from lifeos_backup.client import follow as follow_chain
+
+    try:
+        uuid.UUID(task_id)
+    except ValueError:
+        raise typer.BadParameter(f"{task_id!r} is not a task id", param_hint="TASK_ID") from None
+    url = settings().require_redis_url()
+    _require_redis(url)
+    with _client_errors(), progress_bar("backup") as show:
+        backup_id = follow_chain(_client_app(url), task_id, timeout, show)
+    err.print(f"backup {backup_id} verified")
+    out.print(backup_id, highlight=False)
+
+
+def _client_app(url: str) -> Any:
+    from lifeos_backup.client import make_app
+
+    return make_app(url)
+
+
+@contextmanager
+def _client_errors() -> Iterator[None]:
+    """The client's failures (backup failed, no worker, Redis gone) as one `error:` line."""
+    from lifeos_backup.client import BackupFailed
+
+    try:
+        yield
+    except BackupFailed as exc:
+        raise LifeosError(str(exc)) from exc
 
 
 @app.command("list")
@@ -354,6 +420,11 @@ def restore_postgres(
         bool, typer.Option(help="Allow a database that has tables (backed-up objects replaced).")
     ] = False,
     source: SourceOption = "local",
+    server: Annotated[
+        str | None,
+        typer.Option(help="Server to restore into (postgresql://user@host:port) when DATABASE "
+                     "is a name; default: the server of LIFEOS_DATABASE_URL."),
+    ] = None,
 ) -> None:
     """Restore a PostgreSQL backup into DATABASE, then compare row counts with the manifest.
 
@@ -361,8 +432,11 @@ def restore_postgres(
     functions, sequences, extensions, schemas); what it has is kept as it is.
     """
     from lifeos_backup.offsite.source import backup_source
+    from lifeos_backup.postgres.conninfo import restore_target
     from lifeos_backup.postgres.restore import RowCountMismatch
     from lifeos_backup.postgres.restore import restore_postgres as restore
+
+    restore_target(settings(), database, server)  # a named server, before any download
 
     with (
         audited(catalog(), "restore.postgres", backup_id) as entry,
@@ -377,6 +451,7 @@ def restore_postgres(
                 archive, manifest, settings(), database,
                 create=create, jobs=jobs, tables=table or (), force=force, progress=show,
                 planned=_say_planned,
+                server=server,
             )
     if report.differences:
         diff = Table("table", "manifest rows", "restored rows", title="row count differences")

@@ -5,17 +5,57 @@ One object so that every process (worker, Beat, CLI) agrees; README lists every 
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 from lifeos_backup.errors import ConfigError
 
 EMBEDDED_REDIS_URL_FILE = "embedded-redis.url"
+RECORDED_SETTINGS_FILE = "settings.json"  # in the state dir: what `up` runs with (no secrets)
+# Never recorded: they are, or may hold, secrets, or they locate the record itself.
+_NOT_RECORDED = {"backup_root", "database_url", "flower_basic_auth", "alert_urls"}
+
+
+class RecordedSettings(PydanticBaseSettingsSource):
+    """The lowest-priority source: the settings `lifeos-backup up` runs the workers with,
+    recorded in the repository it serves (`<backup root>/.state/settings.json`).
+
+    So a command given only the repository (LIFEOS_BACKUP_ROOT or `--repo`) works with the same
+    app folder, catalog and schedule as the workers; its own environment and `.env` still win.
+    """
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        root = Path(str(self.current_state.get("backup_root") or "./backups"))
+        recorded = read_recorded(root)
+        return {k: v for k, v in recorded.items() if k in self.settings_cls.model_fields}
+
+
+def read_recorded(root: Path) -> dict[str, Any]:
+    """The recorded settings of the repository at `root` ({} when there are none)."""
+    try:
+        data = json.loads((root / ".state" / RECORDED_SETTINGS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    settings = data.get("settings") if isinstance(data, dict) else None
+    return dict(settings) if isinstance(settings, dict) else {}
 
 
 class Settings(BaseSettings):
@@ -24,6 +64,19 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="LIFEOS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, environment, `.env`, then what the repository's workers run with."""
+        recorded = RecordedSettings(settings_cls)
+        return init_settings, env_settings, dotenv_settings, file_secret_settings, recorded
 
     # The five names operators' scripts depend on.
     backup_root: Path = Field(Path("./backups"), description="The backup repository.")
@@ -330,6 +383,72 @@ class Settings(BaseSettings):
             "LIFEOS_REDIS_URL is not set and no embedded Redis is running",
             "set LIFEOS_REDIS_URL, or start the system with `lifeos-backup up`",
         )
+
+
+def _has_password(url: str | None) -> bool:
+    return bool(url) and urlsplit(str(url)).password is not None
+
+
+def _without_password(conninfo: str) -> str:
+    """A database URL or libpq key=value string with its password left out."""
+    if "://" in conninfo:
+        parts = urlsplit(conninfo)
+        if parts.password is None:
+            return conninfo
+        host = parts.netloc.rpartition("@")[2]
+        user = f"{parts.username}@" if parts.username else ""
+        return parts._replace(netloc=f"{user}{host}").geturl()
+    return re.sub(r"\bpassword\s*=\s*('[^']*'|\S+)\s*", "", conninfo).strip()
+
+
+def recordable(settings: Settings) -> dict[str, Any]:
+    """The settings a command elsewhere may take over: everything but secrets (and URLs that
+    carry a password), as JSON values, paths made absolute. `database` (not a setting) names
+    the database without its password, to compare with."""
+    values = settings.model_dump(mode="json", exclude=_NOT_RECORDED)
+    for key in ("redis_url", "catalog_url", "flags_redis_url"):
+        if _has_password(values.get(key)):
+            del values[key]
+    for key in ("app_dir", "pg_bin_dir", "wal_archive_dir", "encryption_identity_file"):
+        if values.get(key):
+            values[key] = str(Path(values[key]).resolve())
+    if settings.database_url is not None:
+        values["database"] = _without_password(settings.database_url.get_secret_value())
+    return values
+
+
+def record_settings(settings: Settings, by: str) -> Path:
+    """Write the effective non-secret settings into the repository's state dir (0600)."""
+    from lifeos_backup.fsutil import write_json_atomic
+
+    path = settings.state_dir / RECORDED_SETTINGS_FILE
+    write_json_atomic(
+        path,
+        {
+            "written_by": by,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "settings": recordable(settings),
+        },
+    )
+    return path
+
+
+def disagreements(settings: Settings, fields: list[str]) -> list[str]:
+    """One line per setting in `fields` whose value here differs from the recorded one."""
+    recorded = read_recorded(settings.backup_root)
+    if not recorded:
+        return []
+    mine = recordable(settings)
+    lines = []
+    for field in fields:
+        if field in recorded and field in mine and mine[field] != recorded[field]:
+            lines.append(
+                f"LIFEOS_{field.upper()} is {mine[field]!r} here, but the workers of "
+                f"{settings.backup_root} run with {recorded[field]!r}: they use theirs"
+            )
+    return lines
 
 
 @lru_cache(maxsize=1)

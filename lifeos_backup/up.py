@@ -47,8 +47,9 @@ from lifeos_backup.errors import ConfigError
 from lifeos_backup.fsutil import FILE_MODE, atomic_writer, private_dir, remove_quietly
 from lifeos_backup.monitoring import broker
 from lifeos_backup.procs import die_with_parent_hook
-from lifeos_backup.settings import EMBEDDED_REDIS_URL_FILE, Settings
+from lifeos_backup.settings import EMBEDDED_REDIS_URL_FILE, Settings, record_settings
 
+EMBEDDED_REDIS_PORT_FILE = "embedded-redis.port"  # chosen at the first `up`, kept
 STOP_GRACE = 30.0  # seconds worker/beat/flower get to stop (running tasks finish) before SIGKILL
 REDIS_STOP_GRACE = 10.0  # seconds Redis gets to flush its append-only file
 START_TIMEOUT = 30.0  # seconds for the embedded Redis to answer PING, Flower to answer HTTP
@@ -208,6 +209,9 @@ def run_stack(settings: Settings) -> int:
                 _publish_url(url_file, url)
                 say(f"Redis: embedded at {url} (state in {state / 'redis'})")
             broker.note(state, False, _utcnow())  # answers now: a note of an old outage is stale
+            # What the workers run with, for commands given only the repository (no secrets; the
+            # embedded Redis is found through its URL file, which exists only while it runs).
+            record_settings(settings, "lifeos-backup up")
             env = {**os.environ, "LIFEOS_REDIS_URL": url, "PYTHONUNBUFFERED": "1"}
             flower_env = dict(env)
             if settings.flower_basic_auth is not None:
@@ -359,7 +363,7 @@ def _start_embedded_redis(state: Path, logs: Path, attempts: int = 3) -> tuple[R
     binary = _redis_server_binary()
     data = private_dir(state / "redis")
     for _ in range(attempts):
-        port = _free_port()
+        port = _embedded_port(state)
         args = [
             binary,
             "--port", str(port),
@@ -383,6 +387,22 @@ def _start_embedded_redis(state: Path, logs: Path, attempts: int = 3) -> tuple[R
         child.tail() or "(no output)",
         f"see {child.log}, or set LIFEOS_REDIS_URL to a running Redis",
     )
+
+
+def _embedded_port(state: Path) -> int:
+    """The embedded Redis's port: the one chosen at the repository's first `up` and kept
+    (`<state>/embedded-redis.port`), so an app configured with it finds Redis after restarts;
+    a new one (kept from then on) when another program took it."""
+    record = state / EMBEDDED_REDIS_PORT_FILE
+    with contextlib.suppress(OSError, ValueError):
+        kept = int(record.read_text().strip())
+        if not _port_busy("127.0.0.1", kept):
+            return kept
+        say(f"the embedded Redis's port {kept} is taken by another program; choosing another")
+    port = _free_port()
+    with atomic_writer(record) as handle:
+        handle.write(f"{port}\n".encode())
+    return port
 
 
 def _wait_for_redis(url: str, state: Path, stop: StopRequest) -> bool:

@@ -29,6 +29,7 @@ def create(self: LifeosTask, kind: str, reason: str = "", initiator: str = "oper
             progress=self.reporter(held),
             owner=self.request.id,
             then=self.next_task_id(),
+            attempt=self.request.retries + 1,
         )
     if not self.settings.shared_repository:  # the archive is on this host's disk only
         pin_to_host(self.request.chain, self.settings.host_queue)

@@ -269,6 +269,17 @@ class Catalog:
         with self.session() as s:
             return list(s.scalars(query))
 
+    def by_task(self, task_id: str, kind: str) -> Backup | None:
+        """The newest backup of `kind` the task `task_id` is (or was) responsible for."""
+        query = (
+            select(Backup)
+            .where(Backup.task_id == task_id, Backup.kind == kind)
+            .order_by(Backup.created_at.desc())
+            .limit(1)
+        )
+        with self.session() as s:
+            return s.scalars(query).first()
+
     def update(self, backup_id: str, **fields: object) -> Backup:
         with self.session() as s:
             row = s.get(Backup, backup_id)

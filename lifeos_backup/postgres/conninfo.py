@@ -108,6 +108,27 @@ class PgTarget:
         return f"{user}@{host}:{port}/{dbname}"
 
 
+def restore_target(settings: Settings, database: str, server: str | None = None) -> PgTarget:
+    """Where a restore goes: `database` as a URL, or a name on `server`, or on the server of
+    LIFEOS_DATABASE_URL (or PGHOST / PGSERVICE). Never whatever listens on the local socket by
+    default: a restore overwrites, so its server is always named."""
+    if "://" in database or "=" in database:
+        return PgTarget.from_settings(settings).with_database(database)
+    if server:
+        return PgTarget.from_settings(settings).with_database(server).with_params(dbname=database)
+    named = settings.database_url is not None or any(
+        os.environ.get(name) for name in ("PGHOST", "PGSERVICE")
+    )
+    if not named:
+        raise ConfigError(
+            f"no server named to restore database {database!r} into",
+            "LIFEOS_DATABASE_URL is unset, and a restore never falls back to the local socket",
+            f"pass --server postgresql://user@host:5432, or --database postgresql://user@host/"
+            f"{database}, or set LIFEOS_DATABASE_URL",
+        )
+    return PgTarget.from_settings(settings).with_database(database)
+
+
 def postgres_configured(settings: Settings, environ: Mapping[str, str] | None = None) -> bool:
     """True when a source database is named: LIFEOS_DATABASE_URL, or libpq's PG* variables.
 

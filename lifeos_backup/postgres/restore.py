@@ -43,7 +43,7 @@ from lifeos_backup.fsutil import FILE_MODE, private_dir
 from lifeos_backup.manifest import Manifest
 from lifeos_backup.postgres.check import manifest_tables, verify_checksum
 from lifeos_backup.postgres.connect import connect
-from lifeos_backup.postgres.conninfo import PgTarget
+from lifeos_backup.postgres.conninfo import PgTarget, restore_target
 from lifeos_backup.postgres.parts import Part, PartSource, open_part, part_sources, parts_of
 from lifeos_backup.postgres.present import Presence, kept_differences, name_taken
 from lifeos_backup.postgres.rows import SESSION, Slice
@@ -130,8 +130,10 @@ def restore_postgres(
     force: bool = False,
     progress: ProgressFn = ignore,
     planned: Callable[[RestoreReport], None] = lambda _report: None,
+    server: str | None = None,
 ) -> RestoreReport:
-    """Restore `archive` into `database` (a name on the source server, or a URL) and compare.
+    """Restore `archive` into `database` (a name on `server` or the source server, or a URL;
+    conninfo.restore_target) and compare.
 
     `tables` restores only those tables (schema.name or name) with their keys, indexes, defaults,
     owned sequences and triggers, and what they need that the target lacks (types, domains,
@@ -152,8 +154,8 @@ def restore_postgres(
         str(manifest.facts.get("pg_dump_version", "?")),
         int(manifest.facts.get("pg_dump_major", 0)),
     )
+    target = restore_target(settings, database, server)
     verify_checksum(archive, manifest, progress)
-    target = PgTarget.from_settings(settings).with_database(database)
     prepare_target(target, manifest, create=create, force=force, selective=bool(tables))
     report = RestoreReport(manifest.backup_id, target.describe(), jobs)
     try:

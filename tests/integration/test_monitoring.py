@@ -203,14 +203,23 @@ def test_json_drill_passes_then_fails_on_corrupt_archive_and_bad_json(
         (corrupt.drill_id, "failed"),
     }
 
-    (lifeos_env.app_dir / "data" / "broken.json").write_text('{"half": ')
-    second = good_backup(lifeos_env)
-    unreadable = run_drill(settings, catalog, "json")
-    assert unreadable.backup_id == second and not unreadable.passed
-    assert unreadable.details["problems"][0].startswith("data/broken.json is not valid JSON")
-    assert list((lifeos_env.backup_root / WORKSPACE).iterdir()) == []  # nothing left extracted
     keys = {c.key for c in evaluate_health(settings, catalog)}
     assert "drill_failed:json" in keys
+
+    # Files that were already no valid JSON when backed up (a half-written file, an empty one):
+    # the copy is faithful, so the drill passes and names them.
+    (lifeos_env.app_dir / "data" / "broken.json").write_text('{"half": ')
+    (lifeos_env.app_dir / "configs" / "empty.json").write_bytes(b"")
+    second = good_backup(lifeos_env)
+    faithful = run_drill(settings, catalog, "json")
+    assert faithful.backup_id == second and faithful.passed, faithful.error
+    assert [item.split(" (")[0] for item in faithful.details["invalid_json_at_backup"]] == [
+        "configs/empty.json",
+        "data/broken.json",
+    ]
+    assert list((lifeos_env.backup_root / WORKSPACE).iterdir()) == []  # nothing left extracted
+    keys = {c.key for c in evaluate_health(settings, catalog)}
+    assert "drill_failed:json" not in keys
 
 
 # ----------------------------------------------------------------------------- health
