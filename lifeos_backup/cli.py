@@ -436,7 +436,6 @@ def restore_postgres(
     from lifeos_backup.postgres.restore import RowCountMismatch
     from lifeos_backup.postgres.restore import restore_postgres as restore
 
-    restore_target(settings(), database, server)  # a named server, before any download
 
     with (
         audited(catalog(), "restore.postgres", backup_id) as entry,
@@ -445,6 +444,7 @@ def restore_postgres(
         entry.backup_id = backup_id
         entry.detail.update({"from": source, "tables": table or "all", "database": database})
         require_kind(backup_id, "postgres")  # a refused restore is recorded like a failed one
+        restore_target(settings(), database, server)  # a named server, before any download
         with backup_source(backup_id, settings(), catalog(), source, show) as (archive, manifest):
             entry.size = manifest.archive.size
             report = restore(

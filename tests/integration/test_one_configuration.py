@@ -188,8 +188,9 @@ def test_restore_postgres_never_falls_back_to_the_local_socket(
         made = create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog())
         verify_backup(made.backup_id, lifeos_env.settings(), lifeos_env.catalog())
     name = f"restored_{os.getpid()}"
-    env = {**lifeos_env.subprocess_env(), "PGHOST": "", "PGSERVICE": ""}
-    del env["LIFEOS_DATABASE_URL"]
+    env = lifeos_env.subprocess_env()
+    for name in ("LIFEOS_DATABASE_URL", "PGHOST", "PGSERVICE"):
+        env.pop(name, None)
     refused = _run(
         [CLI, "restore", "postgres", made.backup_id, "--database", name, "--create"], env, tmp_path
     )
