@@ -453,9 +453,10 @@ def test_unreachable_database_is_retried_then_failed(
     app = make_app(lifeos_env.vars["LIFEOS_REDIS_URL"])
     with pytest.raises(BackupFailed, match="unreachable"):
         request_backup("postgres", "test", wait=True, timeout=60, app=app)
-    rows = lifeos_env.catalog().list(kind="postgres")
-    assert len(rows) == 2  # the first attempt and one retry
-    assert all(r.status == FAILED and "unreachable" in (r.error or "") for r in rows)
+    [row] = lifeos_env.catalog().list(kind="postgres")  # one request, one row
+    assert row.status == FAILED
+    assert row.error.startswith("attempt 2: PostgreSQL is unreachable")
+    assert "earlier PostgreSQL is unreachable" in row.error  # the first attempt's reason kept
     runs = [r.state for r in lifeos_env.catalog().task_runs() if r.task_name.endswith("create")]
     assert sorted(runs) == ["failed", "retrying"]
     assert folder_contents(lifeos_env) == []
