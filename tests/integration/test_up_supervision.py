@@ -280,20 +280,24 @@ def _redis_pid(url: str) -> int:
         return int(client.info("server")["process_id"])
 
 
-def test_up_runs_on_while_flowers_port_is_taken(
+def test_up_runs_on_while_flowers_and_the_metrics_ports_are_taken(
     tmp_path: Path, cleanup: list[dict[str, str]]
 ) -> None:
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    holder.listen()
-    port = holder.getsockname()[1]
-    env = _env(tmp_path, LIFEOS_METRICS_PORT="0")
+    holder, metrics_holder = socket.socket(), socket.socket()
+    for sock in (holder, metrics_holder):
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+    port, metrics_port = holder.getsockname()[1], metrics_holder.getsockname()[1]
+    env = _env(tmp_path, LIFEOS_METRICS_PORT=str(metrics_port))
     env["LIFEOS_FLOWER_PORT"] = str(port)
     cleanup.append(env)
     up = Up(env, tmp_path)
     try:
-        line = up.wait_for("flower cannot start", timeout=90)
-        assert f"cannot listen on 127.0.0.1:{port}" in line and "retrying in 1 s" in line, line
+        warned = up.wait_for("metrics endpoint not started", timeout=90)
+        assert warned.startswith("warning:") and str(metrics_port) in warned, warned
+        line = up.seen("flower cannot start", timeout=90)
+        assert f"cannot listen on 127.0.0.1:{port}" in line, line
+        assert re.search(r"retrying in \d+ s \(the rest runs on\)", line), line
         _backup_succeeds(env, tmp_path)  # workers and Beat run without Flower
         assert up.proc.poll() is None
         holder.close()
@@ -302,6 +306,7 @@ def test_up_runs_on_while_flowers_port_is_taken(
         stderr = up.finish()
     finally:
         holder.close()
+        metrics_holder.close()
         if up.proc.poll() is None:
             up.proc.kill()
             up.proc.wait()
