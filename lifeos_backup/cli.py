@@ -30,7 +30,7 @@ from lifeos_backup.catalog import Backup, Catalog, open_catalog
 from lifeos_backup.errors import ConfigError, LifeosError, NotFound
 from lifeos_backup.names import LAYOUTS, kind_of_id
 from lifeos_backup.offsite.source import SOURCES
-from lifeos_backup.progress import Progress, ProgressFn
+from lifeos_backup.progress import Progress
 from lifeos_backup.settings import Settings, get_settings
 from lifeos_backup.version import package_version
 
@@ -122,7 +122,7 @@ def require_kind(backup_id: str, wanted: str) -> None:
 
 
 @contextmanager
-def progress_bar(label: str) -> Iterator[ProgressFn]:
+def progress_bar(label: str) -> Iterator[Callable[[Progress | dict[str, Any]], None]]:
     """A Rich bar on stderr when it is a terminal; otherwise a silent sink."""
     if not err.is_terminal:
         yield lambda _report: None
@@ -132,7 +132,7 @@ def progress_bar(label: str) -> Iterator[ProgressFn]:
         task = bar.add_task(label, total=None)
 
         def update(report: Progress | dict[str, Any]) -> None:
-            data = report.as_meta() if isinstance(report, Progress) else report
+            data: dict[str, Any] = report.as_meta() if isinstance(report, Progress) else report
             total = data.get("bytes_total") or None
             files = data.get("files_total")
             counted = f" {data.get('files_done', 0)}/{files} files" if files else ""

@@ -201,10 +201,10 @@ def failure_text(exc: object) -> str:
     (what, detail, hint), which the stand-in would print as a Python tuple; they are put back
     together here the way LifeosError prints them (lifeos_backup.errors).
     """
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = getattr(exc, "args", ())
     plain = type(exc).__str__ is BaseException.__str__  # LifeosError has its own __str__
     if plain and len(args) == 3 and all(isinstance(a, str) for a in args):
-        what, detail, hint = args
+        what, detail, hint = args[0], args[1], args[2]
         return what + (f": {detail}" if detail else "") + (f" (hint: {hint})" if hint else "")
     return str(exc)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from lifeos_backup.agestream import (
     CHUNK,
@@ -42,7 +42,7 @@ from lifeos_backup.agestream import (
 from lifeos_backup.errors import DecryptionKeyError
 from lifeos_backup.manifest import Encryption, Manifest, require_archive_match
 from lifeos_backup.progress import Progress, ProgressFn, ignore
-from lifeos_backup.streams import HashingReader
+from lifeos_backup.streams import HashingReader, HashingWriter, ReadStream
 
 __all__ = [
     "CHUNK",
@@ -83,9 +83,13 @@ def encryption_info(recipients: Sequence[Recipient]) -> Encryption | None:
     return Encryption(scheme=SCHEME, recipients=[r.fingerprint for r in recipients])
 
 
-def sealed(out: BinaryIO, recipients: Sequence[Recipient]) -> BinaryIO:
-    """`out` itself when encryption is off, else an encrypting writer into it (close it!)."""
-    return SealingWriter(out, recipients) if recipients else out  # type: ignore[return-value]
+def sealed(out: BinaryIO | HashingWriter, recipients: Sequence[Recipient]) -> BinaryIO:
+    """`out` itself when encryption is off, else an encrypting writer into it (close it!).
+
+    Both are file-like enough for what reads or writes through them (write, flush, close).
+    """
+    sink = cast(BinaryIO, out)
+    return cast(BinaryIO, SealingWriter(sink, recipients)) if recipients else sink
 
 
 def check_identities(identities: Sequence[Identity], recipients: Sequence[str], what: str) -> None:
@@ -117,15 +121,17 @@ def identities_for(manifest: Manifest, identity_file: Path | None = None) -> lis
     return identities
 
 
-def open_plain(src: BinaryIO, manifest: Manifest, identity_file: Path | None = None) -> BinaryIO:
+def open_plain(
+    src: BinaryIO | ReadStream, manifest: Manifest, identity_file: Path | None = None
+) -> BinaryIO:
     """The archive's plain bytes: `src` itself, or decrypted with the configured identity.
 
     Kinds read archives through this, so every kind decrypts the same way.
     """
     if manifest.encryption is None:
-        return src
+        return cast(BinaryIO, src)
     identities = identities_for(manifest, identity_file)
-    return OpeningReader(src, identities, f"backup {manifest.backup_id}")  # type: ignore[return-value]
+    return cast(BinaryIO, OpeningReader(src, identities, f"backup {manifest.backup_id}"))
 
 
 def check_sealed(archive: Path, manifest: Manifest, progress: ProgressFn = ignore) -> None:

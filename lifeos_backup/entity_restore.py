@@ -244,7 +244,7 @@ def collect_rows(
         if fk.child in wanted and fk.parent in wanted | {table.qualified}
     ]
     collected = [(table.qualified, found[0][1], found[0][0])]
-    seen = {(table.qualified, _key(found[0][1], root_key))}
+    seen: set[tuple[str, tuple[Any, ...] | str]] = {(table.qualified, _key(found[0][1], root_key))}
     frontier = [(table.qualified, found[0][1])]
     while frontier:
         parent, row = frontier.pop(0)

@@ -160,7 +160,7 @@ def write_archive(
                     size = len(data)
                 else:
 
-                    def chunks(fd: int = fd, size: int = size, digest=digest) -> Iterator[bytes]:  # type: ignore[no-untyped-def]
+                    def chunks(fd: int = fd, size: int = size, digest=digest) -> Iterator[bytes]:
                         for chunk in _read_chunks(fd, size):
                             digest.update(chunk)
                             yield chunk

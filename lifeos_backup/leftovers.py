@@ -124,7 +124,7 @@ def _resolve(
     if row is not None and row.status == RUNNING:
         failed = INTERRUPTED
     elif row is not None and row.status == CREATED and pending is not None:
-        task = row.task_id
+        task = row.task_id or ""
         waiting = bool(task) and pending(task)
         over = bool(task) and ended is not None and ended(task)  # e.g. failed on a full disk
         if not waiting and (over or now - (row.finished_at or row.created_at) > CREATED_GRACE):
@@ -189,7 +189,7 @@ def clean_leftovers(kind: str, settings: Settings, catalog: Catalog, owner: str)
 def sweep(
     settings: Settings,
     catalog: Catalog,
-    pending: Pending,
+    pending: Pending | None,
     now: datetime | None = None,
     ended: Ended | None = None,
 ) -> list[Swept]:

@@ -218,7 +218,7 @@ def _take_from_the_dead(client: redis.Redis, name: str) -> Holder | None:
     """Remove the lock if its holder is provably dead; returns the holder that stays, if any."""
     raw = client.get(PREFIX + name)
     found = Holder.parse(raw)
-    if found is not None and found.provably_dead():
+    if raw is not None and found is not None and found.provably_dead():
         if client.eval(_DELETE_IF, 1, PREFIX + name, raw):
             log.warning("lock %s: holder %s is dead; lock released", name, found.describe())
         return None
@@ -234,6 +234,8 @@ def reap_dead(client: redis.Redis) -> list[str]:
     reaped = []
     for key in client.scan_iter(match=PREFIX + "*", count=1000):
         raw = client.get(key)
+        if raw is None:  # released meanwhile
+            continue
         found = Holder.parse(raw)
         if found is not None and found.provably_dead() and client.eval(_DELETE_IF, 1, key, raw):
             name = (key.decode() if isinstance(key, bytes) else str(key))[len(PREFIX) :]

@@ -81,6 +81,7 @@ class Background:
                 if self._closed:
                     return
                 meta, self._newest, self._busy = self._newest, None, True
+                assert meta is not None  # the loop above waits for a report or returns
             try:
                 self._publish(meta)
             finally:

@@ -398,7 +398,7 @@ def _leave_alone(files: OnDisk | None, row: Backup | None, ctx: Context) -> bool
 def plan(found: dict[str, OnDisk], snapshot: dict[str, Backup], ctx: Context) -> list[Change]:
     """Every row change, decided outside any catalog transaction."""
     changes: list[Change] = []
-    for backup_id in sorted(set(snapshot) - set(filter(is_backup_id, snapshot))):
+    for backup_id in sorted(set(snapshot) - {b for b in snapshot if is_backup_id(b)}):
         ctx.warn(f"catalog row {backup_id!r} is not a backup id: removed")
         ctx.report.removed.append(backup_id)
         changes.append(Change(backup_id, None))

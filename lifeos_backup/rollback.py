@@ -173,7 +173,7 @@ def _rows(conn: appdb.Conn, entity: EntitySpec) -> Iterator[tuple[object, Any]]:
             raise ConfigError(
                 f"{entity.table} has no column {entity.id_column!r}", hint=f"fix {SETTING}"
             ) from exc
-        yield from cursor  # type: ignore[misc]
+        yield from cursor
 
 
 def _documents(conn: appdb.Conn, entity: EntitySpec) -> Iterator[tuple[str, Any, int]]:

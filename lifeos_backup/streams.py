@@ -85,7 +85,7 @@ def compressor(out: BinaryIO, algorithm: str, level: int, threads: int = -1) -> 
         import zstandard
 
         ctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
-        return ctx.stream_writer(out, closefd=False)  # type: ignore[return-value]
+        return ctx.stream_writer(out, closefd=False)
     if algorithm == "gzip":
         return gzip.GzipFile(fileobj=out, mode="wb", compresslevel=level, mtime=0)  # type: ignore[return-value]
     raise ConfigError(f"unknown compression {algorithm!r}", hint="use zstd or gzip")
@@ -97,7 +97,7 @@ def decompressor(src: BinaryIO, algorithm: str) -> BinaryIO:
         import zstandard
 
         ctx = zstandard.ZstdDecompressor()
-        return ctx.stream_reader(src, read_size=CHUNK, closefd=False)  # type: ignore[return-value]
+        return ctx.stream_reader(src, read_size=CHUNK, closefd=False)
     if algorithm == "gzip":
         return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
     raise ConfigError(f"unknown compression {algorithm!r}", hint="use zstd or gzip")

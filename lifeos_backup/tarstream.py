@@ -12,14 +12,19 @@ import re
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 from lifeos_backup.errors import UnsafeArchive, VerificationFailed
 
 BLOCK = 512
 _ZEROS = bytes(BLOCK * 2)
 _MAX_USTAR_SIZE = 8**11 - 1
-_TYPES = {b"0": "file", b"\0": "file", b"5": "dir", b"2": "symlink"}
+_TYPES: dict[bytes, Literal["file", "dir", "symlink"]] = {
+    b"0": "file",
+    b"\0": "file",
+    b"5": "dir",
+    b"2": "symlink",
+}
 _TYPE_FLAGS = {"file": b"0", "dir": b"5", "symlink": b"2"}
 
 MemberType = Literal["file", "dir", "symlink"]
@@ -160,7 +165,11 @@ class TarReader:
     """Iterates members of a tar stream; content must be read via `chunks()` before moving on."""
 
     def __init__(self, stream: BinaryIO, chunk_size: int = 1 << 20) -> None:
-        self._in = io.BufferedReader(stream, 1 << 20) if not hasattr(stream, "peek") else stream
+        self._in = (
+            stream
+            if hasattr(stream, "peek")
+            else io.BufferedReader(cast(io.RawIOBase, stream), 1 << 20)
+        )
         self._chunk = chunk_size
         self._left = 0
         self._pad = 0

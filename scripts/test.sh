@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The project's test command (README, CI): system packages -> .venv -> ruff -> the CLI tests on
+# The project's test command (README, CI): system packages -> .venv -> ruff, mypy -> the CLI tests on
 # the newest dependencies (.venv-newest) -> pytest in .venv.
 # Extra arguments go to pytest, e.g. `scripts/test.sh -q tests/unit`.
 # Tests start their own throwaway PostgreSQL/Redis (tests/support/services.py), so
@@ -58,8 +58,9 @@ if [[ ! -e "$stamp" ]]; then
     touch "$stamp"
 fi
 
-# 3) Lint.
+# 3) Lint and type-check (the files and settings are in pyproject.toml's [tool.mypy]).
 .venv/bin/ruff check .
+.venv/bin/python -m mypy
 
 # 4) The CLI tests again in .venv-newest, on the newest versions pyproject.toml allows: what a
 #    fresh clone installs today, while .venv keeps what it got when pyproject last changed. It is

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -215,6 +216,7 @@ def sweep_now(client: redis.Redis) -> list[Any]:
     from lifeos_backup.leftovers import sweep
 
     settings = get_settings()
+    pending: Callable[[str], bool] | None
     try:
         pending = pending_task_ids(client).__contains__
     except redis.RedisError as exc:

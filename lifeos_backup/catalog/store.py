@@ -5,6 +5,7 @@ The catalog is an index, not the truth: `rebuild` recreates it from the manifest
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import logging
 import os
@@ -43,7 +44,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
     # WAL lets the CLI read while a worker writes; busy_timeout makes writers wait, not fail.
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -315,7 +316,7 @@ class Catalog:
                 if backup_id:
                     run.backup_id = backup_id
 
-    def task_runs(self, task_id: str | None = None) -> list[TaskRun]:
+    def task_runs(self, task_id: str | None = None) -> builtins.list[TaskRun]:
         query = select(TaskRun).order_by(TaskRun.id)
         if task_id:
             query = query.where(TaskRun.task_id == task_id)
@@ -342,7 +343,9 @@ class Catalog:
             detail=detail, **fields,
         )  # fmt: skip
 
-    def actions(self, action: str | None = None, target: str | None = None) -> list[Action]:
+    def actions(
+        self, action: str | None = None, target: str | None = None
+    ) -> builtins.list[Action]:
         """Audit records, oldest first; `action` matches a prefix (e.g. "flag.")."""
         query = select(Action).order_by(Action.id)
         if action:

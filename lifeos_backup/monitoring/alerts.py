@@ -120,7 +120,8 @@ def active_alerts(client: redis.Redis) -> dict[str, dict[str, Any]]:
 def _send_all(
     urls: list[str], ids: list[str], title: str, body: str, notify_type: str, send: Sender
 ) -> tuple[list[str], list[str]]:
-    delivered, failed = [], []
+    delivered: list[str] = []
+    failed: list[str] = []
     for url, ident in zip(urls, ids, strict=True):
         (delivered if send(url, title, body, notify_type) else failed).append(ident)
     return delivered, failed

@@ -447,7 +447,7 @@ def _sanity_queries(
     with connect(target, autocommit=True) as conn:
         for query in settings.drill_sanity_queries:
             try:
-                row = conn.execute(query).fetchone()  # type: ignore[arg-type]  # from settings
+                row = conn.execute(query).fetchone()  # from settings
                 value = None if row is None else row[0]
                 ok = bool(value)
                 detail = repr(value)

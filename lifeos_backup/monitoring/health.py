@@ -309,13 +309,8 @@ def check_offsite(settings: Settings, catalog: Catalog, now: datetime) -> list[C
 
 def wal_status(settings: Settings, now: datetime) -> dict[str, Any] | None:
     """The WAL archive's status when point-in-time recovery is in use (segments archived)."""
-    try:
-        from lifeos_backup.pitr.health import wal_archive_status
-    except ImportError:  # PITR package absent: the check is skipped, not failed
-        try:
-            from lifeos_backup.wal import wal_archive_status  # type: ignore[attr-defined]
-        except ImportError:
-            return None
+    from lifeos_backup.pitr.health import wal_archive_status
+
     try:
         status = wal_archive_status(settings, now)
     except Exception as exc:  # a health check must report, not crash, on a broken archive

@@ -98,7 +98,7 @@ def _read_alone(
 ) -> str:
     with open(archive, "rb") as raw:
         raw.seek(part.offset)
-        window = Window(raw, part.size)  # type: ignore[arg-type]
+        window = Window(raw, part.size)
         return _check_part(archive, manifest, pg_restore, number, part, window, lambda: None)
 
 

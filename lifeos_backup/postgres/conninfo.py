@@ -13,6 +13,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
@@ -89,7 +90,7 @@ class PgTarget:
         """Environment for pg_dump / pg_restore: PGPASSWORD when the URL carried a password."""
         return {"PGPASSWORD": self.password.get_secret_value()} if self.password else {}
 
-    def connect_kwargs(self) -> dict[str, str]:
+    def connect_kwargs(self) -> dict[str, Any]:
         return {"password": self.password.get_secret_value()} if self.password else {}
 
     def redact(self, text: str) -> str:

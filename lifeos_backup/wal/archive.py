@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import IO, Any, BinaryIO, Protocol, cast
 
 from lifeos_backup.wal.names import check_name
 
@@ -67,7 +67,7 @@ ARCHIVE_SUBDIR = ("postgresql", "wal")
 try:  # the fast path; the server's Python may lack it (e.g. system python3 of a DB host)
     import zstandard as _zstd
 except ImportError:  # pragma: no cover - exercised through force_cli in tests
-    _zstd = None
+    _zstd = None  # type: ignore[assignment]
 
 
 class WalError(Exception):
@@ -302,7 +302,7 @@ def _compress_into(src: BinaryIO, out: _Writer, level: int, force_cli: bool) -> 
     hashing = _HashingReader(src)
     if _zstd is not None and not force_cli:
         compressor = _zstd.ZstdCompressor(level=level, write_checksum=True)
-        with compressor.stream_writer(out, closefd=False) as writer:
+        with compressor.stream_writer(cast(IO[bytes], out), closefd=False) as writer:
             while block := hashing.read(CHUNK):
                 writer.write(block)
         return hashing.header()
@@ -397,7 +397,7 @@ def read_verified(
     """
     with open(path, "rb") as handle:
         header = read_header(handle, path.name)
-        src = _sealing().opener(handle, path.name, identity_file) if header.sealed else handle
+        src: Any = _sealing().opener(handle, path.name, identity_file) if header.sealed else handle
         digest = hashlib.sha256()
         size = 0
         try:
