@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         for rnd in range(args.repeat):
             # Each round starts the backups and the restores at a different contender, so that
             # what ran just before (a big restore, a dropped database) weighs on all alike. Our
-            # restore needs this round's backup: the backups all come first.
+            # restore reads the backup made in the same round, so the backups all come first.
             order = _rotated(backups, rnd) + _rotated(restores, rnd)
             for contender in order:
                 checkpoint(cluster)
