@@ -1077,7 +1077,7 @@ def test_autovacuum_is_kept_off_a_table_from_its_first_slice_to_its_index_build(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Slices commit one by one: an autovacuum started on a half-loaded table holds up its index
-    build for deadlock_timeout, then is cancelled (docs/decisions.md, PostgreSQL dump format)."""
+    build for deadlock_timeout, then is cancelled (docs/decisions.md, "PostgreSQL restore")."""
     from lifeos_backup.postgres import restore as restore_module
 
     restored = new_database("guarded")
@@ -1163,7 +1163,7 @@ def test_with_several_jobs_the_biggest_table_loads_first_and_a_build_beside_othe
     new_database: Callable[[str], str],
 ) -> None:
     """Beside other jobs a parallel index build would crowd them out, so a build that has
-    company runs as one process (docs/decisions.md, PostgreSQL dump format)."""
+    company runs as one process (docs/decisions.md, "PostgreSQL restore")."""
     manifest, by_size = reversed_slices(shared_sliced_backup)
     beside = new_database("beside")
     report = restore(source_env, shared_sliced_backup, beside, manifest)
