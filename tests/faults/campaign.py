@@ -134,8 +134,10 @@ class Campaign:
                 order = list(FAULTS)
                 self.rng.shuffle(order)
             fault = order.pop()
-            kind = "postgres" if fault in ("pg_dump_kill", "pg_restart") else self.rng.choice(
-                ("json", "postgres")
+            kind = (
+                "postgres"
+                if fault in ("pg_dump_kill", "pg_restart")
+                else self.rng.choice(("json", "postgres"))
             )
             result = self.round(number, fault, kind)
             report.rounds.append(result)

@@ -214,8 +214,16 @@ def test_apply_with_nothing_to_change_writes_and_records_nothing(
         conn.execute("DELETE FROM outfits WHERE outfit_id = 'o-new'")
     unchanged = table_hashes(pg_database.url)
     result = cli(
-        lifeos_env, "restore", "entity", "--backup", backup_id, "--table", "characters",
-        "--id", "c-2", "--apply",
+        lifeos_env,
+        "restore",
+        "entity",
+        "--backup",
+        backup_id,
+        "--table",
+        "characters",
+        "--id",
+        "c-2",
+        "--apply",
     )
     assert result.returncode == 0, result.stderr
     assert "same as production" in result.stdout

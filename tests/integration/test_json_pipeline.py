@@ -149,7 +149,7 @@ def test_sigkill_during_create_leaves_nothing_good(lifeos_env: LifeosEnv, start_
     assert all(name.startswith(".") and name.endswith(".partial") for name in partial), partial
     assert visible_files(lifeos_env) == []
     assert [r["status"] for r in listed(lifeos_env)] == ["running"]  # never verified/created
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while redis.exists("lifeos:lock:backup:json"):  # TTL 3 s: frees itself, nobody renews it
         assert time.monotonic() < deadline
         time.sleep(0.2)

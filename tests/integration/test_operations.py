@@ -1,13 +1,13 @@
-"""Operations (issue 8) with real processes: the audit trail written by workers and the CLI, two
+"""Operations with real processes: the audit trail written by workers and the CLI, two
 "hosts" (workers with their own backup roots) completing their chains, two Beats enqueueing each
 tick once, and Flower showing a chain's tasks, over its API and in a headless browser.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import multiprocessing
+import re
 import shutil
 import subprocess
 import sys
@@ -128,7 +128,7 @@ def _append_many(url: str, worker: int, count: int, go: Any) -> None:
     from lifeos_backup.catalog.store import Catalog
 
     catalog = Catalog(url)
-    go.wait(60)  # all processes connected: start appending at the same moment
+    go.wait(120)  # every process has its catalog: all start appending at the same moment
     for i in range(count):
         audit.append(catalog, action="flag.set", target=f"w{worker}-{i}", initiator=f"p{worker}")
 
@@ -139,12 +139,11 @@ def test_concurrent_appends_on_a_postgres_catalog_keep_one_chain(pg_url: str) ->
 
     Catalog(pg_url)  # migrate once before the race
     context = multiprocessing.get_context("spawn")
-    go = context.Event()
+    go = context.Barrier(4 + 1)  # released once all four are connected, however long that takes
     procs = [context.Process(target=_append_many, args=(pg_url, w, 40, go)) for w in range(4)]
     for proc in procs:
         proc.start()
-    time.sleep(3)  # spawn + import + connect
-    go.set()
+    go.wait(120)
     for proc in procs:
         proc.join(120)
         assert proc.exitcode == 0
@@ -215,13 +214,31 @@ def test_without_host_queue_a_chain_created_elsewhere_fails_verify(
 # ----------------------------------------------------------------------------- two Beats
 
 
-def _audit_rotate_starts(env: LifeosEnv) -> list[float]:
-    runs = [r for r in env.catalog().task_runs() if r.task_name == "lifeos.audit.rotate"]
-    return sorted(r.started_at.timestamp() for r in runs)
+INTERVAL = 2.0  # seconds: LIFEOS_SCHEDULE_AUDIT_ROTATE below
+SCHEDULE = {"LIFEOS_SCHEDULE_AUDIT_ROTATE": "@every 2s", "LIFEOS_BEAT_MAX_INTERVAL": "1"}
+LOCK_TIMEOUT = 5 * 1.0  # RedBeat's lock: 5 x LIFEOS_BEAT_MAX_INTERVAL (workers/celery_app.py)
+SENT = re.compile(rb"lifeos\.audit\.rotate sent\. id->([0-9a-f-]+)")
 
 
-def _gaps(times: list[float]) -> list[float]:
-    return [round(b - a, 2) for a, b in itertools.pairwise(times)]
+def within(ticks: int) -> float:
+    """A generous wait for `ticks` ticks of the schedule: a Beat and a worker starting on a
+    loaded machine, then five intervals per tick. Waits end as soon as what they wait for
+    happens, so only a failing test waits this long."""
+    return 30 + 5 * ticks * INTERVAL
+
+
+def _sent(beat: BeatProcess) -> list[str]:
+    """Ids of the audit rotations this Beat enqueued, in order (its DEBUG log says each one)."""
+    return [m.decode() for m in SENT.findall(beat.log_path.read_bytes())]
+
+
+def _runs(env: LifeosEnv) -> list[str]:
+    """Task ids of the audit rotations the worker started, one entry per run."""
+    return [r.task_id for r in env.catalog().task_runs() if r.task_name == "lifeos.audit.rotate"]
+
+
+def _all_ran(env: LifeosEnv, ids: list[str]) -> bool:
+    return set(ids) <= set(_runs(env))
 
 
 @pytest.fixture
@@ -238,31 +255,38 @@ def test_two_beats_enqueue_each_tick_once_and_a_standby_takes_over(
     beats: list[BeatProcess],
     tmp_path: Path,
 ) -> None:
-    lifeos_env.set(LIFEOS_SCHEDULE_AUDIT_ROTATE="@every 2s", LIFEOS_BEAT_MAX_INTERVAL="1")
+    """RedBeat's lock lets one of two Beats enqueue; the other waits and takes over when the
+    first dies. Counted in events, not per second: the tasks each Beat says it sent, and the
+    runs the worker recorded for those task ids."""
+    lifeos_env.set(**SCHEDULE)
     start_worker(queues="maintenance")
     for name in ("beat-1", "beat-2"):
         beats.append(BeatProcess(lifeos_env.subprocess_env(), tmp_path / f"{name}.log"))
     holder = wait_until(
         lambda: next((b for b in beats if b"Acquired lock" in b.log_path.read_bytes()), None),
-        20,
+        within(1),
         "a Beat holding the RedBeat lock",
     )
-    time.sleep(10)
-    times = _audit_rotate_starts(lifeos_env)
-    assert 3 <= len(times) <= 7, times  # one every 2 s, not two
-    assert min(_gaps(times)) >= 1.0, _gaps(times)
     standby = next(b for b in beats if b is not holder)
+    wait_until(lambda: len(_sent(holder)) >= 3, within(3), "three ticks enqueued by the holder")
+    first = _sent(holder)
+    wait_until(lambda: _all_ran(lifeos_env, first), within(1), "the worker running them")
+    runs = _runs(lifeos_env)  # read before the logs: every run was sent before it is read
     assert b"Acquired lock" not in standby.log_path.read_bytes()
+    assert _sent(standby) == []  # the standby enqueued nothing: each tick once
+    assert set(runs) <= set(_sent(holder)) and len(runs) == len(set(runs)), runs
 
     holder.kill()  # crash: the lock expires (5 x 1 s) and the standby takes over
-    killed_at = time.time()
-    standby.wait_for_log("Acquired lock", timeout=20)
-    time.sleep(5)
-    later = [t for t in _audit_rotate_starts(lifeos_env) if t > killed_at]
-    assert later, "the standby Beat never enqueued"
-    assert min(_gaps(_audit_rotate_starts(lifeos_env))) >= 1.0
-    initiators = {r["initiator"] for r in records(lifeos_env, "audit.rotate")}
-    assert initiators == {"beat"}
+    standby.wait_for_log("Acquired lock", timeout=LOCK_TIMEOUT + within(1))
+    taken_over = wait_until(lambda: _sent(standby), within(1), "the standby Beat enqueueing")
+    wait_until(lambda: _all_ran(lifeos_env, taken_over), within(1), "the worker running them")
+    log = standby.log_path.read_bytes()
+    assert log.index(b"Acquired lock") < log.index(b"lifeos.audit.rotate sent")
+    runs = _runs(lifeos_env)
+    assert set(runs) <= set(_sent(holder)) | set(_sent(standby))
+    assert len(runs) == len(set(runs)), runs  # no task enqueued once ran twice
+    rotations = wait_until(lambda: records(lifeos_env, "audit.rotate"), within(1), "audit")
+    assert {r["initiator"] for r in rotations} == {"beat"}
 
 
 def test_two_plain_beats_would_enqueue_twice(
@@ -271,15 +295,20 @@ def test_two_plain_beats_would_enqueue_twice(
     beats: list[BeatProcess],
     tmp_path: Path,
 ) -> None:
-    """The control for the test above: without RedBeat's lock each tick runs twice."""
-    lifeos_env.set(LIFEOS_SCHEDULE_AUDIT_ROTATE="@every 2s", LIFEOS_BEAT_MAX_INTERVAL="1")
+    """The control for the test above: without RedBeat's lock both Beats enqueue every tick, so
+    each tick runs twice. Counted in events: each Beat's own sent tasks, all of them run."""
+    lifeos_env.set(**SCHEDULE)
     start_worker(queues="maintenance")
     for name in ("plain-1", "plain-2"):
         scheduler = ["-S", "celery.beat:PersistentScheduler", "-s", str(tmp_path / name)]
         beats.append(BeatProcess(lifeos_env.subprocess_env(), tmp_path / f"{name}.log", scheduler))
-    time.sleep(9)
-    times = _audit_rotate_starts(lifeos_env)
-    assert len(times) >= 4 and min(_gaps(times)) < 1.0, _gaps(times)
+    both = wait_until(
+        lambda: all(len(_sent(b)) >= 2 for b in beats) and [_sent(b) for b in beats],
+        within(2),
+        "both plain Beats enqueueing two ticks each",
+    )
+    sent = both[0] + both[1]
+    wait_until(lambda: _all_ran(lifeos_env, sent), within(1), "the worker running all of them")
 
 
 # ----------------------------------------------------------------------------- Flower
@@ -300,6 +329,26 @@ def flower(lifeos_env: LifeosEnv, tmp_path: Path) -> Iterator[Callable[[], Flowe
     yield start
     for proc in started:
         proc.stop()
+
+
+def _saved_files(db: Path) -> tuple[tuple[str, int, int], ...]:
+    """Which files Flower's state is in now: (name, inode, mtime) of each. Every save writes new
+    files and renames them into place (dbm may add a suffix), so each save changes this."""
+    files = sorted(p for p in db.parent.glob(db.name + "*") if ".tmp" not in p.name)
+    return tuple((p.name, p.stat().st_ino, p.stat().st_mtime_ns) for p in files)
+
+
+def _wait_for_a_save_after_now(db: Path) -> None:
+    """Wait for two saves of Flower's state (--state_save_interval): the first may have begun
+    before this call, the second began after the first ended, so it holds what Flower shows now.
+    Saves run one after another, so this needs no assumption about how long one takes."""
+    seen = _saved_files(db)
+    for _ in range(2):
+        seen = wait_until(
+            lambda before=seen: (now := _saved_files(db)) != before and now,
+            30,
+            "Flower saving its state",
+        )
 
 
 def _chain_tasks(flower: FlowerProcess, ids: list[str]) -> dict[str, dict[str, Any]] | None:
@@ -329,7 +378,7 @@ def test_flower_shows_the_chain_and_keeps_its_history(
     assert not [t for t in shown.values() if "password" in json.dumps(t).lower()]
 
     # A crash of Flower (SIGKILL) after its periodic save: the history survives the restart.
-    time.sleep(1.5)  # --state_save_interval=1000
+    _wait_for_a_save_after_now(first.db)
     first.kill()
     second = flower()
     kept = second.api("/api/tasks")

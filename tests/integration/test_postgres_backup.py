@@ -1,20 +1,27 @@
 """PostgreSQL backups end to end on a real server: worker chain, exact restores, failure modes.
 
-Every test makes its own databases in the session's throwaway cluster and drops them afterwards.
-The password tests add one role-specific scram-sha-256 line to that cluster's pg_hba.conf (other
-roles keep `trust`) and take it out again at the end of the module.
+The tests share one source database with the Life-OS-like schema and data (`source`, made once
+for the module and only ever read); a test that needs a different source makes its own
+(`own_source`). Tests that only read a backup share one made once for the module
+(`shared_backup`, `shared_sliced_backup`); a test that damages a backup or needs it in its
+catalog makes its own (`backup`). Every database a test restores into comes from `new_database`
+and is dropped after the test. The password tests add one role-specific scram-sha-256 line to the
+cluster's pg_hba.conf (other roles keep `trust`) and take it out again at the end of the module.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import os
 import stat
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
 
@@ -26,8 +33,8 @@ from psycopg import sql
 from lifeos_backup.backups import create_backup, locate, verify_backup
 from lifeos_backup.catalog.store import FAILED, VERIFIED
 from lifeos_backup.client import BackupFailed, make_app, request_backup
-from lifeos_backup.errors import SourceUnavailable, VerificationFailed
-from lifeos_backup.manifest import read_manifest
+from lifeos_backup.errors import PermanentError, SourceUnavailable, VerificationFailed
+from lifeos_backup.manifest import Manifest, read_manifest, write_manifest
 from lifeos_backup.postgres.restore import restore_postgres
 from lifeos_backup.postgres.tools import ToolTooOld
 from lifeos_backup.repository import kind_dir
@@ -130,33 +137,36 @@ def lifeos_database(cluster: PostgresCluster) -> Iterator[str]:
         yield db.name
 
 
-@contextlib.contextmanager
-def dropped_after(cluster: PostgresCluster, *names: str) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for name in names:
-            cluster.drop_database(name)
-
-
-def scratch_name(label: str) -> str:
-    return f"lifeos_{label}_{uuid.uuid4().hex[:8]}"
-
-
 def use_database(env: LifeosEnv, cluster: PostgresCluster, url: str) -> None:
     env.set(LIFEOS_DATABASE_URL=url, LIFEOS_PG_BIN_DIR=str(cluster.bindir))
 
 
-def backup_now(env: LifeosEnv) -> str:
-    """create + verify with the plain functions (no worker): the backup id."""
+@dataclass
+class Backup:
+    """A verified backup of the test's configured database: its id, archive and manifest file."""
+
+    id: str
+    archive: Path
+    manifest_path: Path
+
+    def manifest(self) -> Manifest:
+        return read_manifest(self.manifest_path)
+
+
+def backup_now(env: LifeosEnv) -> Backup:
+    """create + verify with the plain functions (no worker)."""
     manifest = create_backup("postgres", env.settings(), env.catalog(), reason="test")
     verify_backup(manifest.backup_id, env.settings(), env.catalog())
-    return manifest.backup_id
+    _row, archive, mpath = locate(env.settings(), env.catalog(), manifest.backup_id)
+    return Backup(manifest.backup_id, archive, mpath)
 
 
-def archive_and_manifest(env: LifeosEnv, backup_id: str):
-    _row, archive, mpath = locate(env.settings(), env.catalog(), backup_id)
-    return archive, mpath
+def restore(
+    env: LifeosEnv, backup: Backup, target: str, manifest: Manifest | None = None, **options
+):
+    """restore_postgres of `backup` into a new database `target` (its manifest unless given)."""
+    chosen = manifest if manifest is not None else backup.manifest()
+    return restore_postgres(backup.archive, chosen, env.settings(), target, create=True, **options)
 
 
 def folder_contents(env: LifeosEnv) -> list[str]:
@@ -193,7 +203,9 @@ def schema_dump(cluster: PostgresCluster, dbname: str) -> str:
     """pg_dump --schema-only, without the per-run random \\restrict key lines."""
     out = subprocess.run(
         [str(cluster.bindir / "pg_dump"), "--schema-only", "--dbname", cluster.url(dbname)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     return "\n".join(
         line for line in out.splitlines() if not line.startswith(("\\restrict", "\\unrestrict"))
@@ -206,10 +218,151 @@ def assert_identical(cluster: PostgresCluster, source: str, restored: str) -> No
     assert sequence_states(cluster, restored) == sequence_states(cluster, source)
 
 
+def public_tables(cluster: PostgresCluster, dbname: str) -> list[tuple[str]]:
+    with psycopg.connect(cluster.url(dbname)) as conn:
+        query = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"
+        return conn.execute(query).fetchall()
+
+
 def cli(env: LifeosEnv, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [CLI, *args], env=env.subprocess_env(), capture_output=True, text=True, timeout=120
     )
+
+
+def role_url(cluster: PostgresCluster, dbname: str, password: str) -> str:
+    return f"postgresql://{ROLE}:{password}@127.0.0.1:{cluster.port}/{dbname}"
+
+
+def pg_list(cluster: PostgresCluster, archive: Path, part: dict) -> str:
+    """`pg_restore --list` of one pg_dump part of an archive."""
+    with archive.open("rb") as raw:
+        raw.seek(part["offset"])
+        data = zstandard.ZstdDecompressor().decompressobj().decompress(raw.read(part["size"]))
+    return subprocess.run(
+        [str(cluster.bindir / "pg_restore"), "--list"],
+        input=data,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+
+
+def vacuum_skipped(url: str, table: str) -> bool:
+    """Whether `VACUUM (SKIP_LOCKED)`, autovacuum's way of taking a table, passes it by."""
+    notices: list[str] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+        conn.execute(sql.SQL("VACUUM (SKIP_LOCKED) {}").format(sql.Identifier(table)))
+    return any(n.startswith("skipping vacuum") for n in notices)
+
+
+def flip_bit(path: Path, at: int, mask: int) -> bytes:
+    """XOR one byte of `path` with `mask` in place; the new contents."""
+    data = bytearray(path.read_bytes())
+    data[at] ^= mask
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+# ----------------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def source(pg_cluster: PostgresCluster) -> Iterator[str]:
+    """The Life-OS-like database, made once for the module: building it is the slow part of a
+    test, and no test writes to it (one that needs other tables uses `own_source`)."""
+    with lifeos_database(pg_cluster) as name:
+        yield name
+
+
+@pytest.fixture
+def source_env(lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, source: str) -> LifeosEnv:
+    """The test's environment, its database URL pointing at `source` (no password)."""
+    use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+    return lifeos_env
+
+
+@pytest.fixture
+def own_source(lifeos_env: LifeosEnv, pg_cluster: PostgresCluster) -> Iterator[str]:
+    """A Life-OS-like database of the test's own, which it may add tables to; the test's
+    environment points at it. Dropped after the test."""
+    with lifeos_database(pg_cluster) as name:
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(name))
+        yield name
+
+
+@pytest.fixture
+def sliced(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every table dumped as COPY slices, several per table (for real only tables of 16 MiB
+    and more are, in slices of 64 MiB or more): for tests that call the plain functions."""
+    from lifeos_backup.postgres import rows
+
+    monkeypatch.setattr(rows, "FLOOR", 0)
+    monkeypatch.setattr(rows, "SLICE_MIN", 8192)
+
+
+@pytest.fixture
+def backup(source_env: LifeosEnv) -> Backup:
+    """A verified backup of `source` in the test's own backup root and catalog, as production
+    writes it (small tables stay in pg_dump's part): for tests that damage it or use the CLI."""
+    return backup_now(source_env)
+
+
+def module_backup(cluster: PostgresCluster, source: str, root: Path, *, sliced: bool) -> Backup:
+    """A verified backup of `source` in a backup root of its own, made outside any test's
+    environment (which is left as it was)."""
+    from lifeos_backup.fsutil import private_dir
+    from lifeos_backup.postgres import rows
+    from lifeos_backup.settings import get_settings
+
+    with pytest.MonkeyPatch.context() as patch:
+        for key in [k for k in os.environ if k.startswith("LIFEOS_")]:
+            patch.delenv(key)
+        patch.setenv("LIFEOS_BACKUP_ROOT", str(private_dir(root / "backups")))
+        patch.setenv("LIFEOS_APP_DIR", str(root))
+        patch.setenv("LIFEOS_DATABASE_URL", cluster.url(source))
+        patch.setenv("LIFEOS_PG_BIN_DIR", str(cluster.bindir))
+        if sliced:  # as the `sliced` fixture does
+            patch.setattr(rows, "FLOOR", 0)
+            patch.setattr(rows, "SLICE_MIN", 8192)
+        get_settings.cache_clear()
+        try:
+            return backup_now(LifeosEnv(root))
+        finally:
+            get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def shared_backup(
+    pg_cluster: PostgresCluster, source: str, tmp_path_factory: pytest.TempPathFactory
+) -> Backup:
+    """A backup of `source` as production writes it, made once for the module: for tests that
+    only read it (restore and check_dump read the archive and a manifest, never the catalog).
+    Never change its files: change the copy `.manifest()` returns instead."""
+    return module_backup(pg_cluster, source, tmp_path_factory.mktemp("plain"), sliced=False)
+
+
+@pytest.fixture(scope="module")
+def shared_sliced_backup(
+    pg_cluster: PostgresCluster, source: str, tmp_path_factory: pytest.TempPathFactory
+) -> Backup:
+    """As `shared_backup`, with every table in COPY slices (see `sliced`)."""
+    return module_backup(pg_cluster, source, tmp_path_factory.mktemp("sliced"), sliced=True)
+
+
+@pytest.fixture
+def new_database(pg_cluster: PostgresCluster) -> Iterator[Callable[[str], str]]:
+    """Factory: the name of a database a test restores into (not created yet); every name
+    handed out is dropped after the test, whether the restore created it or not."""
+    names: list[str] = []
+
+    def new(label: str) -> str:
+        names.append(f"lifeos_{label}_{uuid.uuid4().hex[:8]}")
+        return names[-1]
+
+    yield new
+    for name in names:
+        pg_cluster.drop_database(name)
 
 
 @pytest.fixture(scope="module")
@@ -234,218 +387,105 @@ def password_role(pg_cluster: PostgresCluster) -> Iterator[str]:
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(ROLE)))
 
 
-def role_url(cluster: PostgresCluster, dbname: str, password: str) -> str:
-    return f"postgresql://{ROLE}:{password}@127.0.0.1:{cluster.port}/{dbname}"
+@pytest.fixture
+def wrong_password_worker(start_worker, pg_cluster: PostgresCluster, password_role: str):
+    """A worker whose database URL has the role with a wrong password (one retry at most);
+    yields the worker and that password."""
+    wrong = "Wrong-" + uuid.uuid4().hex
+    worker = start_worker(
+        LIFEOS_DATABASE_URL=role_url(pg_cluster, "postgres", wrong),
+        LIFEOS_PG_BIN_DIR=str(pg_cluster.bindir),
+        LIFEOS_RETRY_MAX="1",
+        LIFEOS_RETRY_BACKOFF_MAX="1",
+    )
+    return worker, wrong
 
 
 @pytest.fixture
-def sliced(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every table dumped as COPY slices, several per table (for real only tables of 16 MiB
-    and more are, in slices of 64 MiB or more): for tests that call the plain functions."""
-    from lifeos_backup.postgres import rows
+def fake_bin(tmp_path: Path) -> Callable[[str], Path]:
+    """Factory: write an executable `pg_dump` script into a fresh directory; the directory."""
 
-    monkeypatch.setattr(rows, "FLOOR", 0)
-    monkeypatch.setattr(rows, "SLICE_MIN", 8192)
+    def write(script: str) -> Path:
+        bindir = tmp_path / f"bin-{uuid.uuid4().hex[:6]}"
+        bindir.mkdir()
+        (bindir / "pg_dump").write_text(script)
+        (bindir / "pg_dump").chmod(0o755)
+        return bindir
 
-
-def pg_list(cluster: PostgresCluster, archive: Path, part: dict) -> str:
-    """`pg_restore --list` of one pg_dump part of an archive."""
-    with archive.open("rb") as raw:
-        raw.seek(part["offset"])
-        data = zstandard.ZstdDecompressor().decompressobj().decompress(raw.read(part["size"]))
-    return subprocess.run(
-        [str(cluster.bindir / "pg_restore"), "--list"], input=data, capture_output=True,
-        check=True,
-    ).stdout.decode()
+    return write
 
 
-# -------------------------------------------------------------------------------------- tests
+# ------------------------------------------------------------------ the worker chain, end to end
 
 
-def test_worker_backup_with_password_restores_identical(
-    lifeos_env: LifeosEnv, start_worker, pg_cluster: PostgresCluster, password_role: str
+def test_a_worker_backup_over_a_password_login_restores_identical_and_leaks_no_password(
+    lifeos_env: LifeosEnv,
+    start_worker,
+    pg_cluster: PostgresCluster,
+    password_role: str,
+    source: str,
+    new_database: Callable[[str], str],
 ) -> None:
-    restored = scratch_name("restored")
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
-        use_database(lifeos_env, pg_cluster, role_url(pg_cluster, source, PASSWORD))
-        worker = start_worker()
-        app = make_app(lifeos_env.vars["LIFEOS_REDIS_URL"])
-        ref = request_backup("postgres", "test", wait=True, timeout=90, app=app)
-        backup_id = ref.backup_id
-        assert backup_id and backup_id.startswith("postgres_full_")
+    """The production path in one run (a worker chain is the slow part, so one test reads it
+    all): two private files, a manifest with the server's facts, a verified catalog row, an
+    identical restore with its workspace removed, and the password in no file and no log."""
+    restored = new_database("restored")
+    use_database(lifeos_env, pg_cluster, role_url(pg_cluster, source, PASSWORD))
+    worker = start_worker()
+    app = make_app(lifeos_env.vars["LIFEOS_REDIS_URL"])
+    ref = request_backup("postgres", "test", wait=True, timeout=90, app=app)
+    backup_id = ref.backup_id
+    assert backup_id and backup_id.startswith("postgres_full_")
 
-        folder = kind_dir(lifeos_env.backup_root, "postgres")
-        assert folder_contents(lifeos_env) == [
-            f"{backup_id}.dump.zst",
-            f"{backup_id}.manifest.json",
-        ]
-        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.iterdir())
-        manifest = read_manifest(folder / f"{backup_id}.manifest.json")
-        facts = manifest.facts
-        assert manifest.verified_at and manifest.compression.algorithm == "zstd"
-        assert facts["server_version_num"] // 10000 == 15 and facts["database"] == source
-        rows = {t["name"]: t["rows"] for t in facts["tables"]}
-        assert rows == {
-            "characters": 300, "clothing_items": 500, "outfits": 400, "compositions": 250,
-            "board_games": 60, "favorites": 178,
-        }
-        assert "public.ticket_numbers" in facts["sequences"] and facts["schemas"] == ["public"]
-        assert facts["database_size"] > 1_000_000 and facts["dump_bytes"] > 1_000_000
-        [row] = lifeos_env.catalog().list(kind="postgres")
-        assert row.status == VERIFIED
+    folder = kind_dir(lifeos_env.backup_root, "postgres")
+    assert folder_contents(lifeos_env) == [
+        f"{backup_id}.dump.zst",
+        f"{backup_id}.manifest.json",
+    ]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.iterdir())
+    manifest = read_manifest(folder / f"{backup_id}.manifest.json")
+    facts = manifest.facts
+    assert manifest.verified_at and manifest.compression.algorithm == "zstd"
+    assert facts["server_version_num"] // 10000 == 15 and facts["database"] == source
+    rows = {t["name"]: t["rows"] for t in facts["tables"]}
+    assert rows == {
+        "characters": 300,
+        "clothing_items": 500,
+        "outfits": 400,
+        "compositions": 250,
+        "board_games": 60,
+        "favorites": 178,
+    }
+    assert "public.ticket_numbers" in facts["sequences"] and facts["schemas"] == ["public"]
+    assert facts["database_size"] > 1_000_000 and facts["dump_bytes"] > 1_000_000
+    [row] = lifeos_env.catalog().list(kind="postgres")
+    assert row.status == VERIFIED
 
-        report = restore_postgres(
-            folder / f"{backup_id}.dump.zst", manifest, lifeos_env.settings(), restored,
-            create=True,
-        )
-        assert report.differences == [] and len(report.counts) == 6 and report.jobs == 2
-        assert_identical(pg_cluster, source, restored)
-        assert not any((lifeos_env.backup_root / ".restore").iterdir())  # workspace removed
+    report = restore_postgres(
+        folder / f"{backup_id}.dump.zst",
+        manifest,
+        lifeos_env.settings(),
+        restored,
+        create=True,
+    )
+    assert report.differences == [] and len(report.counts) == 6 and report.jobs == 2
+    assert_identical(pg_cluster, source, restored)
+    assert not any((lifeos_env.backup_root / ".restore").iterdir())  # workspace removed
 
-        worker.stop()
-        for place in [
-            folder / f"{backup_id}.manifest.json",
-            lifeos_env.backup_root / "catalog.sqlite3",
-            worker.log_path,
-        ]:
-            assert PASSWORD.encode() not in place.read_bytes(), place
-
-
-@pytest.mark.parametrize("jobs", [1, 2])
-def test_single_table_restore_of_characters(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, jobs: int
-) -> None:
-    scratch = scratch_name("scratch")
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, scratch):
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        backup_id = backup_now(lifeos_env)
-        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-        report = restore_postgres(
-            archive, read_manifest(mpath), lifeos_env.settings(), scratch,
-            create=True, tables=["characters"], jobs=jobs,
-        )
-        assert report.jobs == jobs
-        assert [(c.table, c.expected, c.restored) for c in report.counts] == [
-            ("public.characters", 300, 300)
-        ]
-        with psycopg.connect(pg_cluster.url(scratch)) as conn:
-            relations = conn.execute(
-                "SELECT relname, relkind FROM pg_class WHERE relnamespace = 'public'::regnamespace"
-                " ORDER BY 1"
-            ).fetchall()
-            next_id = conn.execute("SELECT nextval('characters_id_seq')").fetchone()
-        assert relations == [
-            ("characters", "r"),
-            ("characters_id_seq", "S"),
-            ("characters_pkey", "i"),
-            ("characters_traits_gin", "i"),
-        ]
-        assert next_id == (301,)
-        hashes = table_hashes(pg_cluster, scratch, ["characters"])
-        assert hashes == table_hashes(pg_cluster, source, ["characters"])
+    worker.stop()
+    for place in [
+        folder / f"{backup_id}.manifest.json",
+        lifeos_env.backup_root / "catalog.sqlite3",
+        worker.log_path,
+    ]:
+        assert PASSWORD.encode() not in place.read_bytes(), place
 
 
-def test_corrupted_archive_is_refused_by_verify_and_restore(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
-) -> None:
-    target = scratch_name("never")
-    with lifeos_database(pg_cluster) as source:
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        backup_id = backup_now(lifeos_env)
-    archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-    data = bytearray(archive.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    archive.write_bytes(bytes(data))
-
-    with pytest.raises(VerificationFailed, match="checksum"):
-        verify_backup(backup_id, lifeos_env.settings(), lifeos_env.catalog())
-    row = lifeos_env.catalog().get(backup_id)
-    assert row.status == FAILED and "checksum" in (row.error or "")
-    with pytest.raises(VerificationFailed, match="checksum"):
-        restore_postgres(archive, read_manifest(mpath), lifeos_env.settings(), target, create=True)
-    assert not pg_cluster.database_exists(target)
-
-
-def test_one_part_archive_and_one_from_before_parts_verify_and_restore(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
-) -> None:
-    """LIFEOS_DUMP_JOBS=1 writes one part; a manifest without `parts` (written before parts
-    existed) means the whole file is one part, and must still verify and restore."""
-    from lifeos_backup.manifest import write_manifest
-
-    restored = scratch_name("legacy")
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        lifeos_env.set(LIFEOS_DUMP_JOBS="1")
-        backup_id = backup_now(lifeos_env)
-        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-        manifest = read_manifest(mpath)
-        [part] = manifest.facts["parts"]
-        assert part["offset"] == 0 and part["size"] == archive.stat().st_size
-        del manifest.facts["parts"]
-        write_manifest(mpath, manifest)
-        verify_backup(backup_id, lifeos_env.settings(), lifeos_env.catalog())
-        report = restore_postgres(
-            archive, read_manifest(mpath), lifeos_env.settings(), restored, create=True
-        )
-        assert report.differences == [] and report.jobs == 2
-        assert_identical(pg_cluster, source, restored)
-
-
-def test_verify_reads_every_part_not_only_the_checksum(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
-) -> None:
-    """A part damaged after hashing (a writer bug, say) is still found: each part is
-    decompressed in full and its length compared; parts must tile the archive exactly."""
-    import hashlib
-
-    from lifeos_backup.postgres.check import check_dump
-    from lifeos_backup.postgres.tools import tool
-
-    with lifeos_database(pg_cluster) as source:
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        backup_id = backup_now(lifeos_env)
-    archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-    manifest = read_manifest(mpath)
-    pg_restore = tool(lifeos_env.settings(), "pg_restore")
-    second = manifest.facts["parts"][1]  # a COPY slice
-    data = bytearray(archive.read_bytes())
-    data[second["offset"] + second["size"] // 2] ^= 0x40
-    archive.write_bytes(bytes(data))
-    manifest.archive.sha256 = hashlib.sha256(data).hexdigest()
-    with pytest.raises(VerificationFailed, match=r"corrupt|decompresses to|after its zstd"):
-        check_dump(archive, manifest, pg_restore, lambda _: None)
-
-    manifest = read_manifest(mpath)
-    data[second["offset"] + second["size"] // 2] ^= 0x40  # undone
-    archive.write_bytes(bytes(data))
-    manifest.facts["parts"][1]["dump_bytes"] += 1
-    with pytest.raises(VerificationFailed, match="part 1 decompresses to"):
-        check_dump(archive, manifest, pg_restore, lambda _: None)
-    manifest.facts["parts"][1]["dump_bytes"] -= 1
-    manifest.facts["parts"][1]["offset"] += 1
-    with pytest.raises(VerificationFailed, match="part 1 is not where the manifest says"):
-        check_dump(archive, manifest, pg_restore, lambda _: None)
-
-
-def test_verify_needs_every_manifest_table_in_the_dump(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
-) -> None:
-    with lifeos_database(pg_cluster) as source:
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        backup_id = backup_now(lifeos_env)
-    _archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-    manifest = json.loads(mpath.read_text())
-    manifest["facts"]["tables"].append({"schema": "public", "name": "ghosts", "rows": 1})
-    mpath.write_text(json.dumps(manifest))
-    with pytest.raises(VerificationFailed, match="lacks tables") as caught:
-        verify_backup(backup_id, lifeos_env.settings(), lifeos_env.catalog())
-    assert "public.ghosts" in str(caught.value)
-
-
-def test_unreachable_database_is_retried_then_failed(
+def test_an_unreachable_database_is_retried_once_then_one_failed_row(
     lifeos_env: LifeosEnv, start_worker
 ) -> None:
+    """A server that does not answer may come back: the task retries, and the catalog keeps one
+    row for the one request, with both attempts' reasons."""
     from tests.support.services import free_port
 
     url = f"postgresql://postgres@127.0.0.1:{free_port()}/lifeos"
@@ -462,40 +502,12 @@ def test_unreachable_database_is_retried_then_failed(
     assert folder_contents(lifeos_env) == []
 
 
-def test_slices_log_in_with_the_password_from_the_environment(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, password_role: str, sliced: None
+def test_a_wrong_password_fails_at_once_without_leaking_it(
+    lifeos_env: LifeosEnv, wrong_password_worker
 ) -> None:
-    """psql gets the password as PGPASSWORD, never in its arguments (which `ps` shows)."""
-    import lifeos_backup.procs as procs_module
-
-    seen: list[list[str]] = []
-    spawn = procs_module.spawn
-
-    def recording(args, **kwargs):  # type: ignore[no-untyped-def]
-        seen.append(list(args))
-        return spawn(args, **kwargs)
-
-    with lifeos_database(pg_cluster) as source, pytest.MonkeyPatch.context() as patch:
-        patch.setattr(procs_module, "spawn", recording)
-        use_database(lifeos_env, pg_cluster, role_url(pg_cluster, source, PASSWORD))
-        backup_id = backup_now(lifeos_env)
-    _archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-    assert len(read_manifest(mpath).facts["parts"]) > 2
-    assert any(Path(args[0]).name == "psql" for args in seen)
-    assert not any(PASSWORD in arg for args in seen for arg in args)
-    assert PASSWORD not in mpath.read_text()
-
-
-def test_wrong_password_fails_at_once_without_leaking_it(
-    lifeos_env: LifeosEnv, start_worker, pg_cluster: PostgresCluster, password_role: str
-) -> None:
-    wrong = "Wrong-" + uuid.uuid4().hex
-    worker = start_worker(
-        LIFEOS_DATABASE_URL=role_url(pg_cluster, "postgres", wrong),
-        LIFEOS_PG_BIN_DIR=str(pg_cluster.bindir),
-        LIFEOS_RETRY_MAX="1",
-        LIFEOS_RETRY_BACKOFF_MAX="1",
-    )
+    """A refused login will not pass by itself: no retry, and the password it was given
+    appears in no error, no log and no catalog."""
+    worker, wrong = wrong_password_worker
     app = make_app(lifeos_env.vars["LIFEOS_REDIS_URL"])
     with pytest.raises(BackupFailed, match="refused the login") as caught:
         request_backup("postgres", "test", wait=True, timeout=60, app=app)
@@ -508,18 +520,12 @@ def test_wrong_password_fails_at_once_without_leaking_it(
     assert wrong.encode() not in (lifeos_env.backup_root / "catalog.sqlite3").read_bytes()
 
 
-def test_cli_wrong_password_is_one_line_of_text(
-    lifeos_env: LifeosEnv, start_worker, pg_cluster: PostgresCluster, password_role: str
+def test_the_cli_reports_a_wrong_password_as_one_line_of_text(
+    lifeos_env: LifeosEnv, wrong_password_worker
 ) -> None:
     """The CLI never imports the module of the worker's AuthenticationFailed, so Celery hands it
     a stand-in exception; its message still reads as text, not as a Python tuple."""
-    wrong = "Wrong-" + uuid.uuid4().hex
-    start_worker(
-        LIFEOS_DATABASE_URL=role_url(pg_cluster, "postgres", wrong),
-        LIFEOS_PG_BIN_DIR=str(pg_cluster.bindir),
-        LIFEOS_RETRY_MAX="1",
-        LIFEOS_RETRY_BACKOFF_MAX="1",
-    )
+    _worker, wrong = wrong_password_worker
     result = cli(lifeos_env, "backup", "postgres", "--wait", "--timeout", "60")
     assert result.returncode == 1, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -529,66 +535,88 @@ def test_cli_wrong_password_is_one_line_of_text(
     assert "('" not in lines[0] and wrong not in result.stdout + result.stderr
 
 
-def test_pg_dump_older_than_server_is_refused_before_any_file(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, tmp_path: Path
+def test_slices_log_in_with_the_password_from_the_environment(
+    lifeos_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    password_role: str,
+    source: str,
+    sliced: None,
 ) -> None:
-    bindir = tmp_path / "old-bin"
-    bindir.mkdir()
-    fake = bindir / "pg_dump"
-    fake.write_text("#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.9'\n")
-    fake.chmod(0o755)
-    lifeos_env.set(LIFEOS_DATABASE_URL=pg_cluster.url(), LIFEOS_PG_BIN_DIR=str(bindir))
-    with pytest.raises(ToolTooOld, match=r"pg_dump 14\.9 is older than the PostgreSQL server 15"):
-        create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog())
-    assert folder_contents(lifeos_env) == []
-    [row] = lifeos_env.catalog().list(kind="postgres")
-    assert row.status == FAILED and "14.9" in (row.error or "")
+    """psql gets the password as PGPASSWORD, never in its arguments (which `ps` shows)."""
+    import lifeos_backup.procs as procs_module
+
+    seen: list[list[str]] = []
+    spawn = procs_module.spawn
+
+    def recording(args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(list(args))
+        return spawn(args, **kwargs)
+
+    use_database(lifeos_env, pg_cluster, role_url(pg_cluster, source, PASSWORD))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(procs_module, "spawn", recording)
+        backup = backup_now(lifeos_env)
+    assert len(backup.manifest().facts["parts"]) > 2
+    assert any(Path(args[0]).name == "psql" for args in seen)
+    assert not any(PASSWORD in arg for args in seen for arg in args)
+    assert PASSWORD not in backup.manifest_path.read_text()
 
 
-def test_pg_dump_killed_mid_dump_leaves_no_file(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, tmp_path: Path
+# -------------------------------------------------------------------------------- restores
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_one_table_restores_alone_with_its_sequence_and_indexes(
+    source_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    source: str,
+    shared_backup: Backup,
+    new_database: Callable[[str], str],
+    jobs: int,
 ) -> None:
-    bindir = tmp_path / "dying-bin"
-    bindir.mkdir()
-    real = pg_cluster.bindir / "pg_dump"
-    wrapper = bindir / "pg_dump"
-    wrapper.write_text(
-        "#!/bin/bash\n"
-        f'if [ "$1" = "--version" ]; then exec {real} --version; fi\n'
-        f'{real} "$@" | head -c 300000\n'
-        "kill -KILL $$\n"
-    )
-    wrapper.chmod(0o755)
-    with lifeos_database(pg_cluster) as source:
-        lifeos_env.set(LIFEOS_DATABASE_URL=pg_cluster.url(source), LIFEOS_PG_BIN_DIR=str(bindir))
-        # killed by a signal (an operator, the OOM killer): passing, the task retries it
-        with pytest.raises(SourceUnavailable, match="killed by SIGKILL"):
-            create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog())
-    assert folder_contents(lifeos_env) == []
-    [row] = lifeos_env.catalog().list(kind="postgres")
-    assert row.status == FAILED and "SIGKILL" in (row.error or "")
+    """`--table` brings the table with what belongs to it (its sequence at the right value, its
+    indexes) and nothing else, with one job or several."""
+    scratch = new_database("scratch")
+    report = restore(source_env, shared_backup, scratch, tables=["characters"], jobs=jobs)
+    assert report.jobs == jobs
+    assert [(c.table, c.expected, c.restored) for c in report.counts] == [
+        ("public.characters", 300, 300)
+    ]
+    with psycopg.connect(pg_cluster.url(scratch)) as conn:
+        relations = conn.execute(
+            "SELECT relname, relkind FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+            " ORDER BY 1"
+        ).fetchall()
+        next_id = conn.execute("SELECT nextval('characters_id_seq')").fetchone()
+    assert relations == [
+        ("characters", "r"),
+        ("characters_id_seq", "S"),
+        ("characters_pkey", "i"),
+        ("characters_traits_gin", "i"),
+    ]
+    assert next_id == (301,)
+    hashes = table_hashes(pg_cluster, scratch, ["characters"])
+    assert hashes == table_hashes(pg_cluster, source, ["characters"])
 
 
-def test_cli_restore_refuses_a_database_with_tables_unless_forced(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+def test_the_cli_refuses_a_database_with_tables_unless_forced(
+    source_env: LifeosEnv, pg_cluster: PostgresCluster, source: str, backup: Backup
 ) -> None:
-    with lifeos_database(pg_cluster) as source, temporary_database(pg_cluster) as target:
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        backup_id = backup_now(lifeos_env)
+    """Restoring over someone's tables must be a decision: refused in one line, the tables left
+    as they are; with --force the restore goes ahead."""
+    with temporary_database(pg_cluster) as target:
         with psycopg.connect(target.url, autocommit=True) as conn:
             conn.execute("CREATE TABLE keep_me (id int)")
 
-        refused = cli(lifeos_env, "restore", "postgres", backup_id, "--database", target.name)
+        refused = cli(source_env, "restore", "postgres", backup.id, "--database", target.name)
         assert refused.returncode != 0
         assert "Traceback" not in refused.stderr
         assert refused.stderr.strip().count("\n") == 0, refused.stderr
         assert refused.stderr.startswith("error: database") and "already holds 1" in refused.stderr
-        with psycopg.connect(target.url) as conn:
-            names = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
-            assert names.fetchall() == [("keep_me",)]
+        assert public_tables(pg_cluster, target.name) == [("keep_me",)]
 
         forced = cli(
-            lifeos_env, "restore", "postgres", backup_id, "--database", target.name, "--force"
+            source_env, "restore", "postgres", backup.id, "--database", target.name, "--force"
         )
         assert forced.returncode == 0, forced.stderr
         assert "row counts match the manifest" in forced.stdout
@@ -597,41 +625,254 @@ def test_cli_restore_refuses_a_database_with_tables_unless_forced(
         )
 
 
-def test_cli_restore_exits_non_zero_on_a_row_count_difference(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+def test_the_cli_exits_non_zero_on_a_row_count_difference(
+    source_env: LifeosEnv, backup: Backup, new_database: Callable[[str], str]
 ) -> None:
-    target = scratch_name("diff")
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, target):
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        backup_id = backup_now(lifeos_env)
-        _archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-        manifest = json.loads(mpath.read_text())
-        for table in manifest["facts"]["tables"]:
-            if table["name"] == "outfits":
-                table["rows"] += 1
-        mpath.write_text(json.dumps(manifest))
+    """A restore whose row counts differ from the manifest's is not a success, even though every
+    step ran: exit 1, the table and both counts on stdout, one error line."""
+    target = new_database("diff")
+    manifest = json.loads(backup.manifest_path.read_text())
+    for table in manifest["facts"]["tables"]:
+        if table["name"] == "outfits":
+            table["rows"] += 1
+    backup.manifest_path.write_text(json.dumps(manifest))
 
-        result = cli(
-            lifeos_env, "restore", "postgres", backup_id, "--database", target, "--create",
-            "--jobs", "1",
-        )
-        assert result.returncode == 1, result.stderr
-        assert "public.outfits" in result.stdout and "401" in result.stdout
-        assert "400" in result.stdout
-        assert result.stderr.startswith("error: 1 of 6 restored tables differ")
-        assert "Traceback" not in result.stderr
+    result = cli(
+        source_env,
+        "restore",
+        "postgres",
+        backup.id,
+        "--database",
+        target,
+        "--create",
+        "--jobs",
+        "1",
+    )
+    assert result.returncode == 1, result.stderr
+    assert "public.outfits" in result.stdout and "401" in result.stdout
+    assert "400" in result.stdout
+    assert result.stderr.startswith("error: 1 of 6 restored tables differ")
+    assert "Traceback" not in result.stderr
 
 
-def test_head_is_the_archive_up_to_its_data_and_lists_alike(
-    pg_cluster: PostgresCluster, tmp_path: Path
+def test_an_encrypted_archive_with_slices_restores_identical(
+    source_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    source: str,
+    sliced: None,
+    tmp_path: Path,
+    new_database: Callable[[str], str],
 ) -> None:
+    """Encryption wraps the whole archive: the parts' offsets still find every slice."""
+    import pyrage
+
+    identity = pyrage.x25519.Identity.generate()
+    key_file = tmp_path / "backup.key"
+    key_file.write_text(str(identity) + "\n")
+    key_file.chmod(0o600)
+    restored = new_database("sealed")
+    source_env.set(
+        LIFEOS_ENCRYPTION_RECIPIENTS=str(identity.to_public()),
+        LIFEOS_ENCRYPTION_IDENTITY_FILE=str(key_file),
+    )
+    backup = backup_now(source_env)
+    assert backup.archive.name.endswith(".dump.zst.age")
+    assert len(backup.manifest().facts["parts"]) > 2
+    report = restore(source_env, backup, restored)
+    assert report.differences == []
+    assert_identical(pg_cluster, source, restored)
+
+
+# ------------------------------------------------------------------------ verify and damage
+
+
+def test_a_corrupted_archive_fails_verify_and_marks_the_backup_failed(
+    source_env: LifeosEnv, backup: Backup
+) -> None:
+    """One flipped bit is enough: the checksum is checked before anything else."""
+    flip_bit(backup.archive, backup.archive.stat().st_size // 2, 0x01)
+    with pytest.raises(VerificationFailed, match="checksum"):
+        verify_backup(backup.id, source_env.settings(), source_env.catalog())
+    row = source_env.catalog().get(backup.id)
+    assert row.status == FAILED and "checksum" in (row.error or "")
+
+
+def test_a_corrupted_archive_is_refused_by_restore_before_any_database(
+    source_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    backup: Backup,
+    new_database: Callable[[str], str],
+) -> None:
+    """Restore checks the archive before it creates the target, so a damaged archive leaves no
+    half-restored database behind."""
+    target = new_database("never")
+    flip_bit(backup.archive, backup.archive.stat().st_size // 2, 0x01)
+    with pytest.raises(VerificationFailed, match="checksum"):
+        restore(source_env, backup, target)
+    assert not pg_cluster.database_exists(target)
+
+
+def test_verify_needs_every_manifest_table_in_the_dump(
+    source_env: LifeosEnv, backup: Backup
+) -> None:
+    """The manifest promises tables; a dump that lacks one fails verify, naming it."""
+    manifest = json.loads(backup.manifest_path.read_text())
+    manifest["facts"]["tables"].append({"schema": "public", "name": "ghosts", "rows": 1})
+    backup.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(VerificationFailed, match="lacks tables") as caught:
+        verify_backup(backup.id, source_env.settings(), source_env.catalog())
+    assert "public.ghosts" in str(caught.value)
+
+
+def check_dump_of(env: LifeosEnv, backup: Backup, manifest: Manifest) -> None:
+    from lifeos_backup.postgres.check import check_dump
+    from lifeos_backup.postgres.tools import tool
+
+    check_dump(backup.archive, manifest, tool(env.settings(), "pg_restore"), lambda _: None)
+
+
+def test_verify_decompresses_every_part_not_only_the_checksum(
+    source_env: LifeosEnv, sliced: None
+) -> None:
+    """A part damaged after hashing (a writer bug, say) is still found: the checksum matches,
+    yet the part is decompressed in full and found corrupt."""
+    backup = backup_now(source_env)
+    manifest = backup.manifest()
+    second = manifest.facts["parts"][1]  # a COPY slice
+    data = flip_bit(backup.archive, second["offset"] + second["size"] // 2, 0x40)
+    manifest.archive.sha256 = hashlib.sha256(data).hexdigest()
+    with pytest.raises(VerificationFailed, match=r"corrupt|decompresses to|after its zstd"):
+        check_dump_of(source_env, backup, manifest)
+
+
+def test_verify_compares_each_part_with_its_length_in_the_manifest(
+    source_env: LifeosEnv, shared_sliced_backup: Backup
+) -> None:
+    """A part that decompresses cleanly but to another length than the manifest says is not
+    the part the manifest describes."""
+    manifest = shared_sliced_backup.manifest()
+    manifest.facts["parts"][1]["dump_bytes"] += 1
+    with pytest.raises(VerificationFailed, match="part 1 decompresses to"):
+        check_dump_of(source_env, shared_sliced_backup, manifest)
+
+
+def test_verify_needs_the_parts_to_tile_the_archive_exactly(
+    source_env: LifeosEnv, shared_sliced_backup: Backup
+) -> None:
+    """Restore seeks to each part's offset: a part that is not where the manifest says fails
+    verify rather than a later restore."""
+    manifest = shared_sliced_backup.manifest()
+    manifest.facts["parts"][1]["offset"] += 1
+    with pytest.raises(VerificationFailed, match="part 1 is not where the manifest says"):
+        check_dump_of(source_env, shared_sliced_backup, manifest)
+
+
+# ----------------------------------------------------------------- archive layouts and parts
+
+
+def test_one_dump_job_writes_one_part_that_is_the_whole_archive(source_env: LifeosEnv) -> None:
+    """LIFEOS_DUMP_JOBS=1 writes the archive as one pg_dump part."""
+    source_env.set(LIFEOS_DUMP_JOBS="1")
+    backup = backup_now(source_env)
+    [part] = backup.manifest().facts["parts"]
+    assert part["offset"] == 0 and part["size"] == backup.archive.stat().st_size
+
+
+def test_a_manifest_from_before_parts_verifies_and_restores(
+    source_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    source: str,
+    new_database: Callable[[str], str],
+) -> None:
+    """A manifest without `parts` (written before parts existed) means the whole file is one
+    part; such backups must still verify and restore."""
+    restored = new_database("legacy")
+    source_env.set(LIFEOS_DUMP_JOBS="1")
+    backup = backup_now(source_env)
+    manifest = backup.manifest()
+    del manifest.facts["parts"]
+    write_manifest(backup.manifest_path, manifest)
+    verify_backup(backup.id, source_env.settings(), source_env.catalog())
+    report = restore(source_env, backup, restored)
+    assert report.differences == [] and report.jobs == 2
+    assert_identical(pg_cluster, source, restored)
+
+
+@pytest.fixture
+def pg_dump_parts_backup(source_env: LifeosEnv, pg_cluster: PostgresCluster, source: str) -> Backup:
+    """A backup rewritten by hand the way archives were before COPY slices: the big tables'
+    data in a `--data-only` pg_dump part after the part with everything else."""
+    backup = backup_now(source_env)
+    base = [str(pg_cluster.bindir / "pg_dump"), "-Fc", "-Z0", pg_cluster.url(source)]
+    part_args = [
+        ["--exclude-table-data=characters", "--exclude-table-data=outfits"],
+        ["--data-only", "--table=characters", "--table=outfits"],
+    ]
+    dumps = [
+        subprocess.run([*base, *args], capture_output=True, check=True).stdout for args in part_args
+    ]
+    packed = [zstandard.ZstdCompressor(write_checksum=True).compress(d) for d in dumps]
+    manifest = backup.manifest()
+    manifest.facts["parts"] = [
+        {"offset": 0, "size": len(packed[0]), "dump_bytes": len(dumps[0]), "tables": []},
+        {
+            "offset": len(packed[0]),
+            "size": len(packed[1]),
+            "dump_bytes": len(dumps[1]),
+            "tables": ["public.characters", "public.outfits"],
+        },
+    ]
+    data = b"".join(packed)
+    backup.archive.write_bytes(data)
+    manifest.archive.size, manifest.archive.sha256 = len(data), hashlib.sha256(data).hexdigest()
+    write_manifest(backup.manifest_path, manifest)
+    return backup
+
+
+def test_an_archive_of_several_pg_dump_parts_verifies_and_restores_identical(
+    source_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    source: str,
+    pg_dump_parts_backup: Backup,
+    new_database: Callable[[str], str],
+) -> None:
+    """Archives from before COPY slices stay readable: verify and a whole restore work as they
+    did."""
+    restored = new_database("pg_dump_parts")
+    verify_backup(pg_dump_parts_backup.id, source_env.settings(), source_env.catalog())
+    report = restore(source_env, pg_dump_parts_backup, restored)
+    assert report.differences == []
+    assert_identical(pg_cluster, source, restored)
+
+
+def test_one_table_restores_from_the_pg_dump_part_that_holds_its_data(
+    source_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    source: str,
+    pg_dump_parts_backup: Backup,
+    new_database: Callable[[str], str],
+) -> None:
+    """The table's data is in part 1, not in the first part: it is found from that part's
+    head."""
+    scratch = new_database("pg_dump_part_one")
+    report = restore(source_env, pg_dump_parts_backup, scratch, tables=["characters"])
+    assert [(c.table, c.restored) for c in report.counts] == [("public.characters", 300)]
+    assert table_hashes(pg_cluster, scratch, ["characters"]) == table_hashes(
+        pg_cluster, source, ["characters"]
+    )
+
+
+def test_the_head_of_an_archive_is_its_bytes_up_to_the_data_and_lists_alike(
+    pg_cluster: PostgresCluster, source: str, tmp_path: Path
+) -> None:
+    """copy_head keeps a pg_dump archive's table of contents and no data, so a one-table
+    restore reads a small head instead of the whole part; pg_restore must list it the same."""
     from lifeos_backup.postgres.tochead import copy_head
 
     pg_dump, pg_restore = (str(pg_cluster.bindir / name) for name in ("pg_dump", "pg_restore"))
-    with lifeos_database(pg_cluster) as source:
-        whole = subprocess.run(
-            [pg_dump, "-Fc", "-Z0", pg_cluster.url(source)], capture_output=True, check=True
-        ).stdout
+    whole = subprocess.run(
+        [pg_dump, "-Fc", "-Z0", pg_cluster.url(source)], capture_output=True, check=True
+    ).stdout
     head = tmp_path / "head.dump"
     with head.open("wb") as out:
         assert copy_head(io.BytesIO(whole), out) is True
@@ -645,58 +886,68 @@ def test_head_is_the_archive_up_to_its_data_and_lists_alike(
 
     assert listing(None, head) == listing(whole)
     assert any("TABLE DATA public characters" in line for line in listing(None, head))
-    # Not an archive this module knows: everything is copied, which pg_restore reads just the same.
+
+
+def test_the_head_of_an_unknown_archive_is_all_of_it() -> None:
+    """An archive version copy_head does not know is copied whole, which pg_restore reads just
+    the same: never a cut in the wrong place."""
+    from lifeos_backup.postgres.tochead import copy_head
+
     other = io.BytesIO(b"PGDMP" + bytes([1, 99, 0]) + b"rest of it" * 100)
     copied = io.BytesIO()
     assert copy_head(other, copied) is False and copied.getvalue() == other.getvalue()
 
 
-def test_copy_slices_tile_every_table_and_restore_identical_whole_or_one_table(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
+# ----------------------------------------------------------------------------- COPY slices
+
+
+def test_copy_slices_tile_every_table_and_hold_all_its_rows(
+    pg_cluster: PostgresCluster, source: str, shared_sliced_backup: Backup
 ) -> None:
-    restored, scratch = scratch_name("slices"), scratch_name("slice_one")
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored, scratch):
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        backup_id = backup_now(lifeos_env)
-        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-        manifest = read_manifest(mpath)
-        parts = manifest.facts["parts"]
-        assert "copy" not in parts[0] and all("copy" in p for p in parts[1:])
-        assert parts[-1]["offset"] + parts[-1]["size"] == archive.stat().st_size
-        assert sum(p["dump_bytes"] for p in parts) == manifest.facts["dump_bytes"]
-        counts = {t["name"]: t["rows"] for t in manifest.facts["tables"]}
-        with psycopg.connect(pg_cluster.url(source)) as conn:
-            for table in TABLES:  # the slices tile the table's pages and hold all its rows
-                pieces = sorted(
-                    (p["copy"] for p in parts[1:] if p["copy"]["name"] == table),
-                    key=lambda c: c["first_page"],
-                )
-                assert pieces[0]["first_page"] == 0 and pieces[-1]["end_page"] is None
-                assert all(a["end_page"] == b["first_page"] for a, b in pairwise(pieces))
-                query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
-                [(rows,)] = conn.execute(query).fetchall()
-                assert counts[table] == sum(p["rows"] for p in pieces) == rows
-        assert max(sum(p["copy"]["name"] == t for p in parts[1:]) for t in TABLES) > 1
-        listed = pg_list(pg_cluster, archive, parts[0])  # definitions, no data of its own
-        assert "TABLE public characters" in listed and "TABLE DATA" not in listed
+    """Slices cut a table by pages: together they must cover every page once and every row,
+    and the pg_dump part keeps the definitions without data of its own."""
+    manifest = shared_sliced_backup.manifest()
+    parts = manifest.facts["parts"]
+    assert "copy" not in parts[0] and all("copy" in p for p in parts[1:])
+    assert parts[-1]["offset"] + parts[-1]["size"] == shared_sliced_backup.archive.stat().st_size
+    assert sum(p["dump_bytes"] for p in parts) == manifest.facts["dump_bytes"]
+    counts = {t["name"]: t["rows"] for t in manifest.facts["tables"]}
+    with psycopg.connect(pg_cluster.url(source)) as conn:
+        for table in TABLES:
+            pieces = sorted(
+                (p["copy"] for p in parts[1:] if p["copy"]["name"] == table),
+                key=lambda c: c["first_page"],
+            )
+            assert pieces[0]["first_page"] == 0 and pieces[-1]["end_page"] is None
+            assert all(a["end_page"] == b["first_page"] for a, b in pairwise(pieces))
+            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(table))
+            [(rows,)] = conn.execute(query).fetchall()
+            assert counts[table] == sum(p["rows"] for p in pieces) == rows
+    assert max(sum(p["copy"]["name"] == t for p in parts[1:]) for t in TABLES) > 1
+    listed = pg_list(pg_cluster, shared_sliced_backup.archive, parts[0])
+    assert "TABLE public characters" in listed and "TABLE DATA" not in listed
 
-        report = restore_postgres(archive, manifest, lifeos_env.settings(), restored, create=True)
-        assert report.differences == [] and len(report.counts) == 6
-        assert_identical(pg_cluster, source, restored)
 
-        report = restore_postgres(
-            archive, manifest, lifeos_env.settings(), scratch, create=True, jobs=1,
-            tables=["characters"],
-        )
-        assert [(c.table, c.restored) for c in report.counts] == [("public.characters", 300)]
-        assert table_hashes(pg_cluster, scratch, ["characters"]) == table_hashes(
-            pg_cluster, source, ["characters"]
-        )
-        with psycopg.connect(pg_cluster.url(scratch)) as conn:
-            tables = conn.execute(
-                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
-            ).fetchall()
-        assert tables == [("characters",)]
+def test_an_archive_of_copy_slices_restores_identical_whole_or_one_table(
+    source_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    source: str,
+    shared_sliced_backup: Backup,
+    new_database: Callable[[str], str],
+) -> None:
+    """Restoring from slices gives the same database as the source; `--table` takes only that
+    table's slices and creates no other table."""
+    restored, scratch = new_database("slices"), new_database("slice_one")
+    report = restore(source_env, shared_sliced_backup, restored)
+    assert report.differences == [] and len(report.counts) == 6
+    assert_identical(pg_cluster, source, restored)
+
+    report = restore(source_env, shared_sliced_backup, scratch, jobs=1, tables=["characters"])
+    assert [(c.table, c.restored) for c in report.counts] == [("public.characters", 300)]
+    assert table_hashes(pg_cluster, scratch, ["characters"]) == table_hashes(
+        pg_cluster, source, ["characters"]
+    )
+    assert public_tables(pg_cluster, scratch) == [("characters",)]
 
 
 ODD_TABLE = 'we"ird (t)'
@@ -713,31 +964,30 @@ FROM generate_series(1, 500) g;
 
 
 def test_slices_are_binary_for_built_in_types_text_for_others_and_both_restore(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
+    lifeos_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    own_source: str,
+    sliced: None,
+    new_database: Callable[[str], str],
 ) -> None:
     """COPY binary needs the same types on both sides: a user type (enum) stays text. psql's
     \\copy must take any quoted name; an index comment follows its early-built index."""
-    restored = scratch_name("formats")
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
-        with psycopg.connect(pg_cluster.url(source), autocommit=True) as conn:
-            conn.execute(ODD_SCHEMA)
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        backup_id = backup_now(lifeos_env)
-        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-        manifest = read_manifest(mpath)
-        formats = {
-            (p["copy"]["name"], p["copy"]["format"]) for p in manifest.facts["parts"][1:]
-        }
-        assert formats == {(t, "binary") for t in TABLES} | {(ODD_TABLE, "text")}
-        counts = {t["name"]: t["rows"] for t in manifest.facts["tables"]}
-        assert counts[ODD_TABLE] == 500 and counts["characters"] == 300
+    restored = new_database("formats")
+    with psycopg.connect(pg_cluster.url(own_source), autocommit=True) as conn:
+        conn.execute(ODD_SCHEMA)
+    backup = backup_now(lifeos_env)
+    manifest = backup.manifest()
+    formats = {(p["copy"]["name"], p["copy"]["format"]) for p in manifest.facts["parts"][1:]}
+    assert formats == {(t, "binary") for t in TABLES} | {(ODD_TABLE, "text")}
+    counts = {t["name"]: t["rows"] for t in manifest.facts["tables"]}
+    assert counts[ODD_TABLE] == 500 and counts["characters"] == 300
 
-        report = restore_postgres(archive, manifest, lifeos_env.settings(), restored, create=True)
-        assert report.differences == [] and len(report.counts) == 7
-        assert_identical(pg_cluster, source, restored)
-        assert table_hashes(pg_cluster, restored, [ODD_TABLE]) == table_hashes(
-            pg_cluster, source, [ODD_TABLE]
-        )
+    report = restore(lifeos_env, backup, restored, manifest)
+    assert report.differences == [] and len(report.counts) == 7
+    assert_identical(pg_cluster, own_source, restored)
+    assert table_hashes(pg_cluster, restored, [ODD_TABLE]) == table_hashes(
+        pg_cluster, own_source, [ODD_TABLE]
+    )
 
 
 PADDED_SCHEMA = r"""
@@ -771,74 +1021,66 @@ def padded_bytes(cluster: PostgresCluster, dbname: str) -> str:
 
 
 def test_char_columns_are_dumped_without_their_padding_and_restored_byte_for_byte(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
+    lifeos_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    own_source: str,
+    sliced: None,
+    new_database: Callable[[str], str],
 ) -> None:
     """char(n) pads every value to n characters on input, so a slice leaves the trailing blanks
     out; a bpchar without a length keeps its trailing blanks as data, and arrays stay as they
     are."""
-    restored = scratch_name("padded")
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
-        with psycopg.connect(pg_cluster.url(source), autocommit=True) as conn:
-            conn.execute(PADDED_SCHEMA)
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        backup_id = backup_now(lifeos_env)
-        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-        manifest = read_manifest(mpath)
-        trimmed = {
-            (p["copy"]["name"], p["copy"]["format"], tuple(p["copy"]["trimmed"]))
-            for p in manifest.facts["parts"][1:]
-        }
-        assert trimmed == {(t, "binary", ()) for t in TABLES} | {
-            ("codes", "binary", ("code", "label"))
-        }
+    restored = new_database("padded")
+    with psycopg.connect(pg_cluster.url(own_source), autocommit=True) as conn:
+        conn.execute(PADDED_SCHEMA)
+    backup = backup_now(lifeos_env)
+    manifest = backup.manifest()
+    trimmed = {
+        (p["copy"]["name"], p["copy"]["format"], tuple(p["copy"]["trimmed"]))
+        for p in manifest.facts["parts"][1:]
+    }
+    assert trimmed == {(t, "binary", ()) for t in TABLES} | {("codes", "binary", ("code", "label"))}
 
-        report = restore_postgres(archive, manifest, lifeos_env.settings(), restored, create=True)
-        assert report.differences == []
-        assert padded_bytes(pg_cluster, restored) == padded_bytes(pg_cluster, source)
-        assert table_hashes(pg_cluster, restored, ["codes"]) == table_hashes(
-            pg_cluster, source, ["codes"]
-        )
-        assert_identical(pg_cluster, source, restored)
+    report = restore(lifeos_env, backup, restored, manifest)
+    assert report.differences == []
+    assert padded_bytes(pg_cluster, restored) == padded_bytes(pg_cluster, own_source)
+    assert table_hashes(pg_cluster, restored, ["codes"]) == table_hashes(
+        pg_cluster, own_source, ["codes"]
+    )
 
 
 def test_a_slice_that_cannot_load_fails_the_restore_and_drops_what_it_created(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
+    source_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    shared_sliced_backup: Backup,
+    new_database: Callable[[str], str],
 ) -> None:
-    from lifeos_backup.errors import PermanentError
-
-    target = scratch_name("bad_slice")
-    with lifeos_database(pg_cluster) as source:
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        backup_id = backup_now(lifeos_env)
-        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-        manifest = read_manifest(mpath)
-        piece = next(p["copy"] for p in manifest.facts["parts"][1:] if p["copy"]["rows"])
-        piece["columns"][-1] = "no_such_column"
-        with pytest.raises(PermanentError, match=f"loading the rows of public.{piece['name']}"):
-            restore_postgres(archive, manifest, lifeos_env.settings(), target, create=True)
+    """A restore that fails half-way must not leave a database that looks restored."""
+    target = new_database("bad_slice")
+    manifest = shared_sliced_backup.manifest()
+    piece = next(p["copy"] for p in manifest.facts["parts"][1:] if p["copy"]["rows"])
+    piece["columns"][-1] = "no_such_column"
+    with pytest.raises(PermanentError, match=f"loading the rows of public.{piece['name']}"):
+        restore(source_env, shared_sliced_backup, target, manifest)
     assert not pg_cluster.database_exists(target)
 
 
-def vacuum_skipped(url: str, table: str) -> bool:
-    """Whether `VACUUM (SKIP_LOCKED)`, autovacuum's way of taking a table, passes it by."""
-    notices: list[str] = []
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
-        conn.execute(sql.SQL("VACUUM (SKIP_LOCKED) {}").format(sql.Identifier(table)))
-    return any(n.startswith("skipping vacuum") for n in notices)
+# ---------------------------------------------------------------- restore order and guards
 
 
 def test_autovacuum_is_kept_off_a_table_from_its_first_slice_to_its_index_build(
-    lifeos_env: LifeosEnv,
+    source_env: LifeosEnv,
     pg_cluster: PostgresCluster,
-    sliced: None,
+    source: str,
+    shared_sliced_backup: Backup,
+    new_database: Callable[[str], str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Slices commit one by one: an autovacuum started on a half-loaded table holds up its index
-    build for deadlock_timeout, then is cancelled (docs/decisions.md, session 8)."""
+    build for deadlock_timeout, then is cancelled (docs/decisions.md, "PostgreSQL restore")."""
     from lifeos_backup.postgres import restore as restore_module
 
-    restored = scratch_name("guarded")
+    restored = new_database("guarded")
     seen: list[tuple[str, bool]] = []
     real_copy = restore_module.copy_into
 
@@ -848,27 +1090,18 @@ def test_autovacuum_is_kept_off_a_table_from_its_first_slice_to_its_index_build(
         return rows
 
     monkeypatch.setattr(restore_module, "copy_into", copy_then_vacuum)
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        archive, mpath = archive_and_manifest(lifeos_env, backup_now(lifeos_env))
-        report = restore_postgres(
-            archive, read_manifest(mpath), lifeos_env.settings(), restored, create=True
-        )
-        assert report.differences == []
-        assert {name for name, _ in seen} == set(TABLES)
-        assert all(skipped for _, skipped in seen), seen
-        assert not any(vacuum_skipped(pg_cluster.url(restored), t) for t in TABLES)
-        assert_identical(pg_cluster, source, restored)
+    report = restore(source_env, shared_sliced_backup, restored)
+    assert report.differences == []
+    assert {name for name, _ in seen} == set(TABLES)
+    assert all(skipped for _, skipped in seen), seen
+    assert not any(vacuum_skipped(pg_cluster.url(restored), t) for t in TABLES)
+    assert_identical(pg_cluster, source, restored)
 
 
-def test_the_biggest_table_loads_first_and_an_index_build_beside_others_is_one_process(
-    lifeos_env: LifeosEnv,
-    pg_cluster: PostgresCluster,
-    sliced: None,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The biggest table's load and then its index build are the restore's longest chain; beside
-    other jobs a parallel index build would crowd them out (docs/decisions.md, session 9)."""
+@pytest.fixture
+def restore_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """What a restore does, in order: ("copy", table) per slice loaded, ("build", workers) per
+    index build, with the max_parallel_maintenance_workers the server gives that build."""
     from lifeos_backup.postgres import restore as restore_module
 
     events: list[tuple[str, str]] = []
@@ -887,39 +1120,58 @@ def test_the_biggest_table_loads_first_and_an_index_build_beside_others_is_one_p
 
     monkeypatch.setattr(restore_module, "copy_into", copy)
     monkeypatch.setattr(restore_module, "run_tracked", tracked)
-    alone, beside = scratch_name("alone"), scratch_name("beside")
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, alone, beside):
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        archive, mpath = archive_and_manifest(lifeos_env, backup_now(lifeos_env))
-        manifest = read_manifest(mpath)
-        parts = manifest.facts["parts"]
-        parts[1:] = parts[:0:-1]  # whatever order the archive lists its slices in
-        size: dict[str, int] = {}
-        for part in parts[1:]:
-            name = part["copy"]["name"]
-            size[name] = size.get(name, 0) + part["dump_bytes"]
-        by_size = sorted(TABLES, key=lambda t: (-size[t], t))
-        assert len(set(size.values())) > 1  # an order to get right
+    return events
 
-        # One job: each table's slices, biggest first, then its own index build, a parallel
-        # one (the server's default: nothing runs beside it).
-        report = restore_postgres(
-            archive, manifest, lifeos_env.settings(), alone, create=True, jobs=1
-        )
-        assert report.differences == []
-        expected: list[tuple[str, str]] = []
-        for table in by_size:
-            slices = sum(p["copy"]["name"] == table for p in parts[1:])
-            expected += [("copy", table)] * slices + [("build", "2")]
-        assert events == expected
 
-        events.clear()
-        report = restore_postgres(archive, manifest, lifeos_env.settings(), beside, create=True)
-        assert report.differences == []
-        assert [name for kind, name in events if kind == "copy"][:2] == [by_size[0]] * 2
-        builds = [workers for kind, workers in events if kind == "build"]
-        assert len(builds) == len(TABLES) and "0" in builds
-        assert_identical(pg_cluster, source, beside)
+def reversed_slices(backup: Backup) -> tuple[Manifest, list[str]]:
+    """The manifest with its slices listed in reverse, and the tables biggest first."""
+    manifest = backup.manifest()
+    parts = manifest.facts["parts"]
+    parts[1:] = parts[:0:-1]  # whatever order the archive lists its slices in
+    size: dict[str, int] = {}
+    for part in parts[1:]:
+        name = part["copy"]["name"]
+        size[name] = size.get(name, 0) + part["dump_bytes"]
+    assert len(set(size.values())) > 1  # an order to get right
+    return manifest, sorted(TABLES, key=lambda t: (-size[t], t))
+
+
+def test_with_one_job_tables_load_biggest_first_each_then_its_parallel_index_build(
+    source_env: LifeosEnv,
+    shared_sliced_backup: Backup,
+    restore_events: list[tuple[str, str]],
+    new_database: Callable[[str], str],
+) -> None:
+    """The biggest table's load and then its index build are the restore's longest chain, so it
+    starts first; alone, an index build gets the server's parallel workers (its default)."""
+    manifest, by_size = reversed_slices(shared_sliced_backup)
+    report = restore(source_env, shared_sliced_backup, new_database("alone"), manifest, jobs=1)
+    assert report.differences == []
+    expected: list[tuple[str, str]] = []
+    for table in by_size:
+        slices = sum(p["copy"]["name"] == table for p in manifest.facts["parts"][1:])
+        expected += [("copy", table)] * slices + [("build", "2")]
+    assert restore_events == expected
+
+
+def test_with_several_jobs_the_biggest_table_loads_first_and_a_build_beside_others_is_serial(
+    source_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    source: str,
+    shared_sliced_backup: Backup,
+    restore_events: list[tuple[str, str]],
+    new_database: Callable[[str], str],
+) -> None:
+    """Beside other jobs a parallel index build would crowd them out, so a build that has
+    company runs as one process (docs/decisions.md, "PostgreSQL restore")."""
+    manifest, by_size = reversed_slices(shared_sliced_backup)
+    beside = new_database("beside")
+    report = restore(source_env, shared_sliced_backup, beside, manifest)
+    assert report.differences == []
+    assert [name for kind, name in restore_events if kind == "copy"][:2] == [by_size[0]] * 2
+    builds = [workers for kind, workers in restore_events if kind == "build"]
+    assert len(builds) == len(TABLES) and "0" in builds
+    assert_identical(pg_cluster, source, beside)
 
 
 def test_a_table_already_locked_is_loaded_without_a_guard(pg_database: PgDatabase) -> None:
@@ -955,84 +1207,49 @@ def test_a_table_already_locked_is_loaded_without_a_guard(pg_database: PgDatabas
     assert not vacuum_skipped(pg_database.url, "held")
 
 
-def test_an_encrypted_archive_with_slices_restores_identical(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None, tmp_path: Path
+# ------------------------------------------------------------ backups that fail, and leave nothing
+
+
+def test_a_pg_dump_older_than_the_server_is_refused_before_any_file(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, fake_bin: Callable[[str], Path]
 ) -> None:
-    import pyrage
-
-    identity = pyrage.x25519.Identity.generate()
-    key_file = tmp_path / "backup.key"
-    key_file.write_text(str(identity) + "\n")
-    key_file.chmod(0o600)
-    restored = scratch_name("sealed")
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        lifeos_env.set(
-            LIFEOS_ENCRYPTION_RECIPIENTS=str(identity.to_public()),
-            LIFEOS_ENCRYPTION_IDENTITY_FILE=str(key_file),
-        )
-        backup_id = backup_now(lifeos_env)
-        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-        manifest = read_manifest(mpath)
-        assert archive.name.endswith(".dump.zst.age") and len(manifest.facts["parts"]) > 2
-        report = restore_postgres(archive, manifest, lifeos_env.settings(), restored, create=True)
-        assert report.differences == []
-        assert_identical(pg_cluster, source, restored)
+    """An older pg_dump cannot dump a newer server faithfully: the version is checked first."""
+    bindir = fake_bin("#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.9'\n")
+    lifeos_env.set(LIFEOS_DATABASE_URL=pg_cluster.url(), LIFEOS_PG_BIN_DIR=str(bindir))
+    with pytest.raises(ToolTooOld, match=r"pg_dump 14\.9 is older than the PostgreSQL server 15"):
+        create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog())
+    assert folder_contents(lifeos_env) == []
+    [row] = lifeos_env.catalog().list(kind="postgres")
+    assert row.status == FAILED and "14.9" in (row.error or "")
 
 
-def test_an_archive_of_several_pg_dump_parts_still_verifies_and_restores(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster
+def test_a_pg_dump_killed_mid_dump_is_a_passing_failure_and_leaves_no_file(
+    lifeos_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    source: str,
+    fake_bin: Callable[[str], Path],
 ) -> None:
-    """Archives written before COPY slices had the big tables' data in `--data-only` pg_dump
-    parts: rebuilt here by hand, they must verify and restore as before."""
-    import hashlib
-
-    from lifeos_backup.manifest import write_manifest
-
-    restored, scratch = scratch_name("pg_dump_parts"), scratch_name("pg_dump_part_one")
-    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored, scratch):
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        backup_id = backup_now(lifeos_env)
-        archive, mpath = archive_and_manifest(lifeos_env, backup_id)
-        base = [str(pg_cluster.bindir / "pg_dump"), "-Fc", "-Z0", pg_cluster.url(source)]
-        part_args = [
-            ["--exclude-table-data=characters", "--exclude-table-data=outfits"],
-            ["--data-only", "--table=characters", "--table=outfits"],
-        ]
-        dumps = [
-            subprocess.run([*base, *args], capture_output=True, check=True).stdout
-            for args in part_args
-        ]
-        packed = [zstandard.ZstdCompressor(write_checksum=True).compress(d) for d in dumps]
-        manifest = read_manifest(mpath)
-        manifest.facts["parts"] = [
-            {"offset": 0, "size": len(packed[0]), "dump_bytes": len(dumps[0]), "tables": []},
-            {"offset": len(packed[0]), "size": len(packed[1]), "dump_bytes": len(dumps[1]),
-             "tables": ["public.characters", "public.outfits"]},
-        ]
-        data = b"".join(packed)
-        archive.write_bytes(data)
-        manifest.archive.size, manifest.archive.sha256 = len(data), hashlib.sha256(data).hexdigest()
-        write_manifest(mpath, manifest)
-        verify_backup(backup_id, lifeos_env.settings(), lifeos_env.catalog())
-        report = restore_postgres(archive, manifest, lifeos_env.settings(), restored, create=True)
-        assert report.differences == []
-        assert_identical(pg_cluster, source, restored)
-        report = restore_postgres(  # its data is in part 1: found from that part's head
-            archive, manifest, lifeos_env.settings(), scratch, create=True, tables=["characters"]
-        )
-        assert [(c.table, c.restored) for c in report.counts] == [("public.characters", 300)]
-        assert table_hashes(pg_cluster, scratch, ["characters"]) == table_hashes(
-            pg_cluster, source, ["characters"]
-        )
+    """Killed by a signal (an operator, the OOM killer) is passing: the task retries it; the
+    partial archive is removed."""
+    real = pg_cluster.bindir / "pg_dump"
+    bindir = fake_bin(
+        "#!/bin/bash\n"
+        f'if [ "$1" = "--version" ]; then exec {real} --version; fi\n'
+        f'{real} "$@" | head -c 300000\n'
+        "kill -KILL $$\n"
+    )
+    lifeos_env.set(LIFEOS_DATABASE_URL=pg_cluster.url(source), LIFEOS_PG_BIN_DIR=str(bindir))
+    with pytest.raises(SourceUnavailable, match="killed by SIGKILL"):
+        create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog())
+    assert folder_contents(lifeos_env) == []
+    [row] = lifeos_env.catalog().list(kind="postgres")
+    assert row.status == FAILED and "SIGKILL" in (row.error or "")
 
 
 def test_a_psql_that_does_not_report_its_rows_fails_the_backup_without_a_file(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None,
-    monkeypatch: pytest.MonkeyPatch,
+    source_env: LifeosEnv, sliced: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The manifest's row counts are the server's; with none reported there is no backup."""
-    from lifeos_backup.errors import PermanentError
     from lifeos_backup.postgres import dump, rows
 
     def silent(*args, **kwargs) -> list[str]:
@@ -1041,38 +1258,38 @@ def test_a_psql_that_does_not_report_its_rows_fails_the_backup_without_a_file(
         return argv[: at - 1] + argv[at + 1 :]  # without that `-c \\warn ...`
 
     monkeypatch.setattr(dump, "slice_args", silent)
-    with lifeos_database(pg_cluster) as source:
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        with pytest.raises(PermanentError, match="did not report the rows"):
-            create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog(), reason="t")
-    assert [r.status for r in lifeos_env.catalog().list(kind="postgres")] == [FAILED]
-    assert folder_contents(lifeos_env) == []
+    with pytest.raises(PermanentError, match="did not report the rows"):
+        create_backup("postgres", source_env.settings(), source_env.catalog(), reason="t")
+    assert [r.status for r in source_env.catalog().list(kind="postgres")] == [FAILED]
+    assert folder_contents(source_env) == []
 
 
 def test_a_table_locked_away_makes_the_backup_wait_then_retry(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None,
+    source_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    source: str,
+    sliced: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A migration holding a table (ACCESS EXCLUSIVE) past the lock wait: a retryable failure
     naming the cause, no file."""
     import lifeos_backup.postgres.dump as dump_module
-    from lifeos_backup.errors import SourceUnavailable
 
     monkeypatch.setattr(dump_module, "LOCK_WAIT", "1s")
-    with lifeos_database(pg_cluster) as source:
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        with psycopg.connect(pg_cluster.url(source)) as migration:
-            migration.execute("LOCK TABLE characters IN ACCESS EXCLUSIVE MODE")
-            with pytest.raises(SourceUnavailable, match="could not lock the tables"):
-                create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog())
-    assert folder_contents(lifeos_env) == []
-    [row] = lifeos_env.catalog().list(kind="postgres")
+    with psycopg.connect(pg_cluster.url(source)) as migration:
+        migration.execute("LOCK TABLE characters IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(SourceUnavailable, match="could not lock the tables"):
+            create_backup("postgres", source_env.settings(), source_env.catalog())
+        migration.rollback()  # the shared source is left as it was
+    assert folder_contents(source_env) == []
+    [row] = source_env.catalog().list(kind="postgres")
     assert row.status == FAILED and "lock" in (row.error or "")
 
 
 def test_disk_full_during_the_dump_removes_the_partial_file(
-    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch
+    source_env: LifeosEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A full disk is reported as such, and the half-written archive does not stay to fill it."""
     import errno
 
     import lifeos_backup.postgres.dump as dump_module
@@ -1088,10 +1305,8 @@ def test_disk_full_during_the_dump_removes_the_partial_file(
             return super().write(data)
 
     monkeypatch.setattr(dump_module, "HashingWriter", FillsUp)
-    with lifeos_database(pg_cluster) as source:
-        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
-        with pytest.raises(DiskFull, match="the backup disk is full"):
-            create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog())
-    assert folder_contents(lifeos_env) == []
-    [row] = lifeos_env.catalog().list(kind="postgres")
+    with pytest.raises(DiskFull, match="the backup disk is full"):
+        create_backup("postgres", source_env.settings(), source_env.catalog())
+    assert folder_contents(source_env) == []
+    [row] = source_env.catalog().list(kind="postgres")
     assert row.status == FAILED and "No space left on device" in (row.error or "")

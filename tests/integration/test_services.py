@@ -1,4 +1,5 @@
-"""The session's private Redis/PostgreSQL fixtures work and clean up after themselves."""
+"""The private Redis/PostgreSQL servers the tests share work, and their per-test fixtures clean
+up after themselves."""
 
 from __future__ import annotations
 

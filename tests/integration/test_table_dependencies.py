@@ -175,7 +175,10 @@ def source_database(cluster: PostgresCluster) -> Iterator[str]:
 
 def cli(env: LifeosEnv, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [CLI, *args], env=env.subprocess_env(USER="dora"), capture_output=True, text=True,
+        [CLI, *args],
+        env=env.subprocess_env(USER="dora"),
+        capture_output=True,
+        text=True,
         timeout=180,
     )
 
@@ -264,8 +267,14 @@ def test_each_table_restores_exactly_into_an_empty_database_with_what_it_needs(
         for table in TABLES:
             with temporary_database(pg_cluster, prefix="deps_one_") as target:
                 result = cli(
-                    lifeos_env, "restore", "postgres", backup_id, "--database", target.name,
-                    "--table", table,
+                    lifeos_env,
+                    "restore",
+                    "postgres",
+                    backup_id,
+                    "--database",
+                    target.name,
+                    "--table",
+                    table,
                 )
                 assert result.returncode == 0, result.stderr
                 assert "row counts match the manifest" in result.stdout
@@ -303,8 +312,14 @@ def test_a_target_that_has_the_enum_and_the_sequence_keeps_them(
         before = kept_state(target.url)
 
         result = cli(
-            lifeos_env, "restore", "postgres", backup_id, "--database", target.name,
-            "--table", "users",
+            lifeos_env,
+            "restore",
+            "postgres",
+            backup_id,
+            "--database",
+            target.name,
+            "--table",
+            "users",
         )
         assert result.returncode == 0, result.stderr
         assert (
@@ -327,8 +342,14 @@ def test_a_target_that_has_the_enum_and_the_sequence_keeps_them(
             assert "slug" in {r[0] for r in conn.execute("SELECT typname FROM pg_type")}
 
         again = cli(
-            lifeos_env, "restore", "postgres", backup_id, "--database", target.name,
-            "--table", "users",
+            lifeos_env,
+            "restore",
+            "postgres",
+            backup_id,
+            "--database",
+            target.name,
+            "--table",
+            "users",
         )
         assert again.returncode == 1 and "Traceback" not in again.stderr
         assert again.stderr.startswith(
@@ -336,8 +357,15 @@ def test_a_target_that_has_the_enum_and_the_sequence_keeps_them(
         )
         assert again.stderr.count("\n") == 1 and "--force" in again.stderr
         forced = cli(
-            lifeos_env, "restore", "postgres", backup_id, "--database", target.name,
-            "--table", "users", "--force",
+            lifeos_env,
+            "restore",
+            "postgres",
+            backup_id,
+            "--database",
+            target.name,
+            "--table",
+            "users",
+            "--force",
         )
         assert forced.returncode == 0, forced.stderr
         assert kept_state(target.url) == before
@@ -347,8 +375,14 @@ def test_a_target_that_has_the_enum_and_the_sequence_keeps_them(
             with psycopg.connect(lacking.url, autocommit=True) as conn:
                 conn.execute("CREATE TYPE mood AS ENUM ('calm', 'wild')")
             failed = cli(
-                lifeos_env, "restore", "postgres", backup_id, "--database", lacking.name,
-                "--table", "users",
+                lifeos_env,
+                "restore",
+                "postgres",
+                backup_id,
+                "--database",
+                lacking.name,
+                "--table",
+                "users",
             )
             assert failed.returncode == 1 and "Traceback" not in failed.stderr
             lines = failed.stderr.splitlines()
@@ -385,8 +419,17 @@ def test_entity_restore_of_a_row_of_such_tables_shows_the_diff_and_applies_it(
         with psycopg.connect(production) as conn:  # the accident: user 7 and their events
             conn.execute("DELETE FROM users WHERE id = 7")
         after_accident = {t: rows_of(production, t) for t in TABLES}
-        args = ["restore", "entity", "--backup", backup_id, "--table", "users", "--id", "7",
-                "--with-children"]
+        args = [
+            "restore",
+            "entity",
+            "--backup",
+            backup_id,
+            "--table",
+            "users",
+            "--id",
+            "7",
+            "--with-children",
+        ]
 
         shown = cli(lifeos_env, *args, "--json")
         assert shown.returncode == 0, shown.stderr
@@ -397,7 +440,10 @@ def test_entity_restore_of_a_row_of_such_tables_shows_the_diff_and_applies_it(
         }
         user = report["rows"][0]["backup"]
         assert (user["feeling"], user["handle"], user["span"], user["ticket"]) == (
-            "wild", "h-7", "[7,7.5)", 1006,
+            "wild",
+            "h-7",
+            "[7,7.5)",
+            1006,
         )
         assert user["pos"] == {"x": 7, "y": 3.5, "z": -7}
         assert {t: rows_of(production, t) for t in TABLES} == after_accident

@@ -189,7 +189,7 @@ def test_up_runs_stack_on_embedded_redis_and_stops_cleanly(
 
         up.proc.send_signal(signal.SIGINT)
         assert up.proc.wait(timeout=40) == 0
-        up.wait_for("stopped", timeout=5)
+        up.wait_for("stopped", timeout=30)
     finally:
         if up.proc.poll() is None:
             up.proc.kill()

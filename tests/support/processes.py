@@ -36,6 +36,7 @@ class FlowerProcess(ChildProcess):
     ) -> None:
         self.url = f"http://127.0.0.1:{port}"
         self.auth = auth
+        self.db = db  # where --persistent keeps its state
         args = [
             *CELERY, "flower", "--address=127.0.0.1", f"--port={port}",
             "--persistent=True", f"--db={db}", "--state_save_interval=1000",

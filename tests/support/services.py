@@ -108,7 +108,7 @@ class RedisServer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     cwd=self.dir,
-                )
+                )  # fmt: skip
             if self._wait_ready(timeout):
                 return
             self._kill()
@@ -388,7 +388,7 @@ class PostgresCluster:
                     f"--locale={locale}",
                     "--no-sync",
                 ]
-            )
+            )  # fmt: skip
             if result.returncode == 0:
                 return
             errors.append(f"[locale {locale}] {result.stdout}{result.stderr}")
@@ -412,7 +412,7 @@ class PostgresCluster:
                     "start",
                 ],
                 timeout=timeout + 30,
-            )
+            )  # fmt: skip
             if result.returncode == 0:
                 return
             self._pg_ctl_stop()
@@ -465,8 +465,15 @@ class PostgresCluster:
     def _pg_ctl_stop(self) -> None:
         if self.datadir.joinpath("postmaster.pid").exists():
             self._run(
-                [str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w",
-                 "stop"],
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.datadir),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
                 timeout=60,
             )
 

@@ -113,14 +113,20 @@ def test_sslpassword_is_refused() -> None:
 @pytest.mark.parametrize(
     ("message", "kind"),
     [
-        ('connection to server at "h", port 5432 failed: FATAL:  password authentication '
-         'failed for user "lifeos"', AuthenticationFailed),
+        (
+            'connection to server at "h", port 5432 failed: FATAL:  password authentication '
+            'failed for user "lifeos"',
+            AuthenticationFailed,
+        ),
         ("fe_sendauth: no password supplied", AuthenticationFailed),
         ('FATAL:  role "nobody" does not exist', AuthenticationFailed),
         ('FATAL:  no pg_hba.conf entry for host "10.0.0.1"', AuthenticationFailed),
         ('FATAL:  database "gone" does not exist', NotFound),
-        ('connection to server at "h", port 1 failed: Connection refused\n\tIs the server '
-         "running on that host and accepting TCP/IP connections?", SourceUnavailable),
+        (
+            'connection to server at "h", port 1 failed: Connection refused\n\tIs the server '
+            "running on that host and accepting TCP/IP connections?",
+            SourceUnavailable,
+        ),
         ("FATAL:  the database system is starting up", SourceUnavailable),
         ("timeout expired", SourceUnavailable),
     ],
@@ -143,7 +149,11 @@ def test_versions_are_parsed_and_an_old_pg_dump_refused() -> None:
 def test_toc_lists_tables_with_their_data() -> None:
     entries = parse_toc(TOC)
     assert [e.desc for e in entries[:5]] == [
-        "ENCODING", "STDSTRINGS", "SEARCHPATH", "DATABASE", "TABLE",
+        "ENCODING",
+        "STDSTRINGS",
+        "SEARCHPATH",
+        "DATABASE",
+        "TABLE",
     ]
     assert entries[-1].desc == "FK CONSTRAINT" and entries[-1].deps == (3210, 217, 215)
     assert missing_tables(entries, [("public", "characters"), ("public", "outfits")]) == []
@@ -163,7 +173,7 @@ def test_single_table_selection_takes_keys_indexes_and_owned_sequences_only() ->
     assert [e.dump_id for e in chosen] == [
         3363, 3364, 3365,  # session set-up
         215, 3367, 214, 3368, 3206, 3358, 3369, 3210, 3208,
-    ]
+    ]  # fmt: skip
     # outfits' foreign key and the view need other tables: left out.
     assert use_list(chosen).splitlines()[3] == "215; 1259 16386 TABLE public characters postgres"
     assert plan.kept == [] and plan.left_out == []  # outfits' key is outfits', not restored
@@ -251,7 +261,7 @@ def test_a_table_brings_what_it_needs_and_the_values_of_its_sequences() -> None:
         267, 909,  # the domain and the function its CHECK calls
         268,  # the function of its CHECK constraint
         217, 219, 218, 3475, 3487, 3488, 3326,  # standalone sequence, table, identity, values
-    ]
+    ]  # fmt: skip
     assert plan.kept == [] and plan.left_out == []
 
 
@@ -261,7 +271,10 @@ def test_what_the_target_has_is_kept_with_what_only_it_needed() -> None:
     # Kept: not restored, nor their comments, values or the function only the domain needed.
     assert ids(plan.entries) == [268, 219, 218, 3475, 3488, 3326]
     assert [e.label for e in plan.kept] == [
-        "extension citext", "type public.mood", "domain public.slug", "sequence public.ticket_seq",
+        "extension citext",
+        "type public.mood",
+        "domain public.slug",
+        "sequence public.ticket_seq",
     ]
 
 
@@ -271,7 +284,7 @@ def test_a_table_in_another_schema_brings_its_schema_trigger_function_and_leaves
     plan = plan_tables(parse_toc(NEEDS), [("app", "events")], nothing_there)
     assert ids(plan.entries) == [
         7, 913, 270, 269, 221, 220, 3485, 3322, 3477, 3486, 3328, 3330,
-    ]
+    ]  # fmt: skip
     assert plan.left_out == [
         "left out foreign key events_user_id_fkey of app.events: it references public.users, "
         "not restored"
@@ -309,7 +322,9 @@ def test_entry_names_come_apart_from_schema_and_owner() -> None:
         "3; 2606 3 FK CONSTRAINT app events events_user_id_fkey postgres\n"
     )
     assert (fn.schema, fn.tag, fn.label) == (
-        "public", "f(integer, public.mood)", "function public.f(integer, public.mood)"
+        "public",
+        "f(integer, public.mood)",
+        "function public.f(integer, public.mood)",
     )
     assert (ext.schema, ext.tag, ext.label) == ("-", "citext", "extension citext")
     assert fk.tag == "events events_user_id_fkey"
@@ -376,12 +391,14 @@ def test_big_tables_are_cut_into_slices_of_about_equal_pages_biggest_first() -> 
     # One job: slices of 1100 MiB / 4; PostgreSQL 13 (no TID range scans): one slice per table.
     assert len(plan_slices(tables, 1, 150000)) == 4 + 1
     assert [(s.name, s.end_page) for s in plan_slices(tables, 2, 130000)] == [
-        ("big", None), ("mid", None),
+        ("big", None),
+        ("mid", None),
     ]
     # Never more slices than pages, never smaller than SLICE_MIN.
     tiny = Candidate("public", "wide", 4 * SLICE_MIN, 2, ["a"])
     assert [(s.first_page, s.end_page) for s in plan_slices([tiny], 8, 150000)] == [
-        (0, 1), (1, None),
+        (0, 1),
+        (1, None),
     ]
     assert len(plan_slices([Candidate("s", "t", SLICE_MIN, 10_000, ["a"])], 8, 150000)) == 1
     assert plan_slices([], 2, 150000) == []
@@ -525,7 +542,7 @@ def test_slices_load_after_the_pg_dump_parts_biggest_table_first() -> None:
         piece("big", 0, 200), piece("big", 5, 200), piece("big", 9, 250),  # 650
         Part(0, 1, 10, ["public.other"]),  # a pg_dump part of an archive before slices
         piece("tiny", 0, -1),  # no plain size recorded: its compressed size (1) stands in
-    ]
+    ]  # fmt: skip
     assert load_order(parts) == [0, 6, 3, 4, 5, 1, 2, 7]
 
 

@@ -103,10 +103,11 @@ def test_timeout_kills_the_whole_group(tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(CommandTimeout) as caught:
         procs.run(["bash", "-c", f"sleep 100 & echo $! > {pidfile}; wait"], timeout=0.5)
-    assert time.monotonic() - started < 5
+    # The 0.5 s timeout, not the 100 s sleep; loose, so that a loaded host cannot break it.
+    assert time.monotonic() - started < 30
     assert caught.value.what == "bash timed out after 0.5s"
     grandchild = _read_pid(pidfile)
-    assert _wait_for(lambda: not _alive(grandchild), within=3)
+    assert _wait_for(lambda: not _alive(grandchild), within=30)
 
 
 def test_timeout_while_caller_is_blocked_reading_stdout() -> None:
@@ -126,7 +127,7 @@ def test_exception_inside_spawn_kills_the_group(tmp_path: Path) -> None:
         grandchild = _read_pid(pidfile)
         raise RuntimeError("consumer broke")
     assert proc.returncode is not None
-    assert _wait_for(lambda: not _alive(grandchild), within=3)
+    assert _wait_for(lambda: not _alive(grandchild), within=30)
 
 
 def test_chatty_stderr_does_not_deadlock() -> None:
@@ -197,7 +198,7 @@ def test_child_dies_when_parent_is_sigkilled(tmp_path: Path) -> None:
         assert _wait_for(lambda: Path(f"/proc/{sleeper}/comm").read_text().strip() == "sleep")
         parent.send_signal(signal.SIGKILL)
         parent.wait(5)
-        assert _wait_for(lambda: not _alive(sleeper), within=3)
+        assert _wait_for(lambda: not _alive(sleeper), within=30)
     finally:
         parent.kill()
         parent.wait()

@@ -29,7 +29,7 @@ def test_first_failure_stops_the_others_and_is_raised() -> None:
     start = time.monotonic()
     with pytest.raises(CommandFailed, match="exit 3") as caught:
         run_side_by_side([_long, _fails_soon, _long], workers=3, interval=0.05)
-    assert time.monotonic() - start < 10  # not the 30 s of the sleeps
+    assert time.monotonic() - start < 25  # not the 30 s of the sleeps (loose: a loaded host)
     assert "broken" in caught.value.detail
 
 
@@ -103,8 +103,9 @@ def test_a_job_is_shared_while_another_runs_or_waits_for_a_second_worker() -> No
 
 def test_waiting_jobs_share_the_machine_only_with_a_second_worker() -> None:
     seen: list[bool] = []
-    run_side_by_side([lambda crew: seen.append(crew.shared()), lambda _c: None], workers=1,
-                     interval=0.01)
+    run_side_by_side(
+        [lambda crew: seen.append(crew.shared()), lambda _c: None], workers=1, interval=0.01
+    )
     gate = threading.Event()
 
     def first(crew: Crew) -> None:
