@@ -93,18 +93,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(run_fetch(args.name, args.dest, args.archive_dir))
 
 
+# `lifeos-backup wal-push|wal-fetch`, answered by lifeos_backup.cli.main before the Typer CLI loads.
 FAST_COMMANDS = {"wal-push": "push", "wal-fetch": "fetch"}
-
-
-def lifeos_backup_main() -> None:
-    """The `lifeos-backup` entry point: `wal-push` / `wal-fetch` are answered here, before the
-    Typer CLI (about 1.3 s of imports) loads, so that archive_command = 'lifeos-backup wal-push
-    %p' keeps up with WAL; every other command goes to lifeos_backup.cli."""
-    if len(sys.argv) > 1 and sys.argv[1] in FAST_COMMANDS:
-        main([FAST_COMMANDS[sys.argv[1]], *sys.argv[2:]])
-    from lifeos_backup.cli import main as full_cli
-
-    full_cli()
 
 
 if __name__ == "__main__":

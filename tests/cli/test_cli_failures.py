@@ -283,7 +283,7 @@ def test_postgres_errors_read_as_text_without_the_password(
 # ------------------------------------------------------------------------------------- bugs
 
 _BUG = (
-    "import lifeos_backup.cli as cli\n"
+    "import lifeos_backup.cli.common as cli\n"
     "def _broken():\n"
     "    raise RuntimeError('lost postgresql://ops:Hunter2-secret@db/app on the way')\n"
     "cli.catalog = _broken\n"

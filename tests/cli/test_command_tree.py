@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 import typer
 
-from lifeos_backup import cli
 from lifeos_backup.catalog import open_catalog
+from lifeos_backup.cli import commands as cli
 from lifeos_backup.fsutil import private_dir
 from tests.support.cli import (
     EXIT_FAILURE,

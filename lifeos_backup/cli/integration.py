@@ -1,7 +1,7 @@
 """Commands for working with the main app: rollback to JSON, entity restore, feature flags.
 
-Kept apart from cli.py so that file stays about backups; importing either module registers these
-commands on cli.py's Typer apps (cli.py imports this module at its end).
+Importing this module registers these commands on the Typer apps of lifeos_backup.cli.common
+(lifeos_backup.cli.commands imports it).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from lifeos_backup import flags
-from lifeos_backup.cli import app, catalog, err, out, restore_app, settings
+from lifeos_backup.cli.common import app, catalog, err, out, restore_app, settings
 from lifeos_backup.errors import PermanentError
 
 flags_app = typer.Typer(no_args_is_help=True, help="Feature flags of the main app (in Redis).")
@@ -131,7 +131,7 @@ def restore_entity(
 
     The tables are restored into a scratch database <db>_entity_<timestamp> that is always dropped.
     """
-    from lifeos_backup.cli import progress_bar, require_kind
+    from lifeos_backup.cli.common import progress_bar, require_kind
     from lifeos_backup.entity_restore import restore_entity as run
 
     require_kind(backup, "postgres")

@@ -7,7 +7,6 @@ archive_command and restore_command (docs/pitr.md has the measured start-up time
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Annotated
@@ -15,8 +14,7 @@ from typing import Annotated
 import typer
 
 from lifeos_backup.audit import audited
-from lifeos_backup.cli import (
-    app,
+from lifeos_backup.cli.common import (
     catalog,
     err,
     out,
@@ -25,34 +23,6 @@ from lifeos_backup.cli import (
     restore_app,
     settings,
 )
-
-
-@app.command("wal-push")
-def wal_push(
-    path: Annotated[str, typer.Argument(help="%p: the WAL file to archive.")],
-    archive_dir: Annotated[
-        str | None, typer.Option(help="Default: LIFEOS_WAL_ARCHIVE_DIR.")
-    ] = None,
-) -> None:
-    """archive_command: archive one WAL file durably (exit 0 only once stored)."""
-    from lifeos_backup.wal.cli import run_push
-
-    os.umask(0o027)  # archived files readable by the server's group (see docs/pitr.md)
-    raise typer.Exit(run_push(path, archive_dir))
-
-
-@app.command("wal-fetch")
-def wal_fetch(
-    name: Annotated[str, typer.Argument(help="%f: the WAL file name wanted.")],
-    dest: Annotated[str, typer.Argument(help="%p: where to write it.")],
-    archive_dir: Annotated[
-        str | None, typer.Option(help="Default: LIFEOS_WAL_ARCHIVE_DIR.")
-    ] = None,
-) -> None:
-    """restore_command: restore one WAL file (exit 1 quietly when the archive lacks it)."""
-    from lifeos_backup.wal.cli import run_fetch
-
-    raise typer.Exit(run_fetch(name, dest, archive_dir))
 
 
 @restore_app.command("pitr")

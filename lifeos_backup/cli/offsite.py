@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from lifeos_backup.audit import audited
-from lifeos_backup.cli import app, catalog, err, out, progress_bar, settings
+from lifeos_backup.cli.common import app, catalog, err, out, progress_bar, settings
 from lifeos_backup.errors import ConfigError, LifeosError
 from lifeos_backup.locks import HeldLock
 

@@ -1,6 +1,6 @@
 """`lifeos-backup audit`: read the audit trail, verify its hash chain, rotate it.
 
-Registered on the main app by cli.py (imported at its end), like the other command groups.
+Registered on the main app when lifeos_backup.cli.commands imports it, like the other groups.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from lifeos_backup import audit
-from lifeos_backup.cli import _size, app, catalog, err, out, settings
+from lifeos_backup.cli.common import app, catalog, err, human_size, out, settings
 from lifeos_backup.errors import ConfigError, PermanentError
 
 audit_app = typer.Typer(
@@ -84,7 +84,7 @@ def audit_list(
         colour = "green" if status == audit.SUCCEEDED else "red"
         table.add_row(
             str(r["id"]), r["at"][:19], r["initiator"], r["action"], r["target"],
-            f"[{colour}]{status}[/]", _size(r["size"]), duration, r["location"] or "",
+            f"[{colour}]{status}[/]", human_size(r["size"]), duration, r["location"] or "",
         )  # fmt: skip
     out.print(table)
 

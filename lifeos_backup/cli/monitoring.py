@@ -1,7 +1,8 @@
 """Commands proving and watching the backups: drill, selftest, status, metrics.
 
-They register themselves on the main `lifeos-backup` app (imported at the end of cli.py). Each
-runs in this process, against the same catalog the workers write (docs/monitoring.md).
+They register themselves on the main `lifeos-backup` app (lifeos_backup.cli.commands imports
+this module). Each runs in this process, against the same catalog the workers write
+(docs/monitoring.md).
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import typer
 from rich.table import Table
 
 from lifeos_backup.audit import audited
-from lifeos_backup.cli import (
-    _size,
+from lifeos_backup.cli.common import (
     app,
     catalog,
     check_kind,
     err,
+    human_size,
     out,
     progress_bar,
     require_repository,
@@ -183,7 +184,7 @@ def status(as_json: JsonOption = False) -> None:
             k["kind"],
             good["id"] if good else "-",
             _duration(good["age_s"]) if good else "-",
-            _size(good["size"]) if good else "-",
+            human_size(good["size"]) if good else "-",
             (good.get("offsite") or "-") if good else "-",
             f"{drill_info['status']} {drill_info['started_at'][:10]}" if drill_info else "never",
             _duration(drill_info["duration_s"]) if drill_info else "-",
@@ -193,7 +194,8 @@ def status(as_json: JsonOption = False) -> None:
     out.print(table)
     disk = report["disk"]
     out.print(
-        f"disk: {_size(disk['free_bytes'])} free of {_size(disk['total_bytes'])} at {disk['path']}"
+        f"disk: {human_size(disk['free_bytes'])} free of {human_size(disk['total_bytes'])} "
+        f"at {disk['path']}"
     )
     if report["conditions"]:
         conditions = Table("severity", "condition", "detail", title="conditions")
