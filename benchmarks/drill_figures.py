@@ -93,7 +93,7 @@ def main() -> None:
         os.environ.update(env)
         from lifeos_backup.backups import create_backup, verify_backup
         from lifeos_backup.catalog import open_catalog
-        from lifeos_backup.settings import get_settings
+        from lifeos_backup.core.settings import get_settings
 
         settings = get_settings()
         catalog = open_catalog(settings.effective_catalog_url)

@@ -130,8 +130,8 @@ def _repository(work: str, archive: str, sha256: str) -> tuple[Any, Any, str]:
 
     from lifeos_backup.catalog import Backup
     from lifeos_backup.catalog.store import Catalog
+    from lifeos_backup.core.settings import Settings
     from lifeos_backup.manifest import ArchiveInfo, Compression, Manifest, write_manifest
-    from lifeos_backup.settings import Settings
 
     settings = Settings(backup_root=Path(work) / "backups")
     catalog = Catalog(settings.effective_catalog_url)
@@ -196,10 +196,10 @@ def ours_download(
 ) -> dict[str, Any]:
     from datetime import UTC, datetime
 
+    from lifeos_backup.core.settings import Settings
     from lifeos_backup.manifest import ArchiveInfo, Compression, Manifest
     from lifeos_backup.offsite.download import download_archive
     from lifeos_backup.offsite.s3 import connect
-    from lifeos_backup.settings import Settings
 
     settings = Settings()
     now = datetime.now(UTC)
@@ -296,7 +296,7 @@ def json_backup(app_dir: str, work: str, recipient: str) -> dict[str, Any]:
 
     from lifeos_backup.backups import create_backup, locate, verify_backup
     from lifeos_backup.catalog.store import Catalog
-    from lifeos_backup.settings import Settings
+    from lifeos_backup.core.settings import Settings
 
     def cpu() -> float:  # user + system of every thread of this process (zstd workers too)
         ru = resource.getrusage(resource.RUSAGE_SELF)

@@ -132,7 +132,7 @@ def ours_backup_child(root: str, url: str, bindir: str) -> dict[str, Any]:
     """Fresh interpreter: create_backup + verify_backup of the postgres kind, timed apart."""
     from lifeos_backup.backups import create_backup, locate, verify_backup
     from lifeos_backup.catalog.store import Catalog
-    from lifeos_backup.settings import Settings
+    from lifeos_backup.core.settings import Settings
 
     settings = Settings(backup_root=Path(root), database_url=url, pg_bin_dir=Path(bindir))
     catalog = Catalog(settings.effective_catalog_url)
@@ -161,9 +161,9 @@ def ours_restore_child(root: str, url: str, bindir: str, backup_id: str, target:
     empty database created beforehand, untimed, as for the other restores."""
     from lifeos_backup.backups import locate
     from lifeos_backup.catalog.store import Catalog
+    from lifeos_backup.core.settings import Settings
     from lifeos_backup.manifest import read_manifest
     from lifeos_backup.postgres.restore import restore_postgres
-    from lifeos_backup.settings import Settings
 
     settings = Settings(backup_root=Path(root), database_url=url, pg_bin_dir=Path(bindir))
     catalog = Catalog(settings.effective_catalog_url)

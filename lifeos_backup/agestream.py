@@ -1,7 +1,7 @@
 """The age v1 file format with X25519 recipients, as push/pull streams: keys, writer, reader.
 
 Split from lifeos_backup.crypto (which adds manifests, settings and archive checks on top) so that
-it depends on nothing but the standard library, `cryptography`, lifeos_backup.errors and
+it depends on nothing but the standard library, `cryptography`, lifeos_backup.core.errors and
 lifeos_backup.streams (whose zstandard import is lazy): the WAL hot path (`lifeos-wal push/fetch`,
 run by PostgreSQL as its own OS user, often with a bare system python3) seals and opens segments
 with it without importing pydantic, zstandard or the settings.
@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from lifeos_backup.errors import ConfigError, DecryptionKeyError, VerificationFailed
+from lifeos_backup.core.errors import ConfigError, DecryptionKeyError, VerificationFailed
 from lifeos_backup.streams import ReadStream
 
 SCHEME = "age-encryption.org/v1"

@@ -38,8 +38,8 @@ from sqlalchemy.orm import Session
 
 from lifeos_backup.catalog.models import Action, AuditAnchor
 from lifeos_backup.catalog.store import Catalog, utcnow
-from lifeos_backup.errors import ConfigError, PermanentError
-from lifeos_backup.fsutil import FILE_MODE
+from lifeos_backup.core.errors import ConfigError, PermanentError
+from lifeos_backup.core.fsutil import FILE_MODE
 
 log = logging.getLogger(__name__)
 

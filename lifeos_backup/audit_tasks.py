@@ -15,8 +15,8 @@ from typing import Any
 from lifeos_backup import audit
 from lifeos_backup.catalog import Backup, Catalog
 from lifeos_backup.client import CREATE, ROTATE, UPLOAD, VERIFY
-from lifeos_backup.errors import NotFound
-from lifeos_backup.settings import Settings
+from lifeos_backup.core.errors import NotFound
+from lifeos_backup.core.settings import Settings
 
 INITIATOR_HEADER = "lifeos_initiator"
 AUDIT_ROTATE = "lifeos.audit.rotate"

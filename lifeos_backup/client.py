@@ -199,7 +199,7 @@ def failure_text(exc: object) -> str:
     not imported that class (the app and the CLI never import lifeos_backup.postgres.connect,
     say), it makes a stand-in Exception with the same arguments. A LifeosError's arguments are
     (what, detail, hint), which the stand-in would print as a Python tuple; they are put back
-    together here the way LifeosError prints them (lifeos_backup.errors).
+    together here the way LifeosError prints them (lifeos_backup.core.errors).
     """
     args = getattr(exc, "args", ())
     plain = type(exc).__str__ is BaseException.__str__  # LifeosError has its own __str__

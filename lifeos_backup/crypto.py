@@ -39,9 +39,9 @@ from lifeos_backup.agestream import (
     payload_size_ok,
     read_header,
 )
-from lifeos_backup.errors import DecryptionKeyError
+from lifeos_backup.core.errors import DecryptionKeyError
+from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.manifest import Encryption, Manifest, require_archive_match
-from lifeos_backup.progress import Progress, ProgressFn, ignore
 from lifeos_backup.streams import HashingReader
 
 __all__ = [
@@ -108,7 +108,7 @@ def identities_for(manifest: Manifest, identity_file: Path | None = None) -> lis
     """
     assert manifest.encryption is not None
     if identity_file is None:
-        from lifeos_backup.settings import get_settings
+        from lifeos_backup.core.settings import get_settings
 
         identity_file = get_settings().encryption_identity_file
     what = f"backup {manifest.backup_id}"

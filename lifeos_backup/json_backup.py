@@ -14,11 +14,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lifeos_backup.core.errors import ConfigError, SourceUnavailable
+from lifeos_backup.core.fsutil import atomic_writer
+from lifeos_backup.core.progress import Progress, ProgressFn
 from lifeos_backup.crypto import Recipient, sealed
-from lifeos_backup.errors import ConfigError, SourceUnavailable
-from lifeos_backup.fsutil import atomic_writer
 from lifeos_backup.manifest import FileEntry, Source
-from lifeos_backup.progress import Progress, ProgressFn
 from lifeos_backup.streams import CHUNK, HashingWriter, compressor
 from lifeos_backup.tarstream import Member, TarWriter
 

@@ -20,17 +20,17 @@ from pathlib import Path
 
 import zstandard
 
-from lifeos_backup.crypto import open_plain
-from lifeos_backup.errors import (
+from lifeos_backup.core.errors import (
     ConfigError,
     PermanentError,
     TargetNotEmpty,
     UnsafeArchive,
     VerificationFailed,
 )
-from lifeos_backup.fsutil import DIR_MODE, FILE_MODE, private_dir
+from lifeos_backup.core.fsutil import DIR_MODE, FILE_MODE, private_dir
+from lifeos_backup.core.progress import Progress, ProgressFn
+from lifeos_backup.crypto import open_plain
 from lifeos_backup.manifest import FileEntry, Manifest, require_archive_match
-from lifeos_backup.progress import Progress, ProgressFn
 from lifeos_backup.streams import CHUNK, HashingReader, decompressor
 from lifeos_backup.tarstream import Member, TarReader
 

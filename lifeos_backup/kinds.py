@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from lifeos_backup.core.names import layout
+from lifeos_backup.core.progress import ProgressFn
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.manifest import Encryption, FileEntry, Manifest, Source
-from lifeos_backup.names import layout
 from lifeos_backup.postgres import PostgresKind
-from lifeos_backup.progress import ProgressFn
-from lifeos_backup.settings import Settings
 from lifeos_backup.streams import EXTENSIONS
 
 
@@ -102,9 +102,9 @@ class BaseBackupKind:
 
         A base backup is restorable only with its start..stop segments, and that needs no key.
         """
+        from lifeos_backup.core.settings import get_settings
         from lifeos_backup.pitr import wal_archive_dir
         from lifeos_backup.pitr.basebackup import check_wal_coverage
-        from lifeos_backup.settings import get_settings
 
         check_wal_coverage(manifest.facts, wal_archive_dir(get_settings()))
 

@@ -6,7 +6,7 @@ that backup, and the clean-up and the sweeper act only on backups whose lease th
 they never touch a live backup, and they never wait for a dead one.
 
 The lock file lives at `<backup root>/.state/leases/<backup id>.lock` (an id checked by
-lifeos_backup.names), holds its holder's description for `status` and error messages, and is
+lifeos_backup.core.names), holds its holder's description for `status` and error messages, and is
 removed by its holder on release, so no file outlives its job. Leases work across hosts exactly as
 far as the file system's locks do (local disks; NFSv4 on Linux).
 """
@@ -22,9 +22,9 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
-from lifeos_backup.errors import AlreadyRunning
-from lifeos_backup.fsutil import FILE_MODE, private_dir
-from lifeos_backup.names import check_backup_id
+from lifeos_backup.core.errors import AlreadyRunning
+from lifeos_backup.core.fsutil import FILE_MODE, private_dir
+from lifeos_backup.core.names import check_backup_id
 
 LEASES = Path(".state") / "leases"
 

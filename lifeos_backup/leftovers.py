@@ -38,13 +38,13 @@ from pathlib import Path
 
 from lifeos_backup.catalog import Backup, Catalog
 from lifeos_backup.catalog.store import CREATED, DELETED, FAILED, RUNNING, utcnow
-from lifeos_backup.errors import NotFound
-from lifeos_backup.fsutil import PARTIAL_SUFFIX, remove_quietly
+from lifeos_backup.core.errors import NotFound
+from lifeos_backup.core.fsutil import PARTIAL_SUFFIX, remove_quietly
+from lifeos_backup.core.names import LAYOUTS, layout, split_file_name
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.leases import try_lease
 from lifeos_backup.manifest import MANIFEST_SUFFIX
-from lifeos_backup.names import LAYOUTS, layout, split_file_name
 from lifeos_backup.repository import kind_dir
-from lifeos_backup.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import redis
 from redis.exceptions import LockError, LockNotOwnedError
 from redis.lock import Lock
 
-from lifeos_backup.errors import AlreadyRunning
+from lifeos_backup.core.errors import AlreadyRunning
 
 log = logging.getLogger(__name__)
 PREFIX = "lifeos:lock:"

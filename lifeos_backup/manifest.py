@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
-from lifeos_backup.errors import LifeosError, VerificationFailed
-from lifeos_backup.fsutil import atomic_writer
-from lifeos_backup.names import check_archive_name
+from lifeos_backup.core.errors import LifeosError, VerificationFailed
+from lifeos_backup.core.fsutil import atomic_writer
+from lifeos_backup.core.names import check_archive_name
 
 FORMAT_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"

@@ -36,7 +36,7 @@ def task_queues() -> list[Queue]:
 def valid_queue_name(name: str) -> str:
     """A host queue name must survive Redis keys and the command line unchanged."""
     if not _QUEUE_NAME.fullmatch(name):
-        from lifeos_backup.errors import ConfigError
+        from lifeos_backup.core.errors import ConfigError
 
         raise ConfigError(
             f"queue name {name!r} is not usable",

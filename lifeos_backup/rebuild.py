@@ -43,11 +43,9 @@ from lifeos_backup.catalog.store import (
     sqlite_file,
     utcnow,
 )
-from lifeos_backup.errors import InvalidName, LifeosError, VerificationFailed
-from lifeos_backup.fsutil import PARTIAL_SUFFIX, remove_quietly
-from lifeos_backup.leases import holder_of, try_lease
-from lifeos_backup.manifest import MANIFEST_SUFFIX, Manifest, read_manifest
-from lifeos_backup.names import (
+from lifeos_backup.core.errors import InvalidName, LifeosError, VerificationFailed
+from lifeos_backup.core.fsutil import PARTIAL_SUFFIX, remove_quietly
+from lifeos_backup.core.names import (
     LAYOUTS,
     check_backup_id,
     created_at_of_id,
@@ -55,9 +53,11 @@ from lifeos_backup.names import (
     layout,
     split_file_name,
 )
+from lifeos_backup.core.progress import Progress, ProgressFn, ignore
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.leases import holder_of, try_lease
+from lifeos_backup.manifest import MANIFEST_SUFFIX, Manifest, read_manifest
 from lifeos_backup.offsite.state import remote_only
-from lifeos_backup.progress import Progress, ProgressFn, ignore
-from lifeos_backup.settings import Settings
 
 Warn = Callable[[str], None]
 # The columns a worker changes as a backup lives: a row whose values differ from those read
@@ -201,7 +201,7 @@ def _sort_file(entry: Path, kind: str, found: dict[str, OnDisk], ctx: Context) -
 
 
 def scan(root: Path, ctx: Context) -> dict[str, OnDisk]:
-    """Every backup's files under the root, by id (names checked by lifeos_backup.names)."""
+    """Every backup's files under the root, by id (names checked by lifeos_backup.core.names)."""
     found: dict[str, OnDisk] = {}
     for kind, lay in LAYOUTS.items():
         folder = root / lay.folder

@@ -2,7 +2,7 @@
 
 Names follow the old scripts' layout (operators' habits): json/json_backup_YYYYMMDD_HHMMSS.tar.zst
 and postgresql/full/postgres_full_YYYYMMDD_HHMMSS.<ext>, each with <id>.manifest.json beside it.
-The naming rules themselves, and their checks, are in lifeos_backup.names.
+The naming rules themselves, and their checks, are in lifeos_backup.core.names.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+from lifeos_backup.core.names import LAYOUTS, KindLayout, kind_of_id, layout, new_backup_id
 from lifeos_backup.manifest import MANIFEST_SUFFIX
-from lifeos_backup.names import LAYOUTS, KindLayout, kind_of_id, layout, new_backup_id
 
 __all__ = [
     "LAYOUTS",

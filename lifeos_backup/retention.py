@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime, timedelta
 
-from lifeos_backup.errors import ConfigError
+from lifeos_backup.core.errors import ConfigError
 
 RUNNING = "running"
 CREATED = "created"

@@ -26,10 +26,10 @@ from psycopg import sql
 from lifeos_backup import appdb
 from lifeos_backup.catalog import Catalog
 from lifeos_backup.catalog.store import VERIFIED
-from lifeos_backup.errors import ConfigError, PermanentError
-from lifeos_backup.fsutil import atomic_writer
+from lifeos_backup.core.errors import ConfigError, PermanentError
+from lifeos_backup.core.fsutil import atomic_writer
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.postgres.conninfo import PgTarget
-from lifeos_backup.settings import Settings
 
 SETTING = "LIFEOS_ROLLBACK_ENTITIES"
 ROW_BATCH = 1000  # rows fetched per round trip of the server-side cursor

@@ -11,7 +11,7 @@ import gzip
 import hashlib
 from typing import BinaryIO
 
-from lifeos_backup.errors import ConfigError
+from lifeos_backup.core.errors import ConfigError
 
 EXTENSIONS = {"zstd": ".zst", "gzip": ".gz"}
 CHUNK = 1 << 20

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, Literal
 
-from lifeos_backup.errors import UnsafeArchive, VerificationFailed
+from lifeos_backup.core.errors import UnsafeArchive, VerificationFailed
 
 BLOCK = 512
 _ZEROS = bytes(BLOCK * 2)

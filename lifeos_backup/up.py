@@ -43,11 +43,11 @@ from urllib.parse import unquote, urlsplit
 import redis
 
 from lifeos_backup.client import DRILLS, DUMPS, MAINTENANCE, UPLOADS
-from lifeos_backup.errors import ConfigError
-from lifeos_backup.fsutil import FILE_MODE, atomic_writer, private_dir, remove_quietly
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.fsutil import FILE_MODE, atomic_writer, private_dir, remove_quietly
+from lifeos_backup.core.procs import die_with_parent_hook
+from lifeos_backup.core.settings import EMBEDDED_REDIS_URL_FILE, Settings, record_settings
 from lifeos_backup.monitoring import broker
-from lifeos_backup.procs import die_with_parent_hook
-from lifeos_backup.settings import EMBEDDED_REDIS_URL_FILE, Settings, record_settings
 
 EMBEDDED_REDIS_PORT_FILE = "embedded-redis.port"  # chosen at the first `up`, kept
 STOP_GRACE = 30.0  # seconds worker/beat/flower get to stop (running tasks finish) before SIGKILL

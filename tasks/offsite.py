@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from lifeos_backup.client import UPLOAD
-from lifeos_backup.errors import AlreadyRunning, OffsiteError
+from lifeos_backup.core.errors import AlreadyRunning, OffsiteError
 from lifeos_backup.locks import HeldLock, exclusive
 from workers.base import LifeosTask
 from workers.celery_app import app

@@ -5,7 +5,7 @@ Base backups themselves run through the ordinary chain (`lifeos.backup.start` wi
 
 from __future__ import annotations
 
-from lifeos_backup.errors import AlreadyRunning
+from lifeos_backup.core.errors import AlreadyRunning
 from workers.base import LifeosTask
 from workers.celery_app import app
 

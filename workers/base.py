@@ -18,11 +18,11 @@ from celery import Task
 from celery.exceptions import Ignore, Retry
 
 from lifeos_backup.catalog import Catalog, open_catalog
-from lifeos_backup.errors import LifeosError, PermanentError, RetryableError, TooManyDeliveries
+from lifeos_backup.core.errors import LifeosError, PermanentError, RetryableError, TooManyDeliveries
+from lifeos_backup.core.progress import Background, Progress, ProgressFn, Throttled
+from lifeos_backup.core.settings import Settings, get_settings
 from lifeos_backup.leases import LeaseBusy
 from lifeos_backup.locks import DuplicateDelivery, HeldLock, acquire
-from lifeos_backup.progress import Background, Progress, ProgressFn, Throttled
-from lifeos_backup.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 DELIVERY_KEY = "lifeos:deliveries:{task_id}:{retries}"

@@ -14,10 +14,10 @@ from celery.result import AsyncResult
 from celery.signals import celeryd_after_setup, task_received, worker_process_init, worker_ready
 
 from lifeos_backup.client import MAINTENANCE, TASK_ROUTES
-from lifeos_backup.procs import set_parent_death_signal
+from lifeos_backup.core.procs import set_parent_death_signal
+from lifeos_backup.core.settings import Settings, get_settings, redis_url_for_celery
 from lifeos_backup.queues import task_queues, valid_queue_name
 from lifeos_backup.redelivery import HEARTBEAT, Heartbeat, pending_task_ids, restore_predecessor
-from lifeos_backup.settings import Settings, get_settings, redis_url_for_celery
 
 log = logging.getLogger(__name__)
 READY_STATES = states.READY_STATES

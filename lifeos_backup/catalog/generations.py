@@ -31,8 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import quote
 
-from lifeos_backup.errors import PermanentError
-from lifeos_backup.fsutil import FILE_MODE, fsync_dir, private_dir
+from lifeos_backup.core.errors import PermanentError
+from lifeos_backup.core.fsutil import FILE_MODE, fsync_dir, private_dir
 
 log = logging.getLogger(__name__)
 

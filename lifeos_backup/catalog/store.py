@@ -22,8 +22,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from lifeos_backup.catalog import generations
 from lifeos_backup.catalog.models import Action, Backup, TaskRun
-from lifeos_backup.errors import NotFound, PermanentError
-from lifeos_backup.fsutil import FILE_MODE
+from lifeos_backup.core.errors import NotFound, PermanentError
+from lifeos_backup.core.fsutil import FILE_MODE
 
 RUNNING, CREATED, VERIFIED, FAILED, DELETED = "running", "created", "verified", "failed", "deleted"
 # Set only by `catalog rebuild`: listed from a manifest it was told to trust without re-reading

@@ -23,7 +23,7 @@ from lifeos_backup.cli.common import (
     progress_bar,
     settings,
 )
-from lifeos_backup.errors import LifeosError
+from lifeos_backup.core.errors import LifeosError
 
 
 def _require_redis(url: str) -> None:
@@ -57,7 +57,7 @@ def backup(
 ) -> None:
     """Request a backup from the workers (create -> verify -> upload -> rotate)."""
     from lifeos_backup.client import request_backup
-    from lifeos_backup.settings import disagreements
+    from lifeos_backup.core.settings import disagreements
 
     url = settings().require_redis_url()
     _require_redis(url)

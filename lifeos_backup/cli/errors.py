@@ -36,7 +36,7 @@ from types import ModuleType
 
 import typer
 
-from lifeos_backup.errors import LifeosError
+from lifeos_backup.core.errors import LifeosError
 
 EXIT_FAILURE = 1  # an expected failure: the one `error:` line says what and what to do
 EXIT_BUG = 70  # sysexits.h EX_SOFTWARE: an unexpected exception, traceback in a file

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from lifeos_backup import flags
 from lifeos_backup.cli.common import app, catalog, err, out, restore_app, settings
-from lifeos_backup.errors import PermanentError
+from lifeos_backup.core.errors import PermanentError
 
 flags_app = typer.Typer(no_args_is_help=True, help="Feature flags of the main app (in Redis).")
 app.add_typer(flags_app, name="flags")

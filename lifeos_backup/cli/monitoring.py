@@ -29,7 +29,7 @@ from lifeos_backup.cli.common import (
     require_repository,
     settings,
 )
-from lifeos_backup.errors import ConfigError
+from lifeos_backup.core.errors import ConfigError
 
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from lifeos_backup.audit import audited
 from lifeos_backup.cli.common import app, catalog, err, out, progress_bar, settings
-from lifeos_backup.errors import ConfigError, LifeosError
+from lifeos_backup.core.errors import ConfigError, LifeosError
 from lifeos_backup.locks import HeldLock
 
 offsite_app = typer.Typer(no_args_is_help=True, help="Off-site copies (S3-compatible storage).")

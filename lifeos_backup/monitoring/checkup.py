@@ -20,9 +20,9 @@ import redis
 
 from lifeos_backup.catalog import Catalog
 from lifeos_backup.catalog.store import RUNNING, utcnow
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.monitoring.alerts import Sender, alert_urls, apprise_send, reconcile
 from lifeos_backup.monitoring.health import BACKUP_OVERDUE, Condition, evaluate_health, overall
-from lifeos_backup.settings import Settings
 
 log = logging.getLogger(__name__)
 

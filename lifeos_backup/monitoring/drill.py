@@ -36,13 +36,13 @@ from urllib.parse import quote, urlencode
 from lifeos_backup.backups import locate
 from lifeos_backup.catalog import Backup, Catalog
 from lifeos_backup.catalog.store import VERIFIED, utcnow
-from lifeos_backup.errors import ConfigError, LifeosError, NotFound, PermanentError
-from lifeos_backup.fsutil import DIR_MODE, atomic_writer, private_dir, write_json_atomic
+from lifeos_backup.core.errors import ConfigError, LifeosError, NotFound, PermanentError
+from lifeos_backup.core.fsutil import DIR_MODE, atomic_writer, private_dir, write_json_atomic
+from lifeos_backup.core.procs import pid_alive
+from lifeos_backup.core.progress import ProgressFn, ignore
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.manifest import Manifest, read_manifest
 from lifeos_backup.monitoring import records
-from lifeos_backup.procs import pid_alive
-from lifeos_backup.progress import ProgressFn, ignore
-from lifeos_backup.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -462,7 +462,7 @@ def _sanity_queries(
 
 def _migrate(target: Any, settings: Settings, outcome: Outcome, say: Say) -> dict[str, Any]:
     """The app's migration command with the scratch database's URL in its environment."""
-    from lifeos_backup import procs
+    from lifeos_backup.core import procs
 
     command = settings.drill_migrate_command or ""
     args = shlex.split(command)

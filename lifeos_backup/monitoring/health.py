@@ -23,9 +23,9 @@ from typing import Any
 
 from lifeos_backup.catalog import Backup, Catalog
 from lifeos_backup.catalog.store import DELETED, VERIFIED, utcnow
-from lifeos_backup.errors import ConfigError
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.monitoring import records
-from lifeos_backup.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from pathlib import Path
 
 from lifeos_backup.catalog import Backup, Catalog, open_catalog
 from lifeos_backup.catalog.store import VERIFIED, utcnow
-from lifeos_backup.fsutil import DIR_MODE, private_dir
+from lifeos_backup.core.fsutil import DIR_MODE, private_dir
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.manifest import Manifest
-from lifeos_backup.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -22,6 +22,7 @@ from typing import Any
 from lifeos_backup.catalog import Catalog
 from lifeos_backup.catalog.models import Drill
 from lifeos_backup.catalog.store import VERIFIED, utcnow
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.monitoring import broker, records
 from lifeos_backup.monitoring.health import (
     BROKER_UNREACHABLE,
@@ -34,7 +35,6 @@ from lifeos_backup.monitoring.health import (
     wal_status,
     watched_kinds,
 )
-from lifeos_backup.settings import Settings
 
 
 def _drill_info(row: Drill | None) -> dict[str, Any] | None:

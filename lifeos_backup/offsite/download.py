@@ -20,15 +20,15 @@ from botocore.exceptions import BotoCoreError
 
 from lifeos_backup.catalog import Backup, Catalog
 from lifeos_backup.catalog.store import CREATED, VERIFIED
-from lifeos_backup.errors import NotFound, VerificationFailed
-from lifeos_backup.fsutil import private_dir, remove_quietly
+from lifeos_backup.core.errors import NotFound, VerificationFailed
+from lifeos_backup.core.fsutil import private_dir, remove_quietly
+from lifeos_backup.core.progress import Progress, ProgressFn, ignore
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.manifest import MANIFEST_SUFFIX, Manifest, parse_manifest
 from lifeos_backup.offsite import state
 from lifeos_backup.offsite.s3 import Remote, connect, head, manifest_key, s3_errors
 from lifeos_backup.offsite.upload import remote_mismatch
-from lifeos_backup.progress import Progress, ProgressFn, ignore
 from lifeos_backup.repository import LAYOUTS
-from lifeos_backup.settings import Settings
 from lifeos_backup.streams import CHUNK
 
 log = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def remote_manifest_keys(remote: Remote) -> list[str]:
 
 
 def _valid_remote_manifest(remote: Remote, key: str) -> Manifest:
-    """The manifest at `key`, valid (lifeos_backup.names, via Manifest) and describing the
+    """The manifest at `key`, valid (lifeos_backup.core.names, via Manifest) and describing the
     backup its key is named after; VerificationFailed otherwise."""
     manifest = read_remote_manifest(remote, key)
     named = key.rsplit("/", 1)[-1].removesuffix(MANIFEST_SUFFIX)

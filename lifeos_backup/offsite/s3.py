@@ -27,9 +27,9 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from lifeos_backup.errors import ConfigError, LifeosError, OffsiteError, PermanentError
+from lifeos_backup.core.errors import ConfigError, LifeosError, OffsiteError, PermanentError
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.manifest import MANIFEST_SUFFIX
-from lifeos_backup.settings import Settings
 
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 120

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lifeos_backup.catalog import Catalog
-from lifeos_backup.errors import ConfigError
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.progress import ProgressFn, ignore
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.manifest import Manifest, read_manifest
-from lifeos_backup.progress import ProgressFn, ignore
-from lifeos_backup.settings import Settings
 
 SOURCES = ("local", "offsite")
 FROM_HELP = "Read the backup from `local` disk or download it from `offsite` storage."

@@ -37,13 +37,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from lifeos_backup.catalog import Backup, Catalog
 from lifeos_backup.catalog.store import FAILED as LOCAL_FAILED
 from lifeos_backup.catalog.store import VERIFIED, utcnow
-from lifeos_backup.errors import (
+from lifeos_backup.core.errors import (
     LifeosError,
     OffsiteError,
     PermanentError,
     RetryableError,
     VerificationFailed,
 )
+from lifeos_backup.core.progress import Progress, ProgressFn, ignore
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.manifest import Manifest, manifest_path, read_manifest
 from lifeos_backup.offsite import state
 from lifeos_backup.offsite.s3 import (
@@ -55,8 +57,6 @@ from lifeos_backup.offsite.s3 import (
     same_checksum,
     translate,
 )
-from lifeos_backup.progress import Progress, ProgressFn, ignore
-from lifeos_backup.settings import Settings
 from lifeos_backup.streams import CHUNK
 
 log = logging.getLogger(__name__)

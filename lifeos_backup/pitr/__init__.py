@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lifeos_backup.settings import Settings
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.wal.archive import ARCHIVE_SUBDIR
 
 

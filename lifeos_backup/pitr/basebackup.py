@@ -25,16 +25,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from lifeos_backup.core.errors import ConfigError, DecryptionKeyError, VerificationFailed
+from lifeos_backup.core.fsutil import atomic_writer
+from lifeos_backup.core.procs import spawn
+from lifeos_backup.core.progress import Progress, ProgressFn
+from lifeos_backup.core.settings import Settings, get_settings
 from lifeos_backup.crypto import encryption_info, open_plain, parse_recipients, sealed
-from lifeos_backup.errors import ConfigError, DecryptionKeyError, VerificationFailed
-from lifeos_backup.fsutil import atomic_writer
 from lifeos_backup.kinds import Written
 from lifeos_backup.manifest import Manifest, require_archive_match
 from lifeos_backup.pitr import wal_archive_dir
 from lifeos_backup.pitr.pgconn import connect, conninfo_and_env, pg_tool
-from lifeos_backup.procs import spawn
-from lifeos_backup.progress import Progress, ProgressFn
-from lifeos_backup.settings import Settings, get_settings
 from lifeos_backup.streams import CHUNK, HashingReader, HashingWriter, compressor, decompressor
 from lifeos_backup.tarstream import TarReader
 from lifeos_backup.wal.archive import CorruptSegment, KeyUnavailable, WalError, verify_file

@@ -13,8 +13,8 @@ import os
 from datetime import UTC, datetime
 from typing import Any
 
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.pitr import wal_archive_dir
-from lifeos_backup.settings import Settings
 from lifeos_backup.wal.archive import SUFFIX, read_status
 from lifeos_backup.wal.names import SEGMENT, is_history
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import psycopg
 
-from lifeos_backup.errors import ConfigError
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.postgres.connect import connect as pg_connect
 from lifeos_backup.postgres.conninfo import PgTarget
-from lifeos_backup.settings import Settings
 
 
 def target(settings: Settings) -> PgTarget:

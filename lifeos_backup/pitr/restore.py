@@ -31,8 +31,7 @@ from typing import Any
 
 from lifeos_backup.catalog import Catalog
 from lifeos_backup.catalog.store import VERIFIED
-from lifeos_backup.crypto import identities_for, open_plain
-from lifeos_backup.errors import (
+from lifeos_backup.core.errors import (
     CommandFailed,
     ConfigError,
     DecryptionKeyError,
@@ -40,14 +39,15 @@ from lifeos_backup.errors import (
     TargetNotEmpty,
     VerificationFailed,
 )
+from lifeos_backup.core.progress import Progress, ProgressFn, ignore
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.crypto import identities_for, open_plain
 from lifeos_backup.json_restore import safe_link, safe_relpath
 from lifeos_backup.manifest import Manifest, manifest_path, read_manifest
 from lifeos_backup.pitr import wal_archive_dir
 from lifeos_backup.pitr.basebackup import check_wal_coverage
 from lifeos_backup.pitr.pgconn import pg_tool
 from lifeos_backup.pitr.retention import KIND
-from lifeos_backup.progress import Progress, ProgressFn, ignore
-from lifeos_backup.settings import Settings
 from lifeos_backup.streams import HashingReader, decompressor
 from lifeos_backup.tarstream import TarReader
 from lifeos_backup.wal.archive import SUFFIX, header_of

@@ -22,14 +22,14 @@ from typing import IO
 
 import zstandard
 
-from lifeos_backup import procs
+from lifeos_backup.core import procs
+from lifeos_backup.core.errors import CommandFailed, VerificationFailed
+from lifeos_backup.core.progress import Progress, ProgressFn
 from lifeos_backup.crypto import open_plain
-from lifeos_backup.errors import CommandFailed, VerificationFailed
 from lifeos_backup.manifest import Manifest, require_archive_match
 from lifeos_backup.postgres.parts import Part, Window, parts_of
 from lifeos_backup.postgres.toc import TocEntry, missing_tables, parse_toc
 from lifeos_backup.postgres.tools import Tool
-from lifeos_backup.progress import Progress, ProgressFn
 from lifeos_backup.streams import CHUNK, decompressor, sha256_file
 
 _STREAM_ERRORS = (zstandard.ZstdError, EOFError)

@@ -17,8 +17,8 @@ from types import MappingProxyType
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
-from lifeos_backup.errors import ConfigError
-from lifeos_backup.settings import Settings
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.settings import Settings
 
 APPLICATION_NAME = "lifeos-backup"
 # Keywords whose value is a secret that libpq cannot take from the environment: refused, so that

@@ -30,10 +30,13 @@ from typing import Any, BinaryIO
 import psycopg
 from psycopg import sql
 
-from lifeos_backup import procs
+from lifeos_backup.core import procs
+from lifeos_backup.core.errors import CommandFailed, ConfigError, PermanentError, SourceUnavailable
+from lifeos_backup.core.fsutil import atomic_writer, private_dir
+from lifeos_backup.core.progress import Progress, ProgressFn
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.core.sidebyside import Crew, run_side_by_side
 from lifeos_backup.crypto import Recipient, parse_recipients, sealed
-from lifeos_backup.errors import CommandFailed, ConfigError, PermanentError, SourceUnavailable
-from lifeos_backup.fsutil import atomic_writer, private_dir
 from lifeos_backup.postgres.connect import connect, one_line
 from lifeos_backup.postgres.conninfo import PgTarget, postgres_configured
 from lifeos_backup.postgres.parts import Part
@@ -52,9 +55,6 @@ from lifeos_backup.postgres.snapshot import (
     exported_snapshot,
 )
 from lifeos_backup.postgres.tools import Tool, find_tool, require_dump_not_older, tool
-from lifeos_backup.progress import Progress, ProgressFn
-from lifeos_backup.settings import Settings
-from lifeos_backup.sidebyside import Crew, run_side_by_side
 from lifeos_backup.streams import CHUNK, HashingWriter, compressor
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lifeos_backup.core.progress import ProgressFn
+from lifeos_backup.core.settings import Settings, get_settings
 from lifeos_backup.manifest import Manifest, Source
-from lifeos_backup.progress import ProgressFn
-from lifeos_backup.settings import Settings, get_settings
 
 if TYPE_CHECKING:
     from lifeos_backup.kinds import Written

@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from lifeos_backup.core.fsutil import FILE_MODE
 from lifeos_backup.crypto import open_plain
-from lifeos_backup.fsutil import FILE_MODE
 from lifeos_backup.manifest import Manifest
 from lifeos_backup.postgres.rows import Slice
 from lifeos_backup.streams import CHUNK, ReadStream, decompressor

@@ -24,7 +24,7 @@ from typing import Any
 
 import psycopg
 
-from lifeos_backup import procs
+from lifeos_backup.core import procs
 from lifeos_backup.postgres.toc import TocEntry, use_list
 from lifeos_backup.postgres.tools import Tool
 

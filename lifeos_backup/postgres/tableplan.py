@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from lifeos_backup.errors import ConfigError
+from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.postgres.toc import SESSION, TocEntry
 
 # Entries that belong to what they depend on: restored with it when what they need can be had.

@@ -11,9 +11,9 @@ import os
 import re
 from dataclasses import dataclass
 
-from lifeos_backup import procs
-from lifeos_backup.errors import ConfigError, PermanentError
-from lifeos_backup.settings import Settings
+from lifeos_backup.core import procs
+from lifeos_backup.core.errors import ConfigError, PermanentError
+from lifeos_backup.core.settings import Settings
 
 _VERSION_RE = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 

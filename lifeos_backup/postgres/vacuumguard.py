@@ -19,7 +19,7 @@ import threading
 import psycopg
 from psycopg import sql
 
-from lifeos_backup.errors import LifeosError
+from lifeos_backup.core.errors import LifeosError
 from lifeos_backup.postgres.connect import connect, one_line
 from lifeos_backup.postgres.conninfo import PgTarget
 

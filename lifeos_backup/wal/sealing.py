@@ -48,7 +48,7 @@ def _age() -> Any:
 def age_errors(where: str = "") -> Iterator[None]:
     """The age layer's LifeosErrors as WalErrors (prefixed with `where`), so the CLI's exit
     codes stay right."""
-    from lifeos_backup.errors import ConfigError, DecryptionKeyError, VerificationFailed
+    from lifeos_backup.core.errors import ConfigError, DecryptionKeyError, VerificationFailed
 
     prefix = f"{where}: " if where else ""
     try:

@@ -17,8 +17,8 @@ import pytest
 
 from lifeos_backup.backups import create_backup, verify_backup
 from lifeos_backup.catalog import open_catalog
-from lifeos_backup.fsutil import private_dir
-from lifeos_backup.settings import Settings
+from lifeos_backup.core.fsutil import private_dir
+from lifeos_backup.core.settings import Settings
 from tests.support.cli import (
     EXIT_BUG,
     Answer,

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.errors import NotFound
+from lifeos_backup.core.errors import NotFound
 from tests.support.worker import LifeosEnv
 
 pytestmark = pytest.mark.integration

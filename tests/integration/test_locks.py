@@ -16,7 +16,7 @@ from dataclasses import replace
 import pytest
 import redis
 
-from lifeos_backup.errors import AlreadyRunning
+from lifeos_backup.core.errors import AlreadyRunning
 from lifeos_backup.locks import PREFIX, DuplicateDelivery, Holder, acquire, holder, reap_dead
 from tests.support.services import StoppableRedis
 

@@ -24,8 +24,8 @@ from celery.result import AsyncResult
 
 from lifeos_backup.backups import create_backup, verify_backup
 from lifeos_backup.client import backup_chain, make_app, request_backup
+from lifeos_backup.core.errors import ConfigError, OffsiteError, VerificationFailed
 from lifeos_backup.crypto import fingerprint, generate_identity
-from lifeos_backup.errors import ConfigError, OffsiteError, VerificationFailed
 from lifeos_backup.locks import exclusive
 from lifeos_backup.offsite import state
 from lifeos_backup.offsite import upload as upload_module
@@ -54,7 +54,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 def setenv(env: LifeosEnv, monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
     """Settings for this test and the workers/CLI it starts (undone after the test)."""
-    from lifeos_backup.settings import get_settings
+    from lifeos_backup.core.settings import get_settings
 
     for key, value in values.items():
         monkeypatch.setenv(key, value)

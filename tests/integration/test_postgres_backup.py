@@ -26,7 +26,7 @@ from psycopg import sql
 from lifeos_backup.backups import create_backup, locate, verify_backup
 from lifeos_backup.catalog.store import FAILED, VERIFIED
 from lifeos_backup.client import BackupFailed, make_app, request_backup
-from lifeos_backup.errors import SourceUnavailable, VerificationFailed
+from lifeos_backup.core.errors import SourceUnavailable, VerificationFailed
 from lifeos_backup.manifest import read_manifest
 from lifeos_backup.postgres.restore import restore_postgres
 from lifeos_backup.postgres.tools import ToolTooOld
@@ -466,7 +466,7 @@ def test_slices_log_in_with_the_password_from_the_environment(
     lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, password_role: str, sliced: None
 ) -> None:
     """psql gets the password as PGPASSWORD, never in its arguments (which `ps` shows)."""
-    import lifeos_backup.procs as procs_module
+    import lifeos_backup.core.procs as procs_module
 
     seen: list[list[str]] = []
     spawn = procs_module.spawn
@@ -804,7 +804,7 @@ def test_char_columns_are_dumped_without_their_padding_and_restored_byte_for_byt
 def test_a_slice_that_cannot_load_fails_the_restore_and_drops_what_it_created(
     lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
 ) -> None:
-    from lifeos_backup.errors import PermanentError
+    from lifeos_backup.core.errors import PermanentError
 
     target = scratch_name("bad_slice")
     with lifeos_database(pg_cluster) as source:
@@ -1032,7 +1032,7 @@ def test_a_psql_that_does_not_report_its_rows_fails_the_backup_without_a_file(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The manifest's row counts are the server's; with none reported there is no backup."""
-    from lifeos_backup.errors import PermanentError
+    from lifeos_backup.core.errors import PermanentError
     from lifeos_backup.postgres import dump, rows
 
     def silent(*args, **kwargs) -> list[str]:
@@ -1056,7 +1056,7 @@ def test_a_table_locked_away_makes_the_backup_wait_then_retry(
     """A migration holding a table (ACCESS EXCLUSIVE) past the lock wait: a retryable failure
     naming the cause, no file."""
     import lifeos_backup.postgres.dump as dump_module
-    from lifeos_backup.errors import SourceUnavailable
+    from lifeos_backup.core.errors import SourceUnavailable
 
     monkeypatch.setattr(dump_module, "LOCK_WAIT", "1s")
     with lifeos_database(pg_cluster) as source:

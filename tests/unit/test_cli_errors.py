@@ -17,8 +17,8 @@ from lifeos_backup.audit_tasks import TASK_ACTIONS
 from lifeos_backup.cli import commands as cli
 from lifeos_backup.cli import errors as cli_errors
 from lifeos_backup.client import failure_text
-from lifeos_backup.errors import ConfigError
-from lifeos_backup.settings import Settings, get_settings
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.settings import Settings, get_settings
 
 PACKAGE = Path(lifeos_backup.__file__).parent
 

@@ -393,7 +393,7 @@ def test_env_example_holds_no_secrets():
 
 
 def test_env_example_lifeos_settings_exist():
-    from lifeos_backup.settings import Settings
+    from lifeos_backup.core.settings import Settings
 
     compose_only = compose_references()
     fields = {f"LIFEOS_{name.upper()}" for name in Settings.model_fields}

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from lifeos_backup.errors import TargetNotEmpty, UnsafeArchive, VerificationFailed
+from lifeos_backup.core.errors import TargetNotEmpty, UnsafeArchive, VerificationFailed
+from lifeos_backup.core.progress import Progress, ignore
 from lifeos_backup.json_backup import SMALL_FILE, ArchiveResult, write_archive
 from lifeos_backup.json_restore import check_archive, restore_archive
 from lifeos_backup.manifest import ArchiveInfo, Compression, FileEntry, Manifest
-from lifeos_backup.progress import Progress, ignore
 from lifeos_backup.streams import compressor, decompressor
 from lifeos_backup.tarstream import TarReader, TarWriter
 

@@ -22,9 +22,9 @@ from lifeos_backup.client import (
     backup_chain,
     make_app,
 )
-from lifeos_backup.errors import ConfigError
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.settings import Settings, get_settings
 from lifeos_backup.queues import pin_to_host, valid_queue_name
-from lifeos_backup.settings import Settings, get_settings
 
 SECRET_PARAMETER = re.compile(r"password|secret|token|key|auth|url", re.IGNORECASE)
 

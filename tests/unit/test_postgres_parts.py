@@ -9,7 +9,8 @@ from celery.schedules import crontab
 from psycopg.conninfo import conninfo_to_dict
 
 from beat_schedule import build_schedule
-from lifeos_backup.errors import ConfigError, NotFound, SourceUnavailable
+from lifeos_backup.core.errors import ConfigError, NotFound, SourceUnavailable
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.postgres.connect import AuthenticationFailed, classify_connect_error
 from lifeos_backup.postgres.conninfo import PgTarget
 from lifeos_backup.postgres.dump import dump_args
@@ -22,7 +23,6 @@ from lifeos_backup.postgres.toc import (
     use_list,
 )
 from lifeos_backup.postgres.tools import Tool, ToolTooOld, parse_version, require_dump_not_older
-from lifeos_backup.settings import Settings
 
 SECRET = "s3cr3t-Pa55"
 URL = f"postgresql://lifeos:{SECRET}@db.example:5433/lifeos?sslmode=require"

@@ -10,10 +10,10 @@ import pytest
 from lifeos_backup.backups import create_backup, verify_backup
 from lifeos_backup.catalog import Backup, Catalog
 from lifeos_backup.catalog.store import CREATED, FAILED, UNVERIFIED, VERIFIED
+from lifeos_backup.core.progress import Progress
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.leases import lease
-from lifeos_backup.progress import Progress
 from lifeos_backup.rebuild import rebuild_local
-from lifeos_backup.settings import Settings
 from tests.support.trees import make_tree
 
 

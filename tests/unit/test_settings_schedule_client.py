@@ -11,8 +11,8 @@ import pytest
 from celery.schedules import crontab
 
 from beat_schedule import build_schedule, parse_crontab
-from lifeos_backup.errors import ConfigError
-from lifeos_backup.settings import Settings, get_settings
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.settings import Settings, get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

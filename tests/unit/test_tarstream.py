@@ -28,7 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lifeos_backup.errors import UnsafeArchive, VerificationFailed
+from lifeos_backup.core.errors import UnsafeArchive, VerificationFailed
 from lifeos_backup.tarstream import BLOCK, Member, TarReader, TarWriter, header
 
 TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.pitr.health import wal_archive_status
 from lifeos_backup.pitr.retention import prunable, prune_wal
-from lifeos_backup.settings import Settings
 from lifeos_backup.wal import archive as wal
 from lifeos_backup.wal.cli import EXIT_ABORT_RECOVERY, EXIT_MISSING, run_fetch, run_push
 from lifeos_backup.wal.names import (
@@ -329,7 +329,7 @@ def test_a_valid_zstd_frame_with_other_content_is_caught_by_the_sha256(tmp_path:
 
 
 def test_restore_pitr_wants_a_time_zone() -> None:
-    from lifeos_backup.errors import ConfigError
+    from lifeos_backup.core.errors import ConfigError
     from lifeos_backup.pitr.restore import RecoveryTarget, parse_target_time
 
     with pytest.raises(ConfigError, match="time zone"):
@@ -471,7 +471,8 @@ def test_only_sealing_loads_cryptography_and_nothing_loads_the_settings(
     probe = (
         "import sys; from lifeos_backup.wal.cli import run_push; "
         f"code = run_push({str(src)!r}, sys.argv[1]); "
-        "heavy = ('cryptography', 'pydantic', 'lifeos_backup.settings', 'lifeos_backup.crypto'); "
+        "heavy = ('cryptography', 'pydantic', 'lifeos_backup.core.settings', "
+        "'lifeos_backup.crypto'); "
         "print(code, *sorted(m for m in heavy if m in sys.modules))"
     )
     for name, recipients, loaded in (("plain", "", "0"), ("sealed", recipient, "0 cryptography")):

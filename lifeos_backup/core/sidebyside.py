@@ -17,7 +17,7 @@ import signal
 import threading
 from collections.abc import Callable, Sequence
 
-from lifeos_backup.procs import Process
+from lifeos_backup.core.procs import Process
 
 Job = Callable[["Crew"], None]
 

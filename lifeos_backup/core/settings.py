@@ -23,7 +23,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from lifeos_backup.errors import ConfigError
+from lifeos_backup.core.errors import ConfigError
 
 EMBEDDED_REDIS_URL_FILE = "embedded-redis.url"
 RECORDED_SETTINGS_FILE = "settings.json"  # in the state dir: what `up` runs with (no secrets)
@@ -419,7 +419,7 @@ def recordable(settings: Settings) -> dict[str, Any]:
 
 def record_settings(settings: Settings, by: str) -> Path:
     """Write the effective non-secret settings into the repository's state dir (0600)."""
-    from lifeos_backup.fsutil import write_json_atomic
+    from lifeos_backup.core.fsutil import write_json_atomic
 
     path = settings.state_dir / RECORDED_SETTINGS_FILE
     write_json_atomic(

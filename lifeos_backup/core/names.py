@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from lifeos_backup.errors import ConfigError, InvalidName
+from lifeos_backup.core.errors import ConfigError, InvalidName
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
-from lifeos_backup.errors import CommandFailed, CommandTimeout, ConfigError
+from lifeos_backup.core.errors import CommandFailed, CommandTimeout, ConfigError
 
 log = logging.getLogger(__name__)
 
