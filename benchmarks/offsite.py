@@ -131,7 +131,7 @@ def _repository(work: str, archive: str, sha256: str) -> tuple[Any, Any, str]:
     from lifeos_backup.catalog import Backup
     from lifeos_backup.catalog.store import Catalog
     from lifeos_backup.core.settings import Settings
-    from lifeos_backup.manifest import ArchiveInfo, Compression, Manifest, write_manifest
+    from lifeos_backup.formats.manifest import ArchiveInfo, Compression, Manifest, write_manifest
 
     settings = Settings(backup_root=Path(work) / "backups")
     catalog = Catalog(settings.effective_catalog_url)
@@ -197,7 +197,7 @@ def ours_download(
     from datetime import UTC, datetime
 
     from lifeos_backup.core.settings import Settings
-    from lifeos_backup.manifest import ArchiveInfo, Compression, Manifest
+    from lifeos_backup.formats.manifest import ArchiveInfo, Compression, Manifest
     from lifeos_backup.offsite.download import download_archive
     from lifeos_backup.offsite.s3 import connect
 
@@ -249,7 +249,7 @@ def plain_copy(archive: str) -> dict[str, Any]:
 
 
 def ours_encrypt(archive: str, recipient: str) -> dict[str, Any]:
-    from lifeos_backup.crypto import SealingWriter, parse_recipients
+    from lifeos_backup.formats.crypto import SealingWriter, parse_recipients
 
     dest = archive + ".age"
     started = time.perf_counter()
@@ -262,7 +262,7 @@ def ours_encrypt(archive: str, recipient: str) -> dict[str, Any]:
 
 
 def ours_decrypt(archive: str, identity_file: str) -> dict[str, Any]:
-    from lifeos_backup.crypto import OpeningReader, load_identities
+    from lifeos_backup.formats.crypto import OpeningReader, load_identities
 
     identities = load_identities(Path(identity_file))
     dest = archive + ".plain"
@@ -369,7 +369,7 @@ def transfer(work: Path, archive: Path, sha256: str, repeat: int) -> list[list[s
 
 
 def encryption(work: Path, archive: Path, repeat: int) -> list[list[str]]:
-    from lifeos_backup.crypto import generate_identity
+    from lifeos_backup.formats.crypto import generate_identity
 
     identity, recipient = generate_identity()
     key_file = work / "bench.key"
@@ -397,7 +397,7 @@ def encryption(work: Path, archive: Path, repeat: int) -> list[list[str]]:
 def backup_cost(work: Path, files: int, repeat: int) -> tuple[list[list[str]], dict[str, float]]:
     from json_backup import prepare_tree, warm_and_count
 
-    from lifeos_backup.crypto import generate_identity
+    from lifeos_backup.formats.crypto import generate_identity
 
     tree = work / "tree"
     prepare_tree(tree, files, 20240601)

@@ -30,11 +30,8 @@ from lifeos_backup.core.fsutil import private_dir, remove_quietly
 from lifeos_backup.core.names import check_backup_id
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.crypto import check_sealed
-from lifeos_backup.kinds import get_kind
-from lifeos_backup.leases import lease, try_lease
-from lifeos_backup.leftovers import INTERRUPTED, clean_leftovers
-from lifeos_backup.manifest import (
+from lifeos_backup.formats.crypto import check_sealed
+from lifeos_backup.formats.manifest import (
     ArchiveInfo,
     Compression,
     Manifest,
@@ -42,6 +39,9 @@ from lifeos_backup.manifest import (
     read_manifest,
     write_manifest,
 )
+from lifeos_backup.kinds import get_kind
+from lifeos_backup.leases import lease, try_lease
+from lifeos_backup.leftovers import INTERRUPTED, clean_leftovers
 from lifeos_backup.offsite.state import remote_only
 from lifeos_backup.repository import kind_dir, new_backup_id
 from lifeos_backup.retention import Candidate, Plan, parse_policy, plan

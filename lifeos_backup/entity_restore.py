@@ -33,7 +33,7 @@ from lifeos_backup.catalog.store import CREATED, VERIFIED
 from lifeos_backup.core.errors import ConfigError, NotFound, PermanentError
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.manifest import Manifest, read_manifest
+from lifeos_backup.formats.manifest import Manifest, read_manifest
 from lifeos_backup.postgres.check import read_entries
 from lifeos_backup.postgres.conninfo import PgTarget
 from lifeos_backup.postgres.restore import MAINTENANCE_DB, drop_database, restore_postgres

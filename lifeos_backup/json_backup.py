@@ -17,10 +17,10 @@ from pathlib import Path
 from lifeos_backup.core.errors import ConfigError, SourceUnavailable
 from lifeos_backup.core.fsutil import atomic_writer
 from lifeos_backup.core.progress import Progress, ProgressFn
-from lifeos_backup.crypto import Recipient, sealed
-from lifeos_backup.manifest import FileEntry, Source
-from lifeos_backup.streams import CHUNK, HashingWriter, compressor
-from lifeos_backup.tarstream import Member, TarWriter
+from lifeos_backup.formats.crypto import Recipient, sealed
+from lifeos_backup.formats.manifest import FileEntry, Source
+from lifeos_backup.formats.streams import CHUNK, HashingWriter, compressor
+from lifeos_backup.formats.tarstream import Member, TarWriter
 
 log = logging.getLogger(__name__)
 

@@ -29,10 +29,11 @@ from lifeos_backup.core.errors import (
 )
 from lifeos_backup.core.fsutil import DIR_MODE, FILE_MODE, private_dir
 from lifeos_backup.core.progress import Progress, ProgressFn
-from lifeos_backup.crypto import open_plain
-from lifeos_backup.manifest import FileEntry, Manifest, require_archive_match
-from lifeos_backup.streams import CHUNK, HashingReader, decompressor
-from lifeos_backup.tarstream import Member, TarReader
+from lifeos_backup.core.settings import get_settings
+from lifeos_backup.formats.crypto import open_plain
+from lifeos_backup.formats.manifest import FileEntry, Manifest, require_archive_match
+from lifeos_backup.formats.streams import CHUNK, HashingReader, decompressor
+from lifeos_backup.formats.tarstream import Member, TarReader
 
 Sink = Callable[[Member, Iterator[bytes]], None]
 _STREAM_ERRORS = (zstandard.ZstdError, zlib.error, gzip.BadGzipFile, EOFError)
@@ -68,7 +69,8 @@ def check_archive(
     try:
         with open(archive, "rb") as raw:
             hashed = HashingReader(raw)
-            opened = open_plain(hashed, manifest)  # decrypts an encrypted archive
+            key = get_settings().encryption_identity_file
+            opened = open_plain(hashed, manifest, key)  # decrypts an encrypted archive
             plain = decompressor(opened, manifest.compression.algorithm)
             reader = TarReader(plain)
             for member in reader:

@@ -12,9 +12,9 @@ from typing import Any, Protocol
 from lifeos_backup.core.names import layout
 from lifeos_backup.core.progress import ProgressFn
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.manifest import Encryption, FileEntry, Manifest, Source
+from lifeos_backup.formats.manifest import Encryption, FileEntry, Manifest, Source
+from lifeos_backup.formats.streams import EXTENSIONS
 from lifeos_backup.postgres import PostgresKind
-from lifeos_backup.streams import EXTENSIONS
 
 
 @dataclass
@@ -53,7 +53,7 @@ class JsonKind:
         return ".tar" + EXTENSIONS[settings.compression] + sealed
 
     def write(self, settings: Settings, archive: Path, progress: ProgressFn) -> Written:
-        from lifeos_backup.crypto import encryption_info, parse_recipients
+        from lifeos_backup.formats.crypto import encryption_info, parse_recipients
         from lifeos_backup.json_backup import write_archive
 
         names = [n.strip() for n in settings.json_sources.split(",") if n.strip()]

@@ -42,8 +42,8 @@ from lifeos_backup.core.errors import NotFound
 from lifeos_backup.core.fsutil import PARTIAL_SUFFIX, remove_quietly
 from lifeos_backup.core.names import LAYOUTS, layout, split_file_name
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.formats.manifest import MANIFEST_SUFFIX
 from lifeos_backup.leases import try_lease
-from lifeos_backup.manifest import MANIFEST_SUFFIX
 from lifeos_backup.repository import kind_dir
 
 log = logging.getLogger(__name__)

@@ -55,8 +55,8 @@ from lifeos_backup.core.names import (
 )
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.formats.manifest import MANIFEST_SUFFIX, Manifest, read_manifest
 from lifeos_backup.leases import holder_of, try_lease
-from lifeos_backup.manifest import MANIFEST_SUFFIX, Manifest, read_manifest
 from lifeos_backup.offsite.state import remote_only
 
 Warn = Callable[[str], None]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lifeos_backup.core.names import LAYOUTS, KindLayout, kind_of_id, layout, new_backup_id
-from lifeos_backup.manifest import MANIFEST_SUFFIX
+from lifeos_backup.formats.manifest import MANIFEST_SUFFIX
 
 __all__ = [
     "LAYOUTS",

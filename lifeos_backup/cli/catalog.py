@@ -74,7 +74,7 @@ def list_backups(
 def show(backup_id: str) -> None:
     """Show one backup: catalog record and manifest summary."""
     from lifeos_backup.backups import locate
-    from lifeos_backup.manifest import read_manifest
+    from lifeos_backup.formats.manifest import read_manifest
 
     row, _archive, mpath = locate(settings(), catalog(), backup_id)
     info = _row(row)

@@ -107,7 +107,7 @@ def keygen(
     Put the printed age1... key into LIFEOS_ENCRYPTION_RECIPIENTS on the backup machines; keep
     OUTPUT offline (it is needed only to restore). Compatible with `age`/`rage`.
     """
-    from lifeos_backup.crypto import generate_identity
+    from lifeos_backup.formats.crypto import generate_identity
 
     if output.exists():
         raise ConfigError(f"{output} exists", hint="choose another file; keys are never replaced")

@@ -23,6 +23,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from lifeos_backup.core.agekeys import parse_recipients
 from lifeos_backup.core.errors import ConfigError
 
 EMBEDDED_REDIS_URL_FILE = "embedded-redis.url"
@@ -336,8 +337,6 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_recipients(cls, value: str | None) -> str | None:
         """A mistyped key must stop the worker at start, not the backup at 2 AM."""
-        from lifeos_backup.crypto import parse_recipients
-
         try:
             parse_recipients(value)
         except ConfigError as exc:

@@ -41,7 +41,7 @@ from lifeos_backup.core.fsutil import DIR_MODE, atomic_writer, private_dir, writ
 from lifeos_backup.core.procs import pid_alive
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.manifest import Manifest, read_manifest
+from lifeos_backup.formats.manifest import Manifest, read_manifest
 from lifeos_backup.monitoring import records
 
 log = logging.getLogger(__name__)

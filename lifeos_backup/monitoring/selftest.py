@@ -35,7 +35,7 @@ from lifeos_backup.catalog import Backup, Catalog, open_catalog
 from lifeos_backup.catalog.store import VERIFIED, utcnow
 from lifeos_backup.core.fsutil import DIR_MODE, private_dir
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.manifest import Manifest
+from lifeos_backup.formats.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _sha256(path: Path) -> str:
 
 def check_creation(s: Scratch) -> str:
     from lifeos_backup.backups import create_backup
-    from lifeos_backup.manifest import manifest_path
+    from lifeos_backup.formats.manifest import manifest_path
 
     s.manifest = create_backup(
         "json", s.settings, s.catalog, reason="selftest", initiator="selftest"

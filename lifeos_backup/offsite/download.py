@@ -24,12 +24,12 @@ from lifeos_backup.core.errors import NotFound, VerificationFailed
 from lifeos_backup.core.fsutil import private_dir, remove_quietly
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.manifest import MANIFEST_SUFFIX, Manifest, parse_manifest
+from lifeos_backup.formats.manifest import MANIFEST_SUFFIX, Manifest, parse_manifest
+from lifeos_backup.formats.streams import CHUNK
 from lifeos_backup.offsite import state
 from lifeos_backup.offsite.s3 import Remote, connect, head, manifest_key, s3_errors
 from lifeos_backup.offsite.upload import remote_mismatch
 from lifeos_backup.repository import LAYOUTS
-from lifeos_backup.streams import CHUNK
 
 log = logging.getLogger(__name__)
 

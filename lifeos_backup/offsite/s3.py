@@ -29,7 +29,7 @@ from botocore.exceptions import (
 
 from lifeos_backup.core.errors import ConfigError, LifeosError, OffsiteError, PermanentError
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.manifest import MANIFEST_SUFFIX
+from lifeos_backup.formats.manifest import MANIFEST_SUFFIX
 
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 120

@@ -13,7 +13,7 @@ from lifeos_backup.catalog import Catalog
 from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.manifest import Manifest, read_manifest
+from lifeos_backup.formats.manifest import Manifest, read_manifest
 
 SOURCES = ("local", "offsite")
 FROM_HELP = "Read the backup from `local` disk or download it from `offsite` storage."

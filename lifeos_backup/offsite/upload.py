@@ -46,7 +46,8 @@ from lifeos_backup.core.errors import (
 )
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.manifest import Manifest, manifest_path, read_manifest
+from lifeos_backup.formats.manifest import Manifest, manifest_path, read_manifest
+from lifeos_backup.formats.streams import CHUNK
 from lifeos_backup.offsite import state
 from lifeos_backup.offsite.s3 import (
     Remote,
@@ -57,7 +58,6 @@ from lifeos_backup.offsite.s3 import (
     same_checksum,
     translate,
 )
-from lifeos_backup.streams import CHUNK
 
 log = logging.getLogger(__name__)
 MIB = 1 << 20

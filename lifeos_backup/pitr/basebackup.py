@@ -3,8 +3,9 @@
 `pg_basebackup -D - -Ft -X none -c fast` writes the data directory as one tar on stdout. Every byte
 goes once through our tar reader (to pick up `backup_label`, first in the stream, and
 `backup_manifest`, injected last by pg_basebackup), zstd, age encryption when
-LIFEOS_ENCRYPTION_RECIPIENTS is set (as every kind: lifeos_backup.crypto), and SHA-256 into a
-temporary file, which is fsynced and renamed. Nothing uncompressed or unencrypted touches the disk.
+LIFEOS_ENCRYPTION_RECIPIENTS is set (as every kind: lifeos_backup.formats.crypto), and SHA-256 into
+a temporary file, which is fsynced and renamed. Nothing uncompressed or unencrypted touches the
+disk.
 
 Why `-X none`: the WAL written between the backup's start and stop reaches the WAL archive via
 archive_command anyway, and pg_basebackup then waits until the last of it is archived (it asks
@@ -30,13 +31,19 @@ from lifeos_backup.core.fsutil import atomic_writer
 from lifeos_backup.core.procs import spawn
 from lifeos_backup.core.progress import Progress, ProgressFn
 from lifeos_backup.core.settings import Settings, get_settings
-from lifeos_backup.crypto import encryption_info, open_plain, parse_recipients, sealed
+from lifeos_backup.formats.crypto import encryption_info, open_plain, parse_recipients, sealed
+from lifeos_backup.formats.manifest import Manifest, require_archive_match
+from lifeos_backup.formats.streams import (
+    CHUNK,
+    HashingReader,
+    HashingWriter,
+    compressor,
+    decompressor,
+)
+from lifeos_backup.formats.tarstream import TarReader
 from lifeos_backup.kinds import Written
-from lifeos_backup.manifest import Manifest, require_archive_match
 from lifeos_backup.pitr import wal_archive_dir
 from lifeos_backup.pitr.pgconn import connect, conninfo_and_env, pg_tool
-from lifeos_backup.streams import CHUNK, HashingReader, HashingWriter, compressor, decompressor
-from lifeos_backup.tarstream import TarReader
 from lifeos_backup.wal.archive import CorruptSegment, KeyUnavailable, WalError, verify_file
 from lifeos_backup.wal.names import format_lsn, parse_lsn, segment_of_lsn, segment_range
 

@@ -41,15 +41,15 @@ from lifeos_backup.core.errors import (
 )
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.crypto import identities_for, open_plain
+from lifeos_backup.formats.crypto import identities_for, open_plain
+from lifeos_backup.formats.manifest import Manifest, manifest_path, read_manifest
+from lifeos_backup.formats.streams import HashingReader, decompressor
+from lifeos_backup.formats.tarstream import TarReader
 from lifeos_backup.json_restore import safe_link, safe_relpath
-from lifeos_backup.manifest import Manifest, manifest_path, read_manifest
 from lifeos_backup.pitr import wal_archive_dir
 from lifeos_backup.pitr.basebackup import check_wal_coverage
 from lifeos_backup.pitr.pgconn import pg_tool
 from lifeos_backup.pitr.retention import KIND
-from lifeos_backup.streams import HashingReader, decompressor
-from lifeos_backup.tarstream import TarReader
 from lifeos_backup.wal.archive import SUFFIX, header_of
 from lifeos_backup.wal.names import parse_lsn
 

@@ -25,12 +25,13 @@ import zstandard
 from lifeos_backup.core import procs
 from lifeos_backup.core.errors import CommandFailed, VerificationFailed
 from lifeos_backup.core.progress import Progress, ProgressFn
-from lifeos_backup.crypto import open_plain
-from lifeos_backup.manifest import Manifest, require_archive_match
+from lifeos_backup.core.settings import get_settings
+from lifeos_backup.formats.crypto import open_plain
+from lifeos_backup.formats.manifest import Manifest, require_archive_match
+from lifeos_backup.formats.streams import CHUNK, decompressor, sha256_file
 from lifeos_backup.postgres.parts import Part, Window, parts_of
 from lifeos_backup.postgres.toc import TocEntry, missing_tables, parse_toc
 from lifeos_backup.postgres.tools import Tool
-from lifeos_backup.streams import CHUNK, decompressor, sha256_file
 
 _STREAM_ERRORS = (zstandard.ZstdError, EOFError)
 _HINT = "the backup is not good; use another one"
@@ -80,7 +81,8 @@ def read_tocs(
                 ]
                 return [job.result() for job in jobs]
         with open(archive, "rb") as raw:
-            plain = open_plain(raw, manifest)  # decrypts an encrypted archive
+            key = get_settings().encryption_identity_file
+            plain = open_plain(raw, manifest, key)  # decrypts an encrypted archive
             tick = functools.partial(_report, progress, report, raw)
             listings = [
                 _check_part(archive, manifest, pg_restore, n, part, Window(plain, part.size), tick)

@@ -36,7 +36,8 @@ from lifeos_backup.core.fsutil import atomic_writer, private_dir
 from lifeos_backup.core.progress import Progress, ProgressFn
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.core.sidebyside import Crew, run_side_by_side
-from lifeos_backup.crypto import Recipient, parse_recipients, sealed
+from lifeos_backup.formats.crypto import Recipient, parse_recipients, sealed
+from lifeos_backup.formats.streams import CHUNK, HashingWriter, compressor
 from lifeos_backup.postgres.connect import connect, one_line
 from lifeos_backup.postgres.conninfo import PgTarget, postgres_configured
 from lifeos_backup.postgres.parts import Part
@@ -55,7 +56,6 @@ from lifeos_backup.postgres.snapshot import (
     exported_snapshot,
 )
 from lifeos_backup.postgres.tools import Tool, find_tool, require_dump_not_older, tool
-from lifeos_backup.streams import CHUNK, HashingWriter, compressor
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from lifeos_backup.core.progress import ProgressFn
 from lifeos_backup.core.settings import Settings, get_settings
-from lifeos_backup.manifest import Manifest, Source
+from lifeos_backup.formats.manifest import Manifest, Source
 
 if TYPE_CHECKING:
     from lifeos_backup.kinds import Written
@@ -28,7 +28,7 @@ class PostgresKind:
         return EXTENSION + (".age" if settings.encryption_recipients else "")
 
     def write(self, settings: Settings, archive: Path, progress: ProgressFn) -> Written:
-        from lifeos_backup.crypto import encryption_info, parse_recipients
+        from lifeos_backup.formats.crypto import encryption_info, parse_recipients
         from lifeos_backup.kinds import Written
         from lifeos_backup.postgres.dump import ALGORITHM, dump_database
 

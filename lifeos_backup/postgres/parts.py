@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from lifeos_backup.core.fsutil import FILE_MODE
-from lifeos_backup.crypto import open_plain
-from lifeos_backup.manifest import Manifest
+from lifeos_backup.core.settings import get_settings
+from lifeos_backup.formats.crypto import open_plain
+from lifeos_backup.formats.manifest import Manifest
+from lifeos_backup.formats.streams import CHUNK, ReadStream, decompressor
 from lifeos_backup.postgres.rows import Slice
-from lifeos_backup.streams import CHUNK, ReadStream, decompressor
 
 
 @dataclass
@@ -105,7 +106,7 @@ def part_sources(archive: Path, manifest: Manifest, parts: Sequence[Part], work:
         return [PartSource(archive, part.offset, part.size) for part in parts]
     sources: list[PartSource] = []
     with open(archive, "rb") as raw:
-        plain = open_plain(raw, manifest)
+        plain = open_plain(raw, manifest, get_settings().encryption_identity_file)
         position = 0
         for number, part in enumerate(parts):  # in archive order, as the dump wrote them
             _skip(plain, part.offset - position)

@@ -44,7 +44,8 @@ from lifeos_backup.core.procs import pid_alive
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.core.sidebyside import Crew, run_side_by_side
-from lifeos_backup.manifest import Manifest
+from lifeos_backup.formats.manifest import Manifest
+from lifeos_backup.formats.streams import CHUNK
 from lifeos_backup.postgres.check import manifest_tables, verify_checksum
 from lifeos_backup.postgres.connect import connect
 from lifeos_backup.postgres.conninfo import PgTarget, restore_target
@@ -58,7 +59,6 @@ from lifeos_backup.postgres.toc import TocEntry, own_post_data, parse_toc, use_l
 from lifeos_backup.postgres.tochead import copy_head
 from lifeos_backup.postgres.tools import Tool, require_restore_not_older, tool
 from lifeos_backup.postgres.vacuumguard import VacuumGuards
-from lifeos_backup.streams import CHUNK
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import BinaryIO
 
-from lifeos_backup.streams import CHUNK
+from lifeos_backup.formats.streams import CHUNK
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import pytest
 
 from lifeos_backup.backups import locate
 from lifeos_backup.client import BackupFailed, make_app, request_backup
-from lifeos_backup.manifest import read_manifest
+from lifeos_backup.formats.manifest import read_manifest
 from tests.support.services import PgDatabase
 from tests.support.worker import LifeosEnv
 

@@ -25,7 +25,7 @@ from celery.result import AsyncResult
 from lifeos_backup.backups import create_backup, verify_backup
 from lifeos_backup.client import backup_chain, make_app, request_backup
 from lifeos_backup.core.errors import ConfigError, OffsiteError, VerificationFailed
-from lifeos_backup.crypto import fingerprint, generate_identity
+from lifeos_backup.formats.crypto import fingerprint, generate_identity
 from lifeos_backup.locks import exclusive
 from lifeos_backup.offsite import state
 from lifeos_backup.offsite import upload as upload_module
@@ -428,7 +428,7 @@ class _BrokenStream(http.server.BaseHTTPRequestHandler):
 def test_download_resumes_a_broken_stream_and_checks_the_whole(
     lifeos_env: LifeosEnv, s3_bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lifeos_backup.manifest import read_manifest
+    from lifeos_backup.formats.manifest import read_manifest
     from lifeos_backup.offsite.download import download_archive
     from lifeos_backup.offsite.s3 import connect
 

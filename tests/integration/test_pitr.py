@@ -22,8 +22,8 @@ from lifeos_backup.catalog import Catalog, open_catalog
 from lifeos_backup.catalog.store import DELETED, VERIFIED
 from lifeos_backup.core.errors import DecryptionKeyError
 from lifeos_backup.core.settings import Settings, get_settings
-from lifeos_backup.crypto import fingerprint, generate_identity
-from lifeos_backup.manifest import manifest_path, read_manifest
+from lifeos_backup.formats.crypto import fingerprint, generate_identity
+from lifeos_backup.formats.manifest import manifest_path, read_manifest
 from lifeos_backup.pitr.basebackup import required_segments
 from lifeos_backup.pitr.health import wal_archive_status
 from lifeos_backup.pitr.offsite_wal import upload_wal

@@ -27,7 +27,7 @@ from lifeos_backup.backups import create_backup, locate, verify_backup
 from lifeos_backup.catalog.store import FAILED, VERIFIED
 from lifeos_backup.client import BackupFailed, make_app, request_backup
 from lifeos_backup.core.errors import SourceUnavailable, VerificationFailed
-from lifeos_backup.manifest import read_manifest
+from lifeos_backup.formats.manifest import read_manifest
 from lifeos_backup.postgres.restore import restore_postgres
 from lifeos_backup.postgres.tools import ToolTooOld
 from lifeos_backup.repository import kind_dir
@@ -371,7 +371,7 @@ def test_one_part_archive_and_one_from_before_parts_verify_and_restore(
 ) -> None:
     """LIFEOS_DUMP_JOBS=1 writes one part; a manifest without `parts` (written before parts
     existed) means the whole file is one part, and must still verify and restore."""
-    from lifeos_backup.manifest import write_manifest
+    from lifeos_backup.formats.manifest import write_manifest
 
     restored = scratch_name("legacy")
     with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored):
@@ -987,7 +987,7 @@ def test_an_archive_of_several_pg_dump_parts_still_verifies_and_restores(
     parts: rebuilt here by hand, they must verify and restore as before."""
     import hashlib
 
-    from lifeos_backup.manifest import write_manifest
+    from lifeos_backup.formats.manifest import write_manifest
 
     restored, scratch = scratch_name("pg_dump_parts"), scratch_name("pg_dump_part_one")
     with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, restored, scratch):
@@ -1076,8 +1076,8 @@ def test_disk_full_during_the_dump_removes_the_partial_file(
     import errno
 
     import lifeos_backup.postgres.dump as dump_module
+    from lifeos_backup.formats.streams import HashingWriter
     from lifeos_backup.postgres.dump import DiskFull
-    from lifeos_backup.streams import HashingWriter
 
     class FillsUp(HashingWriter):
         """The disk is full once 100 kB of the archive are written."""

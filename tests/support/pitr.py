@@ -27,7 +27,9 @@ from tests.support.services import PG_OS_USER, PostgresCluster, _pg_temp_base
 
 SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")
 # What sealing WAL imports beyond lifeos_backup/wal (lifeos_backup.wal.sealing).
-SEALING_MODULES = ("agestream.py", "core/errors.py", "streams.py")
+SEALING_MODULES = (
+    "core/agekeys.py", "core/errors.py", "formats/agestream.py", "formats/streams.py"
+)
 CRYPTO_PROBE = "import cryptography.hazmat.primitives.ciphers.aead"
 # `cryptography` and what it loads at run time, as installed in the virtualenv.
 CRYPTO_DISTS = ("cryptography", "cffi", "_cffi_backend*")

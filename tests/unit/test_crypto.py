@@ -10,7 +10,7 @@ import pyrage
 import pytest
 
 from lifeos_backup.core.errors import ConfigError, DecryptionKeyError, VerificationFailed
-from lifeos_backup.crypto import (
+from lifeos_backup.formats.crypto import (
     CHUNK,
     SEALED_CHUNK,
     OpeningReader,

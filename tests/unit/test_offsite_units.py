@@ -22,7 +22,7 @@ from lifeos_backup.core.errors import (
     VerificationFailed,
 )
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.manifest import ArchiveInfo, Compression, Manifest
+from lifeos_backup.formats.manifest import ArchiveInfo, Compression, Manifest
 from lifeos_backup.offsite.s3 import same_checksum, translate
 from lifeos_backup.offsite.state import location
 from lifeos_backup.offsite.upload import (

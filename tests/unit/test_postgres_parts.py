@@ -455,7 +455,7 @@ def test_part_patterns_match_exactly_one_table_whatever_its_name() -> None:
 
 
 def test_parts_round_trip_through_the_manifest_facts() -> None:
-    from lifeos_backup.manifest import Manifest
+    from lifeos_backup.formats.manifest import Manifest
     from lifeos_backup.postgres.parts import Part, parts_of
     from lifeos_backup.postgres.rows import Slice
 

@@ -349,7 +349,7 @@ def test_restore_pitr_wants_a_time_zone() -> None:
 @pytest.fixture(scope="module")
 def wal_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """(identity file, recipient) of a fresh age key pair."""
-    from lifeos_backup.crypto import generate_identity
+    from lifeos_backup.formats.crypto import generate_identity
 
     identity, recipient = generate_identity()
     path = tmp_path_factory.mktemp("keys") / "wal.key"
@@ -400,7 +400,7 @@ def test_sealed_push_then_fetch_round_trips(
 def test_sealed_fetch_without_or_with_a_wrong_key_aborts_recovery(
     tmp_path: Path, wal_keys: tuple[Path, str], sealed_archive: Path
 ) -> None:
-    from lifeos_backup.crypto import generate_identity
+    from lifeos_backup.formats.crypto import generate_identity
 
     key, archive = wal_keys[0], sealed_archive
     other = tmp_path / "other.key"
@@ -472,7 +472,7 @@ def test_only_sealing_loads_cryptography_and_nothing_loads_the_settings(
         "import sys; from lifeos_backup.wal.cli import run_push; "
         f"code = run_push({str(src)!r}, sys.argv[1]); "
         "heavy = ('cryptography', 'pydantic', 'lifeos_backup.core.settings', "
-        "'lifeos_backup.crypto'); "
+        "'lifeos_backup.formats.crypto'); "
         "print(code, *sorted(m for m in heavy if m in sys.modules))"
     )
     for name, recipients, loaded in (("plain", "", "0"), ("sealed", recipient, "0 cryptography")):

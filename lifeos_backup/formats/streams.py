@@ -1,8 +1,8 @@
 """Stream plumbing: hashing pass-throughs and (de)compression, so every byte is read once.
 
 Compression, checksum and writing happen in one pass over the data; nothing is held in memory
-beyond one chunk. `zstandard` is imported where it is used: lifeos_backup.agestream (and through
-it the WAL hot path, on a server python3 that may lack zstandard) needs only ReadStream.
+beyond one chunk. `zstandard` is imported where it is used: lifeos_backup.formats.agestream (and
+through it the WAL hot path, on a server python3 that may lack zstandard) needs only ReadStream.
 """
 
 from __future__ import annotations

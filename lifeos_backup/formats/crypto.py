@@ -1,10 +1,11 @@
-"""Client-side encryption of archives: age v1 (lifeos_backup.agestream) tied to manifests.
+"""Client-side encryption of archives: age v1 (lifeos_backup.formats.agestream) tied to manifests.
 
-The format itself (keys, the streaming writer and reader) lives in lifeos_backup.agestream, which
-the WAL hot path can import without pydantic or zstandard; this module adds what the backup kinds
-share: the manifest's `encryption` record, opening an archive with the configured identity, and
-checking an encrypted archive without its private key. The format's names are re-exported here,
-so callers need one import.
+The format itself (the streaming writer and reader) lives in lifeos_backup.formats.agestream, the
+keys in lifeos_backup.core.agekeys; the WAL hot path imports those without pydantic or zstandard.
+This module adds what the backup kinds share: the manifest's `encryption` record, opening an
+archive with a given identity file, and checking an encrypted archive without its private key.
+The format's names are re-exported here, so callers need one import. No settings: callers pass
+the identity file.
 """
 
 from __future__ import annotations
@@ -13,7 +14,21 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
-from lifeos_backup.agestream import (
+from lifeos_backup.core.agekeys import (
+    Identity,
+    Recipient,
+    bech32_decode,
+    bech32_encode,
+    fingerprint,
+    generate_identity,
+    load_identities,
+    parse_identity,
+    parse_recipient,
+    parse_recipients,
+)
+from lifeos_backup.core.errors import DecryptionKeyError
+from lifeos_backup.core.progress import Progress, ProgressFn, ignore
+from lifeos_backup.formats.agestream import (
     CHUNK,
     EXTENSION,
     PAYLOAD_NONCE,
@@ -21,28 +36,16 @@ from lifeos_backup.agestream import (
     SEALED_CHUNK,
     TAG,
     Header,
-    Identity,
     OpeningReader,
-    Recipient,
     SealingWriter,
-    bech32_decode,
-    bech32_encode,
     check_framing,
     damaged,
-    fingerprint,
-    generate_identity,
     identities_from,
-    load_identities,
-    parse_identity,
-    parse_recipient,
-    parse_recipients,
     payload_size_ok,
     read_header,
 )
-from lifeos_backup.core.errors import DecryptionKeyError
-from lifeos_backup.core.progress import Progress, ProgressFn, ignore
-from lifeos_backup.manifest import Encryption, Manifest, require_archive_match
-from lifeos_backup.streams import HashingReader
+from lifeos_backup.formats.manifest import Encryption, Manifest, require_archive_match
+from lifeos_backup.formats.streams import HashingReader
 
 __all__ = [
     "CHUNK",
@@ -99,26 +102,22 @@ def check_identities(identities: Sequence[Identity], recipients: Sequence[str], 
         )
 
 
-def identities_for(manifest: Manifest, identity_file: Path | None = None) -> list[Identity]:
+def identities_for(manifest: Manifest, identity_file: Path | None) -> list[Identity]:
     """The identities that open an encrypted backup, or one clear DecryptionKeyError.
 
     Restores call this before they create anything, so a missing or wrong key never leaves a
-    half-made target behind. Without an explicit `identity_file` the setting
-    LIFEOS_ENCRYPTION_IDENTITY_FILE is used.
+    half-made target behind. `identity_file` is the caller's (LIFEOS_ENCRYPTION_IDENTITY_FILE,
+    `settings.encryption_identity_file`); None means none is configured.
     """
     assert manifest.encryption is not None
-    if identity_file is None:
-        from lifeos_backup.core.settings import get_settings
-
-        identity_file = get_settings().encryption_identity_file
     what = f"backup {manifest.backup_id}"
     identities = identities_from(identity_file, what)
     check_identities(identities, manifest.encryption.recipients, what)
     return identities
 
 
-def open_plain(src: BinaryIO, manifest: Manifest, identity_file: Path | None = None) -> BinaryIO:
-    """The archive's plain bytes: `src` itself, or decrypted with the configured identity.
+def open_plain(src: BinaryIO, manifest: Manifest, identity_file: Path | None) -> BinaryIO:
+    """The archive's plain bytes: `src` itself, or decrypted with the identity in `identity_file`.
 
     Kinds read archives through this, so every kind decrypts the same way.
     """

@@ -51,7 +51,8 @@ class ArchiveInfo(BaseModel):
 
 
 class Encryption(BaseModel):
-    """How the archive is encrypted (lifeos_backup.crypto): scheme and recipients' fingerprints.
+    """How the archive is encrypted (lifeos_backup.formats.crypto): scheme and recipients'
+    fingerprints.
 
     Size and SHA-256 in `archive` are those of the encrypted bytes, the ones on disk and off-site.
     """
