@@ -92,8 +92,8 @@ def main() -> None:
         )
         os.environ.update(env)
         from lifeos_backup.backups import create_backup, verify_backup
-        from lifeos_backup.catalog import open_catalog
         from lifeos_backup.core.settings import get_settings
+        from lifeos_backup.storage.catalog import open_catalog
 
         settings = get_settings()
         catalog = open_catalog(settings.effective_catalog_url)

@@ -128,10 +128,10 @@ def _repository(work: str, archive: str, sha256: str) -> tuple[Any, Any, str]:
     """A backup repository holding `archive` as a verified JSON backup (catalog + manifest)."""
     from datetime import UTC, datetime
 
-    from lifeos_backup.catalog import Backup
-    from lifeos_backup.catalog.store import Catalog
     from lifeos_backup.core.settings import Settings
     from lifeos_backup.formats.manifest import ArchiveInfo, Compression, Manifest, write_manifest
+    from lifeos_backup.storage.catalog import Backup
+    from lifeos_backup.storage.catalog.store import Catalog
 
     settings = Settings(backup_root=Path(work) / "backups")
     catalog = Catalog(settings.effective_catalog_url)
@@ -172,7 +172,7 @@ def _repository(work: str, archive: str, sha256: str) -> tuple[Any, Any, str]:
 
 
 def ours_upload(work: str, archive: str, sha256: str) -> dict[str, Any]:
-    from lifeos_backup.offsite.upload import upload_backup
+    from lifeos_backup.storage.offsite.upload import upload_backup
 
     settings, catalog, backup_id = _repository(work, archive, sha256)
     started = time.perf_counter()
@@ -198,8 +198,8 @@ def ours_download(
 
     from lifeos_backup.core.settings import Settings
     from lifeos_backup.formats.manifest import ArchiveInfo, Compression, Manifest
-    from lifeos_backup.offsite.download import download_archive
-    from lifeos_backup.offsite.s3 import connect
+    from lifeos_backup.storage.offsite.download import download_archive
+    from lifeos_backup.storage.offsite.s3 import connect
 
     settings = Settings()
     now = datetime.now(UTC)
@@ -295,8 +295,8 @@ def json_backup(app_dir: str, work: str, recipient: str) -> dict[str, Any]:
     import resource
 
     from lifeos_backup.backups import create_backup, locate, verify_backup
-    from lifeos_backup.catalog.store import Catalog
     from lifeos_backup.core.settings import Settings
+    from lifeos_backup.storage.catalog.store import Catalog
 
     def cpu() -> float:  # user + system of every thread of this process (zstd workers too)
         ru = resource.getrusage(resource.RUSAGE_SELF)

@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from lifeos_backup import audit
-from lifeos_backup.catalog import Backup, Catalog
 from lifeos_backup.client import CREATE, ROTATE, UPLOAD, VERIFY
 from lifeos_backup.core.errors import NotFound
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.storage import audit
+from lifeos_backup.storage.catalog import Backup, Catalog
 
 INITIATOR_HEADER = "lifeos_initiator"
 AUDIT_ROTATE = "lifeos.audit.rotate"

@@ -16,15 +16,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from lifeos_backup import __version__
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.store import (
-    CREATED,
-    DELETED,
-    FAILED,
-    RUNNING,
-    VERIFIED,
-    utcnow,
-)
 from lifeos_backup.core.errors import LifeosError, NotFound, RetryableError, VerificationFailed
 from lifeos_backup.core.fsutil import private_dir, remove_quietly
 from lifeos_backup.core.names import check_backup_id
@@ -42,9 +33,18 @@ from lifeos_backup.formats.manifest import (
 from lifeos_backup.kinds import get_kind
 from lifeos_backup.leases import lease, try_lease
 from lifeos_backup.leftovers import INTERRUPTED, clean_leftovers
-from lifeos_backup.offsite.state import remote_only
-from lifeos_backup.repository import kind_dir, new_backup_id
-from lifeos_backup.retention import Candidate, Plan, parse_policy, plan
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import (
+    CREATED,
+    DELETED,
+    FAILED,
+    RUNNING,
+    VERIFIED,
+    utcnow,
+)
+from lifeos_backup.storage.offsite.state import remote_only
+from lifeos_backup.storage.repository import kind_dir, new_backup_id
+from lifeos_backup.storage.retention import Candidate, Plan, parse_policy, plan
 
 log = logging.getLogger(__name__)
 

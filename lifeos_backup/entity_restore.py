@@ -28,8 +28,6 @@ from psycopg import sql
 
 from lifeos_backup import appdb
 from lifeos_backup.backups import locate
-from lifeos_backup.catalog import Catalog
-from lifeos_backup.catalog.store import CREATED, VERIFIED
 from lifeos_backup.core.errors import ConfigError, NotFound, PermanentError
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
@@ -39,6 +37,8 @@ from lifeos_backup.postgres.conninfo import PgTarget
 from lifeos_backup.postgres.restore import MAINTENANCE_DB, drop_database, restore_postgres
 from lifeos_backup.postgres.toc import TocEntry
 from lifeos_backup.postgres.tools import tool
+from lifeos_backup.storage.catalog import Catalog
+from lifeos_backup.storage.catalog.store import CREATED, VERIFIED
 
 log = logging.getLogger(__name__)
 MAX_DBNAME = 63  # PostgreSQL truncates longer identifiers silently: never let it

@@ -36,15 +36,15 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.store import CREATED, DELETED, FAILED, RUNNING, utcnow
 from lifeos_backup.core.errors import NotFound
 from lifeos_backup.core.fsutil import PARTIAL_SUFFIX, remove_quietly
 from lifeos_backup.core.names import LAYOUTS, layout, split_file_name
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import MANIFEST_SUFFIX
 from lifeos_backup.leases import try_lease
-from lifeos_backup.repository import kind_dir
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import CREATED, DELETED, FAILED, RUNNING, utcnow
+from lifeos_backup.storage.repository import kind_dir
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ right now: its row is left as it is); then every row change is applied in one tr
 place (audit trail, drills, task runs and off-site columns stay), and a row that a worker
 changed during the checks keeps the worker's version.
 
-Which catalog it fills (lifeos_backup.catalog.generations): the current one when it opens and
-passes `PRAGMA quick_check`; otherwise (not a database, corrupt, not a catalog) a new
+Which catalog it fills (lifeos_backup.storage.catalog.generations): the current one when it opens
+and passes `PRAGMA quick_check`; otherwise (not a database, corrupt, not a catalog) a new
 generation, swapped in at the end, the old file kept aside for inspection.
 """
 
@@ -30,19 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from lifeos_backup.backups import check_files
-from lifeos_backup.catalog import Backup, Catalog, open_catalog
-from lifeos_backup.catalog import generations as gens
-from lifeos_backup.catalog.store import (
-    CREATED,
-    DELETED,
-    FAILED,
-    INCOMPLETE,
-    RUNNING,
-    UNVERIFIED,
-    VERIFIED,
-    sqlite_file,
-    utcnow,
-)
 from lifeos_backup.core.errors import InvalidName, LifeosError, VerificationFailed
 from lifeos_backup.core.fsutil import PARTIAL_SUFFIX, remove_quietly
 from lifeos_backup.core.names import (
@@ -57,7 +44,20 @@ from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import MANIFEST_SUFFIX, Manifest, read_manifest
 from lifeos_backup.leases import holder_of, try_lease
-from lifeos_backup.offsite.state import remote_only
+from lifeos_backup.storage.catalog import Backup, Catalog, open_catalog
+from lifeos_backup.storage.catalog import generations as gens
+from lifeos_backup.storage.catalog.store import (
+    CREATED,
+    DELETED,
+    FAILED,
+    INCOMPLETE,
+    RUNNING,
+    UNVERIFIED,
+    VERIFIED,
+    sqlite_file,
+    utcnow,
+)
+from lifeos_backup.storage.offsite.state import remote_only
 
 Warn = Callable[[str], None]
 # The columns a worker changes as a backup lives: a row whose values differ from those read
@@ -507,10 +507,10 @@ def rebuild_local(
 def rebuild_offsite(
     settings: Settings, *, warn: Warn = lambda _text: None
 ) -> tuple[Report, list[str]]:
-    """Rebuild from the manifests in the bucket (lifeos_backup.offsite.download) into the same
-    target as a local rebuild; invalid remote manifests are reported and skipped."""
-    from lifeos_backup.offsite.download import rebuild_from_offsite
-    from lifeos_backup.offsite.s3 import require_bucket
+    """Rebuild from the manifests in the bucket (lifeos_backup.storage.offsite.download) into the
+    same target as a local rebuild; invalid remote manifests are reported and skipped."""
+    from lifeos_backup.storage.offsite.download import rebuild_from_offsite
+    from lifeos_backup.storage.offsite.s3 import require_bucket
 
     require_bucket(settings)  # before the catalog is touched: nothing to rebuild from
     report = Report()
@@ -529,7 +529,7 @@ def rebuild_offsite(
 def _finish(settings: Settings, report: Report, source: str) -> None:
     """Name the earlier catalogs still on disk, and record the rebuild in the audit trail of
     the catalog now in use (a new catalog's trail starts with it)."""
-    from lifeos_backup.audit import SUCCEEDED, AuditEntry, record_quietly
+    from lifeos_backup.storage.audit import SUCCEEDED, AuditEntry, record_quietly
 
     pointer = sqlite_file(settings.effective_catalog_url)
     report.kept = gens.kept_aside(pointer) if pointer is not None else []

@@ -24,12 +24,12 @@ import psycopg
 from psycopg import sql
 
 from lifeos_backup import appdb
-from lifeos_backup.catalog import Catalog
-from lifeos_backup.catalog.store import VERIFIED
 from lifeos_backup.core.errors import ConfigError, PermanentError
 from lifeos_backup.core.fsutil import atomic_writer
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.postgres.conninfo import PgTarget
+from lifeos_backup.storage.catalog import Catalog
+from lifeos_backup.storage.catalog.store import VERIFIED
 
 SETTING = "LIFEOS_ROLLBACK_ENTITIES"
 ROW_BATCH = 1000  # rows fetched per round trip of the server-side cursor

@@ -11,7 +11,7 @@ from lifeos_backup import backups
 from lifeos_backup.client import CREATE, ROTATE, VERIFY, backup_chain
 from lifeos_backup.kinds import KINDS
 from lifeos_backup.queues import pin_to_host
-from lifeos_backup.repository import kind_of_id
+from lifeos_backup.storage.repository import kind_of_id
 from workers.base import LifeosTask
 from workers.celery_app import app
 

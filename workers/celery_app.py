@@ -211,8 +211,8 @@ def recover_on_start(sender: Any, **_kwargs: Any) -> None:
 
 def sweep_now(client: redis.Redis) -> list[Any]:
     """The sweeper with the broker's view of which tasks are still pending."""
-    from lifeos_backup.catalog import open_catalog
     from lifeos_backup.leftovers import sweep
+    from lifeos_backup.storage.catalog import open_catalog
 
     settings = get_settings()
     try:

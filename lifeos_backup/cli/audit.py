@@ -11,9 +11,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lifeos_backup import audit
 from lifeos_backup.cli.common import app, catalog, err, human_size, out, settings
 from lifeos_backup.core.errors import ConfigError, PermanentError
+from lifeos_backup.storage import audit
 
 audit_app = typer.Typer(
     help="The audit trail: who backed up, verified, uploaded, restored, drilled, rotated, "

@@ -12,7 +12,6 @@ import redis.exceptions
 import typer
 from rich.table import Table
 
-from lifeos_backup.audit import audited
 from lifeos_backup.cli.common import (
     KindOption,
     app,
@@ -24,6 +23,7 @@ from lifeos_backup.cli.common import (
     settings,
 )
 from lifeos_backup.core.errors import LifeosError
+from lifeos_backup.storage.audit import audited
 
 
 def _require_redis(url: str) -> None:

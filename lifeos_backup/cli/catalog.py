@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from lifeos_backup.catalog import Backup
 from lifeos_backup.cli.common import (
     KindOption,
     app,
@@ -21,13 +20,14 @@ from lifeos_backup.cli.common import (
     settings,
     warn,
 )
+from lifeos_backup.storage.catalog import Backup
 
 catalog_app = typer.Typer(no_args_is_help=True, help="Maintain the catalog.")
 app.add_typer(catalog_app, name="catalog")
 
 
 def _row(b: Backup) -> dict[str, Any]:
-    from lifeos_backup.offsite.state import location
+    from lifeos_backup.storage.offsite.state import location
 
     return {
         "id": b.id,

@@ -20,12 +20,12 @@ from rich.console import Console
 from rich.progress import DownloadColumn, MofNCompleteColumn, TimeRemainingColumn
 from rich.progress import Progress as Bar
 
-from lifeos_backup.catalog import Catalog, open_catalog
 from lifeos_backup.core.errors import ConfigError, NotFound
 from lifeos_backup.core.names import LAYOUTS, kind_of_id
 from lifeos_backup.core.progress import Progress, ProgressFn
 from lifeos_backup.core.settings import Settings, get_settings
-from lifeos_backup.offsite.source import SOURCES
+from lifeos_backup.jobs.source import SOURCES
+from lifeos_backup.storage.catalog import Catalog, open_catalog
 from lifeos_backup.version import package_version
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])

@@ -129,7 +129,7 @@ def _catalog_error(exc: BaseException, catalog_url: Callable[[], str]) -> Lifeos
     )
     if not isinstance(exc, sqlalchemy.exc.DatabaseError) or isinstance(exc, bugs):
         return None
-    from lifeos_backup.catalog.store import unreadable
+    from lifeos_backup.storage.catalog.store import unreadable
 
     try:
         url = catalog_url()

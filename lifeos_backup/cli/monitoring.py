@@ -17,7 +17,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from lifeos_backup.audit import audited
 from lifeos_backup.cli.common import (
     app,
     catalog,
@@ -30,6 +29,7 @@ from lifeos_backup.cli.common import (
     settings,
 )
 from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.storage.audit import audited
 
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 

@@ -16,10 +16,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lifeos_backup.audit import audited
 from lifeos_backup.cli.common import app, catalog, err, out, progress_bar, settings
 from lifeos_backup.core.errors import ConfigError, LifeosError
 from lifeos_backup.locks import HeldLock
+from lifeos_backup.storage.audit import audited
 
 offsite_app = typer.Typer(no_args_is_help=True, help="Off-site copies (S3-compatible storage).")
 app.add_typer(offsite_app, name="offsite")
@@ -40,8 +40,8 @@ def _lock(name: str) -> Iterator[HeldLock]:
 @offsite_app.command("sync")
 def sync_command() -> None:
     """Re-check remote copies, upload what is missing, apply remote retention (as the daily job)."""
-    from lifeos_backup.offsite.s3 import require_bucket
-    from lifeos_backup.offsite.sync import sync
+    from lifeos_backup.storage.offsite.s3 import require_bucket
+    from lifeos_backup.storage.offsite.sync import sync
 
     require_bucket(settings())
     with (
@@ -64,8 +64,8 @@ def sync_command() -> None:
 @offsite_app.command("upload")
 def upload_command(backup_id: str) -> None:
     """Upload one verified backup now (resuming an interrupted upload)."""
-    from lifeos_backup.offsite.s3 import require_bucket
-    from lifeos_backup.offsite.upload import upload_backup
+    from lifeos_backup.storage.offsite.s3 import require_bucket
+    from lifeos_backup.storage.offsite.upload import upload_backup
 
     require_bucket(settings())
     with (
@@ -86,8 +86,8 @@ def rotate_command(
     dry_run: Annotated[bool, typer.Option(help="Only show what would be deleted.")] = False,
 ) -> None:
     """Apply LIFEOS_RETENTION_OFFSITE to remote copies (never the newest of a kind)."""
-    from lifeos_backup.offsite.s3 import connect
-    from lifeos_backup.offsite.sync import expire_remote
+    from lifeos_backup.storage.offsite.s3 import connect
+    from lifeos_backup.storage.offsite.sync import expire_remote
 
     remote = connect(settings())
     with _lock("offsite-sync"):

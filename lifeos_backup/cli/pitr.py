@@ -13,7 +13,6 @@ from typing import Annotated
 
 import typer
 
-from lifeos_backup.audit import audited
 from lifeos_backup.cli.common import (
     catalog,
     err,
@@ -23,6 +22,7 @@ from lifeos_backup.cli.common import (
     restore_app,
     settings,
 )
+from lifeos_backup.storage.audit import audited
 
 
 @restore_app.command("pitr")

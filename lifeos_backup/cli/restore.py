@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from lifeos_backup.audit import audited
 from lifeos_backup.cli.common import (
     SourceOption,
     catalog,
@@ -22,6 +21,7 @@ from lifeos_backup.cli.common import (
     settings,
     warn,
 )
+from lifeos_backup.storage.audit import audited
 
 if TYPE_CHECKING:  # the restore module is imported only by the command that uses it
     from lifeos_backup.postgres.restore import RestoreReport
@@ -37,8 +37,8 @@ def restore_json(
     source: SourceOption = "local",
 ) -> None:
     """Restore a JSON backup into TARGET, verifying every file while extracting."""
+    from lifeos_backup.jobs.source import backup_source
     from lifeos_backup.json_restore import check_target, restore_archive
-    from lifeos_backup.offsite.source import backup_source
 
     with (
         audited(catalog(), "restore.json", backup_id) as entry,
@@ -84,7 +84,7 @@ def restore_postgres(
     With --table: those tables and what they need that DATABASE lacks (types, domains,
     functions, sequences, extensions, schemas); what it has is kept as it is.
     """
-    from lifeos_backup.offsite.source import backup_source
+    from lifeos_backup.jobs.source import backup_source
     from lifeos_backup.postgres.conninfo import restore_target
     from lifeos_backup.postgres.restore import RowCountMismatch
     from lifeos_backup.postgres.restore import restore_postgres as restore

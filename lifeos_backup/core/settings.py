@@ -361,7 +361,7 @@ class Settings(BaseSettings):
     @property
     def effective_catalog_url(self) -> str:
         # The folder resolved, the file not: catalog.sqlite3 is a pointer (a symlink) that the
-        # catalog follows itself (lifeos_backup.catalog.generations).
+        # catalog follows itself (lifeos_backup.storage.catalog.generations).
         return self.catalog_url or f"sqlite:///{self.backup_root.resolve() / 'catalog.sqlite3'}"
 
     @property

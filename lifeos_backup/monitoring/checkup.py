@@ -18,11 +18,11 @@ from typing import Any
 
 import redis
 
-from lifeos_backup.catalog import Catalog
-from lifeos_backup.catalog.store import RUNNING, utcnow
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.monitoring.alerts import Sender, alert_urls, apprise_send, reconcile
 from lifeos_backup.monitoring.health import BACKUP_OVERDUE, Condition, evaluate_health, overall
+from lifeos_backup.storage.catalog import Catalog
+from lifeos_backup.storage.catalog.store import RUNNING, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -21,11 +21,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.store import DELETED, VERIFIED, utcnow
 from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.monitoring import records
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import DELETED, VERIFIED, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,8 @@ SEVERITY = {
     WAL_STALE: DEGRADED,
 }
 MIN_SIZE_HISTORY = 3  # fewer earlier good backups than this: too little to call a size odd
-UPLOADED = "uploaded"  # lifeos_backup.offsite.state.UPLOADED (not imported: no boto3 needed)
+# lifeos_backup.storage.offsite.state.UPLOADED (not imported: no boto3 needed)
+UPLOADED = "uploaded"
 _UNITS = {
     "": 1, "b": 1,
     "k": 1000, "kb": 1000, "kib": 1024,

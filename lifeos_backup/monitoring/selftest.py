@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from lifeos_backup.catalog import Backup, Catalog, open_catalog
-from lifeos_backup.catalog.store import VERIFIED, utcnow
 from lifeos_backup.core.fsutil import DIR_MODE, private_dir
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import Manifest
+from lifeos_backup.storage.catalog import Backup, Catalog, open_catalog
+from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def check_rollback(s: Scratch, real: Settings) -> str:
 def check_rotation(s: Scratch, real: Settings) -> str:
     from lifeos_backup.backups import rotate
     from lifeos_backup.kinds import KINDS
-    from lifeos_backup.repository import new_backup_id
+    from lifeos_backup.storage.repository import new_backup_id
 
     catalog = open_catalog(f"sqlite:///{s.root.resolve() / 'rotation.sqlite3'}")
     now = utcnow().replace(microsecond=0)

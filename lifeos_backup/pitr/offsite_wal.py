@@ -44,7 +44,7 @@ def local_wal_files(archive: Path) -> list[str]:
 
 def upload_wal(settings: Settings) -> list[str]:
     """Upload archived WAL files the bucket lacks; returns their names."""
-    from lifeos_backup.offsite.s3 import connect, s3_errors
+    from lifeos_backup.storage.offsite.s3 import connect, s3_errors
 
     remote = connect(settings)
     folder = remote.key(REMOTE_FOLDER) + "/"

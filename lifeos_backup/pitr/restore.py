@@ -29,8 +29,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from lifeos_backup.catalog import Catalog
-from lifeos_backup.catalog.store import VERIFIED
 from lifeos_backup.core.errors import (
     CommandFailed,
     ConfigError,
@@ -50,6 +48,8 @@ from lifeos_backup.pitr import wal_archive_dir
 from lifeos_backup.pitr.basebackup import check_wal_coverage
 from lifeos_backup.pitr.pgconn import pg_tool
 from lifeos_backup.pitr.retention import KIND
+from lifeos_backup.storage.catalog import Catalog
+from lifeos_backup.storage.catalog.store import VERIFIED
 from lifeos_backup.wal.archive import SUFFIX, header_of
 from lifeos_backup.wal.names import parse_lsn
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from lifeos_backup.backups import create_backup, verify_backup
-from lifeos_backup.catalog import open_catalog
 from lifeos_backup.core.fsutil import private_dir
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.storage.catalog import open_catalog
 from tests.support.cli import (
     EXIT_BUG,
     Answer,

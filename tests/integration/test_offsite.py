@@ -27,11 +27,11 @@ from lifeos_backup.client import backup_chain, make_app, request_backup
 from lifeos_backup.core.errors import ConfigError, OffsiteError, VerificationFailed
 from lifeos_backup.formats.crypto import fingerprint, generate_identity
 from lifeos_backup.locks import exclusive
-from lifeos_backup.offsite import state
-from lifeos_backup.offsite import upload as upload_module
-from lifeos_backup.offsite.download import rebuild_from_offsite
-from lifeos_backup.offsite.sync import sync
-from lifeos_backup.offsite.upload import upload_backup
+from lifeos_backup.storage.offsite import state
+from lifeos_backup.storage.offsite import upload as upload_module
+from lifeos_backup.storage.offsite.download import rebuild_from_offsite
+from lifeos_backup.storage.offsite.sync import sync
+from lifeos_backup.storage.offsite.upload import upload_backup
 from tests.support.s3 import (
     Bucket,
     MotoServer,
@@ -429,8 +429,8 @@ def test_download_resumes_a_broken_stream_and_checks_the_whole(
     lifeos_env: LifeosEnv, s3_bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lifeos_backup.formats.manifest import read_manifest
-    from lifeos_backup.offsite.download import download_archive
-    from lifeos_backup.offsite.s3 import connect
+    from lifeos_backup.storage.offsite.download import download_archive
+    from lifeos_backup.storage.offsite.s3 import connect
 
     make_tree(lifeos_env.app_dir, files=5)
     add_blob(lifeos_env, 3)

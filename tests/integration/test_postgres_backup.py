@@ -24,13 +24,13 @@ import zstandard
 from psycopg import sql
 
 from lifeos_backup.backups import create_backup, locate, verify_backup
-from lifeos_backup.catalog.store import FAILED, VERIFIED
 from lifeos_backup.client import BackupFailed, make_app, request_backup
 from lifeos_backup.core.errors import SourceUnavailable, VerificationFailed
 from lifeos_backup.formats.manifest import read_manifest
 from lifeos_backup.postgres.restore import restore_postgres
 from lifeos_backup.postgres.tools import ToolTooOld
-from lifeos_backup.repository import kind_dir
+from lifeos_backup.storage.catalog.store import FAILED, VERIFIED
+from lifeos_backup.storage.repository import kind_dir
 from tests.support.services import PgDatabase, PostgresCluster, temporary_database
 from tests.support.worker import LifeosEnv
 

@@ -16,10 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.store import CREATED, FAILED, INCOMPLETE, RUNNING, VERIFIED, utcnow
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.leftovers import CHAIN_LOST, CREATED_GRACE, INTERRUPTED, clean_leftovers, sweep
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import (
+    CREATED,
+    FAILED,
+    INCOMPLETE,
+    RUNNING,
+    VERIFIED,
+    utcnow,
+)
 
 ID = "json_backup_20260101_020000"
 OTHER = "json_backup_20260101_030000"

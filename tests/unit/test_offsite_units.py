@@ -13,7 +13,6 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from beat_schedule import build_schedule
-from lifeos_backup.catalog import Backup
 from lifeos_backup.core.errors import (
     ConfigError,
     OffsiteError,
@@ -23,9 +22,10 @@ from lifeos_backup.core.errors import (
 )
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import ArchiveInfo, Compression, Manifest
-from lifeos_backup.offsite.s3 import same_checksum, translate
-from lifeos_backup.offsite.state import location
-from lifeos_backup.offsite.upload import (
+from lifeos_backup.storage.catalog import Backup
+from lifeos_backup.storage.offsite.s3 import same_checksum, translate
+from lifeos_backup.storage.offsite.state import location
+from lifeos_backup.storage.offsite.upload import (
     MIB,
     RangeReader,
     Throttle,

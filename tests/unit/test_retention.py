@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifeos_backup.core.errors import ConfigError
-from lifeos_backup.retention import (
+from lifeos_backup.storage.retention import (
     CREATED,
     DELETED,
     FAILED,

@@ -9,7 +9,7 @@ name used once, `<dir>/.state/catalog/<stem>-<UTC stamp>-<random><suffix>`, and 
 path (`catalog.sqlite3`) is a relative symlink to the current one. The catalog hands SQLite the
 generation's own path, so its sidecars carry the generation's name. Replacing the catalog is one
 atomic rename of the symlink; every process notices it with one `stat` before its next session
-(lifeos_backup.catalog.store) and reopens.
+(lifeos_backup.storage.catalog.store) and reopens.
 
 A plain file at the configured path (a catalog from before this layout) stays in use as it is:
 renaming a database that other processes have open would split it from its sidecars. When the

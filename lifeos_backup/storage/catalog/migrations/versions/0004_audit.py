@@ -2,7 +2,8 @@
 ends (the hash of the last record removed by rotation, and the newest record).
 
 Rows that existed before this revision are chained here, oldest first, with a frozen copy of
-the version-1 record hash (lifeos_backup.audit.record_hash must keep producing the same bytes).
+the version-1 record hash (lifeos_backup.storage.audit.record_hash must keep producing the same
+bytes).
 
 Revision ID: 0004_audit
 Revises: 0003_drills
@@ -42,7 +43,7 @@ def _at(value: object) -> str:
 
 
 def _hash(row: sa.Row, prev_hash: str) -> str:
-    """Frozen copy of lifeos_backup.audit.record_hash, format version 1."""
+    """Frozen copy of lifeos_backup.storage.audit.record_hash, format version 1."""
     document = {
         "v": 1,
         "id": row.id,

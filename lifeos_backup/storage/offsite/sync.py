@@ -15,16 +15,16 @@ from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.store import VERIFIED, utcnow
 from lifeos_backup.core.errors import AlreadyRunning, LifeosError
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.offsite import state
-from lifeos_backup.offsite.s3 import Remote, connect, head, manifest_key, s3_errors
-from lifeos_backup.offsite.upload import abort_upload, remote_mismatch, upload_backup
-from lifeos_backup.retention import Candidate, Decision, plan
-from lifeos_backup.retention import parse_policy as parse_retention
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
+from lifeos_backup.storage.offsite import state
+from lifeos_backup.storage.offsite.s3 import Remote, connect, head, manifest_key, s3_errors
+from lifeos_backup.storage.offsite.upload import abort_upload, remote_mismatch, upload_backup
+from lifeos_backup.storage.retention import Candidate, Decision, plan
+from lifeos_backup.storage.retention import parse_policy as parse_retention
 
 log = logging.getLogger(__name__)
 LockFn = Callable[[str], AbstractContextManager[object]]  # name -> held lock or AlreadyRunning

@@ -34,9 +34,6 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.store import FAILED as LOCAL_FAILED
-from lifeos_backup.catalog.store import VERIFIED, utcnow
 from lifeos_backup.core.errors import (
     LifeosError,
     OffsiteError,
@@ -48,8 +45,11 @@ from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import Manifest, manifest_path, read_manifest
 from lifeos_backup.formats.streams import CHUNK
-from lifeos_backup.offsite import state
-from lifeos_backup.offsite.s3 import (
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import FAILED as LOCAL_FAILED
+from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
+from lifeos_backup.storage.offsite import state
+from lifeos_backup.storage.offsite.s3 import (
     Remote,
     connect,
     head,

@@ -10,6 +10,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime: the time of every catalog and audit record."""
+    return datetime.now(UTC)
+
+
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes in and out, also on SQLite (which forgets the offset)."""
 
@@ -49,7 +54,8 @@ class Backup(Base):
     # The task now responsible: the create task while `running`, then the chain's verify task
     # (lifeos_backup.leftovers resolves a backup whose task is gone).
     task_id: Mapped[str | None] = mapped_column(String(64))
-    # Off-site copy (lifeos_backup.offsite.state): status, where, when, what S3 should report.
+    # Off-site copy (lifeos_backup.storage.offsite.state): status, where, when, what S3 should
+    # report.
     offsite_status: Mapped[str | None] = mapped_column(String(16), index=True)
     offsite_key: Mapped[str | None] = mapped_column(Text)
     offsite_checksum: Mapped[str | None] = mapped_column(String(96))
@@ -76,7 +82,8 @@ class TaskRun(Base):
 
 
 class Action(Base):
-    """One audit record (lifeos_backup.audit): who did what, when, to what, how it ended, where.
+    """One audit record (lifeos_backup.storage.audit): who did what, when, to what, how it ended,
+    where.
 
     Every backup, verify, upload, restore, drill, rotation, rollback, entity restore and flag
     change; appended only through `audit.append`, which chains each record to the one before by

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from lifeos_backup.catalog.models import Base
+from lifeos_backup.storage.catalog.models import Base
 
 config = context.config
 connection = config.attributes.get("connection")

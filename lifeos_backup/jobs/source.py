@@ -9,11 +9,11 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from lifeos_backup.catalog import Catalog
 from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import Manifest, read_manifest
+from lifeos_backup.storage.catalog import Catalog
 
 SOURCES = ("local", "offsite")
 FROM_HELP = "Read the backup from `local` disk or download it from `offsite` storage."
@@ -35,7 +35,7 @@ def backup_source(
         require_local_files(settings, row, archive, mpath)
         yield archive, read_manifest(mpath)
     elif source == "offsite":
-        from lifeos_backup.offsite.download import fetched
+        from lifeos_backup.storage.offsite.download import fetched
 
         with fetched(backup_id, settings, catalog, progress) as found:
             yield found

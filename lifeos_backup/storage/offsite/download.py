@@ -18,18 +18,18 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError
 
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.store import CREATED, VERIFIED
 from lifeos_backup.core.errors import NotFound, VerificationFailed
 from lifeos_backup.core.fsutil import private_dir, remove_quietly
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import MANIFEST_SUFFIX, Manifest, parse_manifest
 from lifeos_backup.formats.streams import CHUNK
-from lifeos_backup.offsite import state
-from lifeos_backup.offsite.s3 import Remote, connect, head, manifest_key, s3_errors
-from lifeos_backup.offsite.upload import remote_mismatch
-from lifeos_backup.repository import LAYOUTS
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import CREATED, VERIFIED
+from lifeos_backup.storage.offsite import state
+from lifeos_backup.storage.offsite.s3 import Remote, connect, head, manifest_key, s3_errors
+from lifeos_backup.storage.offsite.upload import remote_mismatch
+from lifeos_backup.storage.repository import LAYOUTS
 
 log = logging.getLogger(__name__)
 

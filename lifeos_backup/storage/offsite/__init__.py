@@ -8,5 +8,6 @@ Modules, one job each (import-light: boto3 is imported only by `s3` and its user
 `state` (catalog fields and where a backup is), `s3` (client factory, keys, error mapping),
 `upload` (multipart upload with resume, checksums, bandwidth limit, Object Lock),
 `download` (fetch for restore, catalog rebuild from the bucket), `sync` (daily: re-check remote
-copies, abort orphan uploads, upload what is missing, remote retention), `cli` (commands).
+copies, abort orphan uploads, upload what is missing, remote retention). The commands are
+lifeos_backup/cli/offsite.py.
 """

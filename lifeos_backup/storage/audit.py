@@ -6,11 +6,12 @@ hash-chained: each holds the SHA-256 of its own fields plus the hash of the reco
 the link of the next; the newest record's hash is also kept in `audit_anchor`, so deleting the
 newest record shows as well. `verify` walks the chain and names the records that do not fit.
 
-One writer for every recorder (`append`): the workers after each task run
-(lifeos_backup.audit_tasks), the CLI for restores and other operator actions (`audited`), and
-the existing recorders of flag changes, rollbacks and entity restores (`Catalog.record_action`).
-Appends from several processes are serialized (a PostgreSQL advisory lock, or a file lock beside
-an SQLite catalog), so two writers can never both chain onto the same record and fork the chain.
+One writer for every recorder (`append`, in lifeos_backup.storage.catalog.chain): the workers after
+each task run (lifeos_backup.audit_tasks), the CLI for restores and other operator actions
+(`audited`), and the existing recorders of flag changes, rollbacks and entity restores
+(`Catalog.record_action`). Appends from several processes are serialized (a PostgreSQL advisory
+lock, or a file lock beside an SQLite catalog), so two writers can never both chain onto the same
+record and fork the chain.
 
 Records older than LIFEOS_AUDIT_RETENTION_DAYS are removed by `rotate`, oldest first; the hash of
 the last removed record becomes the anchor's base, where verification starts.
@@ -18,39 +19,39 @@ the last removed record becomes the anchor's base, where verification starts.
 
 from __future__ import annotations
 
-import fcntl
 import getpass
-import hashlib
 import json
 import logging
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select, text
-from sqlalchemy.orm import Session
+from sqlalchemy import delete, select
 
-from lifeos_backup.catalog.models import Action, AuditAnchor
-from lifeos_backup.catalog.store import Catalog, utcnow
 from lifeos_backup.core.errors import ConfigError, PermanentError
-from lifeos_backup.core.fsutil import FILE_MODE
+from lifeos_backup.storage.catalog.chain import (
+    GENESIS,
+    SUCCEEDED,
+    append,
+    chain_lock,
+    fields_of,
+    iso,
+    load_anchor,
+    record_hash,
+    serialize_appends,
+)
+from lifeos_backup.storage.catalog.models import Action, AuditAnchor, utcnow
+from lifeos_backup.storage.catalog.store import Catalog
 
 log = logging.getLogger(__name__)
 
-GENESIS = "0" * 64  # the "previous hash" of the very first record
-FORMAT_VERSION = 1  # part of every hashed document; bump only with a migration re-chaining
-SUCCEEDED, FAILED = "succeeded", "failed"
-PG_LOCK_KEY = 0x4C69666541756474  # pg_advisory_xact_lock key of the chain ("LifeAudt")
-HASHED = (
-    "id", "at", "action", "target", "actor", "backup_id",
-    "status", "size", "duration_s", "location", "detail",
-)  # fmt: skip
+FAILED = "failed"  # a record's status when its action failed (SUCCEEDED: chain.py)
 
 
 # Every action the trail records, whoever records it (workers: lifeos_backup.audit_tasks; the
@@ -91,105 +92,21 @@ class AuditChainBroken(PermanentError):
 # ----------------------------------------------------------------------------- hashing
 
 
-def _iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def record_hash(fields: Mapping[str, Any], prev_hash: str) -> str:
-    """SHA-256 (hex) of the canonical JSON of the record's fields and the previous hash.
-
-    Canonical: sorted keys, no whitespace, UTF-8, times as UTC ISO strings with microseconds
-    (what both SQLite and PostgreSQL store exactly), so the same record always hashes the same.
-    """
-    document: dict[str, Any] = {name: fields.get(name) for name in HASHED}
-    if isinstance(document["at"], datetime):
-        document["at"] = _iso(document["at"])
-    document["v"] = FORMAT_VERSION
-    document["prev_hash"] = prev_hash
-    payload = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
 
-def fields_of(row: Action) -> dict[str, Any]:
-    """The hashed fields of a stored record."""
-    return {name: getattr(row, name) for name in HASHED}
 
 
 # ----------------------------------------------------------------------------- appending
 
 
-@contextmanager
-def chain_lock(catalog: Catalog) -> Iterator[None]:
-    """Serialize appends across processes on an SQLite catalog (a file lock beside it).
-
-    PostgreSQL catalogs take an advisory lock inside the transaction instead (`_serialize`); an
-    in-memory SQLite database belongs to one process and needs nothing.
-    """
-    db = catalog.file_path  # the configured path: the same lock for every generation behind it
-    if db is None:
-        yield
-        return
-    fd = os.open(f"{db}.audit.lock", os.O_CREAT | os.O_WRONLY, FILE_MODE)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
-def _serialize(session: Session) -> None:
-    """On PostgreSQL: hold the chain's advisory lock until this transaction ends."""
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_LOCK_KEY})
 
 
-def _anchor(session: Session) -> AuditAnchor:
-    anchor = session.get(AuditAnchor, 1)
-    if anchor is None:  # only if someone deleted it; `verify` then reports the broken chain
-        anchor = AuditAnchor(
-            id=1, base_hash=GENESIS, base_id=0, removed=0, head_hash=GENESIS, head_id=0,
-            updated_at=utcnow(),
-        )  # fmt: skip
-        session.add(anchor)
-        session.flush()
-    return anchor
 
 
-def append(
-    catalog: Catalog,
-    *,
-    action: str,
-    target: str,
-    initiator: str,
-    status: str = SUCCEEDED,
-    size: int | None = None,
-    duration_s: float | None = None,
-    location: str | None = None,
-    backup_id: str | None = None,
-    detail: Mapping[str, Any] | None = None,
-) -> int:
-    """Append one record to the chain; returns its id. The only writer of the `actions` table."""
-    with chain_lock(catalog), catalog.session() as s:
-        _serialize(s)
-        anchor = _anchor(s)
-        row = Action(
-            at=utcnow(),
-            action=action[:64],
-            target=target,
-            actor=(initiator or "unknown")[:128],
-            backup_id=backup_id,
-            detail=json.dumps(dict(detail or {}), sort_keys=True, default=str),
-            status=status,
-            size=size,
-            duration_s=None if duration_s is None else round(duration_s, 3),
-            location=location,
-            prev_hash=anchor.head_hash,
-        )
-        s.add(row)
-        s.flush()  # assigns the id, which is hashed too
-        row.hash = record_hash(fields_of(row), anchor.head_hash)
-        anchor.head_hash, anchor.head_id, anchor.updated_at = row.hash, row.id, row.at
-        return row.id
 
 
 def operator() -> str:
@@ -358,8 +275,8 @@ def rotate(
         )
     cutoff = (now or utcnow()) - timedelta(days=keep_days)
     with chain_lock(catalog), catalog.session() as s:
-        _serialize(s)
-        anchor = _anchor(s)
+        serialize_appends(s)
+        anchor = load_anchor(s)
         old = list(
             s.scalars(
                 select(Action)
@@ -439,7 +356,7 @@ def as_dict(row: Action) -> dict[str, Any]:
         detail = row.detail
     return {
         "id": row.id,
-        "at": _iso(row.at),
+        "at": iso(row.at),
         "initiator": row.actor,
         "action": row.action,
         "target": row.target,

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from sqlalchemy import delete, select
 
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.models import OffsitePart
-from lifeos_backup.catalog.store import DELETED as LOCAL_DELETED
-from lifeos_backup.catalog.store import VERIFIED, utcnow
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.models import OffsitePart
+from lifeos_backup.storage.catalog.store import DELETED as LOCAL_DELETED
+from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 
 # Off-site status of a backup (column backups.offsite_status; NULL: never tried).
 UPLOADING = "uploading"  # started; a crash leaves it so, and the next sync resumes it

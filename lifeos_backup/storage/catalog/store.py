@@ -11,7 +11,6 @@ import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -20,10 +19,10 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from lifeos_backup.catalog import generations
-from lifeos_backup.catalog.models import Action, Backup, TaskRun
 from lifeos_backup.core.errors import NotFound, PermanentError
 from lifeos_backup.core.fsutil import FILE_MODE
+from lifeos_backup.storage.catalog import chain, generations
+from lifeos_backup.storage.catalog.models import Action, Backup, TaskRun, utcnow
 
 RUNNING, CREATED, VERIFIED, FAILED, DELETED = "running", "created", "verified", "failed", "deleted"
 # Set only by `catalog rebuild`: listed from a manifest it was told to trust without re-reading
@@ -37,10 +36,6 @@ HEAD = "0005_task"
 _OPEN: dict[str, Catalog] = {}
 log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl" on every open
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -115,8 +110,8 @@ def unreadable(catalog_url: str, exc: Exception) -> CatalogUnreadable:
 class Catalog:
     """One catalog database; upgrades its own schema when opened.
 
-    An SQLite catalog follows its configured path (lifeos_backup.catalog.generations): before
-    every session one `stat` checks that the path still leads to the file this object opened;
+    An SQLite catalog follows its configured path (lifeos_backup.storage.catalog.generations):
+    before every session one `stat` checks that the path still leads to the file this object opened;
     if not (the catalog was rebuilt, replaced or deleted), the engine is disposed and the
     catalog reopened, so long-running workers move to a new catalog by themselves.
     """
@@ -333,11 +328,10 @@ class Catalog:
         backup_id: str | None = None,
         **fields: Any,
     ) -> int:
-        """Append one audit record (hash-chained by lifeos_backup.audit.append, the one writer);
-        `detail` is stored as JSON. `actor` is the initiator. Not rebuilt from manifests."""
-        from lifeos_backup import audit
-
-        return audit.append(
+        """Append one audit record (hash-chained by lifeos_backup.storage.catalog.chain.append, the
+        one writer); `detail` is stored as JSON. `actor` is the initiator. Not rebuilt from
+        manifests."""
+        return chain.append(
             self, action=action, target=target, initiator=actor, backup_id=backup_id,
             detail=detail, **fields,
         )  # fmt: skip
