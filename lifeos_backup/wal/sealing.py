@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lifeos_backup.wal.archive import (
+from lifeos_backup.wal.segment import (
     ENV_IDENTITY,
     ENV_RECIPIENTS,
     CorruptSegment,
