@@ -15,7 +15,7 @@ from celery.schedules import schedule as interval
 
 from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.postgres.conninfo import postgres_configured
+from lifeos_backup.kinds.postgres.conninfo import postgres_configured
 
 EVERY = re.compile(r"(?:@every\s+|every:)(\d+)\s*(s|m|h)?", re.IGNORECASE)
 _SECONDS = {"s": 1, "m": 60, "h": 3600}

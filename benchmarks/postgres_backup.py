@@ -162,7 +162,7 @@ def ours_restore_child(root: str, url: str, bindir: str, backup_id: str, target:
     from lifeos_backup.backups import locate
     from lifeos_backup.core.settings import Settings
     from lifeos_backup.formats.manifest import read_manifest
-    from lifeos_backup.postgres.restore import restore_postgres
+    from lifeos_backup.kinds.postgres.restore import restore_postgres
     from lifeos_backup.storage.catalog.store import Catalog
 
     settings = Settings(backup_root=Path(root), database_url=url, pg_bin_dir=Path(bindir))

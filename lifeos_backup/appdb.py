@@ -18,8 +18,8 @@ from psycopg import sql
 
 from lifeos_backup.core.errors import ConfigError, PermanentError
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.postgres.connect import connect as pg_connect
-from lifeos_backup.postgres.conninfo import PgTarget
+from lifeos_backup.kinds.postgres.connect import connect as pg_connect
+from lifeos_backup.kinds.postgres.conninfo import PgTarget
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?")
 

@@ -30,7 +30,7 @@ from lifeos_backup.formats.manifest import (
     read_manifest,
     write_manifest,
 )
-from lifeos_backup.kinds import get_kind
+from lifeos_backup.kinds.registry import get_kind
 from lifeos_backup.leases import lease, try_lease
 from lifeos_backup.leftovers import INTERRUPTED, clean_leftovers
 from lifeos_backup.storage.catalog import Backup, Catalog

@@ -196,7 +196,7 @@ def failure_text(exc: object) -> str:
     """A failed task's exception as one readable line.
 
     Celery rebuilds a task's exception from its class name and arguments; when this process has
-    not imported that class (the app and the CLI never import lifeos_backup.postgres.connect,
+    not imported that class (the app and the CLI never import lifeos_backup.kinds.postgres.connect,
     say), it makes a stand-in Exception with the same arguments. A LifeosError's arguments are
     (what, detail, hint), which the stand-in would print as a Python tuple; they are put back
     together here the way LifeosError prints them (lifeos_backup.core.errors).

@@ -32,11 +32,11 @@ from lifeos_backup.core.errors import ConfigError, NotFound, PermanentError
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import Manifest, read_manifest
-from lifeos_backup.postgres.check import read_entries
-from lifeos_backup.postgres.conninfo import PgTarget
-from lifeos_backup.postgres.restore import MAINTENANCE_DB, drop_database, restore_postgres
-from lifeos_backup.postgres.toc import TocEntry
-from lifeos_backup.postgres.tools import tool
+from lifeos_backup.kinds.postgres.check import read_entries
+from lifeos_backup.kinds.postgres.conninfo import PgTarget
+from lifeos_backup.kinds.postgres.restore import MAINTENANCE_DB, drop_database, restore_postgres
+from lifeos_backup.kinds.postgres.toc import TocEntry
+from lifeos_backup.kinds.postgres.tools import tool
 from lifeos_backup.storage.catalog import Catalog
 from lifeos_backup.storage.catalog.store import CREATED, VERIFIED
 

@@ -27,7 +27,7 @@ from lifeos_backup import appdb
 from lifeos_backup.core.errors import ConfigError, PermanentError
 from lifeos_backup.core.fsutil import atomic_writer
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.postgres.conninfo import PgTarget
+from lifeos_backup.kinds.postgres.conninfo import PgTarget
 from lifeos_backup.storage.catalog import Catalog
 from lifeos_backup.storage.catalog.store import VERIFIED
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from lifeos_backup import backups
 from lifeos_backup.client import CREATE, ROTATE, VERIFY, backup_chain
-from lifeos_backup.kinds import KINDS
+from lifeos_backup.kinds.registry import KINDS
 from lifeos_backup.queues import pin_to_host
 from lifeos_backup.storage.repository import kind_of_id
 from workers.base import LifeosTask

@@ -149,7 +149,7 @@ def rotate(
     import redis
 
     from lifeos_backup.backups import rotate as rotate_kind
-    from lifeos_backup.kinds import KINDS
+    from lifeos_backup.kinds.registry import KINDS
     from lifeos_backup.locks import exclusive
 
     s = settings()

@@ -60,8 +60,8 @@ def restore_pitr(
     timeout: Annotated[int, typer.Option(min=1, help="Seconds to wait for recovery.")] = 3600,
 ) -> None:
     """Restore PostgreSQL to a point in time from a base backup and the WAL archive."""
-    from lifeos_backup.pitr.restore import RecoveryTarget, parse_target_time
-    from lifeos_backup.pitr.restore import restore_pitr as run
+    from lifeos_backup.kinds.basebackup.restore import RecoveryTarget, parse_target_time
+    from lifeos_backup.kinds.basebackup.restore import restore_pitr as run
 
     target = RecoveryTarget(
         time=parse_target_time(target_time) if target_time else None,

@@ -24,7 +24,7 @@ from lifeos_backup.cli.common import (
 from lifeos_backup.storage.audit import audited
 
 if TYPE_CHECKING:  # the restore module is imported only by the command that uses it
-    from lifeos_backup.postgres.restore import RestoreReport
+    from lifeos_backup.kinds.postgres.restore import RestoreReport
 
 
 @restore_app.command("json")
@@ -38,7 +38,7 @@ def restore_json(
 ) -> None:
     """Restore a JSON backup into TARGET, verifying every file while extracting."""
     from lifeos_backup.jobs.source import backup_source
-    from lifeos_backup.json_restore import check_target, restore_archive
+    from lifeos_backup.kinds.json.restore import check_target, restore_archive
 
     with (
         audited(catalog(), "restore.json", backup_id) as entry,
@@ -85,9 +85,9 @@ def restore_postgres(
     functions, sequences, extensions, schemas); what it has is kept as it is.
     """
     from lifeos_backup.jobs.source import backup_source
-    from lifeos_backup.postgres.conninfo import restore_target
-    from lifeos_backup.postgres.restore import RowCountMismatch
-    from lifeos_backup.postgres.restore import restore_postgres as restore
+    from lifeos_backup.kinds.postgres.conninfo import restore_target
+    from lifeos_backup.kinds.postgres.restore import RowCountMismatch
+    from lifeos_backup.kinds.postgres.restore import restore_postgres as restore
 
 
     with (

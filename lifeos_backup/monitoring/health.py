@@ -144,8 +144,8 @@ def parse_free_space(text: str) -> tuple[float | None, int | None]:
 
 def watched_kinds(settings: Settings, catalog: Catalog) -> list[str]:
     """Kinds that must have a recent good backup (LIFEOS_HEALTH_KINDS, else derived)."""
-    from lifeos_backup.kinds import KINDS
-    from lifeos_backup.postgres.conninfo import postgres_configured
+    from lifeos_backup.kinds.postgres.conninfo import postgres_configured
+    from lifeos_backup.kinds.registry import KINDS
 
     if settings.health_kinds and settings.health_kinds.strip():
         chosen = [k.strip() for k in settings.health_kinds.split(",") if k.strip()]
@@ -311,7 +311,7 @@ def check_offsite(settings: Settings, catalog: Catalog, now: datetime) -> list[C
 def wal_status(settings: Settings, now: datetime) -> dict[str, Any] | None:
     """The WAL archive's status when point-in-time recovery is in use (segments archived)."""
     try:
-        from lifeos_backup.pitr.health import wal_archive_status
+        from lifeos_backup.kinds.basebackup.health import wal_archive_status
     except ImportError:  # PITR package absent: the check is skipped, not failed
         try:
             from lifeos_backup.wal import wal_archive_status  # type: ignore[attr-defined]

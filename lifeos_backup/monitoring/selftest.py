@@ -104,7 +104,7 @@ def check_creation(s: Scratch) -> str:
 
 
 def check_extraction(s: Scratch) -> str:
-    from lifeos_backup.json_restore import restore_archive
+    from lifeos_backup.kinds.json.restore import restore_archive
 
     if s.manifest is None or s.archive is None:
         raise AssertionError("not run: no backup was created")
@@ -156,7 +156,7 @@ def check_manifest(s: Scratch) -> str:
 
 
 def check_rollback(s: Scratch, real: Settings) -> str:
-    from lifeos_backup.postgres.conninfo import postgres_configured
+    from lifeos_backup.kinds.postgres.conninfo import postgres_configured
 
     if not postgres_configured(real):
         raise Skipped("no PostgreSQL configured (LIFEOS_DATABASE_URL / PG* unset)")
@@ -176,7 +176,7 @@ def check_rollback(s: Scratch, real: Settings) -> str:
 
 def check_rotation(s: Scratch, real: Settings) -> str:
     from lifeos_backup.backups import rotate
-    from lifeos_backup.kinds import KINDS
+    from lifeos_backup.kinds.registry import KINDS
     from lifeos_backup.storage.repository import new_backup_id
 
     catalog = open_catalog(f"sqlite:///{s.root.resolve() / 'rotation.sqlite3'}")

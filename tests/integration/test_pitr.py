@@ -22,10 +22,10 @@ from lifeos_backup.core.errors import DecryptionKeyError
 from lifeos_backup.core.settings import Settings, get_settings
 from lifeos_backup.formats.crypto import fingerprint, generate_identity
 from lifeos_backup.formats.manifest import manifest_path, read_manifest
-from lifeos_backup.pitr.basebackup import required_segments
-from lifeos_backup.pitr.health import wal_archive_status
-from lifeos_backup.pitr.offsite_wal import upload_wal
-from lifeos_backup.pitr.restore import RecoveryTarget, restore_pitr
+from lifeos_backup.kinds.basebackup.backup import required_segments
+from lifeos_backup.kinds.basebackup.health import wal_archive_status
+from lifeos_backup.kinds.basebackup.offsite_wal import upload_wal
+from lifeos_backup.kinds.basebackup.restore import RecoveryTarget, restore_pitr
 from lifeos_backup.storage.catalog import Catalog, open_catalog
 from lifeos_backup.storage.catalog.store import DELETED, VERIFIED
 from lifeos_backup.wal.archive import SUFFIX, header_of, push

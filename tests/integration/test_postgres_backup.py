@@ -27,8 +27,8 @@ from lifeos_backup.backups import create_backup, locate, verify_backup
 from lifeos_backup.client import BackupFailed, make_app, request_backup
 from lifeos_backup.core.errors import SourceUnavailable, VerificationFailed
 from lifeos_backup.formats.manifest import read_manifest
-from lifeos_backup.postgres.restore import restore_postgres
-from lifeos_backup.postgres.tools import ToolTooOld
+from lifeos_backup.kinds.postgres.restore import restore_postgres
+from lifeos_backup.kinds.postgres.tools import ToolTooOld
 from lifeos_backup.storage.catalog.store import FAILED, VERIFIED
 from lifeos_backup.storage.repository import kind_dir
 from tests.support.services import PgDatabase, PostgresCluster, temporary_database
@@ -242,7 +242,7 @@ def role_url(cluster: PostgresCluster, dbname: str, password: str) -> str:
 def sliced(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every table dumped as COPY slices, several per table (for real only tables of 16 MiB
     and more are, in slices of 64 MiB or more): for tests that call the plain functions."""
-    from lifeos_backup.postgres import rows
+    from lifeos_backup.kinds.postgres import rows
 
     monkeypatch.setattr(rows, "FLOOR", 0)
     monkeypatch.setattr(rows, "SLICE_MIN", 8192)
@@ -399,8 +399,8 @@ def test_verify_reads_every_part_not_only_the_checksum(
     decompressed in full and its length compared; parts must tile the archive exactly."""
     import hashlib
 
-    from lifeos_backup.postgres.check import check_dump
-    from lifeos_backup.postgres.tools import tool
+    from lifeos_backup.kinds.postgres.check import check_dump
+    from lifeos_backup.kinds.postgres.tools import tool
 
     with lifeos_database(pg_cluster) as source:
         use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
@@ -625,7 +625,7 @@ def test_cli_restore_exits_non_zero_on_a_row_count_difference(
 def test_head_is_the_archive_up_to_its_data_and_lists_alike(
     pg_cluster: PostgresCluster, tmp_path: Path
 ) -> None:
-    from lifeos_backup.postgres.tochead import copy_head
+    from lifeos_backup.kinds.postgres.tochead import copy_head
 
     pg_dump, pg_restore = (str(pg_cluster.bindir / name) for name in ("pg_dump", "pg_restore"))
     with lifeos_database(pg_cluster) as source:
@@ -836,7 +836,7 @@ def test_autovacuum_is_kept_off_a_table_from_its_first_slice_to_its_index_build(
 ) -> None:
     """Slices commit one by one: an autovacuum started on a half-loaded table holds up its index
     build for deadlock_timeout, then is cancelled (docs/decisions.md, session 8)."""
-    from lifeos_backup.postgres import restore as restore_module
+    from lifeos_backup.kinds.postgres import restore as restore_module
 
     restored = scratch_name("guarded")
     seen: list[tuple[str, bool]] = []
@@ -869,7 +869,7 @@ def test_the_biggest_table_loads_first_and_an_index_build_beside_others_is_one_p
 ) -> None:
     """The biggest table's load and then its index build are the restore's longest chain; beside
     other jobs a parallel index build would crowd them out (docs/decisions.md, session 9)."""
-    from lifeos_backup.postgres import restore as restore_module
+    from lifeos_backup.kinds.postgres import restore as restore_module
 
     events: list[tuple[str, str]] = []
     real_copy, real_tracked = restore_module.copy_into, restore_module.run_tracked
@@ -925,8 +925,8 @@ def test_the_biggest_table_loads_first_and_an_index_build_beside_others_is_one_p
 def test_a_table_already_locked_is_loaded_without_a_guard(pg_database: PgDatabase) -> None:
     """The guard only saves time: a table someone else holds (a manual VACUUM, a LOCK) is
     loaded without it, after LOCK_TIMEOUT, and never blocks the restore."""
-    from lifeos_backup.postgres.conninfo import PgTarget
-    from lifeos_backup.postgres.vacuumguard import VacuumGuards
+    from lifeos_backup.kinds.postgres.conninfo import PgTarget
+    from lifeos_backup.kinds.postgres.vacuumguard import VacuumGuards
 
     target = PgTarget.parse(pg_database.url)
     with psycopg.connect(pg_database.url, autocommit=True) as conn:
@@ -1033,7 +1033,7 @@ def test_a_psql_that_does_not_report_its_rows_fails_the_backup_without_a_file(
 ) -> None:
     """The manifest's row counts are the server's; with none reported there is no backup."""
     from lifeos_backup.core.errors import PermanentError
-    from lifeos_backup.postgres import dump, rows
+    from lifeos_backup.kinds.postgres import dump, rows
 
     def silent(*args, **kwargs) -> list[str]:
         argv = rows.dump_args(*args, **kwargs)
@@ -1055,7 +1055,7 @@ def test_a_table_locked_away_makes_the_backup_wait_then_retry(
 ) -> None:
     """A migration holding a table (ACCESS EXCLUSIVE) past the lock wait: a retryable failure
     naming the cause, no file."""
-    import lifeos_backup.postgres.dump as dump_module
+    import lifeos_backup.kinds.postgres.dump as dump_module
     from lifeos_backup.core.errors import SourceUnavailable
 
     monkeypatch.setattr(dump_module, "LOCK_WAIT", "1s")
@@ -1075,9 +1075,9 @@ def test_disk_full_during_the_dump_removes_the_partial_file(
 ) -> None:
     import errno
 
-    import lifeos_backup.postgres.dump as dump_module
+    import lifeos_backup.kinds.postgres.dump as dump_module
     from lifeos_backup.formats.streams import HashingWriter
-    from lifeos_backup.postgres.dump import DiskFull
+    from lifeos_backup.kinds.postgres.dump import DiskFull
 
     class FillsUp(HashingWriter):
         """The disk is full once 100 kB of the archive are written."""

@@ -232,7 +232,7 @@ def sliced_and_sealed(
     """Every table's rows in COPY slices (several per table) and the archive encrypted."""
     import pyrage
 
-    from lifeos_backup.postgres import rows
+    from lifeos_backup.kinds.postgres import rows
 
     monkeypatch.setattr(rows, "FLOOR", 0)
     monkeypatch.setattr(rows, "SLICE_MIN", 4096)

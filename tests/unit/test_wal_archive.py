@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.pitr.health import wal_archive_status
-from lifeos_backup.pitr.retention import prunable, prune_wal
+from lifeos_backup.kinds.basebackup.health import wal_archive_status
+from lifeos_backup.kinds.basebackup.retention import prunable, prune_wal
 from lifeos_backup.wal import archive as wal
 from lifeos_backup.wal.cli import EXIT_ABORT_RECOVERY, EXIT_MISSING, run_fetch, run_push
 from lifeos_backup.wal.names import (
@@ -330,7 +330,7 @@ def test_a_valid_zstd_frame_with_other_content_is_caught_by_the_sha256(tmp_path:
 
 def test_restore_pitr_wants_a_time_zone() -> None:
     from lifeos_backup.core.errors import ConfigError
-    from lifeos_backup.pitr.restore import RecoveryTarget, parse_target_time
+    from lifeos_backup.kinds.basebackup.restore import RecoveryTarget, parse_target_time
 
     with pytest.raises(ConfigError, match="time zone"):
         RecoveryTarget(time=parse_target_time("2026-11-28 12:00:00"))

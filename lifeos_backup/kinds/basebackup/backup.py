@@ -41,9 +41,9 @@ from lifeos_backup.formats.streams import (
     decompressor,
 )
 from lifeos_backup.formats.tarstream import TarReader
-from lifeos_backup.kinds import Written
-from lifeos_backup.pitr import wal_archive_dir
-from lifeos_backup.pitr.pgconn import connect, conninfo_and_env, pg_tool
+from lifeos_backup.kinds.base import Written
+from lifeos_backup.kinds.basebackup import wal_archive_dir
+from lifeos_backup.kinds.basebackup.pgconn import connect, conninfo_and_env, pg_tool
 from lifeos_backup.wal.archive import verify_file
 from lifeos_backup.wal.names import format_lsn, parse_lsn, segment_of_lsn, segment_range
 from lifeos_backup.wal.segment import CorruptSegment, KeyUnavailable, WalError

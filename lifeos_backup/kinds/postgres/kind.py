@@ -7,14 +7,11 @@ nothing to processes that never back up PostgreSQL (Beat, the CLI's list command
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from lifeos_backup.core.progress import ProgressFn
 from lifeos_backup.core.settings import Settings, get_settings
 from lifeos_backup.formats.manifest import Manifest, Source
-
-if TYPE_CHECKING:
-    from lifeos_backup.kinds import Written
+from lifeos_backup.kinds.base import Written
 
 EXTENSION = ".dump.zst"
 
@@ -29,8 +26,7 @@ class PostgresKind:
 
     def write(self, settings: Settings, archive: Path, progress: ProgressFn) -> Written:
         from lifeos_backup.formats.crypto import encryption_info, parse_recipients
-        from lifeos_backup.kinds import Written
-        from lifeos_backup.postgres.dump import ALGORITHM, dump_database
+        from lifeos_backup.kinds.postgres.dump import ALGORITHM, dump_database
 
         result = dump_database(settings, archive, progress)
         source = Source(
@@ -50,7 +46,7 @@ class PostgresKind:
         )
 
     def check(self, archive: Path, manifest: Manifest, progress: ProgressFn) -> None:
-        from lifeos_backup.postgres.check import check_dump
-        from lifeos_backup.postgres.tools import tool
+        from lifeos_backup.kinds.postgres.check import check_dump
+        from lifeos_backup.kinds.postgres.tools import tool
 
         check_dump(archive, manifest, tool(get_settings(), "pg_restore"), progress)

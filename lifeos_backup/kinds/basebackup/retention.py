@@ -19,7 +19,7 @@ from pathlib import Path
 from lifeos_backup.core.errors import VerificationFailed
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import manifest_path, read_manifest
-from lifeos_backup.pitr import wal_archive_dir
+from lifeos_backup.kinds.basebackup import wal_archive_dir
 from lifeos_backup.storage.catalog import Catalog
 from lifeos_backup.storage.catalog.store import CREATED, VERIFIED
 from lifeos_backup.wal.archive import SUFFIX, TEMP_PREFIX

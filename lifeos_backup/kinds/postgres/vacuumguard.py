@@ -20,8 +20,8 @@ import psycopg
 from psycopg import sql
 
 from lifeos_backup.core.errors import LifeosError
-from lifeos_backup.postgres.connect import connect, one_line
-from lifeos_backup.postgres.conninfo import PgTarget
+from lifeos_backup.kinds.postgres.connect import connect, one_line
+from lifeos_backup.kinds.postgres.conninfo import PgTarget
 
 log = logging.getLogger(__name__)
 

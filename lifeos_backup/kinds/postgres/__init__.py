@@ -10,9 +10,3 @@ contents), `check` (verify an archive), `tableplan` (what a table restore brings
 backup lifecycle).
 docs/postgres.md explains the whole, docs/decisions.md why the format.
 """
-
-from __future__ import annotations
-
-from lifeos_backup.postgres.kind import PostgresKind
-
-__all__ = ["PostgresKind"]

@@ -29,9 +29,9 @@ from lifeos_backup.core.settings import get_settings
 from lifeos_backup.formats.crypto import open_plain
 from lifeos_backup.formats.manifest import Manifest, require_archive_match
 from lifeos_backup.formats.streams import CHUNK, decompressor, sha256_file
-from lifeos_backup.postgres.parts import Part, Window, parts_of
-from lifeos_backup.postgres.toc import TocEntry, missing_tables, parse_toc
-from lifeos_backup.postgres.tools import Tool
+from lifeos_backup.kinds.postgres.parts import Part, Window, parts_of
+from lifeos_backup.kinds.postgres.toc import TocEntry, missing_tables, parse_toc
+from lifeos_backup.kinds.postgres.tools import Tool
 
 _STREAM_ERRORS = (zstandard.ZstdError, EOFError)
 _HINT = "the backup is not good; use another one"

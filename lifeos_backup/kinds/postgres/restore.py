@@ -46,19 +46,19 @@ from lifeos_backup.core.settings import Settings
 from lifeos_backup.core.sidebyside import Crew, run_side_by_side
 from lifeos_backup.formats.manifest import Manifest
 from lifeos_backup.formats.streams import CHUNK
-from lifeos_backup.postgres.check import manifest_tables, verify_checksum
-from lifeos_backup.postgres.connect import connect
-from lifeos_backup.postgres.conninfo import PgTarget, restore_target
-from lifeos_backup.postgres.parts import Part, PartSource, open_part, part_sources, parts_of
-from lifeos_backup.postgres.present import Presence, kept_differences, name_taken
-from lifeos_backup.postgres.rows import SESSION, Slice
-from lifeos_backup.postgres.snapshot import count_rows
-from lifeos_backup.postgres.tableplan import TablePlan, plan_tables
-from lifeos_backup.postgres.toc import SESSION as TOC_SESSION
-from lifeos_backup.postgres.toc import TocEntry, own_post_data, parse_toc, use_list
-from lifeos_backup.postgres.tochead import copy_head
-from lifeos_backup.postgres.tools import Tool, require_restore_not_older, tool
-from lifeos_backup.postgres.vacuumguard import VacuumGuards
+from lifeos_backup.kinds.postgres.check import manifest_tables, verify_checksum
+from lifeos_backup.kinds.postgres.connect import connect
+from lifeos_backup.kinds.postgres.conninfo import PgTarget, restore_target
+from lifeos_backup.kinds.postgres.parts import Part, PartSource, open_part, part_sources, parts_of
+from lifeos_backup.kinds.postgres.present import Presence, kept_differences, name_taken
+from lifeos_backup.kinds.postgres.rows import SESSION, Slice
+from lifeos_backup.kinds.postgres.snapshot import count_rows
+from lifeos_backup.kinds.postgres.tableplan import TablePlan, plan_tables
+from lifeos_backup.kinds.postgres.toc import SESSION as TOC_SESSION
+from lifeos_backup.kinds.postgres.toc import TocEntry, own_post_data, parse_toc, use_list
+from lifeos_backup.kinds.postgres.tochead import copy_head
+from lifeos_backup.kinds.postgres.tools import Tool, require_restore_not_older, tool
+from lifeos_backup.kinds.postgres.vacuumguard import VacuumGuards
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.pitr import wal_archive_dir
+from lifeos_backup.kinds.basebackup import wal_archive_dir
 from lifeos_backup.wal.archive import SUFFIX
 from lifeos_backup.wal.names import ARCHIVABLE
 

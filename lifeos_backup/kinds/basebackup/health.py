@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.pitr import wal_archive_dir
+from lifeos_backup.kinds.basebackup import wal_archive_dir
 from lifeos_backup.wal.archive import SUFFIX, read_status
 from lifeos_backup.wal.names import SEGMENT, is_history
 

@@ -1,4 +1,4 @@
-"""Connecting for base backups: reuses lifeos_backup.postgres (password kept out of argv).
+"""Connecting for base backups: reuses lifeos_backup.kinds.postgres (password kept out of argv).
 
 `PgTarget` splits the password off LIFEOS_DATABASE_URL (or libpq's PG* variables), so
 `pg_basebackup -d CONNINFO` never shows it to `ps`: it travels in PGPASSWORD, which procs.spawn
@@ -15,8 +15,8 @@ import psycopg
 
 from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.postgres.connect import connect as pg_connect
-from lifeos_backup.postgres.conninfo import PgTarget
+from lifeos_backup.kinds.postgres.connect import connect as pg_connect
+from lifeos_backup.kinds.postgres.conninfo import PgTarget
 
 
 def target(settings: Settings) -> PgTarget:

@@ -24,7 +24,7 @@ from lifeos_backup.core.settings import get_settings
 from lifeos_backup.formats.crypto import open_plain
 from lifeos_backup.formats.manifest import Manifest
 from lifeos_backup.formats.streams import CHUNK, ReadStream, decompressor
-from lifeos_backup.postgres.rows import Slice
+from lifeos_backup.kinds.postgres.rows import Slice
 
 
 @dataclass

@@ -25,8 +25,8 @@ from typing import Any
 import psycopg
 
 from lifeos_backup.core import procs
-from lifeos_backup.postgres.toc import TocEntry, use_list
-from lifeos_backup.postgres.tools import Tool
+from lifeos_backup.kinds.postgres.toc import TocEntry, use_list
+from lifeos_backup.kinds.postgres.tools import Tool
 
 _TYPE = (
     "SELECT 1 FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace"

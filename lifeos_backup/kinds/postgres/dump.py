@@ -38,24 +38,24 @@ from lifeos_backup.core.settings import Settings
 from lifeos_backup.core.sidebyside import Crew, run_side_by_side
 from lifeos_backup.formats.crypto import Recipient, parse_recipients, sealed
 from lifeos_backup.formats.streams import CHUNK, HashingWriter, compressor
-from lifeos_backup.postgres.connect import connect, one_line
-from lifeos_backup.postgres.conninfo import PgTarget, postgres_configured
-from lifeos_backup.postgres.parts import Part
-from lifeos_backup.postgres.rows import (
+from lifeos_backup.kinds.postgres.connect import connect, one_line
+from lifeos_backup.kinds.postgres.conninfo import PgTarget, postgres_configured
+from lifeos_backup.kinds.postgres.parts import Part
+from lifeos_backup.kinds.postgres.rows import (
     Slice,
     candidates,
     lock_tables,
     plan_slices,
     reported_rows,
 )
-from lifeos_backup.postgres.rows import dump_args as slice_args
-from lifeos_backup.postgres.snapshot import (
+from lifeos_backup.kinds.postgres.rows import dump_args as slice_args
+from lifeos_backup.kinds.postgres.snapshot import (
     DatabaseFacts,
     catalog_facts,
     count_all,
     exported_snapshot,
 )
-from lifeos_backup.postgres.tools import Tool, find_tool, require_dump_not_older, tool
+from lifeos_backup.kinds.postgres.tools import Tool, find_tool, require_dump_not_older, tool
 
 log = logging.getLogger(__name__)
 

@@ -43,11 +43,11 @@ from lifeos_backup.formats.crypto import identities_for, open_plain
 from lifeos_backup.formats.manifest import Manifest, manifest_path, read_manifest
 from lifeos_backup.formats.streams import HashingReader, decompressor
 from lifeos_backup.formats.tarstream import TarReader
-from lifeos_backup.json_restore import safe_link, safe_relpath
-from lifeos_backup.pitr import wal_archive_dir
-from lifeos_backup.pitr.basebackup import check_wal_coverage
-from lifeos_backup.pitr.pgconn import pg_tool
-from lifeos_backup.pitr.retention import KIND
+from lifeos_backup.kinds.basebackup import wal_archive_dir
+from lifeos_backup.kinds.basebackup.backup import check_wal_coverage
+from lifeos_backup.kinds.basebackup.pgconn import pg_tool
+from lifeos_backup.kinds.basebackup.retention import KIND
+from lifeos_backup.kinds.json.restore import safe_link, safe_relpath
 from lifeos_backup.storage.catalog import Catalog
 from lifeos_backup.storage.catalog.store import VERIFIED
 from lifeos_backup.wal.archive import SUFFIX, header_of

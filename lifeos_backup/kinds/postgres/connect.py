@@ -10,7 +10,7 @@ from __future__ import annotations
 import psycopg
 
 from lifeos_backup.core.errors import LifeosError, NotFound, PermanentError, SourceUnavailable
-from lifeos_backup.postgres.conninfo import PgTarget
+from lifeos_backup.kinds.postgres.conninfo import PgTarget
 
 # Fragments of libpq / server messages that mean "the login itself is wrong".
 _AUTH_MARKERS = (

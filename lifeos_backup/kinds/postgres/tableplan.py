@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from lifeos_backup.core.errors import ConfigError
-from lifeos_backup.postgres.toc import SESSION, TocEntry
+from lifeos_backup.kinds.postgres.toc import SESSION, TocEntry
 
 # Entries that belong to what they depend on: restored with it when what they need can be had.
 FOLLOWERS = frozenset(
