@@ -123,6 +123,7 @@ def build_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "task": "lifeos.audit.rotate",
         "schedule": parse_crontab(settings.schedule_audit_rotate, "LIFEOS_SCHEDULE_AUDIT_ROTATE"),
     }
-    for entry in schedule.values():  # who asked, for the audit trail (lifeos_backup.audit_tasks)
+    # Who asked, for the audit trail (lifeos_backup.jobs.audit_tasks).
+    for entry in schedule.values():
         entry.setdefault("options", {}).setdefault("headers", {}).update(INITIATOR)
     return schedule

@@ -294,8 +294,8 @@ def pyrage_encrypt(archive: str, recipient: str) -> dict[str, Any]:
 def json_backup(app_dir: str, work: str, recipient: str) -> dict[str, Any]:
     import resource
 
-    from lifeos_backup.backups import create_backup, locate, verify_backup
     from lifeos_backup.core.settings import Settings
+    from lifeos_backup.jobs.backups import create_backup, locate, verify_backup
     from lifeos_backup.storage.catalog.store import Catalog
 
     def cpu() -> float:  # user + system of every thread of this process (zstd workers too)

@@ -130,8 +130,8 @@ def checkpoint(cluster: Any) -> None:
 
 def ours_backup_child(root: str, url: str, bindir: str) -> dict[str, Any]:
     """Fresh interpreter: create_backup + verify_backup of the postgres kind, timed apart."""
-    from lifeos_backup.backups import create_backup, locate, verify_backup
     from lifeos_backup.core.settings import Settings
+    from lifeos_backup.jobs.backups import create_backup, locate, verify_backup
     from lifeos_backup.storage.catalog.store import Catalog
 
     settings = Settings(backup_root=Path(root), database_url=url, pg_bin_dir=Path(bindir))
@@ -159,9 +159,9 @@ def ours_restore_child(root: str, url: str, bindir: str, backup_id: str, target:
                        jobs: int) -> dict[str, Any]:
     """Fresh interpreter: restore_postgres (checksum, pg_restore, row counts) into `target`, an
     empty database created beforehand, untimed, as for the other restores."""
-    from lifeos_backup.backups import locate
     from lifeos_backup.core.settings import Settings
     from lifeos_backup.formats.manifest import read_manifest
+    from lifeos_backup.jobs.backups import locate
     from lifeos_backup.kinds.postgres.restore import restore_postgres
     from lifeos_backup.storage.catalog.store import Catalog
 

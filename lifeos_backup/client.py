@@ -1,7 +1,8 @@
 """The tiny client the main app uses: request a backup and, if asked, wait until it is verified.
 
-Importable with only `celery` (and `redis`) installed: tasks are sent by name, nothing else of
-lifeos-backup is imported. The CLI and Beat build their chains here too, so there is one pipeline.
+Importable with only `celery` (and `redis`) installed: tasks are sent by name, and nothing else
+of lifeos-backup is imported but the task names and routes (lifeos_backup.jobs.routes). The CLI
+and Beat build their chains here too, so there is one pipeline.
 """
 
 from __future__ import annotations
@@ -20,29 +21,14 @@ import redis
 from celery import Celery, chain, signature
 from celery.result import AsyncResult
 
-CREATE = "lifeos.backup.create"
-VERIFY = "lifeos.backup.verify"
-UPLOAD = "lifeos.backup.upload"
-ROTATE = "lifeos.backup.rotate"
-
-# Queues (docs/operations.md): dumps, uploads, drills and maintenance each have their own workers,
-# so an upload never waits behind a long dump. Routing happens where a task is sent, so this
-# client carries the table too; the workers' app uses the same one (workers/celery_app.py).
-DUMPS, UPLOADS, DRILLS, MAINTENANCE = "dumps", "uploads", "drills", "maintenance"
-QUEUES = (DUMPS, UPLOADS, DRILLS, MAINTENANCE)
-TASK_ROUTES: dict[str, dict[str, str]] = {
-    CREATE: {"queue": DUMPS},
-    VERIFY: {"queue": MAINTENANCE},
-    UPLOAD: {"queue": UPLOADS},
-    ROTATE: {"queue": MAINTENANCE},
-    "lifeos.backup.start": {"queue": MAINTENANCE},
-    "lifeos.offsite.sync": {"queue": UPLOADS},
-    "lifeos.pitr.wal_offsite": {"queue": UPLOADS},
-    "lifeos.drill.run": {"queue": DRILLS},
-    "lifeos.health.check": {"queue": MAINTENANCE},
-    "lifeos.rollback.to_json": {"queue": MAINTENANCE},
-    "lifeos.audit.rotate": {"queue": MAINTENANCE},
-}
+from lifeos_backup.jobs.routes import (
+    CREATE,
+    MAINTENANCE,
+    ROTATE,
+    TASK_ROUTES,
+    UPLOAD,
+    VERIFY,
+)
 
 
 class BackupFailed(Exception):

@@ -27,11 +27,11 @@ from typing import Any
 from psycopg import sql
 
 from lifeos_backup import appdb
-from lifeos_backup.backups import locate
 from lifeos_backup.core.errors import ConfigError, NotFound, PermanentError
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import Manifest, read_manifest
+from lifeos_backup.jobs.backups import locate
 from lifeos_backup.kinds.postgres.check import read_entries
 from lifeos_backup.kinds.postgres.conninfo import PgTarget
 from lifeos_backup.kinds.postgres.restore import MAINTENANCE_DB, drop_database, restore_postgres

@@ -42,11 +42,11 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 
-from lifeos_backup.client import DRILLS, DUMPS, MAINTENANCE, UPLOADS
 from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.core.fsutil import FILE_MODE, atomic_writer, private_dir, remove_quietly
 from lifeos_backup.core.procs import die_with_parent_hook
 from lifeos_backup.core.settings import EMBEDDED_REDIS_URL_FILE, Settings, record_settings
+from lifeos_backup.jobs.routes import DRILLS, DUMPS, MAINTENANCE, UPLOADS
 from lifeos_backup.monitoring import broker
 
 EMBEDDED_REDIS_PORT_FILE = "embedded-redis.port"  # chosen at the first `up`, kept

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lifeos_backup.audit_tasks import AUDIT_ROTATE
+from lifeos_backup.jobs.audit_tasks import AUDIT_ROTATE
 from lifeos_backup.storage import audit
 from workers.base import LifeosTask
 from workers.celery_app import app

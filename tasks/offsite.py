@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from lifeos_backup.client import UPLOAD
 from lifeos_backup.core.errors import AlreadyRunning, OffsiteError
-from lifeos_backup.locks import HeldLock, exclusive
+from lifeos_backup.jobs.locks import HeldLock, exclusive
+from lifeos_backup.jobs.routes import UPLOAD
 from workers.base import LifeosTask
 from workers.celery_app import app
 

@@ -129,7 +129,7 @@ def _client_errors() -> Iterator[None]:
 @app.command()
 def verify(backup_id: str) -> None:
     """Re-read a backup and check it against its manifest (here, not on a worker)."""
-    from lifeos_backup.backups import verify_backup
+    from lifeos_backup.jobs.backups import verify_backup
 
     with (
         audited(catalog(), "verify", backup_id) as entry,
@@ -148,9 +148,9 @@ def rotate(
     """Apply retention: delete what no rule keeps (never the newest verified backup)."""
     import redis
 
-    from lifeos_backup.backups import rotate as rotate_kind
+    from lifeos_backup.jobs.backups import rotate as rotate_kind
+    from lifeos_backup.jobs.locks import exclusive
     from lifeos_backup.kinds.registry import KINDS
-    from lifeos_backup.locks import exclusive
 
     s = settings()
     client = redis.Redis.from_url(s.require_redis_url())

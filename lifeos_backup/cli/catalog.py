@@ -73,8 +73,8 @@ def list_backups(
 @app.command()
 def show(backup_id: str) -> None:
     """Show one backup: catalog record and manifest summary."""
-    from lifeos_backup.backups import locate
     from lifeos_backup.formats.manifest import read_manifest
+    from lifeos_backup.jobs.backups import locate
 
     row, _archive, mpath = locate(settings(), catalog(), backup_id)
     info = _row(row)
@@ -114,7 +114,7 @@ def catalog_rebuild(
     """Recreate the catalog from the repository, re-checking every archive (exit 0 once it is
     rebuilt; what was skipped is named in warnings and the summary). A corrupt or missing
     catalog file is replaced by a new one; the old file is kept aside."""
-    from lifeos_backup import rebuild
+    from lifeos_backup.jobs import rebuild
 
     s = settings()
     if source == "offsite":  # disaster recovery: may create the repository

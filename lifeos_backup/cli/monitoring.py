@@ -55,7 +55,7 @@ def _drill_lock(kind: str) -> Iterator[None]:
     """The kind's drill lock (the same one the workers take); without Redis, run unlocked."""
     import redis
 
-    from lifeos_backup.locks import exclusive
+    from lifeos_backup.jobs.locks import exclusive
 
     s = settings()
     try:

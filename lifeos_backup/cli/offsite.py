@@ -18,7 +18,7 @@ from rich.table import Table
 
 from lifeos_backup.cli.common import app, catalog, err, out, progress_bar, settings
 from lifeos_backup.core.errors import ConfigError, LifeosError
-from lifeos_backup.locks import HeldLock
+from lifeos_backup.jobs.locks import HeldLock
 from lifeos_backup.storage.audit import audited
 
 offsite_app = typer.Typer(no_args_is_help=True, help="Off-site copies (S3-compatible storage).")
@@ -29,7 +29,7 @@ app.add_typer(offsite_app, name="offsite")
 def _lock(name: str) -> Iterator[HeldLock]:
     import redis
 
-    from lifeos_backup.locks import exclusive
+    from lifeos_backup.jobs.locks import exclusive
 
     s = settings()
     client = redis.Redis.from_url(s.require_redis_url())

@@ -29,7 +29,7 @@ def backup_source(
 ) -> Iterator[tuple[Path, Manifest]]:
     """(archive, manifest) of a backup; off-site ones are downloaded, checked, removed after."""
     if source == "local":
-        from lifeos_backup.backups import locate, require_local_files
+        from lifeos_backup.jobs.backups import locate, require_local_files
 
         row, archive, mpath = locate(settings, catalog, backup_id)
         require_local_files(settings, row, archive, mpath)

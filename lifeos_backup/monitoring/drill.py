@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from lifeos_backup.backups import locate
 from lifeos_backup.core.errors import ConfigError, LifeosError, NotFound, PermanentError
 from lifeos_backup.core.fsutil import DIR_MODE, atomic_writer, private_dir, write_json_atomic
 from lifeos_backup.core.procs import pid_alive
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import Manifest, read_manifest
+from lifeos_backup.jobs.backups import locate
 from lifeos_backup.monitoring import records
 from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import VERIFIED, utcnow

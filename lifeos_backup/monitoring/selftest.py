@@ -89,8 +89,8 @@ def _sha256(path: Path) -> str:
 
 
 def check_creation(s: Scratch) -> str:
-    from lifeos_backup.backups import create_backup
     from lifeos_backup.formats.manifest import manifest_path
+    from lifeos_backup.jobs.backups import create_backup
 
     s.manifest = create_backup(
         "json", s.settings, s.catalog, reason="selftest", initiator="selftest"
@@ -140,7 +140,7 @@ def check_checksums(s: Scratch) -> str:
 
 
 def check_manifest(s: Scratch) -> str:
-    from lifeos_backup.backups import verify_backup
+    from lifeos_backup.jobs.backups import verify_backup
 
     if s.manifest is None:
         raise AssertionError("not run: no backup was created")
@@ -175,7 +175,7 @@ def check_rollback(s: Scratch, real: Settings) -> str:
 
 
 def check_rotation(s: Scratch, real: Settings) -> str:
-    from lifeos_backup.backups import rotate
+    from lifeos_backup.jobs.backups import rotate
     from lifeos_backup.kinds.registry import KINDS
     from lifeos_backup.storage.repository import new_backup_id
 

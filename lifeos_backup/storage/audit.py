@@ -7,7 +7,7 @@ the link of the next; the newest record's hash is also kept in `audit_anchor`, s
 newest record shows as well. `verify` walks the chain and names the records that do not fit.
 
 One writer for every recorder (`append`, in lifeos_backup.storage.catalog.chain): the workers after
-each task run (lifeos_backup.audit_tasks), the CLI for restores and other operator actions
+each task run (lifeos_backup.jobs.audit_tasks), the CLI for restores and other operator actions
 (`audited`), and the existing recorders of flag changes, rollbacks and entity restores
 (`Catalog.record_action`). Appends from several processes are serialized (a PostgreSQL advisory
 lock, or a file lock beside an SQLite catalog), so two writers can never both chain onto the same
@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 FAILED = "failed"  # a record's status when its action failed (SUCCEEDED: chain.py)
 
 
-# Every action the trail records, whoever records it (workers: lifeos_backup.audit_tasks; the
+# Every action the trail records, whoever records it (workers: lifeos_backup.jobs.audit_tasks; the
 # CLI: `audited`; flag changes, rollbacks and entity restores: Catalog.record_action).
 # `audit --action` accepts these and their groups (`restore` for restore.*); a unit test checks
 # that every action written anywhere in the code is listed here.

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.backups import create_backup, verify_backup
 from lifeos_backup.core.fsutil import private_dir
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.jobs.backups import create_backup, verify_backup
 from lifeos_backup.storage.catalog import open_catalog
 from tests.support.cli import (
     EXIT_BUG,

@@ -63,8 +63,8 @@ def test_rebuild_on_postgres_is_in_place_and_keeps_other_tables(
     pg_url: str, lifeos_env: LifeosEnv
 ) -> None:
     """No generations on PostgreSQL: rows are changed in place, under a table lock."""
-    from lifeos_backup.backups import create_backup
-    from lifeos_backup.rebuild import rebuild_local
+    from lifeos_backup.jobs.backups import create_backup
+    from lifeos_backup.jobs.rebuild import rebuild_local
     from lifeos_backup.storage import audit
     from tests.support.trees import make_tree
 

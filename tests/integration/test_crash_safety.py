@@ -18,7 +18,7 @@ import pytest
 from celery.result import AsyncResult
 
 from lifeos_backup.client import backup_chain, make_app, wait_verified
-from lifeos_backup.leftovers import INTERRUPTED
+from lifeos_backup.jobs.leftovers import INTERRUPTED
 from lifeos_backup.storage.catalog.store import CREATED, FAILED, RUNNING, VERIFIED
 from tests.support.services import PgDatabase, PostgresCluster, temporary_database
 from tests.support.trees import make_tree
@@ -201,7 +201,7 @@ def test_a_burst_of_requests_strands_no_backup(lifeos_env: LifeosEnv, start_work
 def test_a_starting_worker_resolves_its_host_s_dead_backups(
     lifeos_env: LifeosEnv, start_worker
 ) -> None:
-    from lifeos_backup.backups import create_backup
+    from lifeos_backup.jobs.backups import create_backup
 
     make_tree(lifeos_env.app_dir, files=5)
     settings, catalog = lifeos_env.settings(), lifeos_env.catalog()

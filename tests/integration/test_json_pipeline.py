@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from celery.result import AsyncResult
 
-from lifeos_backup.backups import create_backup, verify_backup
 from lifeos_backup.client import BackupFailed, backup_chain, make_app, request_backup
+from lifeos_backup.jobs.backups import create_backup, verify_backup
 from tests.support.trees import make_tree
 from tests.support.worker import LifeosEnv
 

@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from lifeos_backup.core.errors import AlreadyRunning
-from lifeos_backup.locks import PREFIX, DuplicateDelivery, Holder, acquire, holder, reap_dead
+from lifeos_backup.jobs.locks import PREFIX, DuplicateDelivery, Holder, acquire, holder, reap_dead
 from tests.support.services import StoppableRedis
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.backups import create_backup, verify_backup
 from lifeos_backup.client import make_app
+from lifeos_backup.jobs.backups import create_backup, verify_backup
 from lifeos_backup.monitoring import records
 from lifeos_backup.monitoring.alerts import ALERTS_KEY
 from lifeos_backup.monitoring.checkup import CATCHUP_KEY, request_catch_up, run_health_check

@@ -22,11 +22,11 @@ import pyrage
 import pytest
 from celery.result import AsyncResult
 
-from lifeos_backup.backups import create_backup, verify_backup
 from lifeos_backup.client import backup_chain, make_app, request_backup
 from lifeos_backup.core.errors import ConfigError, OffsiteError, VerificationFailed
 from lifeos_backup.formats.crypto import fingerprint, generate_identity
-from lifeos_backup.locks import exclusive
+from lifeos_backup.jobs.backups import create_backup, verify_backup
+from lifeos_backup.jobs.locks import exclusive
 from lifeos_backup.storage.offsite import state
 from lifeos_backup.storage.offsite import upload as upload_module
 from lifeos_backup.storage.offsite.download import rebuild_from_offsite

@@ -180,7 +180,7 @@ def test_a_request_for_a_down_database_is_one_failed_row_with_its_attempts(
 def test_restore_postgres_never_falls_back_to_the_local_socket(
     lifeos_env, pg_cluster: PostgresCluster, tmp_path: Path
 ) -> None:
-    from lifeos_backup.backups import create_backup, verify_backup
+    from lifeos_backup.jobs.backups import create_backup, verify_backup
     from tests.support.services import temporary_database
 
     with temporary_database(pg_cluster) as source:

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 from celery.result import AsyncResult
 
-from lifeos_backup.client import CREATE, ROTATE, UPLOAD, VERIFY, make_app, request_backup
+from lifeos_backup.client import make_app, request_backup
+from lifeos_backup.jobs.routes import CREATE, ROTATE, UPLOAD, VERIFY
 from lifeos_backup.storage import audit
 from tests.support.processes import BeatProcess, FlowerProcess
 from tests.support.services import free_port

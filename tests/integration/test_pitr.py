@@ -17,11 +17,11 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from lifeos_backup.backups import create_backup, rotate, verify_backup
 from lifeos_backup.core.errors import DecryptionKeyError
 from lifeos_backup.core.settings import Settings, get_settings
 from lifeos_backup.formats.crypto import fingerprint, generate_identity
 from lifeos_backup.formats.manifest import manifest_path, read_manifest
+from lifeos_backup.jobs.backups import create_backup, rotate, verify_backup
 from lifeos_backup.kinds.basebackup.backup import required_segments
 from lifeos_backup.kinds.basebackup.health import wal_archive_status
 from lifeos_backup.kinds.basebackup.offsite_wal import upload_wal

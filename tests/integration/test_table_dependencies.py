@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from lifeos_backup.backups import create_backup, verify_backup
+from lifeos_backup.jobs.backups import create_backup, verify_backup
 from tests.support.services import PostgresCluster, temporary_database
 from tests.support.worker import LifeosEnv
 

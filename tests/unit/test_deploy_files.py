@@ -33,7 +33,7 @@ HADOLINT_CONFIG = REPO / ".hadolint.yaml"
 BACKUP_SERVICES = (
     "worker", "worker-uploads", "worker-drills", "worker-maintenance", "beat", "flower",
 )  # fmt: skip
-# One worker service per queue (lifeos_backup.client.QUEUES), each named in its command.
+# One worker service per queue (lifeos_backup.jobs.routes.QUEUES), each named in its command.
 WORKER_QUEUES = {
     "worker": "dumps",
     "worker-uploads": "uploads",
@@ -318,7 +318,7 @@ def test_flower_environment_holds_only_real_flower_options():
 
 
 def test_every_queue_has_its_own_worker_service():
-    from lifeos_backup.client import QUEUES, TASK_ROUTES
+    from lifeos_backup.jobs.routes import QUEUES, TASK_ROUTES
 
     svcs = services()
     consumed = {}

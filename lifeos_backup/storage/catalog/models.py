@@ -52,7 +52,7 @@ class Backup(Base):
     duration_s: Mapped[float | None] = mapped_column(Float)
     error: Mapped[str | None] = mapped_column(Text)
     # The task now responsible: the create task while `running`, then the chain's verify task
-    # (lifeos_backup.leftovers resolves a backup whose task is gone).
+    # (lifeos_backup.jobs.leftovers resolves a backup whose task is gone).
     task_id: Mapped[str | None] = mapped_column(String(64))
     # Off-site copy (lifeos_backup.storage.offsite.state): status, where, when, what S3 should
     # report.

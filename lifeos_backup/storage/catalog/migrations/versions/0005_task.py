@@ -1,7 +1,7 @@
 """Backups: the task now responsible for a backup (its create task, then its verify task).
 
-The sweeper (lifeos_backup.leftovers) resolves a `running` or `created` backup whose task is gone;
-it needs to know which task that is.
+The sweeper (lifeos_backup.jobs.leftovers) resolves a `running` or `created` backup whose task is
+gone; it needs to know which task that is.
 
 Revision ID: 0005_task
 Revises: 0004_audit

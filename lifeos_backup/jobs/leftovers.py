@@ -6,7 +6,7 @@ Two cleaners share these rules:
 * `sweep()` runs when a worker starts and with every health check, over every kind.
 
 Both act on one backup at a time and only while holding that backup's lease
-(lifeos_backup.leases): a lease they can take proves that no live process writes, verifies or
+(lifeos_backup.jobs.leases): a lease they can take proves that no live process writes, verifies or
 cleans that backup, so a backup in progress (its verify included) is never touched, and a dead
 one never waits for a timeout. With the lease held:
 
@@ -41,7 +41,7 @@ from lifeos_backup.core.fsutil import PARTIAL_SUFFIX, remove_quietly
 from lifeos_backup.core.names import LAYOUTS, layout, split_file_name
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import MANIFEST_SUFFIX
-from lifeos_backup.leases import try_lease
+from lifeos_backup.jobs.leases import try_lease
 from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import CREATED, DELETED, FAILED, RUNNING, utcnow
 from lifeos_backup.storage.repository import kind_dir

@@ -1,9 +1,9 @@
 """Queues across hosts: which queue each task waits in, and where a chain's later steps run.
 
-Tasks are routed by name (client.TASK_ROUTES) to `dumps`, `uploads`, `drills` or `maintenance`,
-so each kind of work scales with its own workers. A chain's later steps (verify, upload, rotate)
-read the archive that `create` wrote on its host's local disk. Unless every worker sees the same
-backup root (LIFEOS_SHARED_REPOSITORY=true), `create` pins them to its host's queue
+Tasks are routed by name (lifeos_backup.jobs.routes.TASK_ROUTES) to `dumps`, `uploads`, `drills` or
+`maintenance`, so each kind of work scales with its own workers. A chain's later steps (verify,
+upload, rotate) read the archive that `create` wrote on its host's local disk. Unless every worker
+sees the same backup root (LIFEOS_SHARED_REPOSITORY=true), `create` pins them to its host's queue
 (`host.<hostname>`, or LIFEOS_WORKER_HOST_QUEUE), which every worker also consumes.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 
 from kombu import Exchange, Queue
 
-from lifeos_backup.client import QUEUES, ROTATE, UPLOAD, VERIFY
+from lifeos_backup.jobs.routes import QUEUES, ROTATE, UPLOAD, VERIFY
 
 # The steps that read or delete the files `create` wrote; other chained tasks (the health check a
 # catch-up backup ends with) keep their own queues.

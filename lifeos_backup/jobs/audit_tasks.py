@@ -12,9 +12,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from lifeos_backup.client import CREATE, ROTATE, UPLOAD, VERIFY
 from lifeos_backup.core.errors import NotFound
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.jobs.routes import CREATE, ROTATE, UPLOAD, VERIFY
 from lifeos_backup.storage import audit
 from lifeos_backup.storage.catalog import Backup, Catalog
 

@@ -2,7 +2,7 @@
 
 A backup is `running` while written, `created` once archive and manifest are on disk, `verified`
 only after its verify step passed (the only status that counts as good), `failed` or `deleted`
-(`catalog rebuild` also lists `unverified` and `incomplete` ones: lifeos_backup.rebuild).
+(`catalog rebuild` also lists `unverified` and `incomplete` ones: lifeos_backup.jobs.rebuild).
 These functions assume the caller holds the kind's lock where one is needed (tasks and CLI do).
 """
 
@@ -30,9 +30,9 @@ from lifeos_backup.formats.manifest import (
     read_manifest,
     write_manifest,
 )
+from lifeos_backup.jobs.leases import lease, try_lease
+from lifeos_backup.jobs.leftovers import INTERRUPTED, clean_leftovers
 from lifeos_backup.kinds.registry import get_kind
-from lifeos_backup.leases import lease, try_lease
-from lifeos_backup.leftovers import INTERRUPTED, clean_leftovers
 from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import (
     CREATED,

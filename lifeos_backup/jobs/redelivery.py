@@ -15,7 +15,7 @@ compose restart it) puts its predecessor's messages back at once: a node name ru
 predecessor is provably gone.
 
 Each worker keeps the delivery tags it holds in `lifeos:held:<node name>`, for that restart. The
-same heartbeat removes locks whose holder on this host is provably dead (lifeos_backup.locks).
+same heartbeat removes locks whose holder on this host is provably dead (lifeos_backup.jobs.locks).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import redis
 
-from lifeos_backup.locks import reap_dead
+from lifeos_backup.jobs.locks import reap_dead
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lifeos_backup.backups import check_files
 from lifeos_backup.core.errors import InvalidName, LifeosError, VerificationFailed
 from lifeos_backup.core.fsutil import PARTIAL_SUFFIX, remove_quietly
 from lifeos_backup.core.names import (
@@ -43,7 +42,8 @@ from lifeos_backup.core.names import (
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import MANIFEST_SUFFIX, Manifest, read_manifest
-from lifeos_backup.leases import holder_of, try_lease
+from lifeos_backup.jobs.backups import check_files
+from lifeos_backup.jobs.leases import holder_of, try_lease
 from lifeos_backup.storage.catalog import Backup, Catalog, open_catalog
 from lifeos_backup.storage.catalog import generations as gens
 from lifeos_backup.storage.catalog.store import (
