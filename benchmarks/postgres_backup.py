@@ -229,7 +229,7 @@ class Bench:
         return Sample(r["total_s"], m.cpu_seconds, r["archive_bytes"], m.peak_rss_kb, r)
 
     def worker_backup(self, rnd: int) -> Sample:
-        from lifeos_backup.client import backup_chain, make_app, wait_verified
+        from lifeos_backup.app.client import backup_chain, make_app, wait_verified
 
         assert self.worker is not None
         app = make_app(self.redis_url)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lifeos_backup.client import backup_chain
+from lifeos_backup.app.client import backup_chain
 from lifeos_backup.jobs import backups
 from lifeos_backup.jobs.queues import pin_to_host
 from lifeos_backup.jobs.routes import CREATE, ROTATE, VERIFY

@@ -56,7 +56,7 @@ def backup(
     timeout: Annotated[float, typer.Option(min=0, help="Seconds to wait with --wait.")] = 3600,
 ) -> None:
     """Request a backup from the workers (create -> verify -> upload -> rotate)."""
-    from lifeos_backup.client import request_backup
+    from lifeos_backup.app.client import request_backup
     from lifeos_backup.core.settings import disagreements
 
     url = settings().require_redis_url()
@@ -95,7 +95,7 @@ def follow(
     """Wait for a requested backup until it is verified; print its id last."""
     import uuid
 
-    from lifeos_backup.client import follow as follow_chain
+    from lifeos_backup.app.client import follow as follow_chain
 
     try:
         uuid.UUID(task_id)
@@ -110,7 +110,7 @@ def follow(
 
 
 def _client_app(url: str) -> Any:
-    from lifeos_backup.client import make_app
+    from lifeos_backup.app.client import make_app
 
     return make_app(url)
 
@@ -118,7 +118,7 @@ def _client_app(url: str) -> Any:
 @contextmanager
 def _client_errors() -> Iterator[None]:
     """The client's failures (backup failed, no worker, Redis gone) as one `error:` line."""
-    from lifeos_backup.client import BackupFailed
+    from lifeos_backup.app.client import BackupFailed
 
     try:
         yield

@@ -16,7 +16,7 @@ import redis
 import typer
 from rich.table import Table
 
-from lifeos_backup import flags
+from lifeos_backup.app import flags
 from lifeos_backup.cli.common import app, catalog, err, out, restore_app, settings
 from lifeos_backup.core.errors import PermanentError
 
@@ -57,7 +57,7 @@ def rollback_to_json(
     ] = 3600,
 ) -> None:
     """Export the app's entities from PostgreSQL into its JSON files under APP_DIR/data/."""
-    from lifeos_backup import rollback
+    from lifeos_backup.app import rollback
 
     s = settings()
     entities = rollback.select_entities(rollback.parse_entities(s.rollback_entities), entity_type)
@@ -131,8 +131,8 @@ def restore_entity(
 
     The tables are restored into a scratch database <db>_entity_<timestamp> that is always dropped.
     """
+    from lifeos_backup.app.entity_restore import restore_entity as run
     from lifeos_backup.cli.common import progress_bar, require_kind
-    from lifeos_backup.entity_restore import restore_entity as run
 
     require_kind(backup, "postgres")
 

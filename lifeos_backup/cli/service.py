@@ -13,6 +13,6 @@ from lifeos_backup.cli.common import (
 @app.command()
 def up() -> None:
     """Start workers (dumps; the other queues), Beat and Flower (embedded Redis if no URL)."""
-    from lifeos_backup.up import run_stack
+    from lifeos_backup.service.up import run_stack
 
     raise typer.Exit(run_stack(settings()))

@@ -37,7 +37,7 @@ def request_catch_up(app: Any, kind: str, reason: str) -> dict[str, str]:
     """The kind's usual chain (client.backup_chain), then a health check to report the result."""
     from celery import signature
 
-    from lifeos_backup.client import backup_chain
+    from lifeos_backup.app.client import backup_chain
 
     steps, ref = backup_chain(app, kind, reason, initiator="health-check")
     (steps | signature(HEALTH_TASK, app=app, immutable=True)).apply_async()

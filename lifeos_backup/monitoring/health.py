@@ -23,6 +23,7 @@ from typing import Any
 
 from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.kinds.basebackup.health import wal_archive_status
 from lifeos_backup.monitoring import records
 from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import DELETED, VERIFIED, utcnow
@@ -310,13 +311,6 @@ def check_offsite(settings: Settings, catalog: Catalog, now: datetime) -> list[C
 
 def wal_status(settings: Settings, now: datetime) -> dict[str, Any] | None:
     """The WAL archive's status when point-in-time recovery is in use (segments archived)."""
-    try:
-        from lifeos_backup.kinds.basebackup.health import wal_archive_status
-    except ImportError:  # PITR package absent: the check is skipped, not failed
-        try:
-            from lifeos_backup.wal import wal_archive_status  # type: ignore[attr-defined]
-        except ImportError:
-            return None
     try:
         status = wal_archive_status(settings, now)
     except Exception as exc:  # a health check must report, not crash, on a broken archive

@@ -161,7 +161,7 @@ def check_rollback(s: Scratch, real: Settings) -> str:
     if not postgres_configured(real):
         raise Skipped("no PostgreSQL configured (LIFEOS_DATABASE_URL / PG* unset)")
     try:
-        from lifeos_backup.rollback import rollback_to_json
+        from lifeos_backup.app.rollback import rollback_to_json
     except ImportError:
         raise Skipped("rollback module not installed") from None
     report = rollback_to_json(real, None, dry_run=True)

@@ -47,7 +47,7 @@ from typing import Any
 import redis
 from celery.result import AsyncResult
 
-from lifeos_backup.client import BackupFailed, make_app, request_backup
+from lifeos_backup.app.client import BackupFailed, make_app, request_backup
 from lifeos_backup.core.settings import get_settings
 from lifeos_backup.formats.manifest import read_manifest
 from lifeos_backup.jobs.backups import check_files, locate

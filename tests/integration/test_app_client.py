@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from lifeos_backup.client import BackupFailed, make_app, request_backup
+from lifeos_backup.app.client import BackupFailed, make_app, request_backup
 from lifeos_backup.formats.manifest import read_manifest
 from lifeos_backup.jobs.backups import locate
 from tests.support.services import PgDatabase

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from lifeos_backup.client import make_app, request_backup
+from lifeos_backup.app.client import make_app, request_backup
 from lifeos_backup.jobs.backups import create_backup, verify_backup
 from lifeos_backup.jobs.leases import lease
 from lifeos_backup.storage.offsite.upload import upload_backup

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from celery.result import AsyncResult
 
-from lifeos_backup.client import backup_chain, make_app, wait_verified
+from lifeos_backup.app.client import backup_chain, make_app, wait_verified
 from lifeos_backup.jobs.leftovers import INTERRUPTED
 from lifeos_backup.storage.catalog.store import CREATED, FAILED, RUNNING, VERIFIED
 from tests.support.services import PgDatabase, PostgresCluster, temporary_database

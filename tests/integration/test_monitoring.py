@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.client import make_app
+from lifeos_backup.app.client import make_app
 from lifeos_backup.jobs.backups import create_backup, verify_backup
 from lifeos_backup.monitoring import records
 from lifeos_backup.monitoring.alerts import ALERTS_KEY

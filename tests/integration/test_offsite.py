@@ -22,7 +22,7 @@ import pyrage
 import pytest
 from celery.result import AsyncResult
 
-from lifeos_backup.client import backup_chain, make_app, request_backup
+from lifeos_backup.app.client import backup_chain, make_app, request_backup
 from lifeos_backup.core.errors import ConfigError, OffsiteError, VerificationFailed
 from lifeos_backup.formats.crypto import fingerprint, generate_identity
 from lifeos_backup.jobs.backups import create_backup, verify_backup

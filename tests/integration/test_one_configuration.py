@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.client import BrokerUnavailable, NoWorker, make_app, request_backup
+from lifeos_backup.app.client import BrokerUnavailable, NoWorker, make_app, request_backup
 from tests.integration.test_up import CLI, RUNNING, UpProcess, _env, _processes_with_env
 from tests.support.services import PostgresCluster, free_port
 
@@ -88,7 +88,7 @@ def test_the_app_client_finds_the_embedded_redis_through_the_repository(
 ) -> None:
     _up, env = up_stack
     code = (
-        "from lifeos_backup.client import request_backup\n"
+        "from lifeos_backup.app.client import request_backup\n"
         "print(request_backup('json', 'from the app', wait=True, timeout=120).backup_id)\n"
     )
     app = _run(

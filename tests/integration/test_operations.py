@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from celery.result import AsyncResult
 
-from lifeos_backup.client import make_app, request_backup
+from lifeos_backup.app.client import make_app, request_backup
 from lifeos_backup.jobs.routes import CREATE, ROTATE, UPLOAD, VERIFY
 from lifeos_backup.storage import audit
 from tests.support.processes import BeatProcess, FlowerProcess

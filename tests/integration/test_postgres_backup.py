@@ -23,7 +23,7 @@ import pytest
 import zstandard
 from psycopg import sql
 
-from lifeos_backup.client import BackupFailed, make_app, request_backup
+from lifeos_backup.app.client import BackupFailed, make_app, request_backup
 from lifeos_backup.core.errors import SourceUnavailable, VerificationFailed
 from lifeos_backup.formats.manifest import read_manifest
 from lifeos_backup.jobs.backups import create_backup, locate, verify_backup

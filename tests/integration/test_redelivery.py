@@ -9,7 +9,7 @@ import pytest
 import redis
 from celery import signature
 
-from lifeos_backup.client import make_app
+from lifeos_backup.app.client import make_app
 from lifeos_backup.jobs.redelivery import (
     HELD,
     UNACKED,

@@ -12,9 +12,9 @@ import pytest
 from celery.utils.serialization import create_exception_cls
 
 import lifeos_backup
+from lifeos_backup.app.client import failure_text
 from lifeos_backup.cli import commands as cli
 from lifeos_backup.cli import errors as cli_errors
-from lifeos_backup.client import failure_text
 from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.core.settings import Settings, get_settings
 from lifeos_backup.jobs.audit_tasks import TASK_ACTIONS

@@ -11,7 +11,7 @@ import pytest
 from celery import Celery
 
 import beat_schedule
-from lifeos_backup.client import backup_chain, make_app
+from lifeos_backup.app.client import backup_chain, make_app
 from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.core.settings import Settings, get_settings
 from lifeos_backup.jobs.audit_tasks import TaskRun, initiator_of

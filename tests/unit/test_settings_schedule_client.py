@@ -62,11 +62,12 @@ def test_client_imports_only_celery() -> None:
     """The main app vendors nothing of ours but this module (and the task names it sends): it must
     not pull our stack in."""
     code = (
-        "import sys, lifeos_backup.client\n"
+        "import sys, lifeos_backup.app.client\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
         "('pydantic', 'sqlalchemy', 'zstandard', 'typer', 'rich', 'alembic', 'boto3')"
         " or m.startswith('lifeos_backup.') and m not in ("
-        "'lifeos_backup.client', 'lifeos_backup.jobs', 'lifeos_backup.jobs.routes')]\n"
+        "'lifeos_backup.app', 'lifeos_backup.app.client', 'lifeos_backup.jobs',"
+        " 'lifeos_backup.jobs.routes')]\n"
         "print(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

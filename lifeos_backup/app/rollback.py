@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from lifeos_backup import appdb
+from lifeos_backup.app import appdb
 from lifeos_backup.core.errors import ConfigError, PermanentError
 from lifeos_backup.core.fsutil import atomic_writer
 from lifeos_backup.core.settings import Settings
@@ -285,7 +285,7 @@ def rollback_to_json(
 
 def backup_first(settings: Settings, actor: str, timeout: float) -> str:
     """Run the JSON backup chain on the workers and wait until it is verified; its id."""
-    from lifeos_backup.client import BackupFailed, make_app, request_backup
+    from lifeos_backup.app.client import BackupFailed, make_app, request_backup
 
     app = make_app(settings.require_redis_url())
     try:

@@ -26,7 +26,7 @@ from typing import Any
 
 from psycopg import sql
 
-from lifeos_backup import appdb
+from lifeos_backup.app import appdb
 from lifeos_backup.core.errors import ConfigError, NotFound, PermanentError
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
