@@ -3,11 +3,11 @@
 A sliced table's COPYs commit one by one, so autovacuum sees the table fill up and starts a VACUUM
 on it while the other slices still load; the table's index build then waits deadlock_timeout (1 s
 by default) until the server cancels that VACUUM, and the VACUUM's work is lost (measured:
-docs/decisions.md, session 8). Autovacuum skips a table it cannot lock at once, and SHARE UPDATE
-EXCLUSIVE, its own lock mode, does not conflict with COPY's ROW EXCLUSIVE: a connection holding it
-keeps autovacuum away without slowing the load. It is released just before the index build (which
-needs a lock that conflicts with it); a dropped connection releases it too, so a killed restore
-leaves nothing behind. Autovacuum comes back on its next round, after the restore.
+docs/decisions.md, "PostgreSQL dump format"). Autovacuum skips a table it cannot lock at once, and
+SHARE UPDATE EXCLUSIVE, its own lock mode, does not conflict with COPY's ROW EXCLUSIVE: a connection
+holding it keeps autovacuum away without slowing the load. It is released just before the index
+build (which needs a lock that conflicts with it); a dropped connection releases it too, so a killed
+restore leaves nothing behind. Autovacuum comes back on its next round, after the restore.
 """
 
 from __future__ import annotations
