@@ -13,9 +13,9 @@ from typing import Any
 from celery.schedules import crontab
 from celery.schedules import schedule as interval
 
-from lifeos_backup.errors import ConfigError
-from lifeos_backup.postgres.conninfo import postgres_configured
-from lifeos_backup.settings import Settings
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.kinds.postgres.conninfo import postgres_configured
 
 EVERY = re.compile(r"(?:@every\s+|every:)(\d+)\s*(s|m|h)?", re.IGNORECASE)
 _SECONDS = {"s": 1, "m": 60, "h": 3600}
@@ -123,6 +123,7 @@ def build_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "task": "lifeos.audit.rotate",
         "schedule": parse_crontab(settings.schedule_audit_rotate, "LIFEOS_SCHEDULE_AUDIT_ROTATE"),
     }
-    for entry in schedule.values():  # who asked, for the audit trail (lifeos_backup.audit_tasks)
+    # Who asked, for the audit trail (lifeos_backup.jobs.audit_tasks).
+    for entry in schedule.values():
         entry.setdefault("options", {}).setdefault("headers", {}).update(INITIATOR)
     return schedule

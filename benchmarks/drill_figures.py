@@ -91,9 +91,9 @@ def main() -> None:
             LIFEOS_DATABASE_URL=url,
         )
         os.environ.update(env)
-        from lifeos_backup.backups import create_backup, verify_backup
-        from lifeos_backup.catalog import open_catalog
-        from lifeos_backup.settings import get_settings
+        from lifeos_backup.core.settings import get_settings
+        from lifeos_backup.jobs.backups import create_backup, verify_backup
+        from lifeos_backup.storage.catalog import open_catalog
 
         settings = get_settings()
         catalog = open_catalog(settings.effective_catalog_url)

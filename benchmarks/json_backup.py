@@ -391,9 +391,9 @@ def ours_child(app_dir: str, work_dir: str) -> dict[str, Any]:
     """Runs in a fresh interpreter: create_backup + verify_backup, timed separately."""
     import resource
 
-    from lifeos_backup.backups import create_backup, locate, verify_backup
-    from lifeos_backup.catalog.store import Catalog
-    from lifeos_backup.settings import Settings
+    from lifeos_backup.core.settings import Settings
+    from lifeos_backup.jobs.backups import create_backup, locate, verify_backup
+    from lifeos_backup.storage.catalog.store import Catalog
 
     def cpu() -> float:  # user + system of every thread of this process (zstd workers too)
         ru = resource.getrusage(resource.RUSAGE_SELF)

@@ -128,10 +128,10 @@ def _repository(work: str, archive: str, sha256: str) -> tuple[Any, Any, str]:
     """A backup repository holding `archive` as a verified JSON backup (catalog + manifest)."""
     from datetime import UTC, datetime
 
-    from lifeos_backup.catalog import Backup
-    from lifeos_backup.catalog.store import Catalog
-    from lifeos_backup.manifest import ArchiveInfo, Compression, Manifest, write_manifest
-    from lifeos_backup.settings import Settings
+    from lifeos_backup.core.settings import Settings
+    from lifeos_backup.formats.manifest import ArchiveInfo, Compression, Manifest, write_manifest
+    from lifeos_backup.storage.catalog import Backup
+    from lifeos_backup.storage.catalog.store import Catalog
 
     settings = Settings(backup_root=Path(work) / "backups")
     catalog = Catalog(settings.effective_catalog_url)
@@ -172,7 +172,7 @@ def _repository(work: str, archive: str, sha256: str) -> tuple[Any, Any, str]:
 
 
 def ours_upload(work: str, archive: str, sha256: str) -> dict[str, Any]:
-    from lifeos_backup.offsite.upload import upload_backup
+    from lifeos_backup.storage.offsite.upload import upload_backup
 
     settings, catalog, backup_id = _repository(work, archive, sha256)
     started = time.perf_counter()
@@ -196,10 +196,10 @@ def ours_download(
 ) -> dict[str, Any]:
     from datetime import UTC, datetime
 
-    from lifeos_backup.manifest import ArchiveInfo, Compression, Manifest
-    from lifeos_backup.offsite.download import download_archive
-    from lifeos_backup.offsite.s3 import connect
-    from lifeos_backup.settings import Settings
+    from lifeos_backup.core.settings import Settings
+    from lifeos_backup.formats.manifest import ArchiveInfo, Compression, Manifest
+    from lifeos_backup.storage.offsite.download import download_archive
+    from lifeos_backup.storage.offsite.s3 import connect
 
     settings = Settings()
     now = datetime.now(UTC)
@@ -249,7 +249,7 @@ def plain_copy(archive: str) -> dict[str, Any]:
 
 
 def ours_encrypt(archive: str, recipient: str) -> dict[str, Any]:
-    from lifeos_backup.crypto import SealingWriter, parse_recipients
+    from lifeos_backup.formats.crypto import SealingWriter, parse_recipients
 
     dest = archive + ".age"
     started = time.perf_counter()
@@ -262,7 +262,7 @@ def ours_encrypt(archive: str, recipient: str) -> dict[str, Any]:
 
 
 def ours_decrypt(archive: str, identity_file: str) -> dict[str, Any]:
-    from lifeos_backup.crypto import OpeningReader, load_identities
+    from lifeos_backup.formats.crypto import OpeningReader, load_identities
 
     identities = load_identities(Path(identity_file))
     dest = archive + ".plain"
@@ -294,9 +294,9 @@ def pyrage_encrypt(archive: str, recipient: str) -> dict[str, Any]:
 def json_backup(app_dir: str, work: str, recipient: str) -> dict[str, Any]:
     import resource
 
-    from lifeos_backup.backups import create_backup, locate, verify_backup
-    from lifeos_backup.catalog.store import Catalog
-    from lifeos_backup.settings import Settings
+    from lifeos_backup.core.settings import Settings
+    from lifeos_backup.jobs.backups import create_backup, locate, verify_backup
+    from lifeos_backup.storage.catalog.store import Catalog
 
     def cpu() -> float:  # user + system of every thread of this process (zstd workers too)
         ru = resource.getrusage(resource.RUSAGE_SELF)
@@ -369,7 +369,7 @@ def transfer(work: Path, archive: Path, sha256: str, repeat: int) -> list[list[s
 
 
 def encryption(work: Path, archive: Path, repeat: int) -> list[list[str]]:
-    from lifeos_backup.crypto import generate_identity
+    from lifeos_backup.formats.crypto import generate_identity
 
     identity, recipient = generate_identity()
     key_file = work / "bench.key"
@@ -397,7 +397,7 @@ def encryption(work: Path, archive: Path, repeat: int) -> list[list[str]]:
 def backup_cost(work: Path, files: int, repeat: int) -> tuple[list[list[str]], dict[str, float]]:
     from json_backup import prepare_tree, warm_and_count
 
-    from lifeos_backup.crypto import generate_identity
+    from lifeos_backup.formats.crypto import generate_identity
 
     tree = work / "tree"
     prepare_tree(tree, files, 20240601)

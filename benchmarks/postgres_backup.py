@@ -130,9 +130,9 @@ def checkpoint(cluster: Any) -> None:
 
 def ours_backup_child(root: str, url: str, bindir: str) -> dict[str, Any]:
     """Fresh interpreter: create_backup + verify_backup of the postgres kind, timed apart."""
-    from lifeos_backup.backups import create_backup, locate, verify_backup
-    from lifeos_backup.catalog.store import Catalog
-    from lifeos_backup.settings import Settings
+    from lifeos_backup.core.settings import Settings
+    from lifeos_backup.jobs.backups import create_backup, locate, verify_backup
+    from lifeos_backup.storage.catalog.store import Catalog
 
     settings = Settings(backup_root=Path(root), database_url=url, pg_bin_dir=Path(bindir))
     catalog = Catalog(settings.effective_catalog_url)
@@ -159,11 +159,11 @@ def ours_restore_child(root: str, url: str, bindir: str, backup_id: str, target:
                        jobs: int) -> dict[str, Any]:
     """Fresh interpreter: restore_postgres (checksum, pg_restore, row counts) into `target`, an
     empty database created beforehand, untimed, as for the other restores."""
-    from lifeos_backup.backups import locate
-    from lifeos_backup.catalog.store import Catalog
-    from lifeos_backup.manifest import read_manifest
-    from lifeos_backup.postgres.restore import restore_postgres
-    from lifeos_backup.settings import Settings
+    from lifeos_backup.core.settings import Settings
+    from lifeos_backup.formats.manifest import read_manifest
+    from lifeos_backup.jobs.backups import locate
+    from lifeos_backup.kinds.postgres.restore import restore_postgres
+    from lifeos_backup.storage.catalog.store import Catalog
 
     settings = Settings(backup_root=Path(root), database_url=url, pg_bin_dir=Path(bindir))
     catalog = Catalog(settings.effective_catalog_url)
@@ -229,7 +229,7 @@ class Bench:
         return Sample(r["total_s"], m.cpu_seconds, r["archive_bytes"], m.peak_rss_kb, r)
 
     def worker_backup(self, rnd: int) -> Sample:
-        from lifeos_backup.client import backup_chain, make_app, wait_verified
+        from lifeos_backup.app.client import backup_chain, make_app, wait_verified
 
         assert self.worker is not None
         app = make_app(self.redis_url)

@@ -1,6 +1,6 @@
 """Alembic `env.py` hook for the Life-OS app: no schema migration without a verified backup.
 
-Copy this file next to the app's `env.py` (it needs only `lifeos_backup.client`, i.e. `celery`
+Copy this file next to the app's `env.py` (it needs only `lifeos_backup.app.client`, i.e. `celery`
 and `redis`) and call it in `run_migrations_online()` after `context.configure(...)`:
 
     from alembic_env_hook import require_verified_backup
@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lifeos_backup.client import BackupFailed, make_app, request_backup
+from lifeos_backup.app.client import BackupFailed, make_app, request_backup
 
 log = logging.getLogger("alembic.env.backup")
 

@@ -1,7 +1,7 @@
 """lifeos-backup: backup and recovery for Life-OS, run as Celery workers.
 
-Kept import-free on purpose: `lifeos_backup.client` must load with only celery and redis installed,
-and `lifeos-wal` must start fast, so `__version__` is looked up only when asked for.
+Kept import-free on purpose: `lifeos_backup.app.client` must load with only celery and redis
+installed, and `lifeos-wal` must start fast, so `__version__` is looked up only when asked for.
 """
 
 

@@ -1,12 +1,12 @@
 """Rotation of the audit trail (Beat, daily): records older than the retention go, the chain
-stays verifiable from its anchor (lifeos_backup.audit.rotate)."""
+stays verifiable from its anchor (lifeos_backup.storage.audit.rotate)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lifeos_backup import audit
-from lifeos_backup.audit_tasks import AUDIT_ROTATE
+from lifeos_backup.jobs.audit_tasks import AUDIT_ROTATE
+from lifeos_backup.storage import audit
 from workers.base import LifeosTask
 from workers.celery_app import app
 

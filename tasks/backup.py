@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from lifeos_backup import backups
-from lifeos_backup.client import CREATE, ROTATE, VERIFY, backup_chain
-from lifeos_backup.kinds import KINDS
-from lifeos_backup.queues import pin_to_host
-from lifeos_backup.repository import kind_of_id
+from lifeos_backup.app.client import backup_chain
+from lifeos_backup.jobs import backups
+from lifeos_backup.jobs.queues import pin_to_host
+from lifeos_backup.jobs.routes import CREATE, ROTATE, VERIFY
+from lifeos_backup.kinds.registry import KINDS
+from lifeos_backup.storage.repository import kind_of_id
 from workers.base import LifeosTask
 from workers.celery_app import app
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lifeos_backup.errors import AlreadyRunning
+from lifeos_backup.core.errors import AlreadyRunning
 from lifeos_backup.monitoring import checkup, drill
 from workers.base import LifeosTask
 from workers.celery_app import app, sweep_now

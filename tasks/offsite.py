@@ -1,6 +1,6 @@
 """Off-site tasks: the chain's upload step, and the daily sync (Beat).
 
-Thin, like every task: locks and wiring here, the work in lifeos_backup.offsite.
+Thin, like every task: locks and wiring here, the work in lifeos_backup.storage.offsite.
 """
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from lifeos_backup.client import UPLOAD
-from lifeos_backup.errors import AlreadyRunning, OffsiteError
-from lifeos_backup.locks import HeldLock, exclusive
+from lifeos_backup.core.errors import AlreadyRunning, OffsiteError
+from lifeos_backup.jobs.locks import HeldLock, exclusive
+from lifeos_backup.jobs.routes import UPLOAD
 from workers.base import LifeosTask
 from workers.celery_app import app
 
@@ -30,7 +30,7 @@ def upload(self: LifeosTask, backup_id: str) -> str:
     """
     if not self.settings.offsite_enabled:
         return backup_id
-    from lifeos_backup.offsite.upload import upload_backup
+    from lifeos_backup.storage.offsite.upload import upload_backup
 
     try:
         with self.exclusive(f"upload:{backup_id}") as held:
@@ -47,7 +47,7 @@ def sync(self: LifeosTask) -> dict[str, Any]:
     Fails (and is retried with backoff) when some upload failed, so Flower shows it; everything
     else the run did stays done.
     """
-    from lifeos_backup.offsite.sync import sync as offsite_sync
+    from lifeos_backup.storage.offsite.sync import sync as offsite_sync
 
     ttl, owner = self.settings.lock_ttl, self.request.id
 

@@ -5,7 +5,7 @@ Base backups themselves run through the ordinary chain (`lifeos.backup.start` wi
 
 from __future__ import annotations
 
-from lifeos_backup.errors import AlreadyRunning
+from lifeos_backup.core.errors import AlreadyRunning
 from workers.base import LifeosTask
 from workers.celery_app import app
 
@@ -17,7 +17,7 @@ def wal_offsite(self: LifeosTask) -> list[str]:
     """Upload archived WAL files the bucket lacks; a no-op without a bucket. Returns their names."""
     if not self.settings.offsite_enabled:
         return []
-    from lifeos_backup.pitr.offsite_wal import upload_wal
+    from lifeos_backup.kinds.basebackup.offsite_wal import upload_wal
 
     try:
         with self.exclusive("wal-offsite"):

@@ -1,4 +1,4 @@
-"""Tasks for working with the main app: rollback to JSON (a thin wrapper of lifeos_backup.rollback).
+"""Tasks for working with the main app: rollback to JSON (wraps lifeos_backup.app.rollback).
 
 To back up first, chain it after the JSON backup's verify step, which passes the verified
 backup id on: `create -> verify -> lifeos.rollback.to_json`. The task then refuses to write
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lifeos_backup.rollback import rollback_to_json
+from lifeos_backup.app.rollback import rollback_to_json
 from workers.base import LifeosTask
 from workers.celery_app import app
 

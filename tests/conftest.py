@@ -98,8 +98,8 @@ def lifeos_env(
 
     The backup root exists, as on a running system (`up`, the workers or `catalog rebuild
     --from offsite` create it): the CLI refuses to read or change backups without one."""
-    from lifeos_backup.fsutil import private_dir
-    from lifeos_backup.settings import get_settings
+    from lifeos_backup.core.fsutil import private_dir
+    from lifeos_backup.core.settings import get_settings
 
     app_dir = tmp_path / "app"
     (app_dir / "data").mkdir(parents=True)
@@ -167,7 +167,7 @@ def s3_bucket(
     moto_server: MotoServer, lifeos_env: LifeosEnv, monkeypatch: pytest.MonkeyPatch
 ) -> Bucket:
     """A fresh bucket configured as the test's off-site storage (5 MiB parts, fake keys)."""
-    from lifeos_backup.settings import get_settings
+    from lifeos_backup.core.settings import get_settings
 
     bucket = new_bucket(moto_server)
     values = {

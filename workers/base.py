@@ -17,12 +17,12 @@ import redis
 from celery import Task
 from celery.exceptions import Ignore, Retry
 
-from lifeos_backup.catalog import Catalog, open_catalog
-from lifeos_backup.errors import LifeosError, PermanentError, RetryableError, TooManyDeliveries
-from lifeos_backup.leases import LeaseBusy
-from lifeos_backup.locks import DuplicateDelivery, HeldLock, acquire
-from lifeos_backup.progress import Background, Progress, ProgressFn, Throttled
-from lifeos_backup.settings import Settings, get_settings
+from lifeos_backup.core.errors import LifeosError, PermanentError, RetryableError, TooManyDeliveries
+from lifeos_backup.core.progress import Background, Progress, ProgressFn, Throttled
+from lifeos_backup.core.settings import Settings, get_settings
+from lifeos_backup.jobs.leases import LeaseBusy
+from lifeos_backup.jobs.locks import DuplicateDelivery, HeldLock, acquire
+from lifeos_backup.storage.catalog import Catalog, open_catalog
 
 log = logging.getLogger(__name__)
 DELIVERY_KEY = "lifeos:deliveries:{task_id}:{retries}"
@@ -117,10 +117,10 @@ class LifeosTask(Task):
         result: Any = None,
         error: str | None = None,
     ) -> None:
-        """The run's audit record (lifeos_backup.audit_tasks); a failure here never fails the
+        """The run's audit record (lifeos_backup.jobs.audit_tasks); a failure here never fails the
         task, whose work is done (or failed for its own reason), but is logged loudly."""
-        from lifeos_backup import audit
-        from lifeos_backup.audit_tasks import INITIATOR_HEADER, TaskRun, record_task_run
+        from lifeos_backup.jobs.audit_tasks import INITIATOR_HEADER, TaskRun, record_task_run
+        from lifeos_backup.storage import audit
 
         run = TaskRun(
             name=self.name,

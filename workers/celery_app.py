@@ -14,11 +14,16 @@ from celery import Celery, states
 from celery.result import AsyncResult
 from celery.signals import celeryd_after_setup, task_received, worker_process_init, worker_ready
 
-from lifeos_backup.client import MAINTENANCE, TASK_ROUTES
-from lifeos_backup.procs import set_parent_death_signal
-from lifeos_backup.queues import task_queues, valid_queue_name
-from lifeos_backup.redelivery import HEARTBEAT, Heartbeat, pending_task_ids, restore_predecessor
-from lifeos_backup.settings import Settings, get_settings, redis_url_for_celery
+from lifeos_backup.core.procs import set_parent_death_signal
+from lifeos_backup.core.settings import Settings, get_settings, redis_url_for_celery
+from lifeos_backup.jobs.queues import task_queues, valid_queue_name
+from lifeos_backup.jobs.redelivery import (
+    HEARTBEAT,
+    Heartbeat,
+    pending_task_ids,
+    restore_predecessor,
+)
+from lifeos_backup.jobs.routes import MAINTENANCE, TASK_ROUTES
 
 log = logging.getLogger(__name__)
 READY_STATES = states.READY_STATES
@@ -28,8 +33,8 @@ def configure(app: Celery) -> None:
     """Apply settings; kept apart from creation so tests can re-run it after changing env."""
     settings = get_settings()
     url = redis_url_for_celery()
-    # Messages a worker holds are kept fresh by its heartbeat (lifeos_backup/redelivery.py), so the
-    # timeout covers a gap in heartbeats, not a job's length; the restore sweep runs every 10 s.
+    # Messages a worker holds are kept fresh by its heartbeat (lifeos_backup/jobs/redelivery.py), so
+    # the timeout covers a gap in heartbeats, not a job's length; the restore sweep runs every 10 s.
     visibility = {
         "visibility_timeout": settings.visibility_timeout,
         "unacked_restore_interval": 10,
@@ -169,7 +174,7 @@ def redbeat_connection(url: str) -> dict[str, object]:
 @celeryd_after_setup.connect
 def consume_host_queue(sender: str, instance: Any, **_kwargs: Any) -> None:
     """Every worker, whatever its -Q, also takes the later steps of chains created on its host
-    (lifeos_backup.queues): they read the archive from this host's disk."""
+    (lifeos_backup.jobs.queues): they read the archive from this host's disk."""
     queue = valid_queue_name(get_settings().host_queue)
     instance.app.amqp.queues.select_add(queue)
 
@@ -200,7 +205,7 @@ def hold_message(sender: Any, request: Any, **_kwargs: Any) -> None:
 @worker_ready.connect
 def recover_on_start(sender: Any, **_kwargs: Any) -> None:
     """A worker that starts again puts back its predecessor's messages, then sweeps its host's
-    backups whose task is gone (lifeos_backup.leftovers)."""
+    backups whose task is gone (lifeos_backup.jobs.leftovers)."""
     beat = _heartbeat(sender)
     beat.start()
     try:
@@ -212,8 +217,8 @@ def recover_on_start(sender: Any, **_kwargs: Any) -> None:
 
 def sweep_now(client: redis.Redis) -> list[Any]:
     """The sweeper with the broker's view of which tasks are still pending."""
-    from lifeos_backup.catalog import open_catalog
-    from lifeos_backup.leftovers import sweep
+    from lifeos_backup.jobs.leftovers import sweep
+    from lifeos_backup.storage.catalog import open_catalog
 
     settings = get_settings()
     pending: Callable[[str], bool] | None

@@ -25,8 +25,8 @@ from typing import Any
 
 import redis
 
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.monitoring.health import CRITICAL, Condition
-from lifeos_backup.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from lifeos_backup.errors import ConfigError
-from lifeos_backup.fsutil import atomic_writer, remove_quietly
-from lifeos_backup.settings import Settings
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.fsutil import atomic_writer, remove_quietly
+from lifeos_backup.core.settings import Settings
 
 MARKER_FILE = "broker-unreachable"
 PING_TIMEOUT = 2.0  # seconds: a live Redis answers in milliseconds; a dead host must not stall us

@@ -18,11 +18,11 @@ from typing import Any
 
 import redis
 
-from lifeos_backup.catalog import Catalog
-from lifeos_backup.catalog.store import RUNNING, utcnow
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.monitoring.alerts import Sender, alert_urls, apprise_send, reconcile
 from lifeos_backup.monitoring.health import BACKUP_OVERDUE, Condition, evaluate_health, overall
-from lifeos_backup.settings import Settings
+from lifeos_backup.storage.catalog import Catalog
+from lifeos_backup.storage.catalog.store import RUNNING, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ def request_catch_up(app: Any, kind: str, reason: str) -> dict[str, str]:
     """The kind's usual chain (client.backup_chain), then a health check to report the result."""
     from celery import signature
 
-    from lifeos_backup.client import backup_chain
+    from lifeos_backup.app.client import backup_chain
 
     steps, ref = backup_chain(app, kind, reason, initiator="health-check")
     (steps | signature(HEALTH_TASK, app=app, immutable=True)).apply_async()

@@ -33,16 +33,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from lifeos_backup.backups import locate
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.store import VERIFIED, utcnow
-from lifeos_backup.errors import ConfigError, LifeosError, NotFound, PermanentError
-from lifeos_backup.fsutil import DIR_MODE, atomic_writer, private_dir, write_json_atomic
-from lifeos_backup.manifest import Manifest, read_manifest
+from lifeos_backup.core.errors import ConfigError, LifeosError, NotFound, PermanentError
+from lifeos_backup.core.fsutil import DIR_MODE, atomic_writer, private_dir, write_json_atomic
+from lifeos_backup.core.procs import pid_alive
+from lifeos_backup.core.progress import ProgressFn, ignore
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.formats.manifest import Manifest, read_manifest
+from lifeos_backup.jobs.backups import locate
 from lifeos_backup.monitoring import records
-from lifeos_backup.procs import pid_alive
-from lifeos_backup.progress import ProgressFn, ignore
-from lifeos_backup.settings import Settings
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +304,7 @@ def drill_json(
     outcome: Outcome,
 ) -> None:
     """Extract into a private folder (checking every checksum), then parse every .json file."""
-    from lifeos_backup.json_restore import restore_archive
+    from lifeos_backup.kinds.json.restore import restore_archive
 
     workspace = private_dir(settings.backup_root / WORKSPACE)
     _remove_abandoned(workspace, say)
@@ -391,8 +391,8 @@ def drill_postgres(
     outcome: Outcome,
 ) -> None:
     """Restore into a scratch database, compare row counts, sanity queries, migration; drop."""
-    from lifeos_backup.postgres.conninfo import PgTarget
-    from lifeos_backup.postgres.restore import restore_postgres
+    from lifeos_backup.kinds.postgres.conninfo import PgTarget
+    from lifeos_backup.kinds.postgres.restore import restore_postgres
 
     server = PgTarget.from_settings(settings)
     outcome.details["leftovers_dropped"] = drop_leftovers(server, utcnow(), say)
@@ -439,7 +439,7 @@ def _sanity_queries(
     """Each configured query must return a row whose first column is true (or non-zero)."""
     import psycopg
 
-    from lifeos_backup.postgres.connect import connect, one_line
+    from lifeos_backup.kinds.postgres.connect import connect, one_line
 
     results: list[dict[str, Any]] = []
     if not settings.drill_sanity_queries:
@@ -462,7 +462,7 @@ def _sanity_queries(
 
 def _migrate(target: Any, settings: Settings, outcome: Outcome, say: Say) -> dict[str, Any]:
     """The app's migration command with the scratch database's URL in its environment."""
-    from lifeos_backup import procs
+    from lifeos_backup.core import procs
 
     command = settings.drill_migrate_command or ""
     args = shlex.split(command)
@@ -512,14 +512,14 @@ def scratch_url(target: Any) -> str:
 
 
 def _maintenance(server: Any) -> Any:
-    from lifeos_backup.postgres.restore import MAINTENANCE_DB
+    from lifeos_backup.kinds.postgres.restore import MAINTENANCE_DB
 
     return server.with_params(dbname=MAINTENANCE_DB)
 
 
 def drop_leftovers(server: Any, now: datetime, say: Say) -> list[str]:
     """Drop scratch databases of drills that died (worker killed) more than an hour ago."""
-    from lifeos_backup.postgres.connect import connect
+    from lifeos_backup.kinds.postgres.connect import connect
 
     with connect(_maintenance(server), autocommit=True) as conn:
         names = [
@@ -541,7 +541,7 @@ def drop_database(target: Any, say: Say) -> bool:
     """DROP DATABASE ... WITH (FORCE); True once it is gone. Never raises: it runs in finally."""
     from psycopg import sql
 
-    from lifeos_backup.postgres.connect import connect
+    from lifeos_backup.kinds.postgres.connect import connect
 
     name = target.params.get("dbname", "")
     try:

@@ -21,11 +21,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.store import DELETED, VERIFIED, utcnow
-from lifeos_backup.errors import ConfigError
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.kinds.basebackup.health import wal_archive_status
 from lifeos_backup.monitoring import records
-from lifeos_backup.settings import Settings
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import DELETED, VERIFIED, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,8 @@ SEVERITY = {
     WAL_STALE: DEGRADED,
 }
 MIN_SIZE_HISTORY = 3  # fewer earlier good backups than this: too little to call a size odd
-UPLOADED = "uploaded"  # lifeos_backup.offsite.state.UPLOADED (not imported: no boto3 needed)
+# lifeos_backup.storage.offsite.state.UPLOADED (not imported: no boto3 needed)
+UPLOADED = "uploaded"
 _UNITS = {
     "": 1, "b": 1,
     "k": 1000, "kb": 1000, "kib": 1024,
@@ -143,8 +145,8 @@ def parse_free_space(text: str) -> tuple[float | None, int | None]:
 
 def watched_kinds(settings: Settings, catalog: Catalog) -> list[str]:
     """Kinds that must have a recent good backup (LIFEOS_HEALTH_KINDS, else derived)."""
-    from lifeos_backup.kinds import KINDS
-    from lifeos_backup.postgres.conninfo import postgres_configured
+    from lifeos_backup.kinds.postgres.conninfo import postgres_configured
+    from lifeos_backup.kinds.registry import KINDS
 
     if settings.health_kinds and settings.health_kinds.strip():
         chosen = [k.strip() for k in settings.health_kinds.split(",") if k.strip()]
@@ -309,8 +311,6 @@ def check_offsite(settings: Settings, catalog: Catalog, now: datetime) -> list[C
 
 def wal_status(settings: Settings, now: datetime) -> dict[str, Any] | None:
     """The WAL archive's status when point-in-time recovery is in use (segments archived)."""
-    from lifeos_backup.pitr.health import wal_archive_status
-
     try:
         status = wal_archive_status(settings, now)
     except Exception as exc:  # a health check must report, not crash, on a broken archive

@@ -19,9 +19,9 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from lifeos_backup.catalog import open_catalog
+from lifeos_backup.core.settings import Settings, get_settings
 from lifeos_backup.monitoring.health import RANK
-from lifeos_backup.settings import Settings, get_settings
+from lifeos_backup.storage.catalog import open_catalog
 
 log = logging.getLogger(__name__)
 PREFIX = "lifeos_backup_"

@@ -11,9 +11,9 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from lifeos_backup.catalog import Catalog
-from lifeos_backup.catalog.models import Drill
-from lifeos_backup.catalog.store import utcnow
+from lifeos_backup.storage.catalog import Catalog
+from lifeos_backup.storage.catalog.models import Drill
+from lifeos_backup.storage.catalog.store import utcnow
 
 RUNNING, PASSED, FAILED = "running", "passed", "failed"
 

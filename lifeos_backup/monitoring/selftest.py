@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from lifeos_backup.catalog import Backup, Catalog, open_catalog
-from lifeos_backup.catalog.store import VERIFIED, utcnow
-from lifeos_backup.fsutil import DIR_MODE, private_dir
-from lifeos_backup.manifest import Manifest
-from lifeos_backup.settings import Settings
+from lifeos_backup.core.fsutil import DIR_MODE, private_dir
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.formats.manifest import Manifest
+from lifeos_backup.storage.catalog import Backup, Catalog, open_catalog
+from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +89,8 @@ def _sha256(path: Path) -> str:
 
 
 def check_creation(s: Scratch) -> str:
-    from lifeos_backup.backups import create_backup
-    from lifeos_backup.manifest import manifest_path
+    from lifeos_backup.formats.manifest import manifest_path
+    from lifeos_backup.jobs.backups import create_backup
 
     s.manifest = create_backup(
         "json", s.settings, s.catalog, reason="selftest", initiator="selftest"
@@ -104,7 +104,7 @@ def check_creation(s: Scratch) -> str:
 
 
 def check_extraction(s: Scratch) -> str:
-    from lifeos_backup.json_restore import restore_archive
+    from lifeos_backup.kinds.json.restore import restore_archive
 
     if s.manifest is None or s.archive is None:
         raise AssertionError("not run: no backup was created")
@@ -140,7 +140,7 @@ def check_checksums(s: Scratch) -> str:
 
 
 def check_manifest(s: Scratch) -> str:
-    from lifeos_backup.backups import verify_backup
+    from lifeos_backup.jobs.backups import verify_backup
 
     if s.manifest is None:
         raise AssertionError("not run: no backup was created")
@@ -156,12 +156,12 @@ def check_manifest(s: Scratch) -> str:
 
 
 def check_rollback(s: Scratch, real: Settings) -> str:
-    from lifeos_backup.postgres.conninfo import postgres_configured
+    from lifeos_backup.kinds.postgres.conninfo import postgres_configured
 
     if not postgres_configured(real):
         raise Skipped("no PostgreSQL configured (LIFEOS_DATABASE_URL / PG* unset)")
     try:
-        from lifeos_backup.rollback import rollback_to_json
+        from lifeos_backup.app.rollback import rollback_to_json
     except ImportError:
         raise Skipped("rollback module not installed") from None
     report = rollback_to_json(real, None, dry_run=True)
@@ -175,9 +175,9 @@ def check_rollback(s: Scratch, real: Settings) -> str:
 
 
 def check_rotation(s: Scratch, real: Settings) -> str:
-    from lifeos_backup.backups import rotate
-    from lifeos_backup.kinds import KINDS
-    from lifeos_backup.repository import new_backup_id
+    from lifeos_backup.jobs.backups import rotate
+    from lifeos_backup.kinds.registry import KINDS
+    from lifeos_backup.storage.repository import new_backup_id
 
     catalog = open_catalog(f"sqlite:///{s.root.resolve() / 'rotation.sqlite3'}")
     now = utcnow().replace(microsecond=0)

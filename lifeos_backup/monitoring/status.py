@@ -19,9 +19,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from lifeos_backup.catalog import Catalog
-from lifeos_backup.catalog.models import Drill
-from lifeos_backup.catalog.store import VERIFIED, utcnow
+from lifeos_backup.core.settings import Settings
 from lifeos_backup.monitoring import broker, records
 from lifeos_backup.monitoring.health import (
     BROKER_UNREACHABLE,
@@ -34,7 +32,9 @@ from lifeos_backup.monitoring.health import (
     wal_status,
     watched_kinds,
 )
-from lifeos_backup.settings import Settings
+from lifeos_backup.storage.catalog import Catalog
+from lifeos_backup.storage.catalog.models import Drill
+from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 
 
 def _drill_info(row: Drill | None) -> dict[str, Any] | None:

@@ -5,5 +5,5 @@ package imports only the standard library (and `zstandard` when it is installed,
 `zstd` command): no settings object, no catalog, no Redis. Sealing segments for age recipients
 (`sealing.py`) adds `cryptography`, imported only when encryption is used. Everything heavier
 about point-in-time recovery (base backups, restore, retention, health) lives in
-`lifeos_backup.pitr`.
+`lifeos_backup.kinds.basebackup`.
 """

@@ -10,6 +10,7 @@ File format (`<wal name>.zst`), readable by the plain `zstd -d` command as well:
 Sealed (LIFEOS_ENCRYPTION_RECIPIENTS set when pushed; lifeos_backup.wal.sealing): the frame
 length is 108, the text ends in " age\\n", and the zstd frame is inside an age v1 file. The name
 stays `<wal name>.zst`, so there is still exactly one file per WAL file, whatever the setting was.
+The header's format and the errors are in lifeos_backup.wal.segment, which sealing shares.
 
 The checksum sits in the file itself, so one rename publishes segment and checksum together:
 there is no state in which one exists without the other. A push stores the file under a temporary
@@ -28,28 +29,28 @@ import fcntl
 import hashlib
 import json
 import os
-import struct
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol, cast
 
 from lifeos_backup.wal.names import check_name
+from lifeos_backup.wal.segment import (
+    HEADER_LEN,
+    SEALED_HEADER_LEN,
+    ArchiveConflict,
+    CorruptSegment,
+    Header,
+    SegmentMissing,
+    WalError,
+    read_header,
+)
 
 SUFFIX = ".zst"
-TEXT_LEN = 104
-HEADER_LEN = 8 + TEXT_LEN
-SEALED_TEXT_LEN = TEXT_LEN + 4
-SEALED_HEADER_LEN = 8 + SEALED_TEXT_LEN
-_MAGIC = struct.pack("<II", 0x184D2A5E, TEXT_LEN)
-_SEALED_MAGIC = struct.pack("<II", 0x184D2A5E, SEALED_TEXT_LEN)
-_TEXT = "LIFEOS-WAL v1 sha256={} size={:012d}"
-_PLAIN_END = "\n"
-_SEALED_END = " age\n"
 FILE_MODE = 0o640  # the server's group may read (restore, base backup checks); others never
 DIR_MODE = 0o750
 STATUS_FILE = ".wal-status.json"
@@ -60,8 +61,6 @@ CHUNK = 1 << 20
 ENV_ARCHIVE_DIR = "LIFEOS_WAL_ARCHIVE_DIR"
 ENV_BACKUP_ROOT = "LIFEOS_BACKUP_ROOT"
 ENV_LEVEL = "LIFEOS_WAL_COMPRESSION_LEVEL"
-ENV_RECIPIENTS = "LIFEOS_ENCRYPTION_RECIPIENTS"  # set: push seals (age public keys, age1...)
-ENV_IDENTITY = "LIFEOS_ENCRYPTION_IDENTITY_FILE"  # fetch opens sealed files with this key file
 ARCHIVE_SUBDIR = ("postgresql", "wal")
 
 try:  # the fast path; the server's Python may lack it (e.g. system python3 of a DB host)
@@ -70,60 +69,12 @@ except ImportError:  # pragma: no cover - exercised through force_cli in tests
     _zstd = None  # type: ignore[assignment]
 
 
-class WalError(Exception):
-    """A WAL archive operation failed; what happened, detail and hint, as LifeosError has."""
-
-    def __init__(self, what: str, detail: str = "", hint: str = "") -> None:
-        super().__init__(what, detail, hint)
-        self.what, self.detail, self.hint = what, detail, hint
-
-    def __str__(self) -> str:
-        text = self.what + (f": {self.detail}" if self.detail else "")
-        return text + (f" (hint: {self.hint})" if self.hint else "")
-
-
-class SegmentMissing(WalError):
-    """The archive does not hold the requested file: normal at the end of recovery."""
-
-
-class ArchiveConflict(WalError):
-    """The archive already holds this name with different content: never overwritten."""
-
-
-class CorruptSegment(WalError):
-    """An archived file does not match its own checksum."""
-
-
-class KeyUnavailable(WalError):
-    """A sealed file cannot be opened: no private key configured, or not the right one.
-
-    Not "missing" (exit 1) for restore_command: recovery must stop, not end early and promote.
-    """
-
-
 class _Reader(Protocol):
     def read(self, size: int = -1, /) -> bytes: ...
 
 
 class _Writer(Protocol):
     def write(self, data: bytes, /) -> int: ...
-
-
-@dataclass(frozen=True)
-class Header:
-    """SHA-256 and size of the WAL file itself; equal content is equal, sealed or not."""
-
-    sha256: str
-    size: int
-    sealed: bool = field(default=False, compare=False)
-
-    @property
-    def length(self) -> int:
-        return SEALED_HEADER_LEN if self.sealed else HEADER_LEN
-
-    def encode(self) -> bytes:
-        magic, end = (_SEALED_MAGIC, _SEALED_END) if self.sealed else (_MAGIC, _PLAIN_END)
-        return magic + (_TEXT.format(self.sha256, self.size) + end).encode("ascii")
 
 
 class _HashingReader:
@@ -192,26 +143,6 @@ def archived_path(archive: Path, name: str) -> Path:
 
 
 # --------------------------------------------------------------------------- header
-
-
-def read_header(handle: BinaryIO, where: str) -> Header:
-    """Parse the header at the start of an archived file; CorruptSegment if it is not ours."""
-    magic = handle.read(8)
-    sealed = magic == _SEALED_MAGIC
-    length = SEALED_TEXT_LEN if sealed else TEXT_LEN
-    raw = handle.read(length) if sealed or magic == _MAGIC else b""
-    text = raw.decode("ascii", errors="replace")
-    ok = (
-        len(raw) == length
-        and text.startswith("LIFEOS-WAL v1 sha256=")
-        and text[103:] == (_SEALED_END if sealed else _PLAIN_END)
-    )
-    if ok:
-        try:
-            return Header(text[21:85], int(text[91:103]), sealed)
-        except ValueError:
-            pass
-    raise CorruptSegment(f"{where} is not a lifeos WAL archive file", "bad header")
 
 
 def header_of(path: Path) -> Header:

@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 
 from lifeos_backup.wal import archive as wal
+from lifeos_backup.wal import segment
 from lifeos_backup.wal.names import BadWalName
 
 EXIT_MISSING = 1
@@ -54,7 +55,7 @@ def run_push(path: str, archive_dir: str | None = None) -> int:
             Path(path),
             archive,
             level=wal.level_from_env(),
-            recipients=os.environ.get(wal.ENV_RECIPIENTS),
+            recipients=os.environ.get(segment.ENV_RECIPIENTS),
         )
     except (wal.WalError, BadWalName, OSError) as exc:
         message = f"lifeos-wal push {path}: {exc}"
@@ -74,7 +75,7 @@ def run_fetch(name: str, dest: str, archive_dir: str | None = None) -> int:
     """restore_command body: returns the exit code; never raises."""
     try:
         archive = wal.archive_dir_from_env(archive_dir)
-        identity = os.environ.get(wal.ENV_IDENTITY)
+        identity = os.environ.get(segment.ENV_IDENTITY)
         wal.fetch(name, Path(dest), archive, identity_file=Path(identity) if identity else None)
     except wal.SegmentMissing:
         return EXIT_MISSING  # routine: no output, PostgreSQL logs nothing either
@@ -93,18 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(run_fetch(args.name, args.dest, args.archive_dir))
 
 
+# `lifeos-backup wal-push|wal-fetch`, answered by lifeos_backup.cli.main before the Typer CLI loads.
 FAST_COMMANDS = {"wal-push": "push", "wal-fetch": "fetch"}
-
-
-def lifeos_backup_main() -> None:
-    """The `lifeos-backup` entry point: `wal-push` / `wal-fetch` are answered here, before the
-    Typer CLI (about 1.3 s of imports) loads, so that archive_command = 'lifeos-backup wal-push
-    %p' keeps up with WAL; every other command goes to lifeos_backup.cli."""
-    if len(sys.argv) > 1 and sys.argv[1] in FAST_COMMANDS:
-        main([FAST_COMMANDS[sys.argv[1]], *sys.argv[2:]])
-    from lifeos_backup.cli import main as full_cli
-
-    full_cli()
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 Imported by lifeos_backup.wal.archive only when a push has LIFEOS_ENCRYPTION_RECIPIENTS or a
 fetched file is sealed, so the unencrypted hot path keeps to the standard library. This loads
-lifeos_backup.agestream (the age format on `cryptography`, the same writer and reader the backup
-archives use) and turns its errors into the WAL archive's own, whose exit codes PostgreSQL acts
-on: a missing or wrong key must abort recovery (126), never read as "segment missing" (1).
+lifeos_backup.formats.agestream (the age format on `cryptography`, the same writer and reader the
+backup archives use) and turns its errors into the WAL archive's own, whose exit codes PostgreSQL
+acts on: a missing or wrong key must abort recovery (126), never read as "segment missing" (1).
 
 What a sealed file keeps in the clear: our header (the segment's name, size and SHA-256, needed to
 compare a re-pushed segment on a machine that holds only public keys). The segment's content is
@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from lifeos_backup.wal.archive import (
+from lifeos_backup.wal.segment import (
     ENV_IDENTITY,
     ENV_RECIPIENTS,
     CorruptSegment,
@@ -31,9 +31,10 @@ from lifeos_backup.wal.archive import (
 
 
 def _age() -> Any:
-    """lifeos_backup.agestream, or a clear WalError when this Python lacks `cryptography`."""
+    """lifeos_backup.formats.agestream, or a clear WalError when this Python lacks
+    `cryptography`."""
     try:
-        from lifeos_backup import agestream
+        from lifeos_backup.formats import agestream
     except ImportError as exc:
         raise WalError(
             "WAL encryption needs the Python package `cryptography`",
@@ -48,7 +49,7 @@ def _age() -> Any:
 def age_errors(where: str = "") -> Iterator[None]:
     """The age layer's LifeosErrors as WalErrors (prefixed with `where`), so the CLI's exit
     codes stay right."""
-    from lifeos_backup.errors import ConfigError, DecryptionKeyError, VerificationFailed
+    from lifeos_backup.core.errors import ConfigError, DecryptionKeyError, VerificationFailed
 
     prefix = f"{where}: " if where else ""
     try:
@@ -63,9 +64,11 @@ def age_errors(where: str = "") -> Iterator[None]:
 
 def parse_recipients(text: str) -> list[Any]:
     """The age recipients of LIFEOS_ENCRYPTION_RECIPIENTS; WalError when one does not parse."""
-    age = _age()
+    _age()  # a clear WalError when this Python lacks `cryptography`
+    from lifeos_backup.core import agekeys
+
     with age_errors(ENV_RECIPIENTS):
-        return list(age.parse_recipients(text))
+        return list(agekeys.parse_recipients(text))
 
 
 def sealer(out: BinaryIO, recipients: Sequence[Any]) -> Any:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.backups import create_backup, verify_backup
-from lifeos_backup.catalog import open_catalog
-from lifeos_backup.fsutil import private_dir
-from lifeos_backup.settings import Settings
+from lifeos_backup.core.fsutil import private_dir
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.jobs.backups import create_backup, verify_backup
+from lifeos_backup.storage.catalog import open_catalog
 from tests.support.cli import (
     EXIT_BUG,
     Answer,
@@ -283,7 +283,7 @@ def test_postgres_errors_read_as_text_without_the_password(
 # ------------------------------------------------------------------------------------- bugs
 
 _BUG = (
-    "import lifeos_backup.cli as cli\n"
+    "import lifeos_backup.cli.common as cli\n"
     "def _broken():\n"
     "    raise RuntimeError('lost postgresql://ops:Hunter2-secret@db/app on the way')\n"
     "cli.catalog = _broken\n"

@@ -25,9 +25,9 @@ from typing import Any
 import pytest
 import typer
 
-from lifeos_backup import cli
-from lifeos_backup.catalog import open_catalog
-from lifeos_backup.fsutil import private_dir
+from lifeos_backup.cli import commands as cli
+from lifeos_backup.core.fsutil import private_dir
+from lifeos_backup.storage.catalog import open_catalog
 from tests.support.cli import (
     EXIT_FAILURE,
     EXIT_USAGE,

@@ -47,15 +47,15 @@ from typing import Any
 import redis
 from celery.result import AsyncResult
 
-from lifeos_backup.backups import check_files, locate
-from lifeos_backup.catalog import Catalog, open_catalog
-from lifeos_backup.catalog.store import CREATED, RUNNING, VERIFIED
-from lifeos_backup.client import BackupFailed, make_app, request_backup
-from lifeos_backup.leases import LeaseBusy, lease
-from lifeos_backup.locks import PREFIX, Holder
-from lifeos_backup.manifest import read_manifest
-from lifeos_backup.redelivery import pending_task_ids
-from lifeos_backup.settings import get_settings
+from lifeos_backup.app.client import BackupFailed, make_app, request_backup
+from lifeos_backup.core.settings import get_settings
+from lifeos_backup.formats.manifest import read_manifest
+from lifeos_backup.jobs.backups import check_files, locate
+from lifeos_backup.jobs.leases import LeaseBusy, lease
+from lifeos_backup.jobs.locks import PREFIX, Holder
+from lifeos_backup.jobs.redelivery import pending_task_ids
+from lifeos_backup.storage.catalog import Catalog, open_catalog
+from lifeos_backup.storage.catalog.store import CREATED, RUNNING, VERIFIED
 from tests.faults.stack import Proc, Stack
 
 FAULTS = ("pool_kill", "worker_kill", "pg_dump_kill", "redis_outage", "pg_restart", "disk_full")

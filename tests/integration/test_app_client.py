@@ -10,9 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from lifeos_backup.backups import locate
-from lifeos_backup.client import BackupFailed, make_app, request_backup
-from lifeos_backup.manifest import read_manifest
+from lifeos_backup.app.client import BackupFailed, make_app, request_backup
+from lifeos_backup.formats.manifest import read_manifest
+from lifeos_backup.jobs.backups import locate
 from tests.support.services import PgDatabase
 from tests.support.worker import LifeosEnv
 

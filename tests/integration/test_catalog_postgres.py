@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.errors import NotFound
+from lifeos_backup.core.errors import NotFound
+from lifeos_backup.storage.catalog import Backup, Catalog
 from tests.support.worker import LifeosEnv
 
 pytestmark = pytest.mark.integration
@@ -50,7 +50,7 @@ def _head() -> str:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from lifeos_backup.catalog.store import MIGRATIONS
+    from lifeos_backup.storage.catalog.store import MIGRATIONS
 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
@@ -63,9 +63,9 @@ def test_rebuild_on_postgres_is_in_place_and_keeps_other_tables(
     pg_url: str, lifeos_env: LifeosEnv
 ) -> None:
     """No generations on PostgreSQL: rows are changed in place, under a table lock."""
-    from lifeos_backup import audit
-    from lifeos_backup.backups import create_backup
-    from lifeos_backup.rebuild import rebuild_local
+    from lifeos_backup.jobs.backups import create_backup
+    from lifeos_backup.jobs.rebuild import rebuild_local
+    from lifeos_backup.storage import audit
     from tests.support.trees import make_tree
 
     lifeos_env.set(LIFEOS_CATALOG_URL=pg_url)

@@ -18,10 +18,10 @@ from typing import Any
 
 import pytest
 
-from lifeos_backup.backups import create_backup, verify_backup
-from lifeos_backup.client import make_app, request_backup
-from lifeos_backup.leases import lease
-from lifeos_backup.offsite.upload import upload_backup
+from lifeos_backup.app.client import make_app, request_backup
+from lifeos_backup.jobs.backups import create_backup, verify_backup
+from lifeos_backup.jobs.leases import lease
+from lifeos_backup.storage.offsite.upload import upload_backup
 from tests.support.s3 import Bucket
 from tests.support.trees import make_tree
 from tests.support.worker import LifeosEnv, WorkerProcess

@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from celery.result import AsyncResult
 
-from lifeos_backup.catalog.store import CREATED, FAILED, RUNNING, VERIFIED
-from lifeos_backup.client import backup_chain, make_app, wait_verified
-from lifeos_backup.leftovers import INTERRUPTED
+from lifeos_backup.app.client import backup_chain, make_app, wait_verified
+from lifeos_backup.jobs.leftovers import INTERRUPTED
+from lifeos_backup.storage.catalog.store import CREATED, FAILED, RUNNING, VERIFIED
 from tests.support.services import PgDatabase, PostgresCluster, temporary_database
 from tests.support.trees import make_tree
 from tests.support.worker import LifeosEnv, WorkerProcess
@@ -201,7 +201,7 @@ def test_a_burst_of_requests_strands_no_backup(lifeos_env: LifeosEnv, start_work
 def test_a_starting_worker_resolves_its_host_s_dead_backups(
     lifeos_env: LifeosEnv, start_worker
 ) -> None:
-    from lifeos_backup.backups import create_backup
+    from lifeos_backup.jobs.backups import create_backup
 
     make_tree(lifeos_env.app_dir, files=5)
     settings, catalog = lifeos_env.settings(), lifeos_env.catalog()
@@ -209,8 +209,8 @@ def test_a_starting_worker_resolves_its_host_s_dead_backups(
     folder = lifeos_env.backup_root / "json"
     dead = "json_backup_20200101_000000"
     (folder / f".{dead}.tar.zst.partial").write_bytes(b"half")
-    from lifeos_backup.catalog import Backup
-    from lifeos_backup.catalog.store import utcnow
+    from lifeos_backup.storage.catalog import Backup
+    from lifeos_backup.storage.catalog.store import utcnow
 
     catalog.add_backup(
         Backup(id=dead, kind="json", status=RUNNING, path=f"json/{dead}.tar.zst",

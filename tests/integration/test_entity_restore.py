@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from lifeos_backup.backups import create_backup, verify_backup
+from lifeos_backup.jobs.backups import create_backup, verify_backup
 from tests.support.lifeos_app import load_schema, seed, table_hashes
 from tests.support.services import PgDatabase
 from tests.support.worker import LifeosEnv

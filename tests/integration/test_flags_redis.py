@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from lifeos_backup import flags
+from lifeos_backup.app import flags
 from tests.support.worker import LifeosEnv
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from celery.result import AsyncResult
 
-from lifeos_backup.backups import create_backup, verify_backup
-from lifeos_backup.client import BackupFailed, backup_chain, make_app, request_backup
+from lifeos_backup.app.client import BackupFailed, backup_chain, make_app, request_backup
+from lifeos_backup.jobs.backups import create_backup, verify_backup
 from tests.support.trees import make_tree
 from tests.support.worker import LifeosEnv
 
@@ -196,7 +196,7 @@ def test_concurrent_requests_never_run_at_once(lifeos_env: LifeosEnv, start_work
 
 
 def request_wait(app, ref):  # type: ignore[no-untyped-def]
-    from lifeos_backup.client import wait_verified
+    from lifeos_backup.app.client import wait_verified
 
     return wait_verified(app, ref, timeout=120)
 

@@ -17,8 +17,8 @@ from dataclasses import replace
 import pytest
 import redis
 
-from lifeos_backup.errors import AlreadyRunning
-from lifeos_backup.locks import PREFIX, DuplicateDelivery, Holder, acquire, holder, reap_dead
+from lifeos_backup.core.errors import AlreadyRunning
+from lifeos_backup.jobs.locks import PREFIX, DuplicateDelivery, Holder, acquire, holder, reap_dead
 from tests.support.services import StoppableRedis
 
 pytestmark = pytest.mark.integration
@@ -86,7 +86,7 @@ def test_renewal_rides_out_a_redis_restart_that_lost_the_key(
     """Redis comes back empty within the TTL: the holder puts its key back and keeps the lock.
     The restart waits for a failed renewal (an event, not a fixed sleep), and the TTL leaves
     the restart most of its 15 s, so a slow start on a loaded machine cannot lose the lock."""
-    caplog.set_level(logging.WARNING, logger="lifeos_backup.locks")
+    caplog.set_level(logging.WARNING, logger="lifeos_backup.jobs.locks")
     with StoppableRedis(persistent=False) as server:
         client = redis.Redis.from_url(server.url(), socket_timeout=2, socket_connect_timeout=2)
         held = acquire(client, "backup:json", 15, "task-a")  # renewed every 5 s

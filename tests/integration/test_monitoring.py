@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.backups import create_backup, verify_backup
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.store import VERIFIED, utcnow
-from lifeos_backup.client import make_app
+from lifeos_backup.app.client import make_app
+from lifeos_backup.jobs.backups import create_backup, verify_backup
 from lifeos_backup.monitoring import records
 from lifeos_backup.monitoring.alerts import ALERTS_KEY
 from lifeos_backup.monitoring.checkup import CATCHUP_KEY, request_catch_up, run_health_check
 from lifeos_backup.monitoring.drill import WORKSPACE, run_drill
 from lifeos_backup.monitoring.health import disk_usage, evaluate_health
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 from tests.support.lifeos_app import TABLES, load_schema, seed
 from tests.support.services import PostgresCluster, free_port
 from tests.support.trees import make_tree

@@ -22,16 +22,16 @@ import pyrage
 import pytest
 from celery.result import AsyncResult
 
-from lifeos_backup.backups import create_backup, verify_backup
-from lifeos_backup.client import backup_chain, make_app, request_backup
-from lifeos_backup.crypto import fingerprint, generate_identity
-from lifeos_backup.errors import ConfigError, OffsiteError, VerificationFailed
-from lifeos_backup.locks import exclusive
-from lifeos_backup.offsite import state
-from lifeos_backup.offsite import upload as upload_module
-from lifeos_backup.offsite.download import rebuild_from_offsite
-from lifeos_backup.offsite.sync import sync
-from lifeos_backup.offsite.upload import upload_backup
+from lifeos_backup.app.client import backup_chain, make_app, request_backup
+from lifeos_backup.core.errors import ConfigError, OffsiteError, VerificationFailed
+from lifeos_backup.formats.crypto import fingerprint, generate_identity
+from lifeos_backup.jobs.backups import create_backup, verify_backup
+from lifeos_backup.jobs.locks import exclusive
+from lifeos_backup.storage.offsite import state
+from lifeos_backup.storage.offsite import upload as upload_module
+from lifeos_backup.storage.offsite.download import rebuild_from_offsite
+from lifeos_backup.storage.offsite.sync import sync
+from lifeos_backup.storage.offsite.upload import upload_backup
 from tests.support.s3 import (
     Bucket,
     MotoServer,
@@ -54,7 +54,7 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 def setenv(env: LifeosEnv, monkeypatch: pytest.MonkeyPatch, **values: str) -> None:
     """Settings for this test and the workers/CLI it starts (undone after the test)."""
-    from lifeos_backup.settings import get_settings
+    from lifeos_backup.core.settings import get_settings
 
     for key, value in values.items():
         monkeypatch.setenv(key, value)
@@ -428,9 +428,9 @@ class _BrokenStream(http.server.BaseHTTPRequestHandler):
 def test_download_resumes_a_broken_stream_and_checks_the_whole(
     lifeos_env: LifeosEnv, s3_bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lifeos_backup.manifest import read_manifest
-    from lifeos_backup.offsite.download import download_archive
-    from lifeos_backup.offsite.s3 import connect
+    from lifeos_backup.formats.manifest import read_manifest
+    from lifeos_backup.storage.offsite.download import download_archive
+    from lifeos_backup.storage.offsite.s3 import connect
 
     make_tree(lifeos_env.app_dir, files=5)
     add_blob(lifeos_env, 3)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.client import BrokerUnavailable, NoWorker, make_app, request_backup
+from lifeos_backup.app.client import BrokerUnavailable, NoWorker, make_app, request_backup
 from tests.integration.test_up import CLI, RUNNING, UpProcess, _env, _processes_with_env
 from tests.support.services import PostgresCluster, free_port
 
@@ -88,7 +88,7 @@ def test_the_app_client_finds_the_embedded_redis_through_the_repository(
 ) -> None:
     _up, env = up_stack
     code = (
-        "from lifeos_backup.client import request_backup\n"
+        "from lifeos_backup.app.client import request_backup\n"
         "print(request_backup('json', 'from the app', wait=True, timeout=120).backup_id)\n"
     )
     app = _run(
@@ -180,7 +180,7 @@ def test_a_request_for_a_down_database_is_one_failed_row_with_its_attempts(
 def test_restore_postgres_never_falls_back_to_the_local_socket(
     lifeos_env, pg_cluster: PostgresCluster, tmp_path: Path
 ) -> None:
-    from lifeos_backup.backups import create_backup, verify_backup
+    from lifeos_backup.jobs.backups import create_backup, verify_backup
     from tests.support.services import temporary_database
 
     with temporary_database(pg_cluster) as source:

@@ -19,8 +19,9 @@ from typing import Any
 import pytest
 from celery.result import AsyncResult
 
-from lifeos_backup import audit
-from lifeos_backup.client import CREATE, ROTATE, UPLOAD, VERIFY, make_app, request_backup
+from lifeos_backup.app.client import make_app, request_backup
+from lifeos_backup.jobs.routes import CREATE, ROTATE, UPLOAD, VERIFY
+from lifeos_backup.storage import audit
 from tests.support.processes import BeatProcess, FlowerProcess
 from tests.support.services import free_port
 from tests.support.trees import make_tree
@@ -125,7 +126,7 @@ def test_audit_records_every_action_with_its_initiator(
 
 
 def _append_many(url: str, worker: int, count: int, go: Any) -> None:
-    from lifeos_backup.catalog.store import Catalog
+    from lifeos_backup.storage.catalog.store import Catalog
 
     catalog = Catalog(url)
     go.wait(120)  # every process has its catalog: all start appending at the same moment
@@ -135,7 +136,7 @@ def _append_many(url: str, worker: int, count: int, go: Any) -> None:
 
 def test_concurrent_appends_on_a_postgres_catalog_keep_one_chain(pg_url: str) -> None:
     """Several processes append at once: the advisory lock keeps one chain, no fork."""
-    from lifeos_backup.catalog.store import Catalog
+    from lifeos_backup.storage.catalog.store import Catalog
 
     Catalog(pg_url)  # migrate once before the race
     context = multiprocessing.get_context("spawn")

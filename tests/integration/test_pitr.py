@@ -17,17 +17,17 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from lifeos_backup.backups import create_backup, rotate, verify_backup
-from lifeos_backup.catalog import Catalog, open_catalog
-from lifeos_backup.catalog.store import DELETED, VERIFIED
-from lifeos_backup.crypto import fingerprint, generate_identity
-from lifeos_backup.errors import DecryptionKeyError
-from lifeos_backup.manifest import manifest_path, read_manifest
-from lifeos_backup.pitr.basebackup import required_segments
-from lifeos_backup.pitr.health import wal_archive_status
-from lifeos_backup.pitr.offsite_wal import upload_wal
-from lifeos_backup.pitr.restore import RecoveryTarget, restore_pitr
-from lifeos_backup.settings import Settings, get_settings
+from lifeos_backup.core.errors import DecryptionKeyError
+from lifeos_backup.core.settings import Settings, get_settings
+from lifeos_backup.formats.crypto import fingerprint, generate_identity
+from lifeos_backup.formats.manifest import manifest_path, read_manifest
+from lifeos_backup.jobs.backups import create_backup, rotate, verify_backup
+from lifeos_backup.kinds.basebackup.backup import required_segments
+from lifeos_backup.kinds.basebackup.health import wal_archive_status
+from lifeos_backup.kinds.basebackup.offsite_wal import upload_wal
+from lifeos_backup.kinds.basebackup.restore import RecoveryTarget, restore_pitr
+from lifeos_backup.storage.catalog import Catalog, open_catalog
+from lifeos_backup.storage.catalog.store import DELETED, VERIFIED
 from lifeos_backup.wal.archive import SUFFIX, header_of, push
 from tests.support.pitr import ArchivingCluster, start_archiving_cluster, stop_restored
 from tests.support.s3 import Bucket

@@ -30,14 +30,14 @@ import pytest
 import zstandard
 from psycopg import sql
 
-from lifeos_backup.backups import create_backup, locate, verify_backup
-from lifeos_backup.catalog.store import FAILED, VERIFIED
-from lifeos_backup.client import BackupFailed, make_app, request_backup
-from lifeos_backup.errors import PermanentError, SourceUnavailable, VerificationFailed
-from lifeos_backup.manifest import Manifest, read_manifest, write_manifest
-from lifeos_backup.postgres.restore import restore_postgres
-from lifeos_backup.postgres.tools import ToolTooOld
-from lifeos_backup.repository import kind_dir
+from lifeos_backup.app.client import BackupFailed, make_app, request_backup
+from lifeos_backup.core.errors import PermanentError, SourceUnavailable, VerificationFailed
+from lifeos_backup.formats.manifest import Manifest, read_manifest, write_manifest
+from lifeos_backup.jobs.backups import create_backup, locate, verify_backup
+from lifeos_backup.kinds.postgres.restore import restore_postgres
+from lifeos_backup.kinds.postgres.tools import ToolTooOld
+from lifeos_backup.storage.catalog.store import FAILED, VERIFIED
+from lifeos_backup.storage.repository import kind_dir
 from tests.support.services import PgDatabase, PostgresCluster, temporary_database
 from tests.support.worker import LifeosEnv
 
@@ -295,7 +295,7 @@ def own_source(lifeos_env: LifeosEnv, pg_cluster: PostgresCluster) -> Iterator[s
 def sliced(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every table dumped as COPY slices, several per table (for real only tables of 16 MiB
     and more are, in slices of 64 MiB or more): for tests that call the plain functions."""
-    from lifeos_backup.postgres import rows
+    from lifeos_backup.kinds.postgres import rows
 
     monkeypatch.setattr(rows, "FLOOR", 0)
     monkeypatch.setattr(rows, "SLICE_MIN", 8192)
@@ -311,9 +311,9 @@ def backup(source_env: LifeosEnv) -> Backup:
 def module_backup(cluster: PostgresCluster, source: str, root: Path, *, sliced: bool) -> Backup:
     """A verified backup of `source` in a backup root of its own, made outside any test's
     environment (which is left as it was)."""
-    from lifeos_backup.fsutil import private_dir
-    from lifeos_backup.postgres import rows
-    from lifeos_backup.settings import get_settings
+    from lifeos_backup.core.fsutil import private_dir
+    from lifeos_backup.core.settings import get_settings
+    from lifeos_backup.kinds.postgres import rows
 
     with pytest.MonkeyPatch.context() as patch:
         for key in [k for k in os.environ if k.startswith("LIFEOS_")]:
@@ -543,7 +543,7 @@ def test_slices_log_in_with_the_password_from_the_environment(
     sliced: None,
 ) -> None:
     """psql gets the password as PGPASSWORD, never in its arguments (which `ps` shows)."""
-    import lifeos_backup.procs as procs_module
+    import lifeos_backup.core.procs as procs_module
 
     seen: list[list[str]] = []
     spawn = procs_module.spawn
@@ -725,8 +725,8 @@ def test_verify_needs_every_manifest_table_in_the_dump(
 
 
 def check_dump_of(env: LifeosEnv, backup: Backup, manifest: Manifest) -> None:
-    from lifeos_backup.postgres.check import check_dump
-    from lifeos_backup.postgres.tools import tool
+    from lifeos_backup.kinds.postgres.check import check_dump
+    from lifeos_backup.kinds.postgres.tools import tool
 
     check_dump(backup.archive, manifest, tool(env.settings(), "pg_restore"), lambda _: None)
 
@@ -867,7 +867,7 @@ def test_the_head_of_an_archive_is_its_bytes_up_to_the_data_and_lists_alike(
 ) -> None:
     """copy_head keeps a pg_dump archive's table of contents and no data, so a one-table
     restore reads a small head instead of the whole part; pg_restore must list it the same."""
-    from lifeos_backup.postgres.tochead import copy_head
+    from lifeos_backup.kinds.postgres.tochead import copy_head
 
     pg_dump, pg_restore = (str(pg_cluster.bindir / name) for name in ("pg_dump", "pg_restore"))
     whole = subprocess.run(
@@ -891,7 +891,7 @@ def test_the_head_of_an_archive_is_its_bytes_up_to_the_data_and_lists_alike(
 def test_the_head_of_an_unknown_archive_is_all_of_it() -> None:
     """An archive version copy_head does not know is copied whole, which pg_restore reads just
     the same: never a cut in the wrong place."""
-    from lifeos_backup.postgres.tochead import copy_head
+    from lifeos_backup.kinds.postgres.tochead import copy_head
 
     other = io.BytesIO(b"PGDMP" + bytes([1, 99, 0]) + b"rest of it" * 100)
     copied = io.BytesIO()
@@ -1078,7 +1078,7 @@ def test_autovacuum_is_kept_off_a_table_from_its_first_slice_to_its_index_build(
 ) -> None:
     """Slices commit one by one: an autovacuum started on a half-loaded table holds up its index
     build for deadlock_timeout, then is cancelled (docs/decisions.md, "PostgreSQL restore")."""
-    from lifeos_backup.postgres import restore as restore_module
+    from lifeos_backup.kinds.postgres import restore as restore_module
 
     restored = new_database("guarded")
     seen: list[tuple[str, bool]] = []
@@ -1102,7 +1102,7 @@ def test_autovacuum_is_kept_off_a_table_from_its_first_slice_to_its_index_build(
 def restore_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """What a restore does, in order: ("copy", table) per slice loaded, ("build", workers) per
     index build, with the max_parallel_maintenance_workers the server gives that build."""
-    from lifeos_backup.postgres import restore as restore_module
+    from lifeos_backup.kinds.postgres import restore as restore_module
 
     events: list[tuple[str, str]] = []
     real_copy, real_tracked = restore_module.copy_into, restore_module.run_tracked
@@ -1177,8 +1177,8 @@ def test_with_several_jobs_the_biggest_table_loads_first_and_a_build_beside_othe
 def test_a_table_already_locked_is_loaded_without_a_guard(pg_database: PgDatabase) -> None:
     """The guard only saves time: a table someone else holds (a manual VACUUM, a LOCK) is
     loaded without it, after LOCK_TIMEOUT, and never blocks the restore."""
-    from lifeos_backup.postgres.conninfo import PgTarget
-    from lifeos_backup.postgres.vacuumguard import VacuumGuards
+    from lifeos_backup.kinds.postgres.conninfo import PgTarget
+    from lifeos_backup.kinds.postgres.vacuumguard import VacuumGuards
 
     target = PgTarget.parse(pg_database.url)
     with psycopg.connect(pg_database.url, autocommit=True) as conn:
@@ -1250,7 +1250,7 @@ def test_a_psql_that_does_not_report_its_rows_fails_the_backup_without_a_file(
     source_env: LifeosEnv, sliced: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The manifest's row counts are the server's; with none reported there is no backup."""
-    from lifeos_backup.postgres import dump, rows
+    from lifeos_backup.kinds.postgres import dump, rows
 
     def silent(*args, **kwargs) -> list[str]:
         argv = rows.dump_args(*args, **kwargs)
@@ -1273,7 +1273,7 @@ def test_a_table_locked_away_makes_the_backup_wait_then_retry(
 ) -> None:
     """A migration holding a table (ACCESS EXCLUSIVE) past the lock wait: a retryable failure
     naming the cause, no file."""
-    import lifeos_backup.postgres.dump as dump_module
+    import lifeos_backup.kinds.postgres.dump as dump_module
 
     monkeypatch.setattr(dump_module, "LOCK_WAIT", "1s")
     with psycopg.connect(pg_cluster.url(source)) as migration:
@@ -1292,9 +1292,9 @@ def test_disk_full_during_the_dump_removes_the_partial_file(
     """A full disk is reported as such, and the half-written archive does not stay to fill it."""
     import errno
 
-    import lifeos_backup.postgres.dump as dump_module
-    from lifeos_backup.postgres.dump import DiskFull
-    from lifeos_backup.streams import HashingWriter
+    import lifeos_backup.kinds.postgres.dump as dump_module
+    from lifeos_backup.formats.streams import HashingWriter
+    from lifeos_backup.kinds.postgres.dump import DiskFull
 
     class FillsUp(HashingWriter):
         """The disk is full once 100 kB of the archive are written."""

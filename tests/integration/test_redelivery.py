@@ -9,8 +9,8 @@ import pytest
 import redis
 from celery import signature
 
-from lifeos_backup.client import CREATE, VERIFY, make_app
-from lifeos_backup.redelivery import (
+from lifeos_backup.app.client import make_app
+from lifeos_backup.jobs.redelivery import (
     HELD,
     UNACKED,
     UNACKED_INDEX,
@@ -19,6 +19,7 @@ from lifeos_backup.redelivery import (
     predecessor_tags,
     restore_predecessor,
 )
+from lifeos_backup.jobs.routes import CREATE, VERIFY
 
 pytestmark = pytest.mark.integration
 

@@ -15,8 +15,9 @@ import pytest
 from celery import chain, signature
 from psycopg.rows import dict_row
 
-from lifeos_backup.client import CREATE, VERIFY, make_app
-from lifeos_backup.manifest import read_manifest
+from lifeos_backup.app.client import make_app
+from lifeos_backup.formats.manifest import read_manifest
+from lifeos_backup.jobs.routes import CREATE, VERIFY
 from tests.support.lifeos_app import TABLES, load_schema, seed
 from tests.support.worker import LifeosEnv
 

@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from lifeos_backup.backups import create_backup, verify_backup
+from lifeos_backup.jobs.backups import create_backup, verify_backup
 from tests.support.services import PostgresCluster, temporary_database
 from tests.support.worker import LifeosEnv
 
@@ -235,7 +235,7 @@ def sliced_and_sealed(
     """Every table's rows in COPY slices (several per table) and the archive encrypted."""
     import pyrage
 
-    from lifeos_backup.postgres import rows
+    from lifeos_backup.kinds.postgres import rows
 
     monkeypatch.setattr(rows, "FLOOR", 0)
     monkeypatch.setattr(rows, "SLICE_MIN", 4096)

@@ -64,7 +64,7 @@ def run_cli(
     else:
         launcher = (
             f"{prelude}\nimport sys\nsys.argv[0] = 'lifeos-backup'\n"
-            "from lifeos_backup.wal.cli import lifeos_backup_main\nlifeos_backup_main()\n"
+            "from lifeos_backup.cli import main as lifeos_backup_main\nlifeos_backup_main()\n"
         )
         command = [sys.executable, "-c", launcher, *args]
     done = subprocess.run(

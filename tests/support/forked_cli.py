@@ -29,7 +29,7 @@ def _child(run: dict[str, Any], out_fd: int, err_fd: int) -> None:
     """The forked child: become the run's process, call the entry point, never return."""
     code = 1
     try:
-        from lifeos_backup.wal.cli import lifeos_backup_main
+        from lifeos_backup.cli import main as lifeos_backup_main
 
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
@@ -86,7 +86,7 @@ def run_one(run: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     runs = json.load(sys.stdin)
-    import lifeos_backup.cli  # the imports every child shares
+    import lifeos_backup.cli.commands  # the imports every child shares
     import lifeos_backup.wal.cli  # noqa: F401
 
     json.dump([run_one(run) for run in runs], sys.stdout)

@@ -27,7 +27,9 @@ from tests.support.services import PG_OS_USER, PostgresCluster, _pg_temp_base
 
 SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/local/bin/python3")
 # What sealing WAL imports beyond lifeos_backup/wal (lifeos_backup.wal.sealing).
-SEALING_MODULES = ("agestream.py", "errors.py", "streams.py")
+SEALING_MODULES = (
+    "core/agekeys.py", "core/errors.py", "formats/agestream.py", "formats/streams.py"
+)
 CRYPTO_PROBE = "import cryptography.hazmat.primitives.ciphers.aead"
 # `cryptography` and what it loads at run time, as installed in the virtualenv.
 CRYPTO_DISTS = ("cryptography", "cffi", "_cffi_backend*")
@@ -75,6 +77,9 @@ def copy_wal_package(dest: Path) -> Path:
     package = dest / "lifeos_backup"
     (package / "wal").mkdir(parents=True)
     for name in ("__init__.py", *SEALING_MODULES):
+        folder = Path(name).parent  # a sub-package: its __init__.py too
+        (package / folder).mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / folder / "__init__.py", package / folder / "__init__.py")
         shutil.copy(source / name, package / name)
     for module in (source / "wal").glob("*.py"):
         shutil.copy(module, package / "wal" / module.name)

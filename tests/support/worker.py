@@ -16,8 +16,8 @@ from pathlib import Path
 
 import redis
 
-from lifeos_backup.catalog import Catalog, open_catalog
-from lifeos_backup.settings import Settings, get_settings
+from lifeos_backup.core.settings import Settings, get_settings
+from lifeos_backup.storage.catalog import Catalog, open_catalog
 
 CELERY = [sys.executable, "-m", "celery", "-A", "workers"]
 

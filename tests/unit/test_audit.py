@@ -19,9 +19,9 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import create_engine, text
 
-from lifeos_backup import audit
-from lifeos_backup.catalog import open_catalog
-from lifeos_backup.catalog.store import MIGRATIONS, Catalog
+from lifeos_backup.storage import audit
+from lifeos_backup.storage.catalog import chain, open_catalog
+from lifeos_backup.storage.catalog.store import MIGRATIONS, Catalog
 
 CLI = str(Path(sys.executable).with_name("lifeos-backup"))
 
@@ -68,7 +68,7 @@ def test_chain_links_each_record_to_the_one_before(tmp_path: Path) -> None:
 def test_hash_covers_every_field(tmp_path: Path) -> None:
     row = audit.fields_of(audit.records(fill_and_return(tmp_path))[0])
     base = audit.record_hash(row, audit.GENESIS)
-    for name in audit.HASHED:
+    for name in chain.HASHED:
         changed = dict(row, **{name: "something else"})
         assert audit.record_hash(changed, audit.GENESIS) != base, name
     assert audit.record_hash(row, "f" * 64) != base

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog import generations as gens
-from lifeos_backup.catalog.store import VERIFIED, CatalogUnreadable
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog import generations as gens
+from lifeos_backup.storage.catalog.store import VERIFIED, CatalogUnreadable
 
 WHEN = datetime(2026, 12, 1, 2, 0, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from lifeos_backup.catalog.store import HEAD, MIGRATIONS, Catalog
+from lifeos_backup.storage.catalog.store import HEAD, MIGRATIONS, Catalog
 
 
 def test_head_is_the_newest_migration() -> None:
@@ -24,7 +24,7 @@ def test_a_new_catalog_is_migrated_and_an_upgraded_one_opens_without_alembic(
     url = f"sqlite:///{tmp_path / 'catalog.sqlite3'}"
     assert Catalog(url).revision() == HEAD
     probe = (
-        "import sys; from lifeos_backup.catalog.store import Catalog;"
+        "import sys; from lifeos_backup.storage.catalog.store import Catalog;"
         f" c = Catalog({url!r}); c.list();"
         " print(c.revision(), 'alembic' in sys.modules)"
     )

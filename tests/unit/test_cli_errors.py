@@ -1,4 +1,4 @@
-"""How failures are classified and worded (lifeos_backup.cli_errors, client.failure_text,
+"""How failures are classified and worded (lifeos_backup.cli.errors, client.failure_text,
 settings.invalid_fields, audit.ACTIONS); the subprocess tests are in tests/cli/."""
 
 from __future__ import annotations
@@ -11,13 +11,16 @@ import psycopg
 import pytest
 from celery.utils.serialization import create_exception_cls
 
-from lifeos_backup import audit, cli, cli_errors
-from lifeos_backup.audit_tasks import TASK_ACTIONS
-from lifeos_backup.client import failure_text
-from lifeos_backup.errors import ConfigError
-from lifeos_backup.settings import Settings, get_settings
+import lifeos_backup
+from lifeos_backup.app.client import failure_text
+from lifeos_backup.cli import commands as cli
+from lifeos_backup.cli import errors as cli_errors
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.settings import Settings, get_settings
+from lifeos_backup.jobs.audit_tasks import TASK_ACTIONS
+from lifeos_backup.storage import audit
 
-PACKAGE = Path(cli.__file__).parent
+PACKAGE = Path(lifeos_backup.__file__).parent
 
 
 def _no_url() -> str:

@@ -9,7 +9,8 @@ import os
 import pyrage
 import pytest
 
-from lifeos_backup.crypto import (
+from lifeos_backup.core.errors import ConfigError, DecryptionKeyError, VerificationFailed
+from lifeos_backup.formats.crypto import (
     CHUNK,
     SEALED_CHUNK,
     OpeningReader,
@@ -24,7 +25,6 @@ from lifeos_backup.crypto import (
     payload_size_ok,
     read_header,
 )
-from lifeos_backup.errors import ConfigError, DecryptionKeyError, VerificationFailed
 
 SIZES = [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 3 * CHUNK + 17]
 

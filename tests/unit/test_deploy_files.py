@@ -33,7 +33,7 @@ HADOLINT_CONFIG = REPO / ".hadolint.yaml"
 BACKUP_SERVICES = (
     "worker", "worker-uploads", "worker-drills", "worker-maintenance", "beat", "flower",
 )  # fmt: skip
-# One worker service per queue (lifeos_backup.client.QUEUES), each named in its command.
+# One worker service per queue (lifeos_backup.jobs.routes.QUEUES), each named in its command.
 WORKER_QUEUES = {
     "worker": "dumps",
     "worker-uploads": "uploads",
@@ -318,7 +318,7 @@ def test_flower_environment_holds_only_real_flower_options():
 
 
 def test_every_queue_has_its_own_worker_service():
-    from lifeos_backup.client import QUEUES, TASK_ROUTES
+    from lifeos_backup.jobs.routes import QUEUES, TASK_ROUTES
 
     svcs = services()
     consumed = {}
@@ -393,7 +393,7 @@ def test_env_example_holds_no_secrets():
 
 
 def test_env_example_lifeos_settings_exist():
-    from lifeos_backup.settings import Settings
+    from lifeos_backup.core.settings import Settings
 
     compose_only = compose_references()
     fields = {f"LIFEOS_{name.upper()}" for name in Settings.model_fields}

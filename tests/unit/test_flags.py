@@ -7,7 +7,14 @@ import sys
 
 import pytest
 
-from lifeos_backup.flags import BUCKETS, FlagError, bucket, evaluate, parse_override, parse_value
+from lifeos_backup.app.flags import (
+    BUCKETS,
+    FlagError,
+    bucket,
+    evaluate,
+    parse_override,
+    parse_value,
+)
 
 
 @pytest.mark.parametrize(
@@ -61,11 +68,12 @@ def test_decision_order_override_then_value_then_percentage() -> None:
 def test_flags_import_only_redis() -> None:
     """The main app imports this module: it must not pull our stack in."""
     code = (
-        "import sys, lifeos_backup.flags\n"
+        "import sys, lifeos_backup.app.flags\n"
         "heavy = [m for m in sys.modules if m.split('.')[0] in "
         "('pydantic', 'pydantic_settings', 'sqlalchemy', 'psycopg', 'celery', 'typer', 'rich',"
         " 'alembic', 'zstandard', 'boto3')"
-        " or m.startswith('lifeos_backup.') and m != 'lifeos_backup.flags']\n"
+        " or m.startswith('lifeos_backup.')"
+        " and m not in ('lifeos_backup.app', 'lifeos_backup.app.flags')]\n"
         "print(heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.fsutil import (
+from lifeos_backup.core.fsutil import (
     DIR_MODE,
     FILE_MODE,
     atomic_writer,

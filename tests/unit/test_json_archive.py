@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from lifeos_backup.errors import TargetNotEmpty, UnsafeArchive, VerificationFailed
-from lifeos_backup.json_backup import SMALL_FILE, ArchiveResult, write_archive
-from lifeos_backup.json_restore import check_archive, restore_archive
-from lifeos_backup.manifest import ArchiveInfo, Compression, FileEntry, Manifest
-from lifeos_backup.progress import Progress, ignore
-from lifeos_backup.streams import compressor, decompressor
-from lifeos_backup.tarstream import TarReader, TarWriter
+from lifeos_backup.core.errors import TargetNotEmpty, UnsafeArchive, VerificationFailed
+from lifeos_backup.core.progress import Progress, ignore
+from lifeos_backup.formats.manifest import ArchiveInfo, Compression, FileEntry, Manifest
+from lifeos_backup.formats.streams import compressor, decompressor
+from lifeos_backup.formats.tarstream import TarReader, TarWriter
+from lifeos_backup.kinds.json.backup import SMALL_FILE, ArchiveResult, write_archive
+from lifeos_backup.kinds.json.restore import check_archive, restore_archive
 
 NAMES = ["data", "presets", "configs"]
 LEVELS = {"zstd": 3, "gzip": 6}

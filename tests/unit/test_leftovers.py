@@ -16,10 +16,23 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.store import CREATED, FAILED, INCOMPLETE, RUNNING, VERIFIED, utcnow
-from lifeos_backup.leftovers import CHAIN_LOST, CREATED_GRACE, INTERRUPTED, clean_leftovers, sweep
-from lifeos_backup.settings import Settings
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.jobs.leftovers import (
+    CHAIN_LOST,
+    CREATED_GRACE,
+    INTERRUPTED,
+    clean_leftovers,
+    sweep,
+)
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import (
+    CREATED,
+    FAILED,
+    INCOMPLETE,
+    RUNNING,
+    VERIFIED,
+    utcnow,
+)
 
 ID = "json_backup_20260101_020000"
 OTHER = "json_backup_20260101_030000"
@@ -37,7 +50,7 @@ def repo(tmp_path: Path) -> tuple[Settings, Catalog]:
 def held_by_another_process(root: Path, backup_id: str) -> Iterator[subprocess.Popen[str]]:
     """A live process holding the backup's lease, as a worker writing or verifying it."""
     code = (
-        "import sys, time; from pathlib import Path; from lifeos_backup.leases import lease\n"
+        "import sys, time; from pathlib import Path; from lifeos_backup.jobs.leases import lease\n"
         f"with lease(Path({str(root)!r}), {backup_id!r}, 'task-x', 'verify'):\n"
         "    print('held', flush=True); time.sleep(600)\n"
     )

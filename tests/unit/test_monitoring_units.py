@@ -9,7 +9,9 @@ from celery.schedules import crontab
 from pydantic import SecretStr
 
 from beat_schedule import build_schedule
-from lifeos_backup.errors import ConfigError
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.kinds.postgres.conninfo import PgTarget
 from lifeos_backup.monitoring.alerts import url_id
 from lifeos_backup.monitoring.drill import leftover_scratch, scratch_name, scratch_url
 from lifeos_backup.monitoring.health import (
@@ -22,8 +24,6 @@ from lifeos_backup.monitoring.health import (
     parse_free_space,
     parse_hours_map,
 )
-from lifeos_backup.postgres.conninfo import PgTarget
-from lifeos_backup.settings import Settings
 
 NOW = datetime(2026, 11, 29, 4, 0, 0, tzinfo=UTC)
 

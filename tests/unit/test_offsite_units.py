@@ -13,18 +13,19 @@ import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
 
 from beat_schedule import build_schedule
-from lifeos_backup.catalog import Backup
-from lifeos_backup.errors import (
+from lifeos_backup.core.errors import (
     ConfigError,
     OffsiteError,
     PermanentError,
     RetryableError,
     VerificationFailed,
 )
-from lifeos_backup.manifest import ArchiveInfo, Compression, Manifest
-from lifeos_backup.offsite.s3 import same_checksum, translate
-from lifeos_backup.offsite.state import location
-from lifeos_backup.offsite.upload import (
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.formats.manifest import ArchiveInfo, Compression, Manifest
+from lifeos_backup.storage.catalog import Backup
+from lifeos_backup.storage.offsite.s3 import same_checksum, translate
+from lifeos_backup.storage.offsite.state import location
+from lifeos_backup.storage.offsite.upload import (
     MIB,
     RangeReader,
     Throttle,
@@ -32,7 +33,6 @@ from lifeos_backup.offsite.upload import (
     plan_upload,
     remote_mismatch,
 )
-from lifeos_backup.settings import Settings
 
 
 def client_error(code: str, status: int = 400) -> ClientError:

@@ -11,20 +11,12 @@ import pytest
 from celery import Celery
 
 import beat_schedule
-from lifeos_backup.audit_tasks import TaskRun, initiator_of
-from lifeos_backup.client import (
-    CREATE,
-    QUEUES,
-    ROTATE,
-    TASK_ROUTES,
-    UPLOAD,
-    VERIFY,
-    backup_chain,
-    make_app,
-)
-from lifeos_backup.errors import ConfigError
-from lifeos_backup.queues import pin_to_host, valid_queue_name
-from lifeos_backup.settings import Settings, get_settings
+from lifeos_backup.app.client import backup_chain, make_app
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.core.settings import Settings, get_settings
+from lifeos_backup.jobs.audit_tasks import TaskRun, initiator_of
+from lifeos_backup.jobs.queues import pin_to_host, valid_queue_name
+from lifeos_backup.jobs.routes import CREATE, QUEUES, ROTATE, TASK_ROUTES, UPLOAD, VERIFY
 
 SECRET_PARAMETER = re.compile(r"password|secret|token|key|auth|url", re.IGNORECASE)
 
@@ -52,7 +44,7 @@ def lifeos_tasks() -> dict[str, object]:
 
 
 def test_every_task_is_routed_to_a_role_queue() -> None:
-    assert set(lifeos_tasks()) == set(TASK_ROUTES), "add the task to client.TASK_ROUTES"
+    assert set(lifeos_tasks()) == set(TASK_ROUTES), "add the task to jobs/routes.py"
     assert {route["queue"] for route in TASK_ROUTES.values()} == set(QUEUES)
     assert TASK_ROUTES[CREATE]["queue"] == "dumps" and TASK_ROUTES[UPLOAD]["queue"] == "uploads"
     router = worker_app.amqp.router

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup import procs
-from lifeos_backup.errors import CommandFailed, CommandTimeout, ConfigError
+from lifeos_backup.core import procs
+from lifeos_backup.core.errors import CommandFailed, CommandTimeout, ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 SECRET = "s3cr3t-Pa55word"
@@ -186,7 +186,7 @@ def test_child_dies_when_parent_is_sigkilled(tmp_path: Path) -> None:
     pidfile = tmp_path / "pid"
     parent_code = textwrap.dedent(
         f"""
-        from lifeos_backup import procs
+        from lifeos_backup.core import procs
         procs.run(["bash", "-c", "echo $$ > {pidfile}; exec sleep 100"])
         """
     )

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.backups import create_backup, verify_backup
-from lifeos_backup.catalog import Backup, Catalog
-from lifeos_backup.catalog.store import CREATED, FAILED, UNVERIFIED, VERIFIED
-from lifeos_backup.leases import lease
-from lifeos_backup.progress import Progress
-from lifeos_backup.rebuild import rebuild_local
-from lifeos_backup.settings import Settings
+from lifeos_backup.core.progress import Progress
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.jobs.backups import create_backup, verify_backup
+from lifeos_backup.jobs.leases import lease
+from lifeos_backup.jobs.rebuild import rebuild_local
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import CREATED, FAILED, UNVERIFIED, VERIFIED
 from tests.support.trees import make_tree
 
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifeos_backup.errors import ConfigError
-from lifeos_backup.retention import (
+from lifeos_backup.core.errors import ConfigError
+from lifeos_backup.storage.retention import (
     CREATED,
     DELETED,
     FAILED,

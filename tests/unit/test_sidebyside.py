@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from lifeos_backup import procs
-from lifeos_backup.errors import CommandFailed
-from lifeos_backup.sidebyside import Crew, run_side_by_side
+from lifeos_backup.core import procs
+from lifeos_backup.core.errors import CommandFailed
+from lifeos_backup.core.sidebyside import Crew, run_side_by_side
 
 
 def _long(crew: Crew) -> None:

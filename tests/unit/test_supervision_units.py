@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup import up
+from lifeos_backup.core.settings import Settings, get_settings
 from lifeos_backup.monitoring import broker
 from lifeos_backup.monitoring.health import BROKER_UNREACHABLE, CRITICAL, check_broker
-from lifeos_backup.settings import Settings, get_settings
+from lifeos_backup.service import up
 from tests.support.services import free_port
 
 # What Beat's log holds after RedBeat failed to extend its lock (shortened): the traceback once

@@ -28,8 +28,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lifeos_backup.errors import UnsafeArchive, VerificationFailed
-from lifeos_backup.tarstream import BLOCK, Member, TarReader, TarWriter, header
+from lifeos_backup.core.errors import UnsafeArchive, VerificationFailed
+from lifeos_backup.formats.tarstream import BLOCK, Member, TarReader, TarWriter, header
 
 TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}
 KIND = {tarfile.REGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink"}

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from lifeos_backup.pitr.health import wal_archive_status
-from lifeos_backup.pitr.retention import prunable, prune_wal
-from lifeos_backup.settings import Settings
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.kinds.basebackup.health import wal_archive_status
+from lifeos_backup.kinds.basebackup.retention import prunable, prune_wal
 from lifeos_backup.wal import archive as wal
 from lifeos_backup.wal.cli import EXIT_ABORT_RECOVERY, EXIT_MISSING, run_fetch, run_push
 from lifeos_backup.wal.names import (
@@ -329,8 +329,8 @@ def test_a_valid_zstd_frame_with_other_content_is_caught_by_the_sha256(tmp_path:
 
 
 def test_restore_pitr_wants_a_time_zone() -> None:
-    from lifeos_backup.errors import ConfigError
-    from lifeos_backup.pitr.restore import RecoveryTarget, parse_target_time
+    from lifeos_backup.core.errors import ConfigError
+    from lifeos_backup.kinds.basebackup.restore import RecoveryTarget, parse_target_time
 
     with pytest.raises(ConfigError, match="time zone"):
         RecoveryTarget(time=parse_target_time("2026-11-28 12:00:00"))
@@ -349,7 +349,7 @@ def test_restore_pitr_wants_a_time_zone() -> None:
 @pytest.fixture(scope="module")
 def wal_keys(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """(identity file, recipient) of a fresh age key pair."""
-    from lifeos_backup.crypto import generate_identity
+    from lifeos_backup.formats.crypto import generate_identity
 
     identity, recipient = generate_identity()
     path = tmp_path_factory.mktemp("keys") / "wal.key"
@@ -400,7 +400,7 @@ def test_sealed_push_then_fetch_round_trips(
 def test_sealed_fetch_without_or_with_a_wrong_key_aborts_recovery(
     tmp_path: Path, wal_keys: tuple[Path, str], sealed_archive: Path
 ) -> None:
-    from lifeos_backup.crypto import generate_identity
+    from lifeos_backup.formats.crypto import generate_identity
 
     key, archive = wal_keys[0], sealed_archive
     other = tmp_path / "other.key"
@@ -471,7 +471,8 @@ def test_only_sealing_loads_cryptography_and_nothing_loads_the_settings(
     probe = (
         "import sys; from lifeos_backup.wal.cli import run_push; "
         f"code = run_push({str(src)!r}, sys.argv[1]); "
-        "heavy = ('cryptography', 'pydantic', 'lifeos_backup.settings', 'lifeos_backup.crypto'); "
+        "heavy = ('cryptography', 'pydantic', 'lifeos_backup.core.settings', "
+        "'lifeos_backup.formats.crypto'); "
         "print(code, *sorted(m for m in heavy if m in sys.modules))"
     )
     for name, recipients, loaded in (("plain", "", "0"), ("sealed", recipient, "0 cryptography")):

@@ -1,0 +1,1 @@
+"""What the Life-OS app uses: the backup client, feature flags, rollback to JSON, entity restore."""

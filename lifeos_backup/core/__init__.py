@@ -1,0 +1,1 @@
+"""What every floor shares: errors, settings, names, file and process helpers, progress."""

@@ -1,0 +1,1 @@
+"""Archive byte formats: streams, tar, age encryption, manifests (no settings, no catalog)."""

@@ -1,0 +1,114 @@
+"""Stream plumbing: hashing pass-throughs and (de)compression, so every byte is read once.
+
+Compression, checksum and writing happen in one pass over the data; nothing is held in memory
+beyond one chunk. `zstandard` is imported where it is used: lifeos_backup.formats.agestream (and
+through it the WAL hot path, on a server python3 that may lack zstandard) needs only ReadStream.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from typing import BinaryIO
+
+from lifeos_backup.core.errors import ConfigError
+
+EXTENSIONS = {"zstd": ".zst", "gzip": ".gz"}
+CHUNK = 1 << 20
+
+
+class HashingWriter:
+    """Counts and SHA-256-hashes every byte written through it to `out`."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._hash.update(data)
+        self.size += len(data)
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+class ReadStream:
+    """What file-like readers here share, so zstd, gzip and tar readers can pull from them."""
+
+    def read(self, size: int = -1) -> bytes:
+        raise NotImplementedError
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        """Read to the end (so a digest or an authentication tag covers the whole stream)."""
+        while self.read(CHUNK):
+            pass
+
+
+class HashingReader(ReadStream):
+    """Counts and SHA-256-hashes every byte read through it from `src`."""
+
+    def __init__(self, src: BinaryIO) -> None:
+        self._src = src
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._src.read(size)
+        self._hash.update(data)
+        self.size += len(data)
+        return data
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
+
+
+def compressor(out: BinaryIO, algorithm: str, level: int, threads: int = -1) -> BinaryIO:
+    """A writable stream that compresses into `out`; closing it does not close `out`.
+
+    zstd `threads=-1` (one per core) compresses beside the Python thread that reads the source;
+    0 compresses in the calling thread, for callers that already run one stream per core.
+    """
+    if algorithm == "zstd":
+        import zstandard
+
+        ctx = zstandard.ZstdCompressor(level=level, threads=threads, write_checksum=True)
+        return ctx.stream_writer(out, closefd=False)
+    if algorithm == "gzip":
+        return gzip.GzipFile(fileobj=out, mode="wb", compresslevel=level, mtime=0)  # type: ignore[return-value]
+    raise ConfigError(f"unknown compression {algorithm!r}", hint="use zstd or gzip")
+
+
+def decompressor(src: BinaryIO, algorithm: str) -> BinaryIO:
+    """A readable stream of the decompressed bytes of `src`."""
+    if algorithm == "zstd":
+        import zstandard
+
+        ctx = zstandard.ZstdDecompressor()
+        return ctx.stream_reader(src, read_size=CHUNK, closefd=False)
+    if algorithm == "gzip":
+        return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
+    raise ConfigError(f"unknown compression {algorithm!r}", hint="use zstd or gzip")
+
+
+def sha256_file(path: str, chunk: int = CHUNK) -> tuple[str, int]:
+    """SHA-256 and size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+            size += len(block)
+    return digest.hexdigest(), size

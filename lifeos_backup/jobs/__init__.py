@@ -1,0 +1,1 @@
+"""What the Celery tasks call above the kinds: the backup lifecycle, locks, leases, redelivery."""

@@ -1,0 +1,156 @@
+"""Catalog tables: an index of backups and task runs (the manifests on disk stay the truth)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+def utcnow() -> datetime:
+    """Now, as an aware UTC datetime: the time of every catalog and audit record."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in and out, also on SQLite (which forgets the offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Backup(Base):
+    __tablename__ = "backups"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # see store.STATUSES
+    path: Mapped[str] = mapped_column(Text)  # archive path relative to the backup root
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    sha256: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    initiator: Mapped[str] = mapped_column(String(64), default="")
+    host: Mapped[str] = mapped_column(String(255), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    # The task now responsible: the create task while `running`, then the chain's verify task
+    # (lifeos_backup.jobs.leftovers resolves a backup whose task is gone).
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    # Off-site copy (lifeos_backup.storage.offsite.state): status, where, when, what S3 should
+    # report.
+    offsite_status: Mapped[str | None] = mapped_column(String(16), index=True)
+    offsite_key: Mapped[str | None] = mapped_column(Text)
+    offsite_checksum: Mapped[str | None] = mapped_column(String(96))
+    offsite_uploaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    offsite_checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    offsite_error: Mapped[str | None] = mapped_column(Text)
+    offsite_attempts: Mapped[int | None] = mapped_column(Integer)
+    offsite_upload_id: Mapped[str | None] = mapped_column(Text)  # multipart upload in progress
+
+
+class TaskRun(Base):
+    __tablename__ = "task_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    task_id: Mapped[str] = mapped_column(String(64), index=True)
+    task_name: Mapped[str] = mapped_column(String(128))
+    backup_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    state: Mapped[str] = mapped_column(String(16))  # started/succeeded/failed/retrying
+    attempt: Mapped[int] = mapped_column(Integer, default=1)
+    worker: Mapped[str] = mapped_column(String(255), default="")
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Action(Base):
+    """One audit record (lifeos_backup.storage.audit): who did what, when, to what, how it ended,
+    where.
+
+    Every backup, verify, upload, restore, drill, rotation, rollback, entity restore and flag
+    change; appended only through `audit.append`, which chains each record to the one before by
+    `prev_hash` and `hash` (SHA-256), so an edited or deleted record shows (`audit verify`).
+    """
+
+    __tablename__ = "actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)  # e.g. entity.restore, flag.set
+    target: Mapped[str] = mapped_column(Text)  # e.g. characters:c-1, use_postgresql_backend
+    actor: Mapped[str] = mapped_column(String(128))  # the initiator: beat, app, a user name
+    backup_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    detail: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+    status: Mapped[str | None] = mapped_column(String(16))  # succeeded / failed
+    size: Mapped[int | None] = mapped_column(BigInteger)  # bytes, when the action has a size
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    location: Mapped[str | None] = mapped_column(Text)  # host:/path, s3://bucket/key, database
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditAnchor(Base):
+    """The audit chain's two ends (one row, id 1): where verification starts after rotation
+    removed old records, and the newest record, so a deleted newest record shows too."""
+
+    __tablename__ = "audit_anchor"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    base_hash: Mapped[str] = mapped_column(String(64))  # hash of the last removed record
+    base_id: Mapped[int] = mapped_column(Integer)  # id of the last removed record (0: none)
+    removed: Mapped[int] = mapped_column(Integer)  # records removed by rotation, in total
+    head_hash: Mapped[str] = mapped_column(String(64))
+    head_id: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class OffsitePart(Base):
+    """A finished part of a multipart upload, so a crashed upload resumes instead of restarting."""
+
+    __tablename__ = "offsite_parts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    backup_id: Mapped[str] = mapped_column(String(128), index=True)
+    upload_id: Mapped[str] = mapped_column(Text)
+    part_number: Mapped[int] = mapped_column(Integer)
+    size: Mapped[int] = mapped_column(BigInteger)
+    etag: Mapped[str] = mapped_column(String(128))
+    checksum: Mapped[str] = mapped_column(String(64))  # base64 SHA-256 of the part
+    uploaded_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Drill(Base):
+    """One restore drill of one backup (lifeos_backup.monitoring.drill): proof it restores, and
+    how long that took; `restore_s` of the newest drill is the current recovery-time estimate."""
+
+    __tablename__ = "drills"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    backup_id: Mapped[str] = mapped_column(String(128), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # running/passed/failed
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    duration_s: Mapped[float | None] = mapped_column(Float)
+    restore_s: Mapped[float | None] = mapped_column(Float)
+    report_path: Mapped[str | None] = mapped_column(Text)  # relative to the backup root
+    details: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+    error: Mapped[str | None] = mapped_column(Text)

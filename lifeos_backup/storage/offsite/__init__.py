@@ -1,0 +1,13 @@
+"""Off-site copies of verified backups on S3-compatible storage (AWS S3, MinIO, ...).
+
+Off-site is on exactly when LIFEOS_S3_BUCKET is set. Remote layout mirrors the local repository
+under the prefix: `<prefix>/json/json_backup_<ts>.tar.zst[.age]` with its manifest beside it,
+uploaded last, so a remote archive without its manifest is incomplete by definition.
+
+Modules, one job each (import-light: boto3 is imported only by `s3` and its users):
+`state` (catalog fields and where a backup is), `s3` (client factory, keys, error mapping),
+`upload` (multipart upload with resume, checksums, bandwidth limit, Object Lock),
+`download` (fetch for restore, catalog rebuild from the bucket), `sync` (daily: re-check remote
+copies, abort orphan uploads, upload what is missing, remote retention). The commands are
+lifeos_backup/cli/offsite.py.
+"""

@@ -1,0 +1,195 @@
+"""The daily off-site sync: find silent remote loss, clean up, upload what is missing, expire.
+
+Order matters: re-check first (a damaged or vanished remote copy becomes "not off-site" and is
+uploaded again in the same run, if its local copy is still good), then abort multipart uploads
+that nobody will resume, then upload, then apply remote retention (which only counts remote
+copies confirmed by that point).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+from lifeos_backup.core.errors import AlreadyRunning, LifeosError
+from lifeos_backup.core.progress import ProgressFn, ignore
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
+from lifeos_backup.storage.offsite import state
+from lifeos_backup.storage.offsite.s3 import Remote, connect, head, manifest_key, s3_errors
+from lifeos_backup.storage.offsite.upload import abort_upload, remote_mismatch, upload_backup
+from lifeos_backup.storage.retention import Candidate, Decision, plan
+from lifeos_backup.storage.retention import parse_policy as parse_retention
+
+log = logging.getLogger(__name__)
+LockFn = Callable[[str], AbstractContextManager[object]]  # name -> held lock or AlreadyRunning
+
+
+@dataclass
+class SyncReport:
+    """What one sync did; returned by the task (so Flower shows it) and printed by the CLI."""
+
+    skipped: str | None = None
+    checked: int = 0
+    read_back: list[str] = field(default_factory=list)
+    problems: dict[str, str] = field(default_factory=dict)
+    aborted: list[str] = field(default_factory=list)
+    uploaded: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    expired: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+# --- Re-checking remote copies --------------------------------------------------------------------
+
+
+def read_back(remote: Remote, row: Backup) -> str:
+    """Read the whole remote archive and compare size and SHA-256 with the catalog ('' if ok)."""
+    assert row.offsite_key
+    body = remote.client.get_object(Bucket=remote.bucket, Key=row.offsite_key)["Body"]
+    digest, size = hashlib.sha256(), 0
+    for chunk in body.iter_chunks(1 << 20):
+        digest.update(chunk)
+        size += len(chunk)
+    if size != row.size:
+        return f"the remote archive has {size} bytes, expected {row.size}"
+    if digest.hexdigest() != row.sha256:
+        return "the remote archive's content does not match its SHA-256 (read back in full)"
+    return ""
+
+
+def check_remote(remote: Remote, row: Backup, full: bool) -> tuple[str, str]:
+    """(status, problem) of one remote copy: HEAD of archive and manifest, and a full read."""
+    assert row.offsite_key and row.size is not None and row.sha256
+    found = head(remote, row.offsite_key)
+    problem = remote_mismatch(found, row.size, row.sha256, row.offsite_checksum)
+    if found is None:
+        return state.MISSING, problem
+    if not problem and head(remote, manifest_key(row.offsite_key, row.id)) is None:
+        return state.MISSING, "the remote manifest is missing"
+    if not problem and full:
+        problem = read_back(remote, row)
+    return (state.DAMAGED, problem) if problem else (state.UPLOADED, "")
+
+
+def recheck(remote: Remote, settings: Settings, catalog: Catalog, report: SyncReport) -> None:
+    """HEAD every remote copy; read back in full the `offsite_sync_sample` least recently read."""
+    rows = state.uploaded(catalog)
+    sample = {r.id for r in sorted(rows, key=state.checked_before)[: settings.offsite_sync_sample]}
+    for row in rows:
+        full = row.id in sample
+        with s3_errors(f"re-check of {row.id}", remote):
+            status, problem = check_remote(remote, row, full)
+        report.checked += 1
+        if full and not problem:
+            report.read_back.append(row.id)
+            catalog.update(row.id, offsite_checked_at=utcnow())
+        if problem:
+            report.problems[row.id] = problem
+            state.mark(catalog, row.id, status, offsite_error=f"re-check: {problem}")
+            log.error("off-site copy of %s is %s: %s", row.id, status, problem)
+
+
+# --- Orphan multipart uploads ---------------------------------------------------------------------
+
+
+def abort_orphans(
+    remote: Remote, settings: Settings, catalog: Catalog, lock: LockFn, report: SyncReport
+) -> None:
+    """Abort multipart uploads under our prefix that no upload will resume.
+
+    Resumable means: recorded on a row that is still to be uploaded. An upload whose lock is held
+    is running right now and is left alone, whatever the catalog says.
+    """
+    pending = state.to_upload(catalog, settings.backup_root)
+    resumable = {r.offsite_upload_id for r in pending if r.offsite_upload_id}
+    pages = remote.client.get_paginator("list_multipart_uploads").paginate(
+        Bucket=remote.bucket, Prefix=remote.root
+    )
+    for page in pages:
+        for upload in page.get("Uploads", []):
+            if upload["UploadId"] in resumable:
+                continue
+            backup_id = upload["Key"].rsplit("/", 1)[-1].split(".", 1)[0]
+            try:
+                with lock(f"upload:{backup_id}"):
+                    abort_upload(remote, upload["Key"], upload["UploadId"])
+            except AlreadyRunning:
+                continue
+            report.aborted.append(upload["Key"])
+            log.warning("aborted orphan multipart upload of %s", upload["Key"])
+    for row in catalog.list():
+        if row.offsite_upload_id and row.offsite_upload_id not in resumable:
+            catalog.update(row.id, offsite_upload_id=None)
+            state.forget_parts(catalog, row.id)
+
+
+# --- Remote retention -----------------------------------------------------------------------------
+
+
+def plan_remote(settings: Settings, catalog: Catalog, now: datetime) -> dict[str, list[Decision]]:
+    """Per kind, which remote copies retention would delete (the newest is always kept)."""
+    policy = parse_retention(settings.retention_offsite)
+    rows = state.uploaded(catalog)
+    out: dict[str, list[Decision]] = {}
+    for kind in sorted({r.kind for r in rows}):
+        candidates = [Candidate(r.id, r.created_at, VERIFIED) for r in rows if r.kind == kind]
+        out[kind] = plan(candidates, policy, now, timedelta(0)).delete
+    return out
+
+
+def expire_remote(
+    remote: Remote, settings: Settings, catalog: Catalog, dry_run: bool = False
+) -> list[Decision]:
+    """Apply LIFEOS_RETENTION_OFFSITE; manifest first, so a half-deleted copy is incomplete."""
+    decided = [d for ds in plan_remote(settings, catalog, utcnow()).values() for d in ds]
+    if dry_run:
+        return decided
+    unfinished = [r.id for r in catalog.list() if r.offsite_status == state.DELETING]
+    for backup_id in [*unfinished, *(d.id for d in decided)]:
+        row = catalog.get(backup_id)
+        assert row.offsite_key
+        state.mark(catalog, backup_id, state.DELETING)
+        with s3_errors(f"remote retention of {backup_id}", remote):
+            for key in (manifest_key(row.offsite_key, backup_id), row.offsite_key):
+                remote.client.delete_object(Bucket=remote.bucket, Key=key)
+        reasons = next((", ".join(d.reasons) for d in decided if d.id == backup_id), "")
+        state.mark(catalog, backup_id, state.DELETED, offsite_error=reasons or None)
+        log.info("remote retention deleted %s (%s)", backup_id, reasons)
+    return decided
+
+
+# --- The sync -------------------------------------------------------------------------------------
+
+
+def sync(
+    settings: Settings, catalog: Catalog, lock: LockFn, progress: ProgressFn = ignore
+) -> SyncReport:
+    """One off-site sync; uploads that fail are reported (and recorded), not fatal to the rest."""
+    report = SyncReport()
+    if not settings.offsite_enabled:
+        report.skipped = "off-site copies are off (LIFEOS_S3_BUCKET is not set)"
+        return report
+    remote = connect(settings)
+    recheck(remote, settings, catalog, report)
+    with s3_errors("listing multipart uploads", remote):
+        abort_orphans(remote, settings, catalog, lock, report)
+    for row in state.to_upload(catalog, settings.backup_root):
+        try:
+            with lock(f"upload:{row.id}"):
+                upload_backup(row.id, settings, catalog, progress)
+        except AlreadyRunning:
+            continue
+        except LifeosError as exc:
+            report.failed[row.id] = str(exc)
+            continue
+        report.uploaded.append(row.id)
+    report.expired = [d.id for d in expire_remote(remote, settings, catalog)]
+    return report

@@ -1,0 +1,587 @@
+"""Upload one verified backup: archive first (multipart, resumable), then its manifest, last.
+
+Integrity, end to end:
+1. one sequential read of the local archive computes its SHA-256 (must equal the manifest's: the
+   file did not change since `verify`) and the SHA-256 of every part;
+2. every part is sent with that SHA-256 (S3 additional checksums), so the service rejects a part
+   whose bytes differ from what we hashed;
+3. afterwards HEAD must report the manifest's size, our SHA-256 in the object metadata and the
+   checksum S3 computed (the SHA-256 of a single-part object, or the composite over the parts);
+4. only then the manifest goes up. A remote archive without a manifest is never listed as good.
+
+Resumption: the multipart upload id and every finished part are recorded in the catalog as they
+complete. A crashed or failed upload is continued from the parts S3 still holds with the same
+ETag and checksum; an upload that cannot be resumed is aborted, never left as orphan parts.
+
+We drive the multipart upload with boto3's low-level calls (not `upload_file`) because the managed
+transfer hides the upload id and aborts on error, so it can neither be resumed after a crash nor
+recorded; part size and concurrency are the same knobs its TransferConfig has.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from lifeos_backup.core.errors import (
+    LifeosError,
+    OffsiteError,
+    PermanentError,
+    RetryableError,
+    VerificationFailed,
+)
+from lifeos_backup.core.progress import Progress, ProgressFn, ignore
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.formats.manifest import Manifest, manifest_path, read_manifest
+from lifeos_backup.formats.streams import CHUNK
+from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.store import FAILED as LOCAL_FAILED
+from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
+from lifeos_backup.storage.offsite import state
+from lifeos_backup.storage.offsite.s3 import (
+    Remote,
+    connect,
+    head,
+    manifest_key,
+    s3_errors,
+    same_checksum,
+    translate,
+)
+
+log = logging.getLogger(__name__)
+MIB = 1 << 20
+MAX_PARTS = 10_000  # S3's limit
+
+
+# --- Bandwidth limit ------------------------------------------------------------------------------
+
+
+class Throttle:
+    """A shared byte budget: all upload threads together send at most `rate` bytes per second."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self._lock = threading.Lock()
+        self._free_at = time.monotonic()
+
+    def consume(self, size: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._free_at)
+            self._free_at = start + size / self.rate
+        if start > now:
+            time.sleep(start - now)
+
+
+def throttle_for(settings: Settings) -> Throttle | None:
+    limit = settings.s3_bandwidth_limit
+    return Throttle(limit * 1_000_000) if limit else None
+
+
+class RangeReader:
+    """A seekable, read-only view of `size` bytes of a file from `offset`, read from disk as sent.
+
+    Positions are relative to the range, so botocore's rewind for a retry (seek(0)) works.
+    """
+
+    def __init__(self, fd: int, offset: int, size: int, throttle: Throttle | None) -> None:
+        self._fd, self._offset, self._size = fd, offset, size
+        self._pos = 0
+        self._throttle = throttle
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._size - self._pos
+        size = left if size is None or size < 0 else min(size, left)
+        if size <= 0:
+            return b""
+        if self._throttle is not None:
+            self._throttle.consume(size)
+        data = os.pread(self._fd, size, self._offset + self._pos)
+        self._pos += len(data)
+        return data
+
+    def seek(self, pos: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
+        self._pos = min(max(base + pos, 0), self._size)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def __len__(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+
+# --- Plan: what the parts are and their checksums -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    number: int
+    offset: int
+    size: int
+    checksum: str  # base64 SHA-256 of the part's bytes
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    size: int
+    sha256: str  # hex SHA-256 of the whole file
+    parts: list[Part]
+
+    @property
+    def single(self) -> bool:
+        return len(self.parts) <= 1
+
+    @property
+    def expected_checksum(self) -> str:
+        """What S3 reports as ChecksumSHA256 once the object is complete."""
+        if self.single:
+            return _b64(bytes.fromhex(self.sha256))
+        digests = b"".join(base64.b64decode(p.checksum) for p in self.parts)
+        return f"{_b64(hashlib.sha256(digests).digest())}-{len(self.parts)}"
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
+
+
+def part_size_for(size: int, configured_mib: int) -> int:
+    """The configured part size, grown (in whole MiB) if the file would need over 10,000 parts."""
+    part = configured_mib * MIB
+    if size > part * MAX_PARTS:
+        part = -(-size // MAX_PARTS // MIB) * MIB + MIB
+    return part
+
+
+def plan_upload(path: Path, manifest: Manifest, part_size: int) -> UploadPlan:
+    """One sequential read: whole-file and per-part SHA-256; refuse a file that changed."""
+    whole = hashlib.sha256()
+    parts: list[Part] = []
+    offset = 0
+    with open(path, "rb") as handle:
+        while True:
+            digest = hashlib.sha256()
+            size = 0
+            while size < part_size:
+                block = handle.read(min(CHUNK * 4, part_size - size))
+                if not block:
+                    break
+                digest.update(block)
+                whole.update(block)
+                size += len(block)
+            if size == 0 and parts:
+                break
+            parts.append(Part(len(parts) + 1, offset, size, _b64(digest.digest())))
+            offset += size
+            if size < part_size:
+                break
+    plan = UploadPlan(offset, whole.hexdigest(), parts)
+    if plan.size != manifest.archive.size or plan.sha256 != manifest.archive.sha256:
+        raise VerificationFailed(
+            f"archive {path.name} changed since it was verified",
+            f"size {plan.size} (manifest {manifest.archive.size}), SHA-256 differs",
+            "the backup is not good any more; it is not uploaded",
+        )
+    return plan
+
+
+# --- Object options -------------------------------------------------------------------------------
+
+
+def object_options(settings: Settings, manifest: Manifest, now: datetime) -> dict[str, Any]:
+    """Storage class, server-side encryption, Object Lock and our metadata for a new object."""
+    options: dict[str, Any] = {
+        "Metadata": {
+            "sha256": manifest.archive.sha256,
+            "backup-id": manifest.backup_id,
+            "kind": manifest.kind,
+        },
+        "ContentType": "application/octet-stream",
+    }
+    if settings.s3_storage_class:
+        options["StorageClass"] = settings.s3_storage_class
+    if settings.s3_server_side_encryption:
+        options["ServerSideEncryption"] = settings.s3_server_side_encryption
+        if settings.s3_sse_kms_key_id:
+            options["SSEKMSKeyId"] = settings.s3_sse_kms_key_id
+    options.update(lock_options(settings, now))
+    return options
+
+
+def lock_options(settings: Settings, now: datetime) -> dict[str, Any]:
+    if not settings.s3_object_lock_days:
+        return {}
+    return {
+        "ObjectLockMode": settings.s3_object_lock_mode,
+        "ObjectLockRetainUntilDate": now + timedelta(days=settings.s3_object_lock_days),
+    }
+
+
+# --- Sending --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    """One upload in progress: where from, where to, and how."""
+
+    remote: Remote
+    catalog: Catalog
+    row: Backup
+    archive: Path
+    key: str
+    plan: UploadPlan
+    options: dict[str, Any]
+    concurrency: int
+    throttle: Throttle | None
+    progress: ProgressFn
+
+
+def _put_single(job: Job) -> None:
+    fd = os.open(job.archive, os.O_RDONLY)
+    try:
+        job.remote.client.put_object(
+            Bucket=job.remote.bucket,
+            Key=job.key,
+            Body=RangeReader(fd, 0, job.plan.size, job.throttle),
+            ContentLength=job.plan.size,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=job.plan.expected_checksum,
+            **job.options,
+        )
+    finally:
+        os.close(fd)
+
+
+def _send_part(job: Job, upload_id: str, part: Part) -> state.DonePart:
+    fd = os.open(job.archive, os.O_RDONLY)
+    try:
+        reply = job.remote.client.upload_part(
+            Bucket=job.remote.bucket,
+            Key=job.key,
+            UploadId=upload_id,
+            PartNumber=part.number,
+            Body=RangeReader(fd, part.offset, part.size, job.throttle),
+            ContentLength=part.size,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=part.checksum,
+        )
+    finally:
+        os.close(fd)
+    return state.DonePart(part.number, part.size, reply["ETag"], part.checksum)
+
+
+def _server_parts(job: Job, upload_id: str) -> dict[int, dict[str, Any]] | None:
+    """Parts S3 holds for an upload, or None when the upload no longer exists."""
+    found: dict[int, dict[str, Any]] = {}
+    try:
+        pages = job.remote.client.get_paginator("list_parts").paginate(
+            Bucket=job.remote.bucket, Key=job.key, UploadId=upload_id
+        )
+        for page in pages:
+            for part in page.get("Parts", []):
+                found[part["PartNumber"]] = part
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
+            return None
+        raise
+    return found
+
+
+def _resumable(job: Job, upload_id: str) -> dict[int, state.DonePart] | None:
+    """Recorded parts that S3 still holds unchanged and that the current plan needs."""
+    server = _server_parts(job, upload_id)
+    if server is None:
+        return None
+    recorded = state.recorded_parts(job.catalog, upload_id)
+    planned = {p.number: p for p in job.plan.parts}
+    keep: dict[int, state.DonePart] = {}
+    for number, done in recorded.items():
+        there, want = server.get(number), planned.get(number)
+        if (
+            there is not None
+            and want is not None
+            and there["ETag"] == done.etag
+            and there["Size"] == done.size == want.size
+            and done.checksum == want.checksum
+        ):
+            keep[number] = done
+    return keep
+
+
+def abort_upload(remote: Remote, key: str, upload_id: str) -> None:
+    """Abort a multipart upload so S3 drops its parts; an upload already gone is fine."""
+    try:
+        remote.client.abort_multipart_upload(Bucket=remote.bucket, Key=key, UploadId=upload_id)
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
+            raise
+
+
+def _start_or_resume(job: Job) -> tuple[str, dict[int, state.DonePart]]:
+    upload_id = job.row.offsite_upload_id
+    if upload_id:
+        done = _resumable(job, upload_id)
+        if done is not None:
+            log.info(
+                "resuming upload of %s: %d of %d parts already there",
+                job.row.id,
+                len(done),
+                len(job.plan.parts),
+            )
+            return upload_id, done
+        log.warning("upload %s of %s is gone; starting again", upload_id[:12], job.row.id)
+    state.forget_parts(job.catalog, job.row.id)
+    created = job.remote.client.create_multipart_upload(
+        Bucket=job.remote.bucket, Key=job.key, ChecksumAlgorithm="SHA256", **job.options
+    )
+    upload_id = created["UploadId"]
+    job.catalog.update(job.row.id, offsite_upload_id=upload_id)
+    return upload_id, {}
+
+
+def _put_multipart(job: Job) -> None:
+    upload_id, done = _start_or_resume(job)
+    report = Progress("uploading", bytes_total=job.plan.size)
+    report.bytes_done = sum(p.size for p in done.values())
+    todo = [p for p in job.plan.parts if p.number not in done]
+    pool = ThreadPoolExecutor(max_workers=job.concurrency, thread_name_prefix="s3-part")
+    try:
+        running: set[Future[state.DonePart]] = {
+            pool.submit(_send_part, job, upload_id, p) for p in todo
+        }
+        while running:
+            finished, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                part = future.result()  # raises the part's error: the rest are cancelled below
+                state.record_part(job.catalog, job.row.id, upload_id, part)
+                done[part.number] = part
+                report.bytes_done += part.size
+                job.progress(report)
+    except BaseException as exc:
+        pool.shutdown(wait=True, cancel_futures=True)
+        if _hopeless(exc, job):
+            _give_up(job, upload_id)
+        raise
+    pool.shutdown(wait=True)
+    job.remote.client.complete_multipart_upload(
+        Bucket=job.remote.bucket,
+        Key=job.key,
+        UploadId=upload_id,
+        MultipartUpload={
+            "Parts": [
+                {"PartNumber": n, "ETag": done[n].etag, "ChecksumSHA256": done[n].checksum}
+                for n in sorted(done)
+            ]
+        },
+    )
+    job.catalog.update(job.row.id, offsite_upload_id=None)
+    state.forget_parts(job.catalog, job.row.id)
+
+
+def _hopeless(exc: BaseException, job: Job) -> bool:
+    """Only a refusal that no retry can fix aborts the upload; anything else keeps it resumable.
+
+    Network trouble, throttling, a worker shutdown or a lost lock (another worker may be
+    continuing this very upload) leave the parts in place for the next attempt.
+    """
+    if not isinstance(exc, BotoCoreError | ClientError):
+        return False
+    return not isinstance(translate(exc, "upload", job.remote.where), RetryableError)
+
+
+def _give_up(job: Job, upload_id: str) -> None:
+    """A failure that a retry cannot fix: abort, so no parts are left behind."""
+    try:
+        abort_upload(job.remote, job.key, upload_id)
+    except Exception as exc:  # the sync aborts it later; the original error matters more
+        log.warning("could not abort upload of %s: %s", job.row.id, exc)
+        return
+    job.catalog.update(job.row.id, offsite_upload_id=None)
+    state.forget_parts(job.catalog, job.row.id)
+
+
+# --- Confirming -----------------------------------------------------------------------------------
+
+
+def remote_mismatch(
+    found: dict[str, Any] | None, size: int, sha256: str, checksum: str | None
+) -> str:
+    """Why a HEAD reply is not our archive ('' when it is)."""
+    if found is None:
+        return "the remote archive is missing"
+    if found.get("ContentLength") != size:
+        return f"the remote archive has {found.get('ContentLength')} bytes, expected {size}"
+    if found.get("Metadata", {}).get("sha256") != sha256:
+        return "the remote archive's SHA-256 metadata differs from the manifest"
+    reported = found.get("ChecksumSHA256")
+    if checksum and reported and not same_checksum(reported, checksum):
+        return "the remote archive's S3 checksum differs (its content changed)"
+    if checksum and not reported:
+        return "the remote archive carries no SHA-256 checksum"
+    return ""
+
+
+def _confirm(job: Job, settings: Settings) -> None:
+    found = head(job.remote, job.key)
+    problem = remote_mismatch(found, job.plan.size, job.plan.sha256, job.plan.expected_checksum)
+    if problem:
+        raise OffsiteError(f"upload of {job.row.id} did not arrive intact", problem)
+    assert found is not None
+    if settings.s3_object_lock_days and not found.get("ObjectLockRetainUntilDate"):
+        # Some services ignore the lock given at CreateMultipartUpload; set it explicitly.
+        job.remote.client.put_object_retention(
+            Bucket=job.remote.bucket,
+            Key=job.key,
+            Retention={
+                "Mode": settings.s3_object_lock_mode,
+                "RetainUntilDate": job.options["ObjectLockRetainUntilDate"],
+            },
+        )
+
+
+def _put_manifest(
+    job: Job, mpath: Path, manifest: Manifest, now: datetime, settings: Settings
+) -> None:
+    body = mpath.read_bytes()
+    options = {**lock_options(settings, now)}
+    if settings.s3_server_side_encryption:
+        options["ServerSideEncryption"] = settings.s3_server_side_encryption
+        if settings.s3_sse_kms_key_id:
+            options["SSEKMSKeyId"] = settings.s3_sse_kms_key_id
+    job.remote.client.put_object(
+        Bucket=job.remote.bucket,
+        Key=manifest_key(job.key, manifest.backup_id),
+        Body=body,
+        ContentType="application/json",
+        ChecksumAlgorithm="SHA256",
+        ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
+        **options,
+    )
+
+
+# --- The whole upload -----------------------------------------------------------------------------
+
+
+@dataclass
+class Uploaded:
+    backup_id: str
+    key: str
+    size: int
+    checksum: str
+    seconds: float
+    adopted: bool  # it was already there, complete (e.g. after a catalog rebuild)
+
+
+def _already_there(job: Job) -> bool:
+    found = head(job.remote, job.key)
+    if remote_mismatch(found, job.plan.size, job.plan.sha256, job.plan.expected_checksum):
+        return False
+    return head(job.remote, manifest_key(job.key, job.row.id)) is not None
+
+
+def upload_backup(
+    backup_id: str, settings: Settings, catalog: Catalog, progress: ProgressFn = ignore
+) -> Uploaded | None:
+    """Copy one verified backup off-site; None (and nothing done) when off-site is off.
+
+    Failures are recorded on the catalog row (offsite_status=failed, offsite_error); the local
+    backup's own status is untouched unless its archive no longer matches its manifest.
+    """
+    if not settings.offsite_enabled:
+        return None
+    row = catalog.get(backup_id)
+    if row.status != VERIFIED:
+        raise PermanentError(
+            f"backup {backup_id} is {row.status}",
+            "only verified backups are copied off-site",
+            "verify it first (`lifeos-backup verify ID`)",
+        )
+    started = time.monotonic()
+    remote = connect(settings)
+    archive = settings.backup_root / row.path
+    mpath = manifest_path(archive, backup_id)
+    attempts = (row.offsite_attempts or 0) + 1
+    try:
+        if not archive.exists():
+            raise PermanentError(
+                f"backup {backup_id} has no local archive to upload",
+                str(archive),
+                "its local copy is gone (rotated or lost); nothing to upload",
+            )
+        manifest = read_manifest(mpath)
+        with s3_errors(f"upload of {backup_id}", remote):
+            head(remote, remote.key(row.path))  # fails fast when the endpoint is down
+            state.mark(catalog, backup_id, state.UPLOADING, offsite_attempts=attempts)
+            part_size = part_size_for(manifest.archive.size, settings.s3_part_size_mb)
+            plan = plan_upload(archive, manifest, part_size)
+            now = utcnow()
+            job = Job(
+                remote=remote,
+                catalog=catalog,
+                row=catalog.get(backup_id),
+                archive=archive,
+                key=remote.key(row.path),
+                plan=plan,
+                options=object_options(settings, manifest, now),
+                concurrency=settings.s3_concurrency,
+                throttle=throttle_for(settings),
+                progress=progress,
+            )
+            if plan.single and job.row.offsite_upload_id:  # left over from a larger part plan
+                _give_up(job, job.row.offsite_upload_id)
+            adopted = _already_there(job)
+            if adopted:
+                pass
+            elif plan.single:
+                _put_single(job)
+            else:
+                _put_multipart(job)
+            if not adopted:
+                _confirm(job, settings)
+                _put_manifest(job, mpath, manifest, now, settings)  # last
+    except LifeosError as exc:
+        fields: dict[str, object] = {"offsite_error": str(exc)[:4000], "offsite_attempts": attempts}
+        if isinstance(exc, VerificationFailed):
+            catalog.update(backup_id, status=LOCAL_FAILED, error=str(exc)[:4000])
+        state.mark(catalog, backup_id, state.FAILED, **fields)
+        log.error("off-site upload of %s failed (attempt %d): %s", backup_id, attempts, exc)
+        raise
+    finished = utcnow()
+    state.mark(
+        catalog,
+        backup_id,
+        state.UPLOADED,
+        offsite_key=job.key,
+        offsite_checksum=plan.expected_checksum,
+        offsite_uploaded_at=finished,
+        offsite_error=None,
+        offsite_upload_id=None,
+    )
+    seconds = time.monotonic() - started
+    log.info(
+        "%s %s to %s (%d bytes, %.1fs)",
+        "found" if adopted else "uploaded",
+        backup_id,
+        remote.where,
+        plan.size,
+        seconds,
+    )
+    return Uploaded(backup_id, job.key, plan.size, plan.expected_checksum, seconds, adopted)
