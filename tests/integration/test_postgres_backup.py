@@ -392,6 +392,57 @@ def test_one_part_archive_and_one_from_before_parts_verify_and_restore(
         assert_identical(pg_cluster, source, restored)
 
 
+def test_small_and_big_strategies_verify_and_restore_the_same_rows(
+    lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Either side of the size thresholds: a small database is one pg_dump part, restored by one
+    pg_restore stream (below restore.ONE_STREAM_BELOW) or section by section (above it); tables
+    of rows.FLOOR or more are COPY slices. Every way verifies and restores the same rows."""
+    from lifeos_backup.postgres import restore, rows
+
+    listed: list[Path] = []
+    list_toc = restore.list_toc
+
+    def spy(pg_restore, dump):  # type: ignore[no-untyped-def]
+        listed.append(dump)
+        return list_toc(pg_restore, dump)
+
+    monkeypatch.setattr(restore, "list_toc", spy)
+    one, sections, slices = scratch_name("one"), scratch_name("sections"), scratch_name("slices")
+    with lifeos_database(pg_cluster) as source, dropped_after(pg_cluster, one, sections, slices):
+        use_database(lifeos_env, pg_cluster, pg_cluster.url(source))
+        small_id = backup_now(lifeos_env)
+        archive, mpath = archive_and_manifest(lifeos_env, small_id)
+        manifest = read_manifest(mpath)
+        [part] = manifest.facts["parts"]
+        assert "copy" not in part and 0 < part["dump_bytes"] < restore.ONE_STREAM_BELOW
+
+        report = restore_postgres(archive, manifest, lifeos_env.settings(), one, create=True)
+        assert report.differences == [] and len(report.counts) == 6
+        assert listed == []  # one stream: no head file, no table of contents read first
+        assert_identical(pg_cluster, source, one)
+
+        monkeypatch.setattr(restore, "ONE_STREAM_BELOW", 0)  # the same archive, as if bigger
+        report = restore_postgres(archive, manifest, lifeos_env.settings(), sections, create=True)
+        assert report.differences == [] and len(report.counts) == 6
+        assert len(listed) == 1  # section by section, from the head's table of contents
+        assert_identical(pg_cluster, source, sections)
+        monkeypatch.undo()
+
+        monkeypatch.setattr(rows, "FLOOR", 0)  # every table as big as a sliced one
+        monkeypatch.setattr(rows, "SLICE_MIN", 8192)
+        big_id = backup_now(lifeos_env)
+        archive, mpath = archive_and_manifest(lifeos_env, big_id)
+        manifest = read_manifest(mpath)
+        assert all("copy" in p for p in manifest.facts["parts"][1:])
+        assert len(manifest.facts["parts"]) > len(TABLES)
+        report = restore_postgres(archive, manifest, lifeos_env.settings(), slices, create=True)
+        assert report.differences == [] and len(report.counts) == 6
+        assert_identical(pg_cluster, source, slices)
+        statuses = {r.id: r.status for r in lifeos_env.catalog().list(kind="postgres")}
+        assert statuses[small_id] == statuses[big_id] == VERIFIED
+
+
 def test_verify_reads_every_part_not_only_the_checksum(
     lifeos_env: LifeosEnv, pg_cluster: PostgresCluster, sliced: None
 ) -> None:
