@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from celery.schedules import crontab
@@ -543,3 +544,38 @@ def test_an_index_build_beside_other_jobs_asks_the_server_for_one_process() -> N
     assert conninfo_to_dict(dbname.removeprefix("--dbname="))["options"] == (
         f"-c work_mem=64MB {ONE_PROCESS}"
     )
+
+
+def test_a_program_is_asked_its_version_once_a_wrapper_every_time(tmp_path: Path) -> None:
+    from lifeos_backup.postgres import tools
+
+    asked = tmp_path / "asked"
+    script = "#!/bin/sh\necho x >> {asked}\necho 'pg_dump (PostgreSQL) {version}'\n"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    program = bindir / "pg_dump"
+    program.write_text(script.format(asked=asked, version="15.2"))
+    program.chmod(0o755)
+    settings = Settings(pg_bin_dir=bindir, _env_file=None)  # type: ignore[call-arg]
+
+    assert tools.tool(settings, "pg_dump").version == "15.2"
+    assert tools.tool(settings, "pg_dump").version == "15.2"
+    assert asked.read_text().count("x") == 1  # asked once per process
+
+    replaced = bindir / "pg_dump.new"  # a package upgrade: a new file under the name
+    replaced.write_text(script.format(asked=asked, version="16.1"))
+    replaced.chmod(0o755)
+    replaced.rename(program)
+    assert tools.tool(settings, "pg_dump").version == "16.1"
+    assert asked.read_text().count("x") == 2
+
+    wrapped = tmp_path / "wrapped"  # pg_dump -> pg_wrapper: it may pick another version later
+    wrapped.mkdir()
+    wrapper = tmp_path / "pg_wrapper"
+    wrapper.write_text(script.format(asked=asked, version="15.2"))
+    wrapper.chmod(0o755)
+    (wrapped / "pg_dump").symlink_to(wrapper)
+    settings = Settings(pg_bin_dir=wrapped, _env_file=None)  # type: ignore[call-arg]
+    tools.tool(settings, "pg_dump")
+    tools.tool(settings, "pg_dump")
+    assert asked.read_text().count("x") == 4
