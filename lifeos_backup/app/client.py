@@ -7,6 +7,7 @@ and Beat build their chains here too, so there is one pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -236,6 +237,47 @@ def consumers(app: Celery, queue: str, timeout: float = 2.0) -> list[str]:
     )
 
 
+class _Notices:
+    """Wakes a waiting client as soon as the result backend stores a state of the tasks watched.
+
+    Celery's Redis result backend publishes every state it stores (STARTED, PROGRESS, the result)
+    on a channel named like the state's key, so a subscriber learns of a finished step within a
+    millisecond instead of at its next poll. Best effort: without that backend or its channel
+    the wait is a plain sleep, and the caller looks at the states after every wake-up anyway.
+    """
+
+    def __init__(self, app: Celery, task_ids: list[str]) -> None:
+        self._pubsub: Any = None
+        try:
+            backend = app.backend
+            client = getattr(backend, "client", None)
+            if isinstance(client, redis.Redis):
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(*(backend.get_key_for_task(task_id) for task_id in task_ids))
+                self._pubsub = pubsub
+        except _BROKER_ERRORS:
+            self._pubsub = None
+
+    def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds`, less when a watched task's state changes meanwhile."""
+        if self._pubsub is None:
+            time.sleep(seconds)
+            return
+        try:
+            if self._pubsub.get_message(timeout=seconds) is not None:
+                while self._pubsub.get_message(timeout=0) is not None:  # one look for a burst
+                    pass
+        except _BROKER_ERRORS:
+            self.close()
+            time.sleep(seconds)
+
+    def close(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            with contextlib.suppress(*_BROKER_ERRORS):
+                pubsub.close()
+
+
 def wait_verified(
     app: Celery,
     ref: BackupRef,
@@ -245,9 +287,10 @@ def wait_verified(
 ) -> str:
     """Block until the chain's verify step succeeded; returns the backup id.
 
-    Never silent: while the backup is still queued, the client asks every so often (first after
-    NO_WORKER_AFTER seconds) which workers consume its queue; none means NoWorker at once (it
-    would never start).
+    The states are looked at whenever the result backend announces a change of the create or
+    verify step (`_Notices`), and at least every `poll` seconds. Never silent: while the backup
+    is still queued, the client asks every so often (first after NO_WORKER_AFTER seconds) which
+    workers consume its queue; none means NoWorker at once (it would never start).
     """
     try:
         return _wait(app, ref, timeout, on_progress, poll)
@@ -273,25 +316,32 @@ def _wait(
     next_ask = started + NO_WORKER_AFTER
     if on_progress:
         on_progress({"phase": "queued"})
-    while time.monotonic() < deadline:
-        if backup_id is None:
-            backup_id = _step_result(app, ref.create_task_id, "create", on_progress)
-            ref.backup_id = backup_id
-            pending = AsyncResult(ref.create_task_id, app=app).state == "PENDING"
-            if pending and time.monotonic() > next_ask:
-                next_ask = time.monotonic() + 3 * NO_WORKER_AFTER
-                queue = TASK_ROUTES[CREATE]["queue"]
-                if not consumers(app, queue):
-                    raise NoWorker(
-                        f"no worker is consuming queue {queue}: the backup would never start "
-                        "(start `lifeos-backup up`, or a worker with `-Q dumps`; the request "
-                        "stays queued until one does)"
-                    )
-                if on_progress:
-                    on_progress({"phase": "queued behind other work"})
-        if backup_id is not None and _step_result(app, ref.verify_task_id, "verify", on_progress):
-            return backup_id
-        time.sleep(poll)
+    notices = _Notices(app, [ref.create_task_id, ref.verify_task_id])  # before the first look
+    try:
+        while time.monotonic() < deadline:
+            if backup_id is None:
+                backup_id = _step_result(app, ref.create_task_id, "create", on_progress)
+                ref.backup_id = backup_id
+                pending = AsyncResult(ref.create_task_id, app=app).state == "PENDING"
+                if pending and time.monotonic() > next_ask:
+                    next_ask = time.monotonic() + 3 * NO_WORKER_AFTER
+                    queue = TASK_ROUTES[CREATE]["queue"]
+                    if not consumers(app, queue):
+                        raise NoWorker(
+                            f"no worker is consuming queue {queue}: the backup would never "
+                            "start (start `lifeos-backup up`, or a worker with `-Q dumps`; the "
+                            "request stays queued until one does)"
+                        )
+                    if on_progress:
+                        on_progress({"phase": "queued behind other work"})
+            verified = backup_id is not None and _step_result(
+                app, ref.verify_task_id, "verify", on_progress
+            )
+            if verified:
+                return str(backup_id)
+            notices.wait(min(poll, max(0.0, deadline - time.monotonic())))
+    finally:
+        notices.close()
     raise BackupTimeout(
         f"backup {backup_id or '(not started)'} was not verified within {timeout:.0f}s",
     )

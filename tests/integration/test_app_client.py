@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
+import time
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -56,6 +59,30 @@ def test_request_backup_returns_only_once_verified(
     row = lifeos_env.catalog().get(ref.backup_id or "")
     assert row.status == "verified" and row.verified_at is not None  # at return, not later
     assert (row.kind, row.reason, row.initiator) == ("postgres", "pre-migration", "app")
+
+
+def test_the_wait_wakes_when_a_watched_state_is_stored(redis_url: str) -> None:
+    """The client sleeps between looks on the result backend's channel: a state stored for a
+    watched task ends the sleep at once; one for another task does not."""
+    from lifeos_backup.app.client import _Notices
+
+    app = make_app(redis_url)
+    watched, other = str(uuid.uuid4()), str(uuid.uuid4())
+    notices = _Notices(app, [watched])
+    try:
+        notices.wait(0.2)  # may end early on the subscription's own confirmation
+        started = time.monotonic()
+        app.backend.store_result(other, None, "STARTED")
+        notices.wait(0.5)
+        assert time.monotonic() - started >= 0.45  # another task's state: slept on
+        timer = threading.Timer(0.2, app.backend.store_result, (watched, "id", "SUCCESS"))
+        timer.start()
+        started = time.monotonic()
+        notices.wait(30)
+        timer.join()
+        assert time.monotonic() - started < 10  # woken by the state, not by the 30 s
+    finally:
+        notices.close()
 
 
 def test_failing_backup_raises_with_the_reason(

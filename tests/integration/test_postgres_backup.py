@@ -798,6 +798,43 @@ def test_a_manifest_from_before_parts_verifies_and_restores(
     assert_identical(pg_cluster, source, restored)
 
 
+def test_a_small_one_part_archive_restores_by_one_stream_or_by_sections_alike(
+    source_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    source: str,
+    shared_backup: Backup,
+    new_database: Callable[[str], str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Below ONE_STREAM_BELOW a whole restore of a one-part archive is one pg_restore stream
+    (no head file, no table of contents read first); above it the sections run one by one.
+    Both give the source's database."""
+    from lifeos_backup.kinds.postgres import restore as restorer
+
+    listed: list[Path] = []
+    list_toc = restorer.list_toc
+
+    def spy(pg_restore, dump):  # type: ignore[no-untyped-def]
+        listed.append(dump)
+        return list_toc(pg_restore, dump)
+
+    monkeypatch.setattr(restorer, "list_toc", spy)
+    [part] = shared_backup.manifest().facts["parts"]
+    assert "copy" not in part and 0 < part["dump_bytes"] < restorer.ONE_STREAM_BELOW
+
+    one, sections = new_database("one"), new_database("sections")
+    report = restore(source_env, shared_backup, one)
+    assert report.differences == [] and len(report.counts) == 6
+    assert listed == []
+    assert_identical(pg_cluster, source, one)
+
+    monkeypatch.setattr(restorer, "ONE_STREAM_BELOW", 0)  # the same archive, as if bigger
+    report = restore(source_env, shared_backup, sections)
+    assert report.differences == [] and len(report.counts) == 6
+    assert len(listed) == 1
+    assert_identical(pg_cluster, source, sections)
+
+
 @pytest.fixture
 def pg_dump_parts_backup(source_env: LifeosEnv, pg_cluster: PostgresCluster, source: str) -> Backup:
     """A backup rewritten by hand the way archives were before COPY slices: the big tables'

@@ -69,6 +69,11 @@ ONE_PROCESS = "-c max_parallel_maintenance_workers=0"
 COPY_CHUNK = 128 * 1024
 WORKSPACE = ".restore"  # under the backup root: hidden, never inside a kind's folder
 MAINTENANCE_DB = "postgres"  # where CREATE DATABASE is run
+# A whole restore of an archive of one pg_dump part whose dump is smaller than this is one
+# pg_restore reading the stream: no head file, no table of contents read first, no separate
+# processes per section. Above it, the sections run apart so that the post-data (index builds)
+# can use `--jobs` (docs/decisions.md, "Small databases").
+ONE_STREAM_BELOW = 64 << 20
 _USER_RELATIONS = (
     "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
     " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')"
@@ -201,6 +206,22 @@ def run_restore(
     base = restore_args(pg_restore, target)
     with workspace(settings, manifest.backup_id) as work:
         sources = part_sources(archive, manifest, parts, work)  # decrypted here if encrypted
+        if one_stream(parts, selective=selective, force=force):
+            bar = Progress("restoring", bytes_total=max(parts[0].dump_bytes, 0))
+            fed = [0]
+
+            def tick() -> None:
+                bar.bytes_done = fed[0]
+                progress(bar)
+
+            run_side_by_side(
+                [functools.partial(stream_into, base, sources[0], algorithm, target, fed=fed,
+                                   slot=0)],
+                1,
+                tick,
+            )
+            report.counts = compare_counts(target, manifest, wanted)
+            return
         head = work / "head.dump"
         write_head(sources[0], algorithm, head)
         toc = list_toc(pg_restore, head)
@@ -237,6 +258,14 @@ def run_restore(
                 env=target.env(), stdout=subprocess.DEVNULL,
             )
             report.counts = counting.result()
+
+
+def one_stream(parts: Sequence[Part], *, selective: bool, force: bool) -> bool:
+    """Whether a restore is one pg_restore of the whole stream: a whole restore (no --table, no
+    --force, which drop and pick entries by the table of contents) of one small pg_dump part."""
+    if selective or force or len(parts) != 1 or parts[0].copy is not None:
+        return False
+    return 0 <= parts[0].dump_bytes < ONE_STREAM_BELOW
 
 
 def plan_selection(

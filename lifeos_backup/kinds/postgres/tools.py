@@ -54,12 +54,37 @@ def parse_version(text: str) -> tuple[str, int]:
     return (f"{major}.{minor}" if minor else major), int(major)
 
 
+# Versions already asked in this process, by the program file's identity: a worker asks once per
+# program, not once per backup (a `--version` run costs 15-40 ms), and asks again when the file
+# at that path is replaced (a package upgrade). Only the program itself is remembered: a wrapper
+# under its name (Debian's /usr/bin/pg_dump -> pg_wrapper) may choose another version tomorrow.
+_VERSIONS: dict[tuple[str, int, int, int, int], Tool] = {}
+
+
+def _identity(path: str, name: str) -> tuple[str, int, int, int, int] | None:
+    """What `tool` remembers a version by; None when the file is not the program itself."""
+    real = os.path.realpath(path)
+    if os.path.basename(real) != name:
+        return None
+    try:
+        st = os.stat(real)
+    except OSError:
+        return None
+    return real, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def tool(settings: Settings, name: str) -> Tool:
     """Locate `name` and ask its version (`--version` is instant and needs no server)."""
     path = find_tool(settings, name)
+    key = _identity(path, name)
+    if key is not None and key in _VERSIONS:
+        return _VERSIONS[key]
     done = procs.run([path, "--version"], capture_stdout=True, timeout=30)
     version, major = parse_version((done.stdout or b"").decode(errors="replace"))
-    return Tool(path, version, major)
+    found = Tool(path, version, major)
+    if key is not None:
+        _VERSIONS[key] = found
+    return found
 
 
 def server_major(server_version_num: int) -> int:
