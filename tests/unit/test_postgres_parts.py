@@ -12,18 +12,18 @@ from psycopg.conninfo import conninfo_to_dict
 from beat_schedule import build_schedule
 from lifeos_backup.core.errors import ConfigError, NotFound, SourceUnavailable
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.kinds.registry.postgres.connect import AuthenticationFailed, classify_connect_error
-from lifeos_backup.kinds.registry.postgres.conninfo import PgTarget
-from lifeos_backup.kinds.registry.postgres.dump import dump_args
-from lifeos_backup.kinds.registry.postgres.tableplan import UnmetDependency, plan_tables
-from lifeos_backup.kinds.registry.postgres.toc import (
+from lifeos_backup.kinds.postgres.connect import AuthenticationFailed, classify_connect_error
+from lifeos_backup.kinds.postgres.conninfo import PgTarget
+from lifeos_backup.kinds.postgres.dump import dump_args
+from lifeos_backup.kinds.postgres.tableplan import UnmetDependency, plan_tables
+from lifeos_backup.kinds.postgres.toc import (
     TocEntry,
     missing_tables,
     own_post_data,
     parse_toc,
     use_list,
 )
-from lifeos_backup.kinds.registry.postgres.tools import (
+from lifeos_backup.kinds.postgres.tools import (
     Tool,
     ToolTooOld,
     parse_version,
@@ -380,7 +380,7 @@ def test_postgres_settings_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_big_tables_are_cut_into_slices_of_about_equal_pages_biggest_first() -> None:
-    from lifeos_backup.kinds.registry.postgres.rows import FLOOR, SLICE_MIN, Candidate, plan_slices
+    from lifeos_backup.kinds.postgres.rows import FLOOR, SLICE_MIN, Candidate, plan_slices
 
     mib = 1 << 20
     tables = [
@@ -411,7 +411,7 @@ def test_big_tables_are_cut_into_slices_of_about_equal_pages_biggest_first() -> 
 
 
 def test_a_slice_copies_exactly_its_pages_and_columns_whatever_the_names() -> None:
-    from lifeos_backup.kinds.registry.postgres.rows import Slice, dump_args, reported_rows
+    from lifeos_backup.kinds.postgres.rows import Slice, dump_args, reported_rows
 
     odd = Slice("My.Schema", 'we"ird*?', ["id", "Naïve col"], 0, 10)
     assert odd.copy_out() == (
@@ -441,8 +441,8 @@ def test_a_slice_copies_exactly_its_pages_and_columns_whatever_the_names() -> No
 def test_char_columns_of_a_binary_slice_are_dumped_without_their_padding() -> None:
     """char(n) is padded to n on input, so a slice need not carry the blanks; a text slice would
     print the bytea, and PostgreSQL 13 has no rtrim(bytea, bytea): both keep the column."""
-    from lifeos_backup.kinds.registry.postgres.parts import Part
-    from lifeos_backup.kinds.registry.postgres.rows import Candidate, Slice, plan_slices
+    from lifeos_backup.kinds.postgres.parts import Part
+    from lifeos_backup.kinds.postgres.rows import Candidate, Slice, plan_slices
 
     table = Candidate("public", "t", 64 << 20, 100, ["id", "Code ", "note"], True, ["Code "])
     (piece,) = plan_slices([table], 1, 150000)
@@ -466,7 +466,7 @@ def test_char_columns_of_a_binary_slice_are_dumped_without_their_padding() -> No
 
 
 def test_part_patterns_match_exactly_one_table_whatever_its_name() -> None:
-    from lifeos_backup.kinds.registry.postgres.dump import part_args
+    from lifeos_backup.kinds.postgres.dump import part_args
 
     first = part_args(["pg_dump"], {("My.Schema", 'we"ird*?'), ("public", "characters")})
     assert first == [
@@ -479,8 +479,8 @@ def test_part_patterns_match_exactly_one_table_whatever_its_name() -> None:
 
 def test_parts_round_trip_through_the_manifest_facts() -> None:
     from lifeos_backup.formats.manifest import Manifest
-    from lifeos_backup.kinds.registry.postgres.parts import Part, parts_of
-    from lifeos_backup.kinds.registry.postgres.rows import Slice
+    from lifeos_backup.kinds.postgres.parts import Part, parts_of
+    from lifeos_backup.kinds.postgres.rows import Slice
 
     piece = Slice("public", "t", ["a", "b"], 0, 7, rows=42, format="binary")
     parts = [Part(0, 10, 100, ["public.small"]), Part(10, 5, 50, ["public.t"], piece)]
@@ -496,7 +496,7 @@ def test_parts_round_trip_through_the_manifest_facts() -> None:
 
 
 def test_a_window_never_reads_past_its_part() -> None:
-    from lifeos_backup.kinds.registry.postgres.parts import Window
+    from lifeos_backup.kinds.postgres.parts import Window
 
     src = io.BytesIO(b"0123456789")
     src.seek(2)
@@ -511,7 +511,7 @@ def test_only_this_hosts_dead_restore_workspaces_are_removed(tmp_path) -> None:
     import os
     import socket
 
-    from lifeos_backup.kinds.registry.postgres.restore import remove_abandoned
+    from lifeos_backup.kinds.postgres.restore import remove_abandoned
 
     host = socket.gethostname()
     names = [f"b@{host}-999999999", f"b@{host}-{os.getpid()}", "b@elsewhere-999999999"]
@@ -524,7 +524,7 @@ def test_only_this_hosts_dead_restore_workspaces_are_removed(tmp_path) -> None:
 def test_a_backup_without_a_configured_database_fails_clearly(
     monkeypatch: pytest.MonkeyPatch, tmp_path
 ) -> None:
-    from lifeos_backup.kinds.registry.postgres.dump import dump_database
+    from lifeos_backup.kinds.postgres.dump import dump_database
 
     for name in ("PGHOST", "PGHOSTADDR", "PGDATABASE", "PGSERVICE", "LIFEOS_DATABASE_URL"):
         monkeypatch.delenv(name, raising=False)
@@ -535,9 +535,9 @@ def test_a_backup_without_a_configured_database_fails_clearly(
 
 def test_slices_load_after_the_pg_dump_parts_biggest_table_first() -> None:
     """The biggest table's load and then its index build are the restore's longest chain."""
-    from lifeos_backup.kinds.registry.postgres.parts import Part
-    from lifeos_backup.kinds.registry.postgres.restore import load_order
-    from lifeos_backup.kinds.registry.postgres.rows import Slice
+    from lifeos_backup.kinds.postgres.parts import Part
+    from lifeos_backup.kinds.postgres.restore import load_order
+    from lifeos_backup.kinds.postgres.rows import Slice
 
     def piece(name: str, first: int, dump_bytes: int) -> Part:
         return Part(0, 1, dump_bytes, [f"public.{name}"], Slice("public", name, ["a"], first, None))
@@ -553,7 +553,7 @@ def test_slices_load_after_the_pg_dump_parts_biggest_table_first() -> None:
 
 
 def test_an_index_build_beside_other_jobs_asks_the_server_for_one_process() -> None:
-    from lifeos_backup.kinds.registry.postgres.restore import ONE_PROCESS, restore_args
+    from lifeos_backup.kinds.postgres.restore import ONE_PROCESS, restore_args
 
     tool = Tool("/usr/bin/pg_restore", "15.20", 15)
     target = PgTarget.parse(URL)
