@@ -185,8 +185,7 @@ def tiny_project(tmp_path: Path) -> Path:
         "lifeos_backup/core/errors.py": "",
         "lifeos_backup/storage/__init__.py": "",
         "lifeos_backup/storage/store.py": (
-            "from lifeos_backup.core import errors\n"
-            "def record():\n    from . import audit\n"
+            "from lifeos_backup.core import errors\ndef record():\n    from . import audit\n"
         ),
         "lifeos_backup/storage/audit.py": "from lifeos_backup.storage.store import record\n",
         "lifeos_backup/core/names.py": "from lifeos_backup.cli import app\n",
