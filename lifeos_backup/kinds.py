@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from lifeos_backup.manifest import Encryption, FileEntry, Manifest, Source
+from lifeos_backup.manifest import Encryption, EntrySpool, FileEntry, Manifest, Source
 from lifeos_backup.names import layout
 from lifeos_backup.postgres import PostgresKind
 from lifeos_backup.progress import ProgressFn
@@ -26,6 +26,7 @@ class Written:
     algorithm: str
     level: int
     files: list[FileEntry] = field(default_factory=list)
+    entries: EntrySpool | None = None  # entries spooled to disk instead of `files` (JSON)
     sources: list[Source] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     encryption: Encryption | None = None  # set by writers that encrypted (crypto.encryption_info)
@@ -67,7 +68,7 @@ class JsonKind:
             sha256=result.sha256,
             algorithm=settings.compression,
             level=level,
-            files=result.files,
+            entries=result.entries,
             sources=result.sources,
             facts={"skipped": result.skipped} if result.skipped else {},
             encryption=encryption_info(recipients),
