@@ -475,3 +475,22 @@ def test_malicious_archive_is_refused(tmp_path: Path, case: str) -> None:
     assert sorted(os.listdir(tmp_path.parent)) == parent_before
     assert not [p for p in tmp_path.rglob("*evil*")]
     assert not list(base.glob("**/outside")) and not (base / "abs").exists()
+
+
+def test_big_folders_sorted_through_runs_on_disk_give_the_same_archive(
+    app: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lifeos_backup.json_backup as json_backup
+
+    def write(name: str) -> tuple[bytes, list[FileEntry]]:
+        archive = tmp_path / name / "json_backup_20250101_000000.tar.zst"
+        archive.parent.mkdir()
+        result = write_archive(app, NAMES, archive, "zstd", 3, ignore)
+        entries = list(result.entries)
+        result.entries.close()
+        assert os.listdir(archive.parent) == [archive.name]  # the runs have no names
+        return archive.read_bytes(), entries
+
+    in_memory = write("in-memory")
+    monkeypatch.setattr(json_backup, "SORT_RUN", 2)  # every folder of 3+ entries merges runs
+    assert write("merged") == in_memory
