@@ -18,7 +18,7 @@ BOUND_MIB = 150
 IN_ONE_FOLDER = 150_000  # one big folder: its listing is the largest thing held
 
 _CHILD = """
-import json, resource, sys
+import json, sys
 from datetime import UTC, datetime
 from pathlib import Path
 from lifeos_backup.json_backup import write_archive
@@ -34,7 +34,11 @@ mpath = manifest_path(archive, backup_id)
 peak = {}
 
 def mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, the peak of this process's own memory: ru_maxrss survives execve, so a child
+    # spawned from a big pytest process would report the parent's size instead.
+    with open("/proc/self/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
 
 result = write_archive(app, ["data", "presets"], archive, "zstd", 3, lambda _r: None)
 now = datetime(2025, 1, 1, tzinfo=UTC)
