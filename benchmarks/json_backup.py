@@ -1,11 +1,15 @@
-"""Benchmark: JSON backup (create + verify) of a Life-OS-like tree vs `tar czf` and tar | zstd.
+"""Benchmark: JSON backup (create + verify + restore) of a Life-OS-like tree vs tar.
 
     .venv/bin/python benchmarks/json_backup.py [--files 50000] [--repeat 3] [--keep DIR]
+    .venv/bin/python benchmarks/json_backup.py --files 50k,200k,1m --only ours,tar-zstd --repeat 1
 
 Generates a deterministic tree of small JSON files (data/<entity>/<id>.json, nested presets/,
 configs/), reads it once so every contender sees a warm page cache, then runs each contender
 `--repeat` times in its own child process (round robin, so drift hits all of them alike) and
-prints the medians. See benchmarks/README.md for what is measured and the recorded figures.
+prints the medians. Ours also restores the backup (timed apart from create+verify), and
+`tar -I 'zstd -T0' -cf` is followed by `tar -xf` of its archive, so every size ends with one line
+of wall times and peak RSS beside tar. With several `--files` sizes and `--keep DIR`, each tree
+is kept in DIR/<files>. See benchmarks/README.md for what is measured and the recorded figures.
 """
 
 from __future__ import annotations
@@ -388,11 +392,16 @@ def warm_and_count(root: Path) -> tuple[int, int]:
 
 
 def ours_child(app_dir: str, work_dir: str) -> dict[str, Any]:
-    """Runs in a fresh interpreter: create_backup + verify_backup, timed separately."""
+    """Runs in a fresh interpreter: create_backup, verify_backup, restore_archive, timed apart.
+
+    Peak RSS is that of this process (`ru_maxrss`) after each step: the last one covers all three.
+    """
     import resource
 
+    from lifeos_backup.core.progress import ignore
     from lifeos_backup.core.settings import Settings
     from lifeos_backup.jobs.backups import create_backup, locate, verify_backup
+    from lifeos_backup.kinds.json.restore import restore_archive
     from lifeos_backup.storage.catalog.store import Catalog
 
     def cpu() -> float:  # user + system of every thread of this process (zstd workers too)
@@ -407,21 +416,28 @@ def ours_child(app_dir: str, work_dir: str) -> dict[str, Any]:
     create_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     verified = verify_backup(manifest.backup_id, settings, catalog)
     c2, t2 = cpu(), time.perf_counter()
+    verify_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     _row, archive, mpath = locate(settings, catalog, manifest.backup_id)
     assert verified.verified_at is not None
+    restored = restore_archive(archive, verified, Path(work_dir) / "restored", False, ignore)
+    c3, t3 = cpu(), time.perf_counter()
     return {
         "create_s": t1 - t0,
         "verify_s": t2 - t1,
         "total_s": t2 - t0,
+        "restore_s": t3 - t2,
         "create_cpu_s": c1 - c0,
         "verify_cpu_s": c2 - c1,
         "total_cpu_s": c2 - c0,
+        "restore_cpu_s": c3 - c2,
+        "restored": restored,
         "create_maxrss_kb": create_rss,
+        "verify_maxrss_kb": verify_rss,
         "archive_bytes": archive.stat().st_size,
         "manifest_bytes": mpath.stat().st_size,
         "algorithm": manifest.compression.algorithm,
         "level": manifest.compression.level,
-        "files": sum(1 for f in manifest.files if f.type == "file"),
+        "files": sum(1 for f in manifest.iter_files() if f.type == "file"),
         "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
     }
 
@@ -456,11 +472,18 @@ def _ours(extra_env: dict[str, str]) -> Callable[[Path, Path], Sample]:
     return run
 
 
-def _tar(args: list[str], name: str) -> Callable[[Path, Path], Sample]:
+def _tar(args: list[str], name: str, extract: bool = False) -> Callable[[Path, Path], Sample]:
     def run(tree: Path, out: Path) -> Sample:
         archive = out / name
         m = run_measured(["tar", *args, str(archive), *SOURCES], cwd=tree)
-        return Sample(m.seconds, m.cpu_seconds, m.seconds, archive.stat().st_size, m.peak_rss_kb)
+        extra: dict[str, Any] = {}
+        if extract:  # `tar -xf` of the same archive, beside our restore
+            target = out / "extracted"
+            target.mkdir()
+            x = run_measured(["tar", "-I", "zstd -T0", "-xf", str(archive)], cwd=target)
+            extra = {"extract_s": x.seconds, "extract_rss_kb": x.peak_rss_kb}
+        size = archive.stat().st_size
+        return Sample(m.seconds, m.cpu_seconds, m.seconds, size, m.peak_rss_kb, extra)
 
     return run
 
@@ -485,7 +508,9 @@ def contenders(extra_levels: list[int]) -> list[Contender]:
     found += [
         Contender("tar-gz", "tar czf", _tar(["czf"], "out.tgz")),
         Contender(
-            "tar-zstd", "tar -I 'zstd -T0' -cf", _tar(["-I", "zstd -T0", "-cf"], "out.tar.zst")
+            "tar-zstd",
+            "tar -I 'zstd -T0' -cf",
+            _tar(["-I", "zstd -T0", "-cf"], "out.tar.zst", extract=True),
         ),
         Contender(
             "tar-zstd7",
@@ -605,63 +630,118 @@ def report(found: list[Contender], files: int, nbytes: int) -> tuple[str, list[s
     return markdown_table(HEADERS, rows), verdicts, notes
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--files", type=int, default=50_000, help="number of JSON files")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
-    parser.add_argument("--seed", type=int, default=20_240_601, help="tree generator seed")
-    parser.add_argument("--keep", type=Path, help="generate the tree here and reuse it next time")
-    parser.add_argument(
-        "--ours-levels",
-        default="",
-        help="extra lifeos runs at these zstd levels, comma-separated (e.g. 3,5)",
-    )
-    args = parser.parse_args(argv)
-    levels = [int(x) for x in args.ours_levels.split(",") if x.strip()]
+SCALE_HEADERS = [
+    "files",
+    "create s",
+    "verify s",
+    "create+verify s",
+    "restore s",
+    "peak RSS MiB create/verify/restore",
+    "tar -cf s",
+    "tar -xf s",
+    "tar RSS MiB",
+    "c+v vs tar -cf",
+    "restore vs tar -xf",
+]
 
-    scratch = Path(tempfile.mkdtemp(prefix="lifeos-bench-"))
-    tree = args.keep.resolve() if args.keep else scratch / "tree"
-    try:
-        t0 = time.perf_counter()
-        how = prepare_tree(tree, args.files, args.seed)
-        print(f"tree {tree}: {how} in {time.perf_counter() - t0:.1f} s", flush=True)
-        files, nbytes = warm_and_count(tree)
-        print(f"input: {files:,} files, {nbytes:,} bytes ({nbytes / 1e6:.1f} MB); cache warmed")
-        load_before = load_average()
 
-        found = contenders(levels)
-        for rep in range(args.repeat):
-            for c in found:
-                out = scratch / f"out-{c.key}-{rep}"
-                out.mkdir()
-                sample = c.run(tree, out)
-                c.samples.append(sample)
-                shutil.rmtree(out)
-                print(
-                    f"  run {rep + 1}/{args.repeat} {c.label}: {sample.seconds:.2f} s "
-                    f"(CPU {sample.cpu_s:.2f} s), {sample.archive_bytes:,} B, "
-                    f"{sample.rss_kb / 1024:.0f} MiB",
-                    flush=True,
+def scale_row(found: list[Contender], files: int) -> list[str]:
+    """One line per size: our three steps and peak RSS beside `tar -I 'zstd -T0'` -cf and -xf."""
+    by_key = {c.key: c for c in found}
+    ours, tar = by_key["ours"].samples, by_key["tar-zstd"].samples
+
+    def med(samples: list[Sample], key: str) -> float:
+        return median([x.extra[key] for x in samples])
+
+    create, verify, restore = (med(ours, k) for k in ("create_s", "verify_s", "restore_s"))
+    rss = [med(ours, k) / 1024 for k in ("create_maxrss_kb", "verify_maxrss_kb")]
+    rss.append(median([x.rss_kb for x in ours]) / 1024)
+    tar_c, tar_x = median([x.seconds for x in tar]), med(tar, "extract_s")
+    tar_rss = max(median([x.rss_kb for x in tar]), med(tar, "extract_rss_kb")) / 1024
+    return [
+        f"{files:,}",
+        f"{create:.2f}",
+        f"{verify:.2f}",
+        f"{create + verify:.2f}",
+        f"{restore:.2f}",
+        "/".join(f"{r:.0f}" for r in rss),
+        f"{tar_c:.2f}",
+        f"{tar_x:.2f}",
+        f"{tar_rss:.0f}",
+        f"{(create + verify) / tar_c:.2f}x",
+        f"{restore / tar_x:.2f}x",
+    ]
+
+
+def _count(text: str) -> int:
+    """50000, 50k, 1m -> a file count."""
+    text = text.strip().lower()
+    factor = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    return int(float(text.rstrip("km")) * factor)
+
+
+def run_size(
+    files_wanted: int, tree: Path, scratch: Path, args: argparse.Namespace, levels: list[int]
+) -> tuple[list[str] | None, bool]:
+    """Every contender at one tree size: prints its runs and report; the scale row and PASS."""
+    t0 = time.perf_counter()
+    how = prepare_tree(tree, files_wanted, args.seed)
+    print(f"tree {tree}: {how} in {time.perf_counter() - t0:.1f} s", flush=True)
+    files, nbytes = warm_and_count(tree)
+    print(f"input: {files:,} files, {nbytes:,} bytes ({nbytes / 1e6:.1f} MB); cache warmed")
+    load_before = load_average()
+
+    found = contenders(levels)
+    if args.only:
+        wanted = {k.strip() for k in args.only.split(",")}
+        found = [c for c in found if c.key in wanted]
+    for rep in range(args.repeat):
+        for c in found:
+            out = scratch / f"out-{files}-{c.key}-{rep}"
+            out.mkdir()
+            sample = c.run(tree, out)
+            c.samples.append(sample)
+            shutil.rmtree(out)
+            print(
+                f"  run {rep + 1}/{args.repeat} {c.label}: {sample.seconds:.2f} s "
+                f"(CPU {sample.cpu_s:.2f} s), {sample.archive_bytes:,} B, "
+                f"{sample.rss_kb / 1024:.0f} MiB"
+                + (
+                    f", restore {sample.extra['restore_s']:.2f} s"
+                    if "restore_s" in sample.extra
+                    else ""
                 )
-        ours_files = found[0].samples[0].extra["files"]
-        if ours_files != files:
+                + (
+                    f", tar -xf {sample.extra['extract_s']:.2f} s"
+                    if "extract_s" in sample.extra
+                    else ""
+                ),
+                flush=True,
+            )
+    keys = {c.key for c in found}
+    ours_c = next((c for c in found if c.key == "ours"), None)
+    if ours_c is not None:
+        ours_files = ours_c.samples[0].extra["files"]
+        if ours_files != files or ours_c.samples[0].extra["restored"] != files:
             print(f"WARNING: lifeos archived {ours_files} files, the tree has {files}")
 
-        import zstandard
+    import zstandard
 
-        facts = machine_facts(
-            {
-                "zstandard (python)": zstandard.__version__,
-                "zstd": tool_version(["zstd", "--version"]),
-                "gzip": tool_version(["gzip", "--version"]),
-                "load average": f"{load_before} at start, {load_average()} at end",
-                "lifeos-backup": git_revision(REPO, ["lifeos_backup"]),
-            }
-        )
+    facts = machine_facts(
+        {
+            "zstandard (python)": zstandard.__version__,
+            "zstd": tool_version(["zstd", "--version"]),
+            "gzip": tool_version(["gzip", "--version"]),
+            "load average": f"{load_before} at start, {load_average()} at end",
+            "lifeos-backup": git_revision(REPO, ["lifeos_backup"]),
+        }
+    )
+    print()
+    print(facts_block(facts))
+    print()
+    passed = True
+    if {"ours", "tar-gz"} <= keys:
         table, verdicts, notes = report(found, files, nbytes)
-        print()
-        print(facts_block(facts))
-        print()
         print(
             f"{files:,} files, {nbytes / 1e6:.1f} MB input; medians of {args.repeat} runs "
             "(min s: best run); MB = 10^6 bytes"
@@ -672,7 +752,54 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(notes))
         print()
         print("\n".join(verdicts))
-        return 0 if all(v.startswith("PASS") for v in verdicts) else 1
+        passed = all(v.startswith("PASS") for v in verdicts)
+    row = scale_row(found, files) if {"ours", "tar-zstd"} <= keys else None
+    return row, passed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--files",
+        default="50000",
+        help="number of JSON files; several sizes comma-separated, e.g. 50k,200k,1m",
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="runs per contender (median)")
+    parser.add_argument("--seed", type=int, default=20_240_601, help="tree generator seed")
+    parser.add_argument("--keep", type=Path, help="generate the tree here and reuse it next time")
+    parser.add_argument(
+        "--ours-levels",
+        default="",
+        help="extra lifeos runs at these zstd levels, comma-separated (e.g. 3,5)",
+    )
+    parser.add_argument(
+        "--only",
+        default="",
+        help="run only these contenders, comma-separated keys (e.g. ours,tar-zstd)",
+    )
+    args = parser.parse_args(argv)
+    levels = [int(x) for x in args.ours_levels.split(",") if x.strip()]
+    sizes = [_count(x) for x in args.files.split(",") if x.strip()]
+
+    scratch = Path(tempfile.mkdtemp(prefix="lifeos-bench-"))
+    rows: list[list[str]] = []
+    passed = True
+    try:
+        for files in sizes:
+            if args.keep:
+                tree = args.keep.resolve() / str(files) if len(sizes) > 1 else args.keep.resolve()
+            else:
+                tree = scratch / f"tree-{files}"
+            row, ok = run_size(files, tree, scratch, args, levels)
+            passed = passed and ok
+            if row is not None:
+                rows.append(row)
+                print()
+                print(markdown_table(SCALE_HEADERS, rows))  # grows with each size
+                print(flush=True)
+            if not args.keep:
+                shutil.rmtree(tree, ignore_errors=True)
+        return 0 if passed else 1
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

@@ -84,7 +84,7 @@ def show(backup_id: str) -> None:
             "path": str(mpath),
             "archive_sha256": m.archive.sha256,
             "compression": f"{m.compression.algorithm} {m.compression.level}",
-            "files": sum(1 for f in m.files if f.type == "file"),
+            "files": sum(1 for f in m.iter_files() if f.type == "file"),
             "sources": [s.model_dump() for s in m.sources],
             "host": m.host,
             "tool_version": m.tool_version,

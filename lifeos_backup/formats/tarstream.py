@@ -28,6 +28,9 @@ _TYPES: dict[bytes, Literal["file", "dir", "symlink"]] = {
 _TYPE_FLAGS = {"file": b"0", "dir": b"5", "symlink": b"2"}
 
 MemberType = Literal["file", "dir", "symlink"]
+_OWNER = b"0000000\0" * 2  # uid, gid
+_MAGIC = b"ustar\x0000" + bytes(64) + b"0000000\0" * 2  # magic, version, user/group names, dev
+_FIXED_SUM = sum(_OWNER) + sum(_MAGIC) + 8 * ord(" ")  # the checksum field counts as spaces
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,22 +74,29 @@ def header(member: Member) -> bytes:
         )
         return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     prefix, short = split
-    block = bytearray(BLOCK)
-    block[0 : len(short)] = short
-    block[100:108] = b"%07o\0" % (member.mode & 0o7777)
-    block[108:116] = b"0000000\0"
-    block[116:124] = b"0000000\0"
-    block[124:136] = b"%011o\0" % member.size
-    block[136:148] = b"%011o\0" % member.mtime
-    block[148:156] = b"        "
-    block[156:157] = _TYPE_FLAGS[member.type]
-    block[157 : 157 + len(link)] = link
-    block[257:265] = b"ustar\x0000"
-    block[329:337] = b"0000000\0"
-    block[337:345] = b"0000000\0"
-    block[345 : 345 + len(prefix)] = prefix
-    block[148:156] = b"%06o\0 " % sum(block)
-    return bytes(block)
+    mode = b"%07o\0" % (member.mode & 0o7777)
+    size = b"%011o\0" % member.size
+    mtime = b"%011o\0" % member.mtime
+    flag = _TYPE_FLAGS[member.type]
+    # The checksum is the sum of the block's bytes with its own field as spaces: the constant
+    # fields' share is precomputed, the rest is summed from the (short) variable fields.
+    checksum = _FIXED_SUM + sum(short) + sum(prefix) + sum(link) + sum(mode) + sum(size)
+    checksum += sum(mtime) + flag[0]
+    return b"".join(
+        (
+            short.ljust(100, b"\0"),
+            mode,
+            _OWNER,
+            size,
+            mtime,
+            b"%06o\0 " % checksum,
+            flag,
+            link.ljust(100, b"\0"),
+            _MAGIC,
+            prefix.ljust(155, b"\0"),
+            _ZEROS[:12],
+        )
+    )
 
 
 class TarWriter:
@@ -97,10 +107,10 @@ class TarWriter:
 
     def add(self, member: Member, data: bytes = b"") -> None:
         """Add a member whose whole content is `data` (small files: one read, one write)."""
-        self._out.write(header(member))
         if data:
-            self._out.write(data)
-            self._pad(len(data))
+            self._out.write(b"".join((header(member), data, _ZEROS[: -len(data) % BLOCK])))
+        else:
+            self._out.write(header(member))
 
     def add_stream(self, member: Member, chunks: Iterator[bytes]) -> None:
         """Add a member whose content arrives in chunks totalling exactly member.size bytes."""
@@ -192,7 +202,13 @@ class TarReader:
     def chunks(self) -> Iterator[bytes]:
         """Content of the current member, in chunks of at most chunk_size bytes."""
         while self._left:
-            data = self._read_exact(min(self._left, self._chunk))
+            if self._left <= self._chunk:  # the rest and its padding in one read
+                size, self._left = self._left, 0
+                data = self._read_exact(size + self._pad)
+                self._pad = 0
+                yield data[:size] if len(data) > size else data
+                return
+            data = self._read_exact(self._chunk)
             self._left -= len(data)
             yield data
 

@@ -109,6 +109,7 @@ def create_backup(
             )
         )
         mpath = manifest_path(archive, backup_id)
+        written = None
         try:
             written = kind.write(settings, archive, progress)
             finished = utcnow()
@@ -128,13 +129,18 @@ def create_backup(
                 facts=written.facts,
                 encryption=written.encryption,
             )
-            write_manifest(mpath, manifest)  # last: an archive without a manifest is incomplete
+            # last: an archive without a manifest is incomplete
+            write_manifest(mpath, manifest, written.entries)
+            manifest.entries_in(mpath)  # read back from there when needed, not held
         except BaseException as exc:
             remove_quietly(mpath, archive)
             error = f"attempt {attempt}: {exc}" if attempt > 1 or earlier else str(exc)
             history = f"{error}; earlier {earlier}" if earlier else error
             catalog.update(backup_id, status=FAILED, error=history[:4000], finished_at=utcnow())
             raise
+        finally:
+            if written is not None and written.entries is not None:
+                written.entries.close()
         catalog.update(
             backup_id,
             status=CREATED,

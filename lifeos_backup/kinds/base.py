@@ -12,7 +12,7 @@ from typing import Any, Protocol
 
 from lifeos_backup.core.progress import ProgressFn
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.formats.manifest import Encryption, FileEntry, Manifest, Source
+from lifeos_backup.formats.manifest import Encryption, EntrySpool, FileEntry, Manifest, Source
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Written:
     algorithm: str
     level: int
     files: list[FileEntry] = field(default_factory=list)
+    entries: EntrySpool | None = None  # entries spooled to disk instead of `files` (JSON)
     sources: list[Source] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     encryption: Encryption | None = None  # set by writers that encrypted (crypto.encryption_info)

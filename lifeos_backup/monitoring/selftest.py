@@ -99,7 +99,7 @@ def check_creation(s: Scratch) -> str:
     s.archive = s.settings.backup_root / row.path
     if not s.archive.is_file() or not manifest_path(s.archive, row.id).is_file():
         raise AssertionError("archive or manifest missing after creation")
-    files = sum(1 for f in s.manifest.files if f.type == "file")
+    files = sum(1 for f in s.manifest.iter_files() if f.type == "file")
     return f"{row.id}: {files} files, {row.size} bytes"
 
 
@@ -118,7 +118,7 @@ def check_checksums(s: Scratch) -> str:
         raise AssertionError("not run: nothing was extracted")
     compared = against_source = 0
     problems: list[str] = []
-    for entry in s.manifest.files:
+    for entry in s.manifest.iter_files():
         if entry.type != "file":
             continue
         path = s.extracted / entry.path
@@ -147,7 +147,7 @@ def check_manifest(s: Scratch) -> str:
     verified = verify_backup(s.manifest.backup_id, s.settings, s.catalog)
     if verified.backup_id != s.manifest.backup_id or verified.kind != "json":
         raise AssertionError("manifest names another backup or kind")
-    entries = sum(1 for f in verified.files if f.type == "file")
+    entries = sum(1 for f in verified.iter_files() if f.type == "file")
     if s.extracted is not None and entries != s.files_restored:
         raise AssertionError(f"manifest lists {entries} files, {s.files_restored} were extracted")
     if s.catalog.get(s.manifest.backup_id).status != VERIFIED:

@@ -21,7 +21,15 @@ import zstandard
 
 from lifeos_backup.core.errors import TargetNotEmpty, UnsafeArchive, VerificationFailed
 from lifeos_backup.core.progress import Progress, ignore
-from lifeos_backup.formats.manifest import ArchiveInfo, Compression, FileEntry, Manifest
+from lifeos_backup.formats.manifest import (
+    ArchiveInfo,
+    Compression,
+    FileEntry,
+    Manifest,
+    manifest_path,
+    read_manifest,
+    write_manifest,
+)
 from lifeos_backup.formats.streams import compressor, decompressor
 from lifeos_backup.formats.tarstream import TarReader, TarWriter
 from lifeos_backup.kinds.json.backup import SMALL_FILE, ArchiveResult, write_archive
@@ -69,9 +77,10 @@ def make_app(root: Path) -> Path:
 
 
 def manifest_for(result: ArchiveResult, archive: Path, algorithm: str, level: int) -> Manifest:
-    """The manifest exactly as `backups.create_backup` builds it from a write result."""
+    """The manifest exactly as `backups.create_backup` builds and writes it from a write result,
+    read back from disk (its entries streamed from there)."""
     now = datetime(2025, 1, 1, tzinfo=UTC)
-    return Manifest(
+    header = Manifest(
         backup_id="json_backup_20250101_000000",
         kind="json",
         created_at=now,
@@ -81,9 +90,12 @@ def manifest_for(result: ArchiveResult, archive: Path, algorithm: str, level: in
         sources=result.sources,
         compression=Compression(algorithm=algorithm, level=level),
         archive=ArchiveInfo(name=archive.name, size=result.size, sha256=result.sha256),
-        files=result.files,
         facts={"skipped": result.skipped} if result.skipped else {},
     )
+    mpath = manifest_path(archive, header.backup_id)
+    write_manifest(mpath, header, result.entries)
+    result.entries.close()
+    return read_manifest(mpath)
 
 
 def snapshot(root: Path) -> Snapshot:
@@ -167,12 +179,14 @@ def copy_of(archive: Path, folder: Path) -> Path:
 
 def test_archive_lists_every_entry_with_hashes(app: Path, backup: tuple[Path, Manifest]) -> None:
     _archive, manifest = backup
-    entries = {entry.path: entry for entry in manifest.files}
+    entries = {entry.path: entry for entry in manifest.iter_files()}
     expected_paths = {"data", "presets", "configs"} | {
         path.relative_to(app).as_posix() for path in app.rglob("*")
     }
     assert set(entries) == expected_paths
-    assert [e.path for e in manifest.files][:1] == ["data"]  # sorted walk, folder before content
+    assert [e.path for e in manifest.iter_files()][:1] == [
+        "data"
+    ]  # sorted walk, folder before content
     for rel, entry in entries.items():
         path = app / rel
         st = os.lstat(path)
@@ -230,7 +244,7 @@ def test_edited_member_fails_verification_naming_it(
 def test_manifest_listing_a_missing_file_fails(backup: tuple[Path, Manifest]) -> None:
     archive, manifest = backup
     ghost = FileEntry(path="data/ghost.json", size=2, mode=0o644, sha256="0" * 64)
-    bigger = manifest.model_copy(update={"files": [*manifest.files, ghost]})
+    bigger = manifest.model_copy(update={"files": [*manifest.iter_files(), ghost]})
     with pytest.raises(VerificationFailed, match="lacks members") as info:
         check_archive(archive, bigger, ignore)
     assert info.value.detail == "1 missing, first: data/ghost.json"
@@ -238,10 +252,10 @@ def test_manifest_listing_a_missing_file_fails(backup: tuple[Path, Manifest]) ->
 
 def test_archive_member_missing_from_manifest_fails(backup: tuple[Path, Manifest]) -> None:
     archive, manifest = backup
-    fewer = [e for e in manifest.files if e.path != "presets/top.json"]
+    fewer = [e for e in manifest.iter_files() if e.path != "presets/top.json"]
     with pytest.raises(VerificationFailed, match="does not list") as info:
         check_archive(archive, manifest.model_copy(update={"files": fewer}), ignore)
-    assert info.value.detail == "presets/top.json"
+    assert info.value.detail.startswith("presets/top.json (where the manifest lists ")
 
 
 def test_wrong_archive_checksum_fails(backup: tuple[Path, Manifest]) -> None:
@@ -461,3 +475,22 @@ def test_malicious_archive_is_refused(tmp_path: Path, case: str) -> None:
     assert sorted(os.listdir(tmp_path.parent)) == parent_before
     assert not [p for p in tmp_path.rglob("*evil*")]
     assert not list(base.glob("**/outside")) and not (base / "abs").exists()
+
+
+def test_big_folders_sorted_through_runs_on_disk_give_the_same_archive(
+    app: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lifeos_backup.kinds.json.backup as json_backup
+
+    def write(name: str) -> tuple[bytes, list[FileEntry]]:
+        archive = tmp_path / name / "json_backup_20250101_000000.tar.zst"
+        archive.parent.mkdir()
+        result = write_archive(app, NAMES, archive, "zstd", 3, ignore)
+        entries = list(result.entries)
+        result.entries.close()
+        assert os.listdir(archive.parent) == [archive.name]  # the runs have no names
+        return archive.read_bytes(), entries
+
+    in_memory = write("in-memory")
+    monkeypatch.setattr(json_backup, "SORT_RUN", 2)  # every folder of 3+ entries merges runs
+    assert write("merged") == in_memory

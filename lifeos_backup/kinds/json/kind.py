@@ -33,7 +33,7 @@ class JsonKind:
             sha256=result.sha256,
             algorithm=settings.compression,
             level=level,
-            files=result.files,
+            entries=result.entries,
             sources=result.sources,
             facts={"skipped": result.skipped} if result.skipped else {},
             encryption=encryption_info(recipients),

@@ -46,6 +46,11 @@ def _mismatch(what: str, detail: str) -> VerificationFailed:
 def _compare(member: Member, entry: FileEntry | None) -> FileEntry:
     if entry is None:
         raise _mismatch("archive holds a member the manifest does not list", member.path)
+    if member.path != entry.path:  # members and entries are in the same order
+        raise _mismatch(
+            "archive holds a member the manifest does not list",
+            f"{member.path} (where the manifest lists {entry.path})",
+        )
     if member.type != entry.type or member.mode != entry.mode:
         raise _mismatch(
             f"{member.path} differs from the manifest",
@@ -59,11 +64,16 @@ def _compare(member: Member, entry: FileEntry | None) -> FileEntry:
 def check_archive(
     archive: Path, manifest: Manifest, progress: ProgressFn, sink: Sink | None = None
 ) -> None:
-    """Walk the archive once, comparing it with the manifest; hand each member to `sink`."""
-    expected = {entry.path: entry for entry in manifest.files}
+    """Walk the archive once, comparing it with the manifest; hand each member to `sink`.
+
+    Members are compared with the manifest's entries one by one, in order (the writer adds them
+    in the same order), with the entries streamed from disk: memory does not grow with the
+    file count.
+    """
+    expected = manifest.iter_files()
     report = Progress(
         "verifying",
-        files_total=sum(1 for e in manifest.files if e.type == "file"),
+        files_total=sum(s.files for s in manifest.sources),
         bytes_total=manifest.archive.size,
     )
     try:
@@ -74,7 +84,7 @@ def check_archive(
             plain = decompressor(opened, manifest.compression.algorithm)
             reader = TarReader(plain)
             for member in reader:
-                entry = _compare(member, expected.pop(member.path, None))
+                entry = _compare(member, next(expected, None))
                 digest = hashlib.sha256()
 
                 def chunks(digest: hashlib._Hash = digest) -> Iterator[bytes]:
@@ -99,11 +109,12 @@ def check_archive(
             hashed.drain()
     except _STREAM_ERRORS as exc:
         raise _mismatch(f"archive {archive.name} is corrupt", str(exc)) from exc
-    if expected:
-        missing = sorted(expected)
+    missing = next(expected, None)
+    if missing is not None:
+        count = 1 + sum(1 for _ in expected)
         raise _mismatch(
             "archive lacks members listed in the manifest",
-            f"{len(missing)} missing, first: {missing[0]}",
+            f"{count} missing, first: {missing.path}",
         )
     require_archive_match(manifest, archive.name, hashed.size, hashed.hexdigest())
 
@@ -181,54 +192,83 @@ def check_target(target: Path, force: bool) -> None:
 
 
 class _Staging:
-    """Receives members into a hidden folder inside the target; links and modes are set last."""
+    """Receives members into a hidden folder inside the target; links are made last.
+
+    Files get their mode and mtime as they are written, folders that would block writing into
+    them (no owner rwx) get theirs last, so what is held until the end is the symlinks and
+    those folders only, not one record per file.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.links: list[Member] = []
-        self.dirs: list[Member] = []
-        self.files: list[Member] = []
+        self.linked: set[str] = set()
+        self.locked_dirs: list[tuple[str, int]] = []
+        self.files = 0
+        self._parent = ""  # the last folder a file was written into (known to exist)
 
     def __call__(self, member: Member, chunks: Iterator[bytes]) -> None:
         rel = safe_relpath(member.path)
+        if self.linked:
+            self._not_under_link(rel)
         if member.type == "symlink":
             safe_link(member)
+            if os.path.lexists(os.path.join(self.root, rel)):  # something is staged under it
+                raise UnsafeArchive(
+                    "refused archive member", f"symlink {rel} stands where other members are"
+                )
             self.links.append(member)
+            self.linked.add(rel)
             return
         with _writing(self.root.parent):
-            self._write(member, self.root / rel, chunks)
+            self._write(member, os.path.join(self.root, rel), chunks)
 
-    def _write(self, member: Member, dest: Path, chunks: Iterator[bytes]) -> None:
-        dest.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    def _not_under_link(self, rel: str) -> None:
+        """Refuse a member at or under a symlink of the archive: it would be made through it."""
+        cut = len(rel)
+        while cut > 0:
+            if rel[:cut] in self.linked:
+                raise UnsafeArchive(
+                    "refused archive member", f"{rel} lies under symlink {rel[:cut]}"
+                )
+            cut = rel.rfind("/", 0, cut)
+
+    def _write(self, member: Member, dest: str, chunks: Iterator[bytes]) -> None:
+        parent = os.path.dirname(dest)
+        if parent != self._parent:
+            os.makedirs(parent, mode=DIR_MODE, exist_ok=True)
+            self._parent = parent
         if member.type == "dir":
-            dest.mkdir(mode=DIR_MODE, exist_ok=True)
-            self.dirs.append(member)
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(dest, DIR_MODE)
+            if member.mode & 0o700 == 0o700:
+                os.chmod(dest, member.mode)
+            else:  # set last, after its content is written
+                self.locked_dirs.append((dest, member.mode))
             return
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-        fd = os.open(dest, flags, FILE_MODE)
-        with os.fdopen(fd, "wb") as handle:
+        try:
+            fd = os.open(dest, flags, FILE_MODE)
+        except FileExistsError:
+            raise UnsafeArchive(
+                "refused archive member", f"{member.path} is in the archive twice"
+            ) from None
+        try:
             for chunk in chunks:
-                handle.write(chunk)
-        self.files.append(member)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd, view) :]
+            os.fchmod(fd, member.mode)
+            os.utime(fd, (member.mtime, member.mtime))
+        finally:
+            os.close(fd)
+        self.files += 1
 
     def finish(self) -> None:
-        linked = {member.path for member in self.links}
-        for member in [*self.links, *self.dirs, *self.files]:
-            parts = member.path.split("/")
-            for depth in range(1, len(parts)):
-                if "/".join(parts[:depth]) in linked:  # would be created through that symlink
-                    raise UnsafeArchive(
-                        "refused archive member",
-                        f"{member.path} lies under symlink {'/'.join(parts[:depth])}",
-                    )
         for member in self.links:
-            os.symlink(member.linkname, self.root / member.path)
-        for member in self.files:
-            path = self.root / member.path
-            os.chmod(path, member.mode)
-            os.utime(path, (member.mtime, member.mtime))
-        for member in reversed(self.dirs):  # children before parents: a 0500 folder is set last
-            os.chmod(self.root / member.path, member.mode)
+            os.symlink(member.linkname, os.path.join(self.root, member.path))
+        for dest, mode in reversed(self.locked_dirs):  # children before parents: 0500 last
+            os.chmod(dest, mode)
 
 
 def _is_empty(target: Path) -> bool:
@@ -267,7 +307,7 @@ def restore_archive(
         with contextlib.suppress(FileNotFoundError):
             _make_removable(staging)
             shutil.rmtree(staging)
-    return len(sink.files)
+    return sink.files
 
 
 def _move_into(staging: Path, target: Path) -> None:
