@@ -14,7 +14,7 @@ every contender `--repeat` times, round robin, each as its own command, and prin
 * restore: `lifeos-backup restore postgres ID --database NAME` of the backup made in the same
   round against `gunzip -c | psql`, each into a new, empty database created beforehand, untimed,
   after a CHECKPOINT;
-* for reference, the CLI's start-up alone (`python -c 'import lifeos_backup.cli'`).
+* for reference, the CLI's start-up alone (`python -c 'import lifeos_backup.cli.commands'`).
 
 Exit status 0 when both targets hold (ours at most 1.2x the plain tool's median wall time).
 """
@@ -141,7 +141,7 @@ class Bench:
         return seconds
 
     def cli_import(self, rnd: int) -> float:
-        return self.timed([sys.executable, "-c", "import lifeos_backup.cli"])[0]
+        return self.timed([sys.executable, "-c", "import lifeos_backup.cli.commands"])[0]
 
 
 def _rotated(items: list[Contender], by: int) -> list[Contender]:
@@ -178,7 +178,7 @@ def report(backups: list[Contender], restores: list[Contender], start_up: Conten
         "",
         markdown_table(headers, rows(restores)),
         "",
-        f"CLI start-up alone (python -c 'import lifeos_backup.cli'): median {start_up.med:.2f} s",
+        f"CLI start-up alone (python -c 'import lifeos_backup.cli.commands'): median {start_up.med:.2f} s",
         "",
         *(f"{'PASS' if ok else 'FAIL'}  {text}" for ok, text in checks),
     ]
@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
             Contender("ours", "lifeos-backup restore postgres", bench.ours_restore),
             Contender("psql", "gunzip -c | psql", bench.restore_psql),
         ]
-        start_up = Contender("import", "import lifeos_backup.cli", bench.cli_import)
+        start_up = Contender("import", "import lifeos_backup.cli.commands", bench.cli_import)
         for rnd in range(args.repeat):
             # Alternate which goes first; our restore reads the backup made in this round.
             order = _rotated(backups, rnd) + _rotated(restores, rnd) + [start_up]
