@@ -82,7 +82,8 @@ class Bench:
             LIFEOS_LOG_LEVEL="INFO",
         )
         self.last_backup: str | None = None
-        # The two workers of `lifeos-backup up` (lifeos_backup/service/up.py), without Beat and Flower.
+        # The two workers of `lifeos-backup up` (lifeos_backup/service/up.py), without Beat and
+        # Flower.
         self.workers = [
             WorkerProcess(self.env, work / "worker-dumps.log", 1, "dumps", "dumps@%h"),
             WorkerProcess(
