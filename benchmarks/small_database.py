@@ -178,7 +178,8 @@ def report(backups: list[Contender], restores: list[Contender], start_up: Conten
         "",
         markdown_table(headers, rows(restores)),
         "",
-        f"CLI start-up alone (python -c 'import lifeos_backup.cli.commands'): median {start_up.med:.2f} s",
+        "CLI start-up alone (python -c 'import lifeos_backup.cli.commands'): "
+        f"median {start_up.med:.2f} s",
         "",
         *(f"{'PASS' if ok else 'FAIL'}  {text}" for ok, text in checks),
     ]

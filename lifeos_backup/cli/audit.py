@@ -1,5 +1,8 @@
 """`lifeos-backup audit`: read the audit trail, verify its hash chain, rotate it.
 
+Each function imports lifeos_backup.storage.audit (the trail lives in the SQL catalog) itself,
+so that `--help` does not load it.
+
 Registered on the main app when lifeos_backup.cli.commands imports it, like the other groups.
 """
 
@@ -13,7 +16,6 @@ from rich.table import Table
 
 from lifeos_backup.cli.common import app, catalog, err, human_size, out, settings
 from lifeos_backup.core.errors import ConfigError, PermanentError
-from lifeos_backup.storage import audit
 
 audit_app = typer.Typer(
     help="The audit trail: who backed up, verified, uploaded, restored, drilled, rotated, "
@@ -29,6 +31,8 @@ class AuditVerifyFailed(PermanentError):
 
 def check_since(value: str | None) -> str | None:
     """`--since` that is no duration or date, or reaches before the year 1: a usage error."""
+    from lifeos_backup.storage import audit
+
     if value is not None:
         try:
             audit.parse_since(value)
@@ -39,6 +43,8 @@ def check_since(value: str | None) -> str | None:
 
 def check_action(value: str | None) -> str | None:
     """An `--action` no record can have is a usage error naming the actions, not an empty list."""
+    from lifeos_backup.storage import audit
+
     if value is None or value in audit.action_filters():
         return value
     groups = sorted(set(audit.action_filters()) - set(audit.ACTIONS))
@@ -69,6 +75,8 @@ def audit_list(
     """List audit records, oldest first (without a subcommand)."""
     if ctx.invoked_subcommand is not None:
         return
+    from lifeos_backup.storage import audit
+
     moment = audit.parse_since(since) if since else None
     rows = [audit.as_dict(r) for r in audit.records(catalog(), since=moment, action=action)]
     if as_json:
@@ -94,6 +102,8 @@ def audit_verify(
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
 ) -> None:
     """Check the hash chain: an edited or deleted record is named; exit 1 if any."""
+    from lifeos_backup.storage import audit
+
     result = audit.verify(catalog())
     if as_json:
         print(json.dumps(result.as_dict(), indent=2))
@@ -119,6 +129,8 @@ def audit_rotate(
     dry_run: Annotated[bool, typer.Option(help="Only count what would be removed.")] = False,
 ) -> None:
     """Remove records older than LIFEOS_AUDIT_RETENTION_DAYS (what Beat runs daily)."""
+    from lifeos_backup.storage import audit
+
     days = settings().audit_retention_days
     count = audit.rotate(catalog(), days, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"

@@ -7,14 +7,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
-import redis
-import redis.exceptions
 import typer
 from rich.table import Table
 
 from lifeos_backup.cli.common import (
     KindOption,
     app,
+    audited,
     catalog,
     check_kind,
     err,
@@ -23,11 +22,13 @@ from lifeos_backup.cli.common import (
     settings,
 )
 from lifeos_backup.core.errors import LifeosError
-from lifeos_backup.storage.audit import audited
 
 
 def _require_redis(url: str) -> None:
     """Fail with one clear line before Celery's own retry loops bury the cause in a traceback."""
+    import redis
+    import redis.exceptions
+
     try:
         with redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3) as client:
             client.ping()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -20,7 +20,9 @@ from lifeos_backup.cli.common import (
     settings,
     warn,
 )
-from lifeos_backup.storage.catalog import Backup
+
+if TYPE_CHECKING:
+    from lifeos_backup.storage.catalog import Backup
 
 catalog_app = typer.Typer(no_args_is_help=True, help="Maintain the catalog.")
 app.add_typer(catalog_app, name="catalog")

@@ -13,20 +13,23 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import DownloadColumn, MofNCompleteColumn, TimeRemainingColumn
-from rich.progress import Progress as Bar
 
 from lifeos_backup.core.errors import ConfigError, NotFound
 from lifeos_backup.core.names import LAYOUTS, kind_of_id
 from lifeos_backup.core.progress import Progress
-from lifeos_backup.core.settings import Settings, get_settings
 from lifeos_backup.jobs.source import SOURCES
-from lifeos_backup.storage.catalog import Catalog, open_catalog
 from lifeos_backup.version import package_version
+
+# What a command does not need is imported inside the functions that use it (settings, catalog,
+# the progress bar), so that `--help`, `list` or `status` start without loading them all.
+if TYPE_CHECKING:
+    from lifeos_backup.core.settings import Settings
+    from lifeos_backup.storage.audit import AuditEntry
+    from lifeos_backup.storage.catalog import Catalog
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 restore_app = typer.Typer(no_args_is_help=True, help="Restore a backup.")
@@ -46,6 +49,8 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else 250)
 
 
 def settings() -> Settings:
+    from lifeos_backup.core.settings import get_settings
+
     return get_settings()
 
 
@@ -72,9 +77,20 @@ def require_repository(s: Settings) -> None:
 
 def catalog() -> Catalog:
     """The catalog of an existing repository (see `require_repository`)."""
+    from lifeos_backup.storage.catalog import open_catalog
+
     s = settings()
     require_repository(s)
     return open_catalog(s.effective_catalog_url)
+
+
+@contextmanager
+def audited(catalog: Catalog, action: str, target: str) -> Iterator[AuditEntry]:
+    """lifeos_backup.storage.audit.audited, imported when a command records an action."""
+    from lifeos_backup.storage.audit import audited as record
+
+    with record(catalog, action, target) as entry:
+        yield entry
 
 
 def choice(what: str, choices: Callable[[], Iterable[str]]) -> Callable[[Any], Any]:
@@ -116,6 +132,9 @@ def progress_bar(label: str) -> Iterator[Callable[[Progress | dict[str, Any]], N
     if not err.is_terminal:
         yield lambda _report: None
         return
+    from rich.progress import DownloadColumn, MofNCompleteColumn, TimeRemainingColumn
+    from rich.progress import Progress as Bar
+
     columns = (*Bar.get_default_columns()[:-1], MofNCompleteColumn(), DownloadColumn())
     with Bar(*columns, TimeRemainingColumn(), console=err, transient=True) as bar:
         task = bar.add_task(label, total=None)
@@ -178,6 +197,8 @@ def _root(
     """Options of the program itself (`--version`, `--repo`), not of a command; the help text
     is the Typer app's."""
     if repo is not None:
+        from lifeos_backup.core.settings import get_settings
+
         os.environ["LIFEOS_BACKUP_ROOT"] = str(repo)
         get_settings.cache_clear()
 

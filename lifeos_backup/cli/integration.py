@@ -10,15 +10,18 @@ import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import redis
 import typer
 from rich.table import Table
 
-from lifeos_backup.app import flags
 from lifeos_backup.cli.common import app, catalog, err, out, restore_app, settings
 from lifeos_backup.core.errors import PermanentError
+
+if TYPE_CHECKING:  # redis and the flags module are imported by the commands that use them
+    import redis
+
+    from lifeos_backup.app import flags
 
 flags_app = typer.Typer(no_args_is_help=True, help="Feature flags of the main app (in Redis).")
 app.add_typer(flags_app, name="flags")
@@ -182,6 +185,8 @@ def restore_entity(
 
 
 def _flags_redis() -> redis.Redis:
+    import redis
+
     s = settings()
     return redis.Redis.from_url(s.flags_redis_url or s.require_redis_url(), decode_responses=True)
 
@@ -189,6 +194,8 @@ def _flags_redis() -> redis.Redis:
 @contextmanager
 def _flag_errors() -> Iterator[None]:
     """Invalid names and values are expected mistakes: one `error:` line, exit 1."""
+    from lifeos_backup.app import flags
+
     try:
         yield
     except flags.FlagError as exc:
@@ -215,6 +222,8 @@ def _record(change: flags.Change, action: str) -> None:
 @flags_app.command("list")
 def flags_list(as_json: JsonOption = False) -> None:
     """Every flag, its value and how many users override it."""
+    from lifeos_backup.app import flags
+
     states = flags.list_flags(_flags_redis())
     if as_json:
         _print_json([{"name": f.name, "value": f.value, "overrides": f.overrides} for f in states])
@@ -228,6 +237,8 @@ def flags_list(as_json: JsonOption = False) -> None:
 @flags_app.command("get")
 def flags_get(name: str, as_json: JsonOption = False) -> None:
     """One flag: value, per-user overrides and its recent changes."""
+    from lifeos_backup.app import flags
+
     client = _flags_redis()
     with _flag_errors():
         state = flags.get_flag(client, name)
@@ -258,6 +269,8 @@ def flags_get(name: str, as_json: JsonOption = False) -> None:
 @flags_app.command("set")
 def flags_set(name: str, value: str, actor: ActorOption = None) -> None:
     """Set a flag: true, false, or a rollout percentage N% (0-100)."""
+    from lifeos_backup.app import flags
+
     with _flag_errors():
         change = flags.set_flag(_flags_redis(), name, value, _actor(actor))
     _record(change, "flag.set")
@@ -266,6 +279,8 @@ def flags_set(name: str, value: str, actor: ActorOption = None) -> None:
 @flags_app.command("set-user")
 def flags_set_user(name: str, user: str, value: str, actor: ActorOption = None) -> None:
     """Force a flag on (true) or off (false) for one user, whatever the rollout."""
+    from lifeos_backup.app import flags
+
     with _flag_errors():
         change = flags.set_user(_flags_redis(), name, user, value, _actor(actor))
     _record(change, "flag.set_user")
@@ -274,6 +289,8 @@ def flags_set_user(name: str, user: str, value: str, actor: ActorOption = None) 
 @flags_app.command("unset-user")
 def flags_unset_user(name: str, user: str, actor: ActorOption = None) -> None:
     """Remove one user's override; the flag's own value applies to them again."""
+    from lifeos_backup.app import flags
+
     with _flag_errors():
         change = flags.unset_user(_flags_redis(), name, user, _actor(actor))
     _record(change, "flag.unset_user")

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from lifeos_backup.cli.common import (
     app,
+    audited,
     catalog,
     check_kind,
     err,
@@ -29,7 +30,6 @@ from lifeos_backup.cli.common import (
     settings,
 )
 from lifeos_backup.core.errors import ConfigError
-from lifeos_backup.storage.audit import audited
 
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 

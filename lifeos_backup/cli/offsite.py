@@ -11,15 +11,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from lifeos_backup.cli.common import app, catalog, err, out, progress_bar, settings
+from lifeos_backup.cli.common import app, audited, catalog, err, out, progress_bar, settings
 from lifeos_backup.core.errors import ConfigError, LifeosError
-from lifeos_backup.jobs.locks import HeldLock
-from lifeos_backup.storage.audit import audited
+
+if TYPE_CHECKING:
+    from lifeos_backup.jobs.locks import HeldLock
 
 offsite_app = typer.Typer(no_args_is_help=True, help="Off-site copies (S3-compatible storage).")
 app.add_typer(offsite_app, name="offsite")

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from lifeos_backup.cli.common import (
+    audited,
     catalog,
     err,
     out,
@@ -22,7 +23,6 @@ from lifeos_backup.cli.common import (
     restore_app,
     settings,
 )
-from lifeos_backup.storage.audit import audited
 
 
 @restore_app.command("pitr")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from lifeos_backup.cli.common import (
     SourceOption,
+    audited,
     catalog,
     err,
     out,
@@ -21,7 +22,6 @@ from lifeos_backup.cli.common import (
     settings,
     warn,
 )
-from lifeos_backup.storage.audit import audited
 
 if TYPE_CHECKING:  # the restore module is imported only by the command that uses it
     from lifeos_backup.kinds.postgres.restore import RestoreReport

@@ -23,7 +23,6 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from lifeos_backup.core.agekeys import parse_recipients
 from lifeos_backup.core.errors import ConfigError
 
 EMBEDDED_REDIS_URL_FILE = "embedded-redis.url"
@@ -337,6 +336,10 @@ class Settings(BaseSettings):
     @classmethod
     def _valid_recipients(cls, value: str | None) -> str | None:
         """A mistyped key must stop the worker at start, not the backup at 2 AM."""
+        if not value:
+            return value
+        from lifeos_backup.core.agekeys import parse_recipients  # cryptography: only when set
+
         try:
             parse_recipients(value)
         except ConfigError as exc:

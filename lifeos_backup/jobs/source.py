@@ -8,12 +8,15 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.core.progress import ProgressFn, ignore
-from lifeos_backup.core.settings import Settings
-from lifeos_backup.formats.manifest import Manifest, read_manifest
-from lifeos_backup.storage.catalog import Catalog
+
+if TYPE_CHECKING:
+    from lifeos_backup.core.settings import Settings
+    from lifeos_backup.formats.manifest import Manifest
+    from lifeos_backup.storage.catalog import Catalog
 
 SOURCES = ("local", "offsite")
 FROM_HELP = "Read the backup from `local` disk or download it from `offsite` storage."
@@ -29,6 +32,7 @@ def backup_source(
 ) -> Iterator[tuple[Path, Manifest]]:
     """(archive, manifest) of a backup; off-site ones are downloaded, checked, removed after."""
     if source == "local":
+        from lifeos_backup.formats.manifest import read_manifest
         from lifeos_backup.jobs.backups import locate, require_local_files
 
         row, archive, mpath = locate(settings, catalog, backup_id)

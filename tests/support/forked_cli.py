@@ -86,7 +86,13 @@ def run_one(run: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> None:
     runs = json.load(sys.stdin)
-    import lifeos_backup.cli.commands  # the imports every child shares
+    # The imports every child shares. The command tree loads the libraries a command uses only
+    # when it runs (a fast `--help` and `list`): loaded here, the children share those too.
+    import lifeos_backup.app.flags
+    import lifeos_backup.cli.commands
+    import lifeos_backup.core.settings
+    import lifeos_backup.monitoring.status
+    import lifeos_backup.storage.audit
     import lifeos_backup.wal.cli  # noqa: F401
 
     json.dump([run_one(run) for run in runs], sys.stdout)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import SecretStr
 
 from lifeos_backup.core.errors import ConfigError
@@ -40,6 +39,8 @@ class PgTarget:
     def parse(cls, text: str, *, setting: str = "LIFEOS_DATABASE_URL") -> PgTarget:
         """Split a URL or conninfo string; the parser's own message is withheld (it may quote
         the password)."""
+        from psycopg.conninfo import conninfo_to_dict  # psycopg: only when a target is parsed
+
         try:
             params = {k: str(v) for k, v in conninfo_to_dict(text).items() if v is not None}
         except Exception:  # psycopg raises ProgrammingError; any failure means the same here
@@ -84,6 +85,8 @@ class PgTarget:
 
     def conninfo(self) -> str:
         """The conninfo string without the password: safe for argv, logs and messages."""
+        from psycopg.conninfo import make_conninfo
+
         return make_conninfo(**self.params)
 
     def env(self) -> dict[str, str]:
