@@ -184,8 +184,11 @@ def find(
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Which backups hold a matching path: each version's size, SHA-256 and backup time, newest
-    first, and what the next newer backup holds (`then`: same, changed or removed)."""
+    """Which backups hold a matching path, newest first.
+
+    Each version's backup time, size and SHA-256, and what the next newer backup holds of it
+    (`then`: same, changed or removed).
+    """
     from lifeos_backup.jobs import browse
     from lifeos_backup.storage.audit import parse_since
 
