@@ -4,12 +4,14 @@ groups: integration.py, pitr.py)."""
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
+from lifeos_backup.cli.browse import check_patterns, pattern_of
 from lifeos_backup.cli.common import (
     SourceOption,
     audited,
@@ -30,28 +32,76 @@ if TYPE_CHECKING:  # the restore module is imported only by the command that use
 @restore_app.command("json")
 def restore_json(
     backup_id: str,
-    target: Annotated[Path, typer.Option(help="Folder to restore into.")],
+    target: Annotated[Path | None, typer.Option(help="Folder to restore into.")] = None,
     force: Annotated[
-        bool, typer.Option(help="Allow a non-empty target (files are replaced).")
+        bool,
+        typer.Option(
+            help="Allow a non-empty target (files are replaced); with --include, replace the "
+            "selected files that already exist there."
+        ),
     ] = False,
     source: SourceOption = "local",
+    include: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only the files this path or glob names, e.g. 'data/characters/*.json' "
+            "(repeatable); the target may hold other files.",
+            callback=check_patterns,
+        ),
+    ] = None,
+    to_stdout: Annotated[
+        bool,
+        typer.Option(
+            "--to-stdout", help="Write the one file --include selects to stdout, nothing else."
+        ),
+    ] = False,
 ) -> None:
-    """Restore a JSON backup into TARGET, verifying every file while extracting."""
-    from lifeos_backup.jobs.source import backup_source
-    from lifeos_backup.kinds.json.restore import check_target, restore_archive
+    """Restore a JSON backup into TARGET, verifying every file while extracting.
 
+    With --include, only the selected regular files, each checked against the manifest before
+    it is moved into place; an existing file is never replaced without --force.
+    """
+    from lifeos_backup.jobs.source import backup_source
+    from lifeos_backup.kinds.json.restore import (
+        check_target,
+        extract_one,
+        restore_archive,
+        restore_selected,
+    )
+
+    if to_stdout and not include:
+        raise typer.BadParameter("--to-stdout needs --include", param_hint="'--to-stdout'")
+    if to_stdout and target is not None:
+        raise typer.BadParameter("give --target or --to-stdout, not both", param_hint="'--target'")
+    if target is None and not to_stdout:
+        raise typer.BadParameter(
+            "a folder to restore into is needed (or --include GLOB --to-stdout)",
+            param_hint="'--target'",
+        )
+    patterns = [pattern_of(text) for text in include or ()]
     with (
         audited(catalog(), "restore.json", backup_id) as entry,
         progress_bar(f"restore {backup_id}") as show,
     ):
-        entry.backup_id, entry.location = backup_id, f"{socket.gethostname()}:{target.resolve()}"
+        where = "stdout" if target is None else str(target.resolve())
+        entry.backup_id, entry.location = backup_id, f"{socket.gethostname()}:{where}"
         entry.detail["from"] = source
+        if patterns:
+            entry.detail["include"] = [p.text for p in patterns]
         require_kind(backup_id, "json")  # a refused restore is recorded like a failed one
-        check_target(target, force)  # before a download that could take hours
+        if target is not None and not patterns:
+            check_target(target, force)  # before a download that could take hours
         with backup_source(backup_id, settings(), catalog(), source, show) as (archive, manifest):
-            count = restore_archive(archive, manifest, target, force, show)
+            if target is None:
+                extract_one(archive, manifest, patterns, sys.stdout.buffer, show)
+                count = 1
+            elif patterns:
+                count = restore_selected(archive, manifest, patterns, target, force, show)
+            else:
+                count = restore_archive(archive, manifest, target, force, show)
         entry.detail["files"], entry.size = count, manifest.archive.size
-    out.print(f"restored {count} files from {backup_id} into {target}")
+    if target is not None:
+        out.print(f"restored {count} files from {backup_id} into {target}")
 
 
 @restore_app.command("postgres")

@@ -113,3 +113,98 @@ def split_file_name(name: str) -> tuple[str, str] | None:
     if match is None:
         return None
     return match[0], name.removeprefix(".")[match.end() :]
+
+
+# --- Paths inside a backup, as operators name them (`ls`, `find`, `restore json --include`) ------
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+class PathPattern:
+    """A path or glob naming files inside a backup, checked once where it enters.
+
+    Relative, `/`-separated, without `.`, `..` or empty parts, backslashes or NUL: a pattern
+    that could only name something outside a backup is refused, not silently matched against
+    nothing. `*` and `?` match within one part, `[...]` one character of a set (`[!...]` not
+    of it), `**` any number of parts. A path matches when the pattern matches it or one of its
+    folders, so `data/characters` names that folder and everything below it.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        stripped = text.rstrip("/") if isinstance(text, str) else ""
+        if not stripped:
+            raise InvalidName(f"{text!r} is not a path inside a backup", "it is empty")
+        if stripped.startswith("/"):
+            raise InvalidName(
+                f"{text!r} is not a path inside a backup",
+                "it is absolute; backups hold relative paths such as data/characters/*.json",
+            )
+        if "\\" in stripped or "\0" in stripped:
+            raise InvalidName(f"{text!r} is not a path inside a backup", "backslash or NUL")
+        if any(part in ("", ".", "..") for part in stripped.split("/")):
+            raise InvalidName(
+                f"{text!r} is not a path inside a backup",
+                "'.', '..' and empty parts name nothing inside a backup",
+            )
+        self.is_glob = any(c in _GLOB_CHARS for c in stripped)
+        self._regex = re.compile(_glob_regex(text, stripped), re.DOTALL)
+
+    def matches(self, path: str) -> bool:
+        """The pattern names `path` or one of its folders."""
+        full = self._regex.fullmatch
+        if full(path):
+            return True
+        cut = path.find("/")
+        while cut > 0:
+            if full(path, 0, cut):
+                return True
+            cut = path.find("/", cut + 1)
+        return False
+
+    def __repr__(self) -> str:
+        return f"PathPattern({self.text!r})"
+
+
+def _glob_regex(text: str, glob: str) -> str:
+    out: list[str] = []
+    i, n = 0, len(glob)
+    while i < n:
+        c = glob[i]
+        if glob.startswith("**", i):
+            i += 2
+            if glob.startswith("/", i):  # `**/`: any number of folders, none included
+                out.append("(?:[^/]+/)*")
+                i += 1
+            else:
+                out.append(".*")
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[":
+            start = i + 1
+            if glob[start : start + 1] in ("!", "^"):
+                start += 1
+            end = glob.find("]", start + 1)  # a `]` right after `[` or `[!` is a member
+            members = glob[start:end] if end > 0 else ""
+            if end < 0 or "/" in members:
+                raise InvalidName(
+                    f"{text!r} is not a valid glob", "a '[' without its ']' in the same part"
+                )
+            negate = start > i + 1
+            body = members.replace("\\", "\\\\").replace("[", "\\[")
+            if not negate and body.startswith("^"):
+                body = "\\" + body
+            out.append(f"[{'^/' if negate else ''}{body}]")
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    regex = "".join(out)
+    try:
+        re.compile(regex)
+    except re.error as exc:
+        raise InvalidName(f"{text!r} is not a valid glob", str(exc)) from None
+    return regex

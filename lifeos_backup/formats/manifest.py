@@ -48,6 +48,8 @@ class FileEntry(BaseModel):
     mode: int
     sha256: str | None = None
     linkname: str | None = None
+    # Added within format version 1 (absent in older manifests): seconds since the epoch.
+    mtime: int | None = None
 
 
 class Source(BaseModel):
@@ -140,22 +142,31 @@ class EntrySpool:
         self._file = tempfile.TemporaryFile(dir=folder)  # noqa: SIM115  (closed by close())
         self._write = self._file.write
 
-    def add_file(self, path: str, mode: int, size: int, sha256: str) -> None:
+    def add_file(
+        self, path: str, mode: int, size: int, sha256: str, mtime: int | None = None
+    ) -> None:
         self._write(
-            b'{"path":%s,"type":"file","size":%d,"mode":%d,"sha256":"%s"},\n'
-            % (encode_basestring(path).encode(), size, mode, sha256.encode())
+            b'{"path":%s,"type":"file","size":%d,"mode":%d,"sha256":"%s"%s},\n'
+            % (encode_basestring(path).encode(), size, mode, sha256.encode(), _mtime(mtime))
         )
 
-    def add_dir(self, path: str, mode: int) -> None:
+    def add_dir(self, path: str, mode: int, mtime: int | None = None) -> None:
         self._write(
-            b'{"path":%s,"type":"dir","size":0,"mode":%d},\n'
-            % (encode_basestring(path).encode(), mode)
+            b'{"path":%s,"type":"dir","size":0,"mode":%d%s},\n'
+            % (encode_basestring(path).encode(), mode, _mtime(mtime))
         )
 
-    def add_symlink(self, path: str, mode: int, linkname: str) -> None:
+    def add_symlink(
+        self, path: str, mode: int, linkname: str, mtime: int | None = None
+    ) -> None:
         self._write(
-            b'{"path":%s,"type":"symlink","size":0,"mode":%d,"linkname":%s},\n'
-            % (encode_basestring(path).encode(), mode, encode_basestring(linkname).encode())
+            b'{"path":%s,"type":"symlink","size":0,"mode":%d,"linkname":%s%s},\n'
+            % (
+                encode_basestring(path).encode(),
+                mode,
+                encode_basestring(linkname).encode(),
+                _mtime(mtime),
+            )
         )
 
     def copy_to(self, out: BinaryIO) -> None:
@@ -177,6 +188,10 @@ class EntrySpool:
 
 
 _ENTRIES = TypeAdapter(list[FileEntry])
+
+
+def _mtime(mtime: int | None) -> bytes:
+    return b"" if mtime is None else b',"mtime":%d' % mtime
 
 
 def _copy_range(src: BinaryIO, start: int, end: int, out: BinaryIO) -> None:

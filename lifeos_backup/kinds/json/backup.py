@@ -243,11 +243,11 @@ def _archive_tree(
             mode, mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
             if kind == _DIR:
                 tar.add(Member(rel, "dir", mode, mtime=mtime))
-                spool.add_dir(rel, mode)
+                spool.add_dir(rel, mode, mtime)
             else:
                 target = os.readlink(path)
                 tar.add(Member(rel, "symlink", mode, mtime=mtime, linkname=target))
-                spool.add_symlink(rel, mode, target)
+                spool.add_symlink(rel, mode, target, mtime)
             continue
         if kind == _OTHER:
             skipped.append(rel)
@@ -288,7 +288,7 @@ def _archive_tree(
                 sha256 = digest.hexdigest()
         finally:
             os.close(fd)
-        spool.add_file(rel, mode, size, sha256)
+        spool.add_file(rel, mode, size, sha256, mtime)
         files += 1
         nbytes += size
         report.files_done += 1

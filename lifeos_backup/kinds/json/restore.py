@@ -14,20 +14,24 @@ import hashlib
 import os
 import posixpath
 import shutil
+import tempfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import zstandard
 
 from lifeos_backup.core.errors import (
     ConfigError,
+    NotFound,
     PermanentError,
     TargetNotEmpty,
     UnsafeArchive,
     VerificationFailed,
 )
 from lifeos_backup.core.fsutil import DIR_MODE, FILE_MODE, private_dir
+from lifeos_backup.core.names import PathPattern
 from lifeos_backup.core.progress import Progress, ProgressFn
 from lifeos_backup.core.settings import get_settings
 from lifeos_backup.formats.crypto import open_plain
@@ -325,3 +329,189 @@ def _make_removable(root: Path) -> None:
     """Restored folders may be read-only; open them up again so a failed staging can be removed."""
     for folder, _dirs, _files in os.walk(root):
         os.chmod(folder, DIR_MODE)
+
+
+# --- Single files: `restore json --include GLOB` ------------------------------------------------
+
+
+def _selected(manifest: Manifest, patterns: Sequence[PathPattern]) -> Iterator[FileEntry]:
+    """The regular files of the manifest that a pattern names (streamed)."""
+    for entry in manifest.iter_files():
+        if entry.type == "file" and any(p.matches(entry.path) for p in patterns):
+            yield entry
+
+
+def _shown(patterns: Sequence[PathPattern]) -> str:
+    return " ".join(p.text for p in patterns)
+
+
+def check_selection(
+    manifest: Manifest,
+    patterns: Sequence[PathPattern],
+    target: Path | None,
+    force: bool,
+) -> int:
+    """How many files the patterns select, refused before the archive is read: none; with no
+    target (stdout) anything but exactly one; with a target, files already there (unless
+    `force`), or a selected path that crosses a symlink or a file of the target."""
+    count, names, taken = 0, list[str](), list[str]()
+    for entry in _selected(manifest, patterns):
+        count += 1
+        if len(names) < 3:
+            names.append(entry.path)
+        if target is not None and len(taken) < 3:
+            problem = _blocked(target, safe_relpath(entry.path), force)
+            if problem:
+                taken.append(problem)
+    if count == 0:
+        raise NotFound(
+            f"no file of backup {manifest.backup_id} matches {_shown(patterns)}",
+            hint=f"see `lifeos-backup ls {manifest.backup_id}`; globs match the path in the "
+            "backup, e.g. data/characters/*.json",
+        )
+    if target is None and count > 1:
+        more = ", ..." if count > len(names) else ""
+        raise ConfigError(
+            f"--to-stdout needs exactly one file; {_shown(patterns)} matches {count}",
+            f"{', '.join(names)}{more}",
+            "narrow the glob, or restore them into a folder with --target",
+        )
+    if taken:
+        raise TargetNotEmpty(
+            f"restore target {target} already holds what --include would write",
+            "; ".join(taken),
+            "restore into a new or empty folder, or pass --force to replace those files",
+        )
+    return count
+
+
+def _blocked(target: Path, rel: str, force: bool) -> str | None:
+    """Why `rel` may not be written under `target`, or None."""
+    where = target
+    parts = rel.split("/")
+    for part in parts[:-1]:
+        where = where / part
+        if where.is_symlink():
+            return f"{where} is a symlink"
+        if where.exists() and not where.is_dir():
+            return f"{where} is not a folder"
+        if not where.exists():
+            return None
+    dest = where / parts[-1]
+    if dest.is_symlink() or (dest.exists() and not dest.is_file()):
+        return f"{dest} exists and is not a regular file"
+    if dest.exists() and not force:
+        return f"{dest} exists"
+    return None
+
+
+class _Selected(_Staging):
+    """Stages only the selected regular files (the other members are checked, not written)."""
+
+    def __init__(self, root: Path, patterns: Sequence[PathPattern]) -> None:
+        super().__init__(root)
+        self.patterns = patterns
+
+    def __call__(self, member: Member, chunks: Iterator[bytes]) -> None:
+        if member.type == "file" and any(p.matches(member.path) for p in self.patterns):
+            rel = safe_relpath(member.path)
+            with _writing(self.root.parent):
+                self._write(member, os.path.join(self.root, rel), chunks)
+
+
+def restore_selected(
+    archive: Path,
+    manifest: Manifest,
+    patterns: Sequence[PathPattern],
+    target: Path,
+    force: bool,
+    progress: ProgressFn,
+) -> int:
+    """Restore the selected files into `target` (which may hold other files); returns how many.
+
+    The whole archive is read and checked as in a full restore; the selected files are staged
+    in a hidden folder inside the target and moved into place only once every checksum matched,
+    so a mismatch leaves nothing of them behind. An existing file is never replaced without
+    `force`: it is refused before the archive is read, and again as each file is moved.
+    """
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"restore target {target} is not a folder", hint="give a folder")
+    check_selection(manifest, patterns, target, force)
+    created = not target.exists()
+    staging = Path(
+        os.path.join(target, f".lifeos-restore-{manifest.backup_id}-{os.getpid()}.partial")
+    )
+    try:
+        with _writing(target):
+            if created:
+                private_dir(target)
+            shutil.rmtree(staging, ignore_errors=True)
+            private_dir(staging)
+        sink = _Selected(staging, patterns)
+        check_archive(archive, manifest, progress, sink)
+        with _writing(target):
+            for folder, _dirs, files in os.walk(staging):
+                for name in sorted(files):
+                    staged = os.path.join(folder, name)
+                    _place(staged, target, os.path.relpath(staged, staging), force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            shutil.rmtree(target, ignore_errors=True)  # leave no trace of a refused restore
+        raise
+    shutil.rmtree(staging, ignore_errors=True)
+    return sink.files
+
+
+def _place(staged: str, target: Path, rel: str, force: bool) -> None:
+    """Move one checked file to `target/rel`, creating private folders on the way; never
+    through a symlink, and never over an existing file without `force`."""
+    problem = _blocked(target, rel, force)
+    if problem:
+        raise TargetNotEmpty(
+            f"restore target {target} changed during the restore",
+            problem,
+            "restore into a new or empty folder, or pass --force to replace existing files",
+        )
+    dest = target / rel
+    os.makedirs(dest.parent, mode=DIR_MODE, exist_ok=True)
+    if force:
+        os.replace(staged, dest)
+        return
+    try:
+        os.link(staged, dest)  # fails if dest appeared meanwhile: never replaced
+    except FileExistsError:
+        raise TargetNotEmpty(
+            f"restore target {target} changed during the restore",
+            f"{dest} exists",
+            "pass --force to replace it",
+        ) from None
+    except OSError:  # a file system without hard links: checked just above
+        os.replace(staged, dest)
+        return
+    os.unlink(staged)
+
+
+def extract_one(
+    archive: Path,
+    manifest: Manifest,
+    patterns: Sequence[PathPattern],
+    out: BinaryIO,
+    progress: ProgressFn,
+) -> int:
+    """Write the one selected file's bytes to `out`, only once the whole archive checked out
+    (held in memory up to 16 MiB, beyond that in an unlinked temporary file); returns its size."""
+    check_selection(manifest, patterns, None, False)
+    with tempfile.SpooledTemporaryFile(max_size=16 << 20) as held:
+
+        def sink(member: Member, chunks: Iterator[bytes]) -> None:
+            if member.type == "file" and any(p.matches(member.path) for p in patterns):
+                for chunk in chunks:
+                    held.write(chunk)
+
+        check_archive(archive, manifest, progress, sink)
+        size = held.tell()
+        held.seek(0)
+        shutil.copyfileobj(held, out, CHUNK)
+        out.flush()
+    return size
