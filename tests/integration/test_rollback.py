@@ -196,7 +196,7 @@ def test_backup_first_leaves_a_verified_backup_taken_before_writing(
     assert backup_id and backup_id.startswith("json_backup_")
     assert lifeos_env.catalog().get(backup_id).status == "verified"
     manifest = read_manifest(lifeos_env.backup_root / "json" / f"{backup_id}.manifest.json")
-    archived = {f.path for f in manifest.files if f.type == "file"}
+    archived = {f.path for f in manifest.iter_files() if f.type == "file"}
     assert archived == {"data/characters/c-1.json"}  # the state before the rollback wrote
     assert report["characters"]["changed"] == 1 and report["characters"]["created"] == 2
     action = lifeos_env.catalog().actions("rollback.to_json")[-1]
