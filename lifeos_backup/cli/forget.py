@@ -72,8 +72,9 @@ def forget(
     for d in doomed:
         with audited(c, "forget", d.id) as entry:
             entry.backup_id, entry.size = d.id, d.size
-            entry.detail.update({"kind": d.kind, "status": d.status, "where": d.where,
-                                 "force": force})  # fmt: skip
+            entry.detail.update(
+                {"kind": d.kind, "status": d.status, "where": d.where, "force": force}
+            )
             with _upload_lock(d.id):
                 forget_one(s, c, d.id, f"cli:{os.getpid()}")
         out.print(f"deleted {d.id} ({d.where})", highlight=False)
