@@ -14,6 +14,7 @@ import typer
 from rich.table import Table
 
 from lifeos_backup.cli.common import app, out, settings
+from lifeos_backup.core.errors import LifeosError
 
 
 @app.command()
@@ -21,7 +22,7 @@ def doctor(
     as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
 ) -> None:
     """Check Redis, workers, Beat, catalog, repository, database, WAL archiving, off-site,
-    encryption keys and ports; exit 1 on any FAIL."""
+    encryption keys and ports; on any FAIL one `error:` line naming them, exit 1."""
     from lifeos_backup.monitoring.doctor import FAIL, PASS, SKIP, ok, run_checks
 
     checks = run_checks(settings())
@@ -35,5 +36,10 @@ def doctor(
             state = f"[{colour.get(c.state, 'yellow')}]{c.state}[/]"
             table.add_row(c.name, state, c.detail, c.fix, end_section=False)
         out.print(table)
-    if not ok(checks):
-        raise typer.Exit(1)
+    failing = [c.name for c in checks if c.state == FAIL]
+    if failing:
+        raise LifeosError(
+            f"doctor found {len(failing)} failing check(s)",
+            ", ".join(failing),
+            "apply the fix printed beside each FAIL line, then run `lifeos-backup doctor` again",
+        )

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from tests.support.cli import assert_no_traceback, run_cli
+from tests.support.cli import assert_failure, assert_no_traceback, run_cli
 from tests.support.s3 import MotoServer
 from tests.support.services import PostgresCluster, free_port
 from tests.support.worker import LifeosEnv, WorkerProcess
@@ -26,6 +26,8 @@ def doctor(env: LifeosEnv, **extra: str) -> tuple[int, dict[str, dict[str, str]]
     took = time.monotonic() - started
     assert_no_traceback(answer)
     assert answer.code in (0, 1), answer
+    if answer.code == 1:  # the table on stdout, one `error:` line naming the failing checks
+        assert_failure(answer, "failing check")
     document = json.loads(answer.stdout)
     assert document["ok"] == (answer.code == 0), answer
     return answer.code, {c["name"]: c for c in document["checks"]}, took
@@ -110,5 +112,6 @@ def test_doctor_table_without_a_repository(lifeos_env: LifeosEnv) -> None:
         LIFEOS_BACKUP_ROOT=str(root)))  # fmt: skip
     assert answer.code == 1, answer
     assert_no_traceback(answer)
-    assert "repository" in answer.stdout and "FAIL" in answer.stdout
+    assert_failure(answer, "repository", "catalog")
+    assert "FAIL" in answer.stdout
     assert not root.exists()  # doctor creates nothing
