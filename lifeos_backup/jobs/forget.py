@@ -58,7 +58,7 @@ def why_needed(catalog: Catalog, row: Backup, leaving: set[str]) -> str | None:
     kind_rows = catalog.list(kind=row.kind)
     verified = [r for r in kind_rows if r.status == VERIFIED]
     if verified and verified[0].id == row.id:
-        return f"it is the newest verified {row.kind} backup"
+        return f"it is the newest verified backup of its kind ({row.kind})"
     if row.kind != BASEBACKUP:
         return None
     for newer in kind_rows:  # newest first

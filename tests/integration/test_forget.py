@@ -2,7 +2,7 @@
 
 Refusals (unknown id, the newest verified backup without --force), the dry run, local files and
 remote objects removed together with one audit record each, and a forget killed between its
-remote and local step finished by the next rotation.
+remote and local step finished by the next rotation, or the next off-site sync.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def test_forget_refuses_then_deletes_with_audit(lifeos_env: LifeosEnv) -> None:
     assert_failure(unknown, "json_backup_20200101_000000")
 
     refused = forget(lifeos_env, older, newest)
-    assert_failure(refused, newest, "newest verified json backup", "--force")
+    assert_failure(refused, newest, "newest verified backup of its kind (json)", "--force")
     assert files_of(lifeos_env, older) == [True, True]  # nothing went, not even the other one
 
     dry = forget(lifeos_env, older, "--dry-run")
@@ -91,7 +91,7 @@ def test_forget_refuses_then_deletes_with_audit(lifeos_env: LifeosEnv) -> None:
 def test_forget_removes_remote_objects_and_a_killed_forget_is_finished(
     lifeos_env: LifeosEnv, s3_bucket: Bucket
 ) -> None:
-    first, second, newest = (good_backup(lifeos_env, upload=True) for _ in range(3))
+    first, second, third, newest = (good_backup(lifeos_env, upload=True) for _ in range(4))
     assert remote_keys(s3_bucket, first) and remote_keys(s3_bucket, second)
 
     done = forget(lifeos_env, first)
@@ -116,5 +116,14 @@ def test_forget_removes_remote_objects_and_a_killed_forget_is_finished(
     assert files_of(lifeos_env, second) == [False, False]
     row = lifeos_env.catalog().get(second)
     assert (row.status, row.offsite_status) == ("deleted", "deleted")
+
+    killed = forget(lifeos_env, third, prelude=KILL_AFTER_REMOTE)
+    assert killed.code == -signal.SIGKILL, killed
+    assert lifeos_env.catalog().get(third).status == "deleting"
+    sync = run_cli(["offsite", "sync"], lifeos_env.root, lifeos_env.subprocess_env())
+    assert sync.code == 0, sync
+    assert files_of(lifeos_env, third) == [False, False]
+    assert lifeos_env.catalog().get(third).status == "deleted"
+
     assert remote_keys(s3_bucket, newest)  # the rest untouched
     assert lifeos_env.catalog().get(newest).status == "verified"
