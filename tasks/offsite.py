@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from lifeos_backup.core.errors import AlreadyRunning, OffsiteError
+from lifeos_backup.jobs.deletion import finish_deletions
 from lifeos_backup.jobs.locks import HeldLock, exclusive
 from lifeos_backup.jobs.routes import UPLOAD
 from workers.base import LifeosTask
@@ -58,6 +59,7 @@ def sync(self: LifeosTask) -> dict[str, Any]:
 
     with self.exclusive("offsite-sync") as held:
         report = offsite_sync(self.settings, self.catalog, lock, self.reporter(held))
+        finish_deletions(self.settings, self.catalog, owner)  # what a killed `forget` left
     if report.failed:
         first_id, first_error = next(iter(report.failed.items()))
         raise OffsiteError(

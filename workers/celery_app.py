@@ -23,7 +23,7 @@ from lifeos_backup.jobs.redelivery import (
     pending_task_ids,
     restore_predecessor,
 )
-from lifeos_backup.jobs.routes import MAINTENANCE, TASK_ROUTES
+from lifeos_backup.jobs.routes import MAINTENANCE, REDBEAT_PREFIX, TASK_ROUTES
 
 log = logging.getLogger(__name__)
 READY_STATES = states.READY_STATES
@@ -149,7 +149,7 @@ def configure_operations(app: Celery, settings: Settings, url: str) -> None:
         # expires (5 x the loop interval after it died).
         beat_scheduler="redbeat.RedBeatScheduler",
         beat_max_loop_interval=settings.beat_max_interval,
-        redbeat_key_prefix="lifeos:redbeat",
+        redbeat_key_prefix=REDBEAT_PREFIX,
         redbeat_lock_timeout=5 * settings.beat_max_interval,
         **redbeat_connection(url),
     )

@@ -11,7 +11,7 @@ import contextlib
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,10 +231,20 @@ def _step_result(app: Celery, task_id: str, step: str, on_progress: Any) -> Any 
 
 def consumers(app: Celery, queue: str, timeout: float = 2.0) -> list[str]:
     """Names of the workers that consume `queue` now (Celery's remote control)."""
+    return queue_consumers(app, (queue,), timeout)[queue]
+
+
+def queue_consumers(
+    app: Celery, queues: Iterable[str], timeout: float = 2.0
+) -> dict[str, list[str]]:
+    """For each of `queues`, the names of the workers consuming it now (one remote-control call)."""
     replies = app.control.inspect(timeout=timeout).active_queues() or {}
-    return sorted(
-        worker for worker, queues in replies.items() if any(q.get("name") == queue for q in queues)
-    )
+    return {
+        queue: sorted(
+            worker for worker, qs in replies.items() if any(q.get("name") == queue for q in qs)
+        )
+        for queue in queues
+    }
 
 
 class _Notices:

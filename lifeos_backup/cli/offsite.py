@@ -41,6 +41,7 @@ def _lock(name: str) -> Iterator[HeldLock]:
 @offsite_app.command("sync")
 def sync_command() -> None:
     """Re-check remote copies, upload what is missing, apply remote retention (as the daily job)."""
+    from lifeos_backup.jobs.deletion import finish_deletions
     from lifeos_backup.storage.offsite.s3 import require_bucket
     from lifeos_backup.storage.offsite.sync import sync
 
@@ -52,6 +53,7 @@ def sync_command() -> None:
     ):
         entry.location = f"s3://{settings().s3_bucket}/{settings().s3_prefix}"
         report = sync(settings(), catalog(), _lock, show)
+        finish_deletions(settings(), catalog(), f"cli:{os.getpid()}")  # a killed `forget`'s
         entry.detail["result"] = report.as_dict()
         entry.status = "failed" if report.failed else None
     print(json.dumps(report.as_dict(), indent=2))

@@ -30,6 +30,7 @@ from lifeos_backup.formats.manifest import (
     read_manifest,
     write_manifest,
 )
+from lifeos_backup.jobs.deletion import finish_deletions, remove_local
 from lifeos_backup.jobs.leases import lease, try_lease
 from lifeos_backup.jobs.leftovers import INTERRUPTED, clean_leftovers
 from lifeos_backup.kinds.registry import get_kind
@@ -37,6 +38,7 @@ from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import (
     CREATED,
     DELETED,
+    DELETING,
     FAILED,
     RUNNING,
     VERIFIED,
@@ -160,6 +162,8 @@ def locate(settings: Settings, catalog: Catalog, backup_id: str) -> tuple[Backup
     row = catalog.get(backup_id)
     if row.status == DELETED:
         raise NotFound(f"backup {backup_id} was deleted by rotation", hint="choose another one")
+    if row.status == DELETING:
+        raise NotFound(f"backup {backup_id} is being deleted", hint="choose another one")
     archive = settings.backup_root / row.path
     return row, archive, manifest_path(archive, backup_id)
 
@@ -264,21 +268,19 @@ def rotate(
     candidates = [
         Candidate(r.id, r.created_at, r.status)
         for r in rows
-        if r.status != DELETED and not remote_only(r, settings.backup_root)  # local copies only
+        if r.status not in (DELETED, DELETING) and not remote_only(r, settings.backup_root)
     ]
     decided = plan(
         candidates, policy, now or utcnow(), timedelta(hours=settings.retention_grace_hours)
     )
     if not dry_run:
-        by_id = {r.id: r for r in rows}
+        finish_deletions(settings, catalog, "rotation")  # what a killed `forget` left
         for decision in decided.delete:
-            archive = settings.backup_root / by_id[decision.id].path
             with try_lease(settings.backup_root, decision.id, "rotation", "delete") as free:
                 if not free:  # being verified, written or cleaned right now: next rotation
                     log.info("rotation left %s for now: it is busy", decision.id)
                     continue
-                remove_quietly(manifest_path(archive, decision.id), archive)  # manifest first
-                catalog.update(decision.id, status=DELETED, error="; ".join(decision.reasons))
+                remove_local(settings, catalog, decision.id, "; ".join(decision.reasons))
             log.info("rotation deleted %s (%s)", decision.id, ", ".join(decision.reasons))
     after_rotate = getattr(get_kind(kind), "after_rotate", None)  # optional per-kind step
     extra = after_rotate(settings, catalog, dry_run) if after_rotate is not None else []

@@ -17,6 +17,9 @@ ROTATE = "lifeos.backup.rotate"
 # client carries the table too; the workers' app uses the same one (workers/celery_app.py).
 DUMPS, UPLOADS, DRILLS, MAINTENANCE = "dumps", "uploads", "drills", "maintenance"
 QUEUES = (DUMPS, UPLOADS, DRILLS, MAINTENANCE)
+# Beat's schedule and lock in Redis (RedBeat): the lock key is REDBEAT_LOCK_KEY while a Beat runs.
+REDBEAT_PREFIX = "lifeos:redbeat"
+REDBEAT_LOCK_KEY = REDBEAT_PREFIX + ":lock"
 TASK_ROUTES: dict[str, dict[str, str]] = {
     CREATE: {"queue": DUMPS},
     VERIFY: {"queue": MAINTENANCE},

@@ -67,6 +67,7 @@ ACTIONS = (
     "flag.set",
     "flag.set_user",
     "flag.unset_user",
+    "forget",
     "offsite.sync",
     "restore.json",
     "restore.pitr",

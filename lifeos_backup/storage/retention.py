@@ -30,9 +30,12 @@ CREATED = "created"
 VERIFIED = "verified"
 FAILED = "failed"
 DELETED = "deleted"
+DELETING = "deleting"  # being removed by `forget`; neither kept nor planned, as `deleted`
 UNVERIFIED = "unverified"
 INCOMPLETE = "incomplete"
-STATUSES = frozenset({RUNNING, CREATED, VERIFIED, FAILED, DELETED, UNVERIFIED, INCOMPLETE})
+STATUSES = frozenset(
+    {RUNNING, CREATED, VERIFIED, FAILED, DELETING, DELETED, UNVERIFIED, INCOMPLETE}
+)
 
 # Why a non-verified backup older than the grace period goes.
 _GRACE_DELETE_REASONS = {
@@ -277,12 +280,12 @@ def _rule_reasons(verified: Sequence[Candidate], policy: Policy, now: datetime) 
 def plan(candidates: Iterable[Candidate], policy: Policy, now: datetime, grace: timedelta) -> Plan:
     """Split backups into keep and delete, each with its reasons, newest first.
 
-    `deleted` candidates are already gone and appear in neither list. Every other candidate is in
-    exactly one of them.
+    `deleted` and `deleting` candidates are (being) gone and appear in neither list. Every other
+    candidate is in exactly one of them.
     """
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    live = _newest_first(c for c in candidates if c.status != DELETED)
+    live = _newest_first(c for c in candidates if c.status not in (DELETED, DELETING))
     verified = [c for c in live if c.status == VERIFIED]
     rule_reasons = iter(_rule_reasons(verified, policy, now))  # same order as verified in live
 

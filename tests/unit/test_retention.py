@@ -17,6 +17,7 @@ from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.storage.retention import (
     CREATED,
     DELETED,
+    DELETING,
     FAILED,
     RUNNING,
     STATUSES,
@@ -519,7 +520,7 @@ def test_plan_properties(
     result = plan(candidates, policy, now, grace)
 
     keep_ids, delete_ids = set(ids(result.keep)), set(ids(result.delete))
-    live = {c.id for c in candidates if c.status != DELETED}
+    live = {c.id for c in candidates if c.status not in (DELETED, DELETING)}
     assert keep_ids.isdisjoint(delete_ids)
     assert keep_ids | delete_ids == live
     assert len(result.keep) + len(result.delete) == len(live)

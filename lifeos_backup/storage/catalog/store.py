@@ -29,7 +29,10 @@ RUNNING, CREATED, VERIFIED, FAILED, DELETED = "running", "created", "verified", 
 # Set only by `catalog rebuild`: listed from a manifest it was told to trust without re-reading
 # the archive (`--trust-manifests`), or an archive found without its manifest.
 UNVERIFIED, INCOMPLETE = "unverified", "incomplete"
-STATUSES = (RUNNING, CREATED, VERIFIED, FAILED, DELETED, UNVERIFIED, INCOMPLETE)
+# Set by `forget` before it removes anything: the row says what is going while remote objects and
+# local files are removed; `deleted` once all are gone (rotation and the sync finish a crashed one).
+DELETING = "deleting"
+STATUSES = (RUNNING, CREATED, VERIFIED, FAILED, DELETING, DELETED, UNVERIFIED, INCOMPLETE)
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration (a unit test checks it against migrations/versions). A catalog already
 # there is not handed to Alembic at all: importing it costs every CLI call about 0.4 s.

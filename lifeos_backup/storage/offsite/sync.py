@@ -154,16 +154,31 @@ def expire_remote(
         return decided
     unfinished = [r.id for r in catalog.list() if r.offsite_status == state.DELETING]
     for backup_id in [*unfinished, *(d.id for d in decided)]:
-        row = catalog.get(backup_id)
-        assert row.offsite_key
-        state.mark(catalog, backup_id, state.DELETING)
-        with s3_errors(f"remote retention of {backup_id}", remote):
-            for key in (manifest_key(row.offsite_key, backup_id), row.offsite_key):
-                remote.client.delete_object(Bucket=remote.bucket, Key=key)
         reasons = next((", ".join(d.reasons) for d in decided if d.id == backup_id), "")
-        state.mark(catalog, backup_id, state.DELETED, offsite_error=reasons or None)
-        log.info("remote retention deleted %s (%s)", backup_id, reasons)
+        delete_remote(remote, catalog, backup_id, reasons, "remote retention")
     return decided
+
+
+def delete_remote(remote: Remote, catalog: Catalog, backup_id: str, reasons: str, who: str) -> None:
+    """Remove a backup's remote copy: marked `deleting`, then its manifest (so a half-deleted copy
+    is incomplete), its archive and any multipart upload left, then marked `deleted`. Remote
+    retention and `forget` both delete through here; a copy left `deleting` by a crash is
+    finished by the next sync (`expire_remote`)."""
+    row = catalog.get(backup_id)
+    if not row.offsite_key:
+        state.mark(catalog, backup_id, state.DELETED, offsite_error=reasons or None)
+        return
+    state.mark(catalog, backup_id, state.DELETING)
+    with s3_errors(f"{who} of {backup_id}", remote):
+        for key in (manifest_key(row.offsite_key, backup_id), row.offsite_key):
+            remote.client.delete_object(Bucket=remote.bucket, Key=key)
+        if row.offsite_upload_id:
+            abort_upload(remote, row.offsite_key, row.offsite_upload_id)
+    if row.offsite_upload_id:
+        catalog.update(backup_id, offsite_upload_id=None)
+        state.forget_parts(catalog, backup_id)
+    state.mark(catalog, backup_id, state.DELETED, offsite_error=reasons or None)
+    log.info("%s deleted the off-site copy of %s (%s)", who, backup_id, reasons)
 
 
 # --- The sync -------------------------------------------------------------------------------------
