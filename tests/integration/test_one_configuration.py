@@ -141,7 +141,7 @@ def test_the_client_raises_backup_failed_when_redis_is_unreachable_or_unknown(
     began = time.monotonic()
     with pytest.raises(BrokerUnavailable, match="Redis does not answer"):
         request_backup("json", wait=True, timeout=600, app=make_app(closed))
-    assert time.monotonic() - began < 120  # gave up long before the wait's timeout
+    assert time.monotonic() - began < 15  # three reconnects about 1 s apart, not 20
 
 
 def test_no_worker_on_the_queue_is_said_at_once_not_after_the_timeout(
