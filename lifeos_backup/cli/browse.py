@@ -1,4 +1,5 @@
-"""`ls`, `find` and `diff`: what is inside backups, read from their manifests alone.
+"""`ls`, `find` and `diff`: what is inside backups, read from their manifests (and, for a
+PostgreSQL `diff`, from the archives' tables of contents).
 
 The work is in lifeos_backup.jobs.browse; this module parses the options and prints. Long
 listings are printed as they are read (a JSON backup may hold a million files).
@@ -22,6 +23,7 @@ from lifeos_backup.core.names import PathPattern, kind_of_id
 
 if TYPE_CHECKING:
     from lifeos_backup.formats.manifest import FileEntry, Manifest
+    from lifeos_backup.jobs.browse import PostgresDiff
 
 JsonOption = Annotated[bool, typer.Option("--json", help="JSON for scripts.")]
 
@@ -215,11 +217,13 @@ def find(
 
 @app.command("diff")
 def diff(backup_id: str, other_id: str, as_json: JsonOption = False) -> None:
-    """What changed from BACKUP_ID to OTHER_ID, from their manifests.
+    """What changed from BACKUP_ID to OTHER_ID, from their manifests (and archive heads).
 
     JSON: files added, removed and changed (by SHA-256), with sizes; PostgreSQL: tables added,
-    removed or with other row counts, and schemas and sequences added or removed; base backups:
-    the facts that differ (their WAL ranges).
+    removed or with other row counts, schemas and sequences added or removed, and the other
+    schema objects (indexes, constraints, functions, types, views, triggers, extensions, ...)
+    added or removed by name, from the head of each archive (encrypted ones need the private
+    key); base backups: the facts that differ (their WAL ranges).
     """
     from lifeos_backup.jobs import browse
 
@@ -250,7 +254,9 @@ def diff(backup_id: str, other_id: str, as_json: JsonOption = False) -> None:
             _write(f"{signs[ch.change]} {ch.path}{slash}  ({sizes})")
         _write(", ".join(f"{n} {what}" for what, n in counts.items()))
     elif kinds[0] == "postgres":
-        found = browse.diff_postgres(old, new)
+        found = browse.diff_postgres_backups(s, c, old, new)
+        if found.note:
+            warn(found.note)
         if as_json:
             print(json.dumps({**head, **found.as_dict()}))
             return
@@ -264,7 +270,7 @@ def diff(backup_id: str, other_id: str, as_json: JsonOption = False) -> None:
             _write(f"{key:<20} {pair['old']} -> {pair['new']}")
 
 
-def _print_postgres_diff(found: Any) -> None:
+def _print_postgres_diff(found: PostgresDiff) -> None:
     signs = {"added": "+", "removed": "-", "changed": "M"}
     for t in found.tables:
         if t.change == "changed":
@@ -281,5 +287,10 @@ def _print_postgres_diff(found: Any) -> None:
             _write(f"{signs['added']} {what} {name}")
         for name in removed:
             _write(f"{signs['removed']} {what} {name}")
+    for obj in found.objects_added:
+        _write(f"{signs['added']} {obj}")
+    for obj in found.objects_removed:
+        _write(f"{signs['removed']} {obj}")
     if found.empty:
-        _write("no differences in tables, row counts, schemas or sequences")
+        what = "schema objects" if found.objects_compared else "schemas or sequences"
+        _write(f"no differences in tables, row counts, {what}")

@@ -1,9 +1,11 @@
 """Looking inside backups without restoring them: `ls`, `find` and `diff`.
 
-Everything here reads manifests only, never an archive, and streams a JSON backup's entries
-(`Manifest.iter_files`): memory does not grow with the file count. A PostgreSQL backup is
-described by its manifest's facts (tables with row counts and sizes, schemas, sequences), a base
-backup by its WAL range.
+Everything here reads manifests, and streams a JSON backup's entries (`Manifest.iter_files`):
+memory does not grow with the file count. A PostgreSQL backup is described by its manifest's facts
+(tables with row counts and sizes, schemas, sequences), a base backup by its WAL range. Only
+`diff` of two PostgreSQL backups reads their archives too, as far as their table of contents
+(kinds/postgres/objects.py: part 0's head, never the data), to compare the other schema objects
+by type and name.
 """
 
 from __future__ import annotations
@@ -13,16 +15,17 @@ import os
 import sqlite3
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from lifeos_backup.core.errors import NotFound, VerificationFailed
+from lifeos_backup.core.errors import LifeosError, NotFound, VerificationFailed
 from lifeos_backup.core.names import PathPattern, check_backup_id
 from lifeos_backup.formats.manifest import FileEntry, Manifest
 
 if TYPE_CHECKING:
     from lifeos_backup.core.settings import Settings
+    from lifeos_backup.kinds.postgres.objects import SchemaObject
     from lifeos_backup.storage.catalog import Backup, Catalog
 
 Warn = Callable[[str], None]
@@ -372,20 +375,33 @@ class TableChange:
 
 @dataclass
 class PostgresDiff:
-    """What two PostgreSQL backups' manifest facts differ in. Schema objects are compared by
-    name as far as the facts record them: schemas, tables and sequences."""
+    """What two PostgreSQL backups differ in. Schema objects are compared by name: schemas,
+    tables and sequences from the manifests' facts, the other objects (indexes, constraints,
+    functions, types, views, triggers, extensions, ...) from the archives' tables of contents
+    when they could be read (`objects_compared`; else `note` says why not)."""
 
     tables: list[TableChange]
     schemas_added: list[str]
     schemas_removed: list[str]
     sequences_added: list[str]
     sequences_removed: list[str]
+    objects_added: list[SchemaObject] = field(default_factory=list)
+    objects_removed: list[SchemaObject] = field(default_factory=list)
+    objects_compared: bool = False
+    note: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "tables": [t.as_dict() for t in self.tables],
             "schemas": {"added": self.schemas_added, "removed": self.schemas_removed},
             "sequences": {"added": self.sequences_added, "removed": self.sequences_removed},
+            "objects": {
+                "added": [o.as_dict() for o in self.objects_added],
+                "removed": [o.as_dict() for o in self.objects_removed],
+            }
+            if self.objects_compared
+            else None,
+            "note": self.note,
         }
 
     @property
@@ -396,10 +412,13 @@ class PostgresDiff:
             or self.schemas_removed
             or self.sequences_added
             or self.sequences_removed
+            or self.objects_added
+            or self.objects_removed
         )
 
 
 def diff_postgres(old: Manifest, new: Manifest) -> PostgresDiff:
+    """Tables, row counts, schemas and sequences, from the manifests' facts alone."""
     before = {t.qualified: t for t in tables(old)}
     after = {t.qualified: t for t in tables(new)}
     changes = []
@@ -421,6 +440,46 @@ def diff_postgres(old: Manifest, new: Manifest) -> PostgresDiff:
         sorted(sequences[1] - sequences[0]),
         sorted(sequences[0] - sequences[1]),
     )
+
+
+def diff_postgres_backups(
+    settings: Settings, catalog: Catalog, old: Manifest, new: Manifest
+) -> PostgresDiff:
+    """`diff_postgres`, and the other schema objects added or removed, read from the head of
+    each archive's part 0. An encrypted backup without a configured private key, or an archive
+    whose table of contents cannot be read, leaves the objects out and says so in `note`."""
+    found = diff_postgres(old, new)
+    locked = [m.backup_id for m in (old, new) if m.encryption is not None]
+    if locked and settings.encryption_identity_file is None:
+        found.note = (
+            f"{' and '.join(locked)} {'is' if len(locked) == 1 else 'are'} encrypted and no "
+            "private key is configured (LIFEOS_ENCRYPTION_IDENTITY_FILE): indexes, "
+            "constraints, functions and the other objects are not compared, only the manifests"
+        )
+        return found
+    try:
+        before = archive_objects(settings, catalog, old)
+        after = archive_objects(settings, catalog, new)
+    except (LifeosError, OSError) as exc:
+        reason = str(exc)
+        if isinstance(exc, LifeosError):
+            reason = f"{exc.what}: {exc.detail}" if exc.detail else exc.what
+        found.note = f"schema objects beyond the manifests not compared: {reason}"
+        return found
+    from lifeos_backup.kinds.postgres.objects import compare
+
+    found.objects_added, found.objects_removed = compare(before, after)
+    found.objects_compared = True
+    return found
+
+
+def archive_objects(settings: Settings, catalog: Catalog, manifest: Manifest) -> set[SchemaObject]:
+    """A local PostgreSQL backup's schema objects, from its archive's table of contents."""
+    from lifeos_backup.jobs.backups import locate
+    from lifeos_backup.kinds.postgres.objects import archive_objects as from_archive
+
+    _row, archive, _mpath = locate(settings, catalog, manifest.backup_id)
+    return from_archive(archive, manifest, settings)
 
 
 def diff_facts(old: Manifest, new: Manifest) -> dict[str, dict[str, Any]]:

@@ -265,3 +265,84 @@ def test_include_from_offsite_leaves_no_download_behind(
     after = sorted(p.name for p in state.rglob("*")) if state.exists() else []
     assert [n for n in after if n not in before and not n.startswith("offsite-")] == []
     assert not [p for p in state.rglob("offsite-*")], after
+
+
+def test_diff_of_postgres_backups_names_schema_objects(
+    lifeos_env: LifeosEnv,
+    pg_cluster: PostgresCluster,
+    pg_database: PgDatabase,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Indexes, functions, views, ... added or removed, read from the archives' heads; an
+    encrypted backup without its private key gets a one-line note and the manifests' diff."""
+    import psycopg
+
+    from lifeos_backup.core.settings import get_settings
+    from lifeos_backup.formats.crypto import generate_identity
+
+    lifeos_env.set(LIFEOS_DATABASE_URL=pg_database.url, LIFEOS_PG_BIN_DIR=str(pg_cluster.bindir))
+    with psycopg.connect(pg_database.url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE characters (id serial PRIMARY KEY, name text)")
+        conn.execute("INSERT INTO characters (name) VALUES ('ana'), ('bo')")
+        conn.execute("CREATE VIEW named AS SELECT name FROM characters")
+    settings, catalog = lifeos_env.settings(), lifeos_env.catalog()
+    first = create_backup("postgres", settings, catalog).backup_id
+    with psycopg.connect(pg_database.url, autocommit=True) as conn:
+        conn.execute("CREATE INDEX characters_name_idx ON characters (name)")
+        conn.execute(
+            "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql"
+            " AS $$ BEGIN RETURN NEW; END $$"
+        )
+        conn.execute("DROP VIEW named")
+    time.sleep(1)
+    second = create_backup("postgres", settings, catalog).backup_id
+
+    text = cli(lifeos_env, "diff", first, second)
+    assert text.returncode == 0 and text.stderr == "", text.stderr
+    lines = text.stdout.splitlines()
+    assert "+ index public.characters_name_idx" in lines, text.stdout
+    assert "+ function public.touch()" in lines, text.stdout
+    assert "- view public.named" in lines, text.stdout
+    assert not [line for line in lines if "characters_pkey" in line]  # in both: no change
+    found = json.loads(cli(lifeos_env, "diff", first, second, "--json").stdout)
+    assert found["note"] is None
+    assert found["objects"] == {
+        "added": [
+            {"type": "function", "name": "public.touch()"},
+            {"type": "index", "name": "public.characters_name_idx"},
+        ],
+        "removed": [{"type": "view", "name": "public.named"}],
+    }
+    state = lifeos_env.backup_root / ".state"
+    assert not list(state.glob("diff-*"))  # the heads' scratch folders are gone
+
+    identity, recipient = generate_identity()
+    key_file = tmp_path / "backup.key"
+    key_file.write_text(f"{identity}\n")
+    key_file.chmod(0o600)
+    monkeypatch.setenv("LIFEOS_ENCRYPTION_RECIPIENTS", recipient)
+    lifeos_env.vars["LIFEOS_ENCRYPTION_RECIPIENTS"] = recipient
+    get_settings.cache_clear()
+    with psycopg.connect(pg_database.url, autocommit=True) as conn:
+        conn.execute("CREATE TYPE mood AS ENUM ('ok', 'meh')")
+        conn.execute("INSERT INTO characters (name) VALUES ('cy')")
+    time.sleep(1)
+    third = create_backup("postgres", lifeos_env.settings(), lifeos_env.catalog()).backup_id
+
+    locked = cli(lifeos_env, "diff", second, third)
+    assert locked.returncode == 0, locked.stderr
+    [note] = locked.stderr.strip().splitlines()
+    assert third in note and "encrypted" in note and "LIFEOS_ENCRYPTION_IDENTITY_FILE" in note
+    assert "M table public.characters  rows 2 -> 3" in locked.stdout  # the manifests still
+    assert "type public.mood" not in locked.stdout
+    as_json = json.loads(cli(lifeos_env, "diff", second, third, "--json").stdout)
+    assert as_json["objects"] is None and "encrypted" in as_json["note"]
+
+    opened = subprocess.run(
+        [CLI, "diff", second, third],
+        env=lifeos_env.subprocess_env(LIFEOS_ENCRYPTION_IDENTITY_FILE=str(key_file)),
+        capture_output=True, text=True, timeout=120,
+    )
+    assert opened.returncode == 0 and opened.stderr == "", opened.stderr
+    assert "+ type public.mood" in opened.stdout.splitlines(), opened.stdout

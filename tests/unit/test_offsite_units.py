@@ -1,4 +1,5 @@
-"""Off-site building blocks without a server: error mapping, part plans, throttle, settings."""
+"""Off-site building blocks without a server: error mapping, part plans, throttle, settings,
+remote manifests read through a file."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import base64
 import hashlib
 import os
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -184,3 +186,81 @@ def test_location(tmp_path: Path) -> None:
     assert location(row("json/gone.tar.zst", "verified", "uploaded"), tmp_path) == "offsite"
     assert location(row("json/here.tar.zst", "deleted", "uploaded"), tmp_path) == "offsite"
     assert location(row("json/gone.tar.zst", "deleted", "damaged"), tmp_path) == "none"
+
+
+class _Body:
+    """A GET's body that can only be streamed: a `read()` of the whole would fail the test."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.chunks = 0
+
+    def iter_chunks(self, size: int) -> Iterator[bytes]:
+        for start in range(0, len(self.data), 7):  # small chunks: the file is assembled
+            self.chunks += 1
+            yield self.data[start : start + 7]
+
+
+class _Client:
+    def __init__(self, objects: dict[str, bytes]) -> None:
+        self.objects = objects
+        self.bodies: list[_Body] = []
+
+    def get_object(self, Bucket: str, Key: str) -> dict[str, _Body]:
+        self.bodies.append(_Body(self.objects[Key]))
+        return {"Body": self.bodies[-1]}
+
+
+def test_remote_manifest_goes_through_a_file_and_its_entries_stream_from_it(
+    tmp_path: Path,
+) -> None:
+    from types import SimpleNamespace
+
+    from lifeos_backup.formats.manifest import FileEntry, write_manifest
+    from lifeos_backup.storage.offsite.download import read_remote_manifest
+
+    backup_id = "json_backup_20250101_000000"
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    entries = [
+        FileEntry(path=f"data/item-{i:05d}.json", size=i, mode=0o644, sha256="a" * 64)
+        for i in range(5000)
+    ]
+    local = tmp_path / "local" / f"{backup_id}.manifest.json"
+    local.parent.mkdir()
+    write_manifest(
+        local,
+        Manifest(
+            backup_id=backup_id, kind="json", created_at=now, finished_at=now, host="h",
+            tool_version="t", compression=Compression(algorithm="zstd", level=3),
+            archive=ArchiveInfo(name=f"{backup_id}.tar.zst", size=1, sha256="c" * 64),
+            files=entries,
+        ),
+    )
+    key = f"lifeos/json/{backup_id}.manifest.json"
+    client = _Client({key: local.read_bytes()})
+    remote = SimpleNamespace(client=client, bucket="b")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    manifest = read_remote_manifest(remote, key, scratch)  # type: ignore[arg-type]
+
+    assert client.bodies[0].chunks > 1  # streamed, never read whole
+    copy = scratch / f"{backup_id}.manifest.json"
+    assert copy.read_bytes() == local.read_bytes()
+    assert manifest.backup_id == backup_id and manifest.files == []  # header only in memory
+    assert list(manifest.iter_files()) == entries
+    copy.unlink()
+    with pytest.raises(FileNotFoundError):  # the entries come from that file
+        next(manifest.iter_files())
+
+
+def test_a_truncated_remote_manifest_is_refused(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from lifeos_backup.storage.offsite.download import read_remote_manifest
+
+    key = "lifeos/json/json_backup_20250101_000000.manifest.json"
+    text = b'{"format_version":1,"backup_id":"json_backup_20250101_000000","files":[\n{"path":"a"'
+    remote = SimpleNamespace(client=_Client({key: text}), bucket="b")
+    with pytest.raises(VerificationFailed, match="unreadable"):
+        read_remote_manifest(remote, key, tmp_path)  # type: ignore[arg-type]

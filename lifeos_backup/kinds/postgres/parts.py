@@ -129,6 +129,24 @@ def open_part(source: PartSource, algorithm: str) -> Iterator[BinaryIO]:
         yield decompressor(Window(raw, source.size), algorithm)  # type: ignore[arg-type]
 
 
+@contextlib.contextmanager
+def open_first_part(
+    archive: Path, manifest: Manifest, identity_file: Path | None
+) -> Iterator[BinaryIO]:
+    """Part 0's plain dump bytes straight from the archive, decrypted (with the identity in
+    `identity_file`) only as far as they are read: nothing is copied to disk, so reading its
+    head costs the head, not the archive."""
+    part = parts_of(manifest)[0]
+    with open(archive, "rb") as raw:
+        if manifest.encryption is None:
+            raw.seek(part.offset)
+            src: BinaryIO = raw
+        else:
+            src = open_plain(raw, manifest, identity_file)
+            _skip(src, part.offset)
+        yield decompressor(Window(src, part.size), manifest.compression.algorithm)  # type: ignore[arg-type]
+
+
 def _skip(src: BinaryIO, n: int) -> None:
     while n > 0 and (data := src.read(min(n, CHUNK))):
         n -= len(data)

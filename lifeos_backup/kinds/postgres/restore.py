@@ -55,7 +55,7 @@ from lifeos_backup.kinds.postgres.rows import SESSION, Slice
 from lifeos_backup.kinds.postgres.snapshot import count_rows
 from lifeos_backup.kinds.postgres.tableplan import TablePlan, plan_tables
 from lifeos_backup.kinds.postgres.toc import SESSION as TOC_SESSION
-from lifeos_backup.kinds.postgres.toc import TocEntry, own_post_data, parse_toc, use_list
+from lifeos_backup.kinds.postgres.toc import TocEntry, list_toc, own_post_data, use_list
 from lifeos_backup.kinds.postgres.tochead import copy_head
 from lifeos_backup.kinds.postgres.tools import Tool, require_restore_not_older, tool
 from lifeos_backup.kinds.postgres.vacuumguard import VacuumGuards
@@ -323,14 +323,6 @@ def plan_post_data(
         return early, []
     others = [e for e in chosen if e.dump_id not in built]
     return early, [write_use_list(work / "post-data-rest.txt", chosen, others)]
-
-
-def list_toc(pg_restore: Tool, dump: Path) -> list[TocEntry]:
-    """The table of contents of a pg_dump archive (its head is enough), with dependencies."""
-    listed = procs.run(
-        [pg_restore.path, "--list", "--verbose", str(dump)], capture_stdout=True
-    ).stdout or b""
-    return parse_toc(listed.decode(errors="replace"))
 
 
 def write_use_list(path: Path, toc: list[TocEntry], entries: list[TocEntry]) -> str:

@@ -1,9 +1,10 @@
 """Reading a dump's table of contents (`pg_restore --list --verbose`), and picking entries from it.
 
-Verify uses it to prove every table of the manifest is in the archive (definition and data).
-Single-table restore (tableplan.py) walks the dependencies recorded here to build its `--use-list`
-file. The restore also picks each big table's own indexes and keys, to build them as soon as its
-rows are in.
+`list_toc` asks pg_restore for it (an archive's head is enough). Verify uses it to prove every
+table of the manifest is in the archive (definition and data). Single-table restore
+(tableplan.py) walks the dependencies recorded here to build its `--use-list` file. The restore
+also picks each big table's own indexes and keys, to build them as soon as its rows are in.
+`diff` compares two backups' schema objects by name from it (objects.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,13 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from lifeos_backup.core import procs
+
+if TYPE_CHECKING:
+    from lifeos_backup.kinds.postgres.tools import Tool
 
 _ENTRY_RE = re.compile(r"^(\d+); \d+ \d+ (.*)$")
 _DEPENDS = ";\tdepends on:"
@@ -109,6 +117,14 @@ def parse_toc(text: str) -> list[TocEntry]:
             desc, rest = _split_desc(match.group(2))
             entries.append(TocEntry(int(match.group(1)), desc, rest, line))
     return entries
+
+
+def list_toc(pg_restore: Tool, dump: Path) -> list[TocEntry]:
+    """The table of contents of a pg_dump archive (its head is enough), with dependencies."""
+    listed = procs.run(
+        [pg_restore.path, "--list", "--verbose", str(dump)], capture_stdout=True
+    ).stdout or b""
+    return parse_toc(listed.decode(errors="replace"))
 
 
 def missing_tables(

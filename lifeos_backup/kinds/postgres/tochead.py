@@ -119,11 +119,12 @@ class _Tee:
         return data
 
 
-def copy_head(src: BinaryIO, out: BinaryIO) -> bool:
+def copy_head(src: BinaryIO, out: BinaryIO, *, whole_if_unknown: bool = True) -> bool:
     """Copy the archive's header and table of contents from `src` to `out`, and stop there.
 
     True when only the head was copied; False when the layout is unknown here, in which case
-    all of `src` is copied (pg_restore reads that as well, only more slowly).
+    all of `src` is copied (pg_restore reads that as well, only more slowly), or, without
+    `whole_if_unknown`, nothing more than was read to find that out (`out` is then of no use).
     """
     tee = _Tee(src, out)
     try:
@@ -133,6 +134,6 @@ def copy_head(src: BinaryIO, out: BinaryIO) -> bool:
         return True
     except (Unsupported, ValueError) as exc:
         log.info("table of contents not cut out: %s", exc)
-        while tee.read(CHUNK):
+        while whole_if_unknown and tee.read(CHUNK):
             pass
         return False

@@ -1,7 +1,10 @@
 """Reading off-site copies back: fetch one backup for a restore, and rebuild the catalog.
 
 Both work on a machine that has nothing but the bucket's settings and credentials (and, for
-encrypted backups, the private key): the manifests in the bucket describe everything.
+encrypted backups, the private key): the manifests in the bucket describe everything. A remote
+manifest is streamed into a file of a private scratch folder and read there like a local one
+(`read_manifest`: the first line parsed, the entries streamed by `iter_files`), so memory does not
+grow with a backup's file count.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from lifeos_backup.core.errors import NotFound, VerificationFailed
 from lifeos_backup.core.fsutil import private_dir, remove_quietly
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.formats.manifest import MANIFEST_SUFFIX, Manifest, parse_manifest
+from lifeos_backup.formats.manifest import MANIFEST_SUFFIX, Manifest, read_manifest
 from lifeos_backup.formats.streams import CHUNK
 from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import CREATED, VERIFIED
@@ -34,9 +37,18 @@ from lifeos_backup.storage.repository import LAYOUTS
 log = logging.getLogger(__name__)
 
 
-def read_remote_manifest(remote: Remote, key: str) -> Manifest:
-    body = remote.client.get_object(Bucket=remote.bucket, Key=key)["Body"].read()
-    return parse_manifest(body, key)
+def read_remote_manifest(remote: Remote, key: str, scratch: Path) -> Manifest:
+    """The manifest at `key`, streamed into a file in `scratch` and read from there: its entries
+    stream from that file (`iter_files`) as long as it is there."""
+    name = key.rsplit("/", 1)[-1]
+    if not name.endswith(MANIFEST_SUFFIX) or name.startswith("."):
+        name = "remote" + MANIFEST_SUFFIX
+    path = scratch / name
+    body = remote.client.get_object(Bucket=remote.bucket, Key=key)["Body"]
+    with open(path, "wb") as out:
+        for chunk in body.iter_chunks(CHUNK):
+            out.write(chunk)
+    return read_manifest(path)
 
 
 def download_archive(
@@ -93,7 +105,8 @@ def download_archive(
 def fetched(
     backup_id: str, settings: Settings, catalog: Catalog, progress: ProgressFn = ignore
 ) -> Iterator[tuple[Path, Manifest]]:
-    """Download a backup's archive and manifest into a private scratch folder; removed after."""
+    """Download a backup's archive and manifest into a private scratch folder; removed after.
+    The manifest's entries stream from its file there while the block runs."""
     row = catalog.get(backup_id)
     if not row.offsite_key or row.offsite_status not in (state.UPLOADED, state.DAMAGED):
         raise NotFound(
@@ -105,7 +118,9 @@ def fetched(
     scratch = Path(tempfile.mkdtemp(prefix="offsite-", dir=private_dir(settings.state_dir)))
     try:
         with s3_errors(f"download of {backup_id}", remote):
-            manifest = read_remote_manifest(remote, manifest_key(row.offsite_key, backup_id))
+            manifest = read_remote_manifest(
+                remote, manifest_key(row.offsite_key, backup_id), scratch
+            )
             if manifest.backup_id != backup_id:
                 raise VerificationFailed(
                     f"remote manifest of {backup_id} describes {manifest.backup_id}"
@@ -145,10 +160,16 @@ def remote_manifest_keys(remote: Remote) -> list[str]:
     return sorted(k for k in keys if _is_manifest_key(remote, k))
 
 
-def _valid_remote_manifest(remote: Remote, key: str) -> Manifest:
+def _valid_remote_manifest(remote: Remote, key: str, scratch: Path) -> Manifest:
     """The manifest at `key`, valid (lifeos_backup.core.names, via Manifest) and describing the
-    backup its key is named after; VerificationFailed otherwise."""
-    manifest = read_remote_manifest(remote, key)
+    backup its key is named after; VerificationFailed otherwise. Only its first line is parsed
+    (the catalog needs no entries) and its file in `scratch` is removed at once: the entries are
+    not kept."""
+    try:
+        manifest = read_remote_manifest(remote, key, scratch)
+    finally:
+        for path in scratch.iterdir():
+            remove_quietly(path)
     named = key.rsplit("/", 1)[-1].removesuffix(MANIFEST_SUFFIX)
     if manifest.backup_id != named:
         raise VerificationFailed(
@@ -158,13 +179,16 @@ def _valid_remote_manifest(remote: Remote, key: str) -> Manifest:
     return manifest
 
 
-def scan_remote(remote: Remote, warn: Callable[[str], None] = log.warning) -> list[RemoteBackup]:
+def scan_remote(
+    remote: Remote, scratch: Path, warn: Callable[[str], None] = log.warning
+) -> list[RemoteBackup]:
     """Every backup in the bucket with a valid manifest, and whether its archive is intact; an
-    invalid manifest is reported through `warn` and skipped."""
+    invalid manifest is reported through `warn` and skipped. Each manifest passes through a file
+    in the private folder `scratch`, one at a time."""
     found: list[RemoteBackup] = []
     for key in remote_manifest_keys(remote):
         try:
-            manifest = _valid_remote_manifest(remote, key)
+            manifest = _valid_remote_manifest(remote, key, scratch)
         except VerificationFailed as exc:
             warn(f"skipped remote manifest {key}: {exc}")
             continue
@@ -190,8 +214,11 @@ def rebuild_from_offsite(
     (trust on first sight); the sync's full re-reads compare the content with the manifests.
     """
     remote = connect(settings)
-    with s3_errors("catalog rebuild from off-site", remote):
-        remote_backups = scan_remote(remote, warn)
+    with (
+        tempfile.TemporaryDirectory(prefix="offsite-", dir=private_dir(settings.state_dir)) as tmp,
+        s3_errors("catalog rebuild from off-site", remote),
+    ):
+        remote_backups = scan_remote(remote, Path(tmp), warn)
     for item in remote_backups:
         m = item.manifest
         offsite = {
