@@ -284,34 +284,39 @@ def restore_archive(
 ) -> int:
     """Verify and extract into `target`; returns the number of files restored."""
     check_target(target, force)
+    with _staging_in(target, manifest.backup_id) as staging:
+        sink = _Staging(staging)
+        check_archive(archive, manifest, progress, sink)
+        with _writing(target):
+            sink.finish()
+            _move_into(staging, target)
+    return sink.files
+
+
+@contextlib.contextmanager
+def _staging_in(target: Path, backup_id: str) -> Iterator[Path]:
+    """A private hidden folder inside `target` (created when missing) that checked files wait
+    in; it goes in the end, and on any failure so does a target this restore created, so a
+    refused restore leaves no trace."""
     created = not target.exists()
-    staging = Path(
-        os.path.join(target, f".lifeos-restore-{manifest.backup_id}-{os.getpid()}.partial")
-    )
+    staging = Path(os.path.join(target, f".lifeos-restore-{backup_id}-{os.getpid()}.partial"))
     try:
         with _writing(target):
             if created:
                 private_dir(target)
             shutil.rmtree(staging, ignore_errors=True)
             private_dir(staging)
-        sink = _Staging(staging)
-        check_archive(archive, manifest, progress, sink)
+        yield staging
     except BaseException:
         with contextlib.suppress(OSError):
             _make_removable(staging)
         shutil.rmtree(staging, ignore_errors=True)
         if created:
-            shutil.rmtree(target, ignore_errors=True)  # leave no trace of a refused restore
+            shutil.rmtree(target, ignore_errors=True)
         raise
-    try:
-        with _writing(target):
-            sink.finish()
-            _move_into(staging, target)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            _make_removable(staging)
-            shutil.rmtree(staging)
-    return sink.files
+    with contextlib.suppress(FileNotFoundError):
+        _make_removable(staging)
+        shutil.rmtree(staging)
 
 
 def _move_into(staging: Path, target: Path) -> None:
@@ -437,16 +442,7 @@ def restore_selected(
     if target.exists() and not target.is_dir():
         raise ConfigError(f"restore target {target} is not a folder", hint="give a folder")
     check_selection(manifest, patterns, target, force)
-    created = not target.exists()
-    staging = Path(
-        os.path.join(target, f".lifeos-restore-{manifest.backup_id}-{os.getpid()}.partial")
-    )
-    try:
-        with _writing(target):
-            if created:
-                private_dir(target)
-            shutil.rmtree(staging, ignore_errors=True)
-            private_dir(staging)
+    with _staging_in(target, manifest.backup_id) as staging:
         sink = _Selected(staging, patterns)
         check_archive(archive, manifest, progress, sink)
         with _writing(target):
@@ -454,12 +450,6 @@ def restore_selected(
                 for name in sorted(files):
                     staged = os.path.join(folder, name)
                     _place(staged, target, os.path.relpath(staged, staging), force)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            shutil.rmtree(target, ignore_errors=True)  # leave no trace of a refused restore
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
     return sink.files
 
 
