@@ -90,5 +90,11 @@ if [[ "${LIFEOS_TEST_NEWEST:-$whole_suite}" == 1 ]]; then
 fi
 
 # 5) The whole suite (or what the arguments select) in .venv; pytest's exit code (5 = nothing
-#    collected, too) is ours.
-exec .venv/bin/python -m pytest "$@"
+#    collected, too) is ours. The whole suite runs in LIFEOS_TEST_WORKERS pytest-xdist processes
+#    (default 2): most of its time is spent waiting on servers and workers, not on the CPU. Each
+#    process starts its own Redis, PostgreSQL and moto server; 1 runs it in one process.
+workers=()
+if [[ "$whole_suite" == 1 && "${LIFEOS_TEST_WORKERS:-2}" -gt 1 ]]; then
+    workers=(-n "${LIFEOS_TEST_WORKERS:-2}")
+fi
+exec .venv/bin/python -m pytest "${workers[@]}" "$@"

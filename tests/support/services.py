@@ -11,6 +11,7 @@ import contextlib
 import glob
 import os
 import pwd
+import random
 import re
 import shlex
 import shutil
@@ -37,10 +38,39 @@ class ServiceUnavailable(RuntimeError):
 
 
 def free_port() -> int:
-    """Ask the kernel for an unused 127.0.0.1 port (callers retry if it gets taken meanwhile)."""
+    """An unused 127.0.0.1 port below the kernel's ephemeral range (callers retry if it gets
+    taken meanwhile).
+
+    A port the kernel hands out for `bind(0)` comes from the ephemeral range, the same range
+    every outgoing connection takes its local port from: a long test that holds such a port
+    number for a server started later can find it taken by a client socket of another test.
+    Ports below the range are never handed out by the kernel; with pytest-xdist each worker
+    draws from its own slice of them, so two workers never pick the same one."""
+    low, high = _port_slice()
+    for _ in range(100):
+        port = random.randrange(low, high)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _port_slice() -> tuple[int, int]:
+    """This test process's share of the ports from 10000 to the start of the ephemeral range."""
+    ephemeral = 32768
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    low, high = 10000, max(ephemeral, 10200)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
+    index = int(worker) if worker.isdigit() else 0
+    size = (high - low) // max(count, 1)
+    return low + index * size, low + (index + 1) * size
 
 
 def _tail(path: Path, limit: int = 4000) -> str:
