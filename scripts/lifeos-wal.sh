@@ -74,6 +74,10 @@ fetch() {
     valid_name "$name" || die "fetch $name: not a WAL file name"
     [ -d "$archive" ] || die "fetch $name: archive $archive is not reachable"
     src="$archive/$name.zst"
+    # the end of the WAL stream: a segment kept only unfinished is served under its full name
+    if [ ! -e "$src" ] && printf '%s\n' "$name" | grep -Eq '^[0-9A-F]{24}$'; then
+        src="$archive/$name.partial.zst"
+    fi
     [ -e "$src" ] || exit 1
     ! is_sealed "$src" || die "fetch $name: the archived file is sealed (age-encrypted) and" \
         "this sh port cannot decrypt it; use lifeos-wal (Python with cryptography) with" \

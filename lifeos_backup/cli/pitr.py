@@ -16,6 +16,7 @@ import typer
 from lifeos_backup.cli.common import (
     audited,
     catalog,
+    choice,
     err,
     out,
     progress_bar,
@@ -34,6 +35,13 @@ def restore_pitr(
     target_lsn: Annotated[str | None, typer.Option(help="Recover to this LSN (X/Y).")] = None,
     target_name: Annotated[
         str | None, typer.Option(help="Recover to this restore point.")
+    ] = None,
+    target: Annotated[
+        str | None,
+        typer.Option(
+            help="latest: everything archived and streamed (the default without a target).",
+            callback=choice("a recovery target", lambda: ["latest"]),
+        ),
     ] = None,
     port: Annotated[
         int | None, typer.Option(min=1, max=65535, help="Port of the restored server.")
@@ -63,12 +71,19 @@ def restore_pitr(
     from lifeos_backup.kinds.basebackup.restore import RecoveryTarget, parse_target_time
     from lifeos_backup.kinds.basebackup.restore import restore_pitr as run
 
-    target = RecoveryTarget(
+    if target is not None and (target_time or target_lsn or target_name):
+        from lifeos_backup.core.errors import ConfigError
+
+        raise ConfigError(
+            "give one recovery target", "--target latest, --target-time, --target-lsn or "
+            "--target-name",
+        )  # fmt: skip
+    aim = target_time or target_lsn or target_name or "latest"
+    target_spec = RecoveryTarget(
         time=parse_target_time(target_time) if target_time else None,
         lsn=target_lsn,
         name=target_name,
     )
-    aim = target_time or target_lsn or target_name or "?"
     with (
         audited(catalog(), "restore.pitr", f"recovery target {aim}") as entry,
         progress_bar("restore pitr") as show,
@@ -80,7 +95,7 @@ def restore_pitr(
         result = run(
             settings(),
             catalog(),
-            target,
+            target_spec,
             datadir,
             port=port,
             start=start,

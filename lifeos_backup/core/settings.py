@@ -158,6 +158,19 @@ class Settings(BaseSettings):
     schedule_wal_offsite: str = Field(
         "*/5 * * * *", description="Copy newly archived WAL off-site (when a bucket is set)."
     )
+    # The WAL stream (pg_receivewal under `up`, docs/pitr.md "The WAL stream").
+    wal_stream: bool = Field(False, description="Run pg_receivewal under `up` (needs a database).")
+    wal_slot: str = Field(
+        "lifeos_backup",
+        pattern=r"^[a-z0-9_]{1,63}$",
+        description="Physical replication slot (and application_name) of the WAL stream.",
+    )
+    wal_synchronous: bool = Field(
+        False, description="pg_receivewal --synchronous (for synchronous_standby_names)."
+    )
+    wal_spool_dir: Path | None = Field(
+        None, description="pg_receivewal's folder; unset: BACKUP_ROOT/postgresql/wal-spool."
+    )
 
     # Off-site copies (S3 API) and client-side encryption (README "Off-site copies").
     # Off-site is on exactly when a bucket is set; credentials come from the AWS chain/env only.
@@ -240,6 +253,12 @@ class Settings(BaseSettings):
     )
     health_wal_max_age_seconds: int = Field(
         3600, description="Newest archived WAL segment older than this: alert (if PITR is on)."
+    )
+    health_wal_slot_max_lag_bytes: str = Field(
+        "1GiB", description="WAL the stream's slot holds back on the primary beyond this: alert."
+    )
+    health_wal_slot_max_lag_seconds: int = Field(
+        60, description="The stream's receiver behind by more than this: alert; 0: off."
     )
     alert_urls: SecretStr | None = Field(
         None, description="apprise URLs, comma-separated (slack://, mailto://, json://...)."
@@ -409,7 +428,9 @@ def recordable(settings: Settings) -> dict[str, Any]:
     for key in ("redis_url", "catalog_url", "flags_redis_url"):
         if _has_password(values.get(key)):
             del values[key]
-    for key in ("app_dir", "pg_bin_dir", "wal_archive_dir", "encryption_identity_file"):
+    for key in (
+        "app_dir", "pg_bin_dir", "wal_archive_dir", "wal_spool_dir", "encryption_identity_file"
+    ):
         if values.get(key):
             values[key] = str(Path(values[key]).resolve())
     if settings.database_url is not None:

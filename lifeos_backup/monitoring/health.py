@@ -42,6 +42,10 @@ WAL_STALE = "wal_archive_stale"
 WAL_FAILING = "wal_archive_failing"
 BROKER_UNREACHABLE = "broker_unreachable"
 UNPROVEN = "unproven_backups"
+WAL_STREAM_DOWN = "wal_stream_down"
+WAL_STREAM_CONFLICT = "wal_stream_conflict"
+WAL_SLOT_LAG = "wal_slot_lag"
+WAL_SLOT_LOST = "wal_slot_lost"
 SEVERITY = {
     BROKER_UNREACHABLE: CRITICAL,
     UNPROVEN: DEGRADED,
@@ -52,6 +56,10 @@ SEVERITY = {
     LOW_DISK: DEGRADED,
     OFFSITE_LAG: DEGRADED,
     WAL_STALE: DEGRADED,
+    WAL_STREAM_DOWN: CRITICAL,
+    WAL_STREAM_CONFLICT: CRITICAL,
+    WAL_SLOT_LAG: DEGRADED,
+    WAL_SLOT_LOST: CRITICAL,
 }
 MIN_SIZE_HISTORY = 3  # fewer earlier good backups than this: too little to call a size odd
 # lifeos_backup.storage.offsite.state.UPLOADED (not imported: no boto3 needed)
@@ -121,10 +129,19 @@ def max_age(settings: Settings, kind: str) -> timedelta:
     return timedelta(hours=per_kind.get(kind, settings.health_max_age_hours))
 
 
-def parse_free_space(text: str) -> tuple[float | None, int | None]:
+def parse_bytes(text: str, setting: str) -> int:
+    """`1GiB` / `500MB` / `1000000` -> bytes; a ConfigError naming `setting` otherwise."""
+    fraction, size = parse_free_space(text, setting, percent=False)
+    assert fraction is None and size is not None
+    return size
+
+
+def parse_free_space(
+    text: str, setting: str = "LIFEOS_HEALTH_MIN_FREE_DISK", percent: bool = True
+) -> tuple[float | None, int | None]:
     """`10%` -> (0.10, None); `20GiB` / `500MB` / `1000000` -> (None, bytes)."""
     value = text.strip().lower().replace(" ", "")
-    if value.endswith("%"):
+    if value.endswith("%") and percent:
         try:
             return float(value[:-1]) / 100, None
         except ValueError:
@@ -137,9 +154,9 @@ def parse_free_space(text: str) -> tuple[float | None, int | None]:
             except ValueError:
                 pass
     raise ConfigError(
-        "LIFEOS_HEALTH_MIN_FREE_DISK is not a percentage or a size",
+        f"{setting} is not {'a percentage or ' if percent else ''}a size",
         repr(text),
-        "write e.g. 10% or 20GiB",
+        f"write e.g. {'10% or ' if percent else ''}20GiB",
     )
 
 
@@ -352,6 +369,109 @@ def check_wal(settings: Settings, now: datetime) -> list[Condition]:
     return found
 
 
+def _down_seconds(stream: dict[str, Any], now: datetime) -> float | None:
+    """How long the stream's receiver has been down, from its status file (None: unknown)."""
+    receiver = stream.get("receiver") or {}
+    if receiver.get("state") == "running" or not receiver.get("since"):
+        return None
+    try:
+        since = datetime.fromisoformat(str(receiver["since"]))
+    except ValueError:
+        return None
+    return max(0.0, (now - since).total_seconds())
+
+
+def check_stream(settings: Settings, now: datetime) -> list[Condition]:
+    """The WAL stream (LIFEOS_WAL_STREAM=1): streaming now, its slot within limits, no segment
+    that arrived twice with different content.
+
+    Asks the primary (pg_replication_slots, pg_stat_replication) with the connect timeout. A slot
+    whose receiver is gone makes the primary keep WAL until its disk is full; with synchronous
+    mode the application's commits wait: both are alerts at once (the stream requests a health
+    check when its receiver exits).
+    """
+    if not settings.wal_stream:
+        return []
+    from lifeos_backup.kinds.basebackup import wal_archive_dir
+    from lifeos_backup.kinds.basebackup.streaming import slot_status
+    from lifeos_backup.wal.stream import read_status
+
+    found = []
+    stream = read_status(wal_archive_dir(settings))
+    conflicts = stream.get("conflicts") or []
+    if conflicts:
+        last = conflicts[-1]
+        found.append(
+            _condition(
+                WAL_STREAM_CONFLICT,
+                f"{len(conflicts)} streamed WAL file(s) not archived (different content)",
+                f"{last.get('name')}: {last.get('detail')}; kept as {last.get('kept')}",
+                "two clusters may share one archive or slot; compare the kept file with the "
+                "archived one (docs/pitr.md, \"The WAL stream\"), then delete the kept file",
+                "postgres",
+            )
+        )
+    hint = "see `lifeos-backup wal slot status`, the wal-stream log and docs/runbook.md"
+    try:
+        slot = slot_status(settings)
+    except Exception as exc:  # the database down or refusing: the stream cannot be streaming
+        return [
+            *found,
+            _condition(
+                WAL_STREAM_DOWN,
+                "WAL stream: cannot ask the primary about its slot",
+                str(exc)[:500],
+                hint,
+                "postgres",
+            ),
+        ]
+    if not slot.streaming:
+        down = _down_seconds(stream, now)
+        state = "slot missing" if not slot.exists else (slot.state or "no receiver connected")
+        found.append(
+            _condition(
+                WAL_STREAM_DOWN,
+                f"WAL stream not streaming ({state})",
+                f"slot {slot.slot}"
+                + (f", receiver down for {down:.0f} s" if down is not None else "")
+                + (f": {(stream.get('receiver') or {}).get('last_exit')}" if down else "")
+                + "; with synchronous mode, commits wait",
+                hint,
+                "postgres",
+            )
+        )
+    if slot.wal_status in ("unreserved", "lost"):
+        found.append(
+            _condition(
+                WAL_SLOT_LOST,
+                f"WAL stream slot {slot.slot} is {slot.wal_status}",
+                "max_slot_wal_keep_size was exceeded: the primary removed (or will remove) WAL "
+                "the stream has not received; the stream has a gap, archive_command covers it",
+                "restart the stream; take a base backup once it streams again",
+                "postgres",
+            )
+        )
+    limit = parse_bytes(
+        settings.health_wal_slot_max_lag_bytes, "LIFEOS_HEALTH_WAL_SLOT_MAX_LAG_BYTES"
+    )
+    seconds = slot.lag_seconds if slot.streaming else _down_seconds(stream, now)
+    max_seconds = settings.health_wal_slot_max_lag_seconds
+    too_many = slot.lag_bytes is not None and slot.lag_bytes > limit
+    too_late = bool(max_seconds) and seconds is not None and seconds > max_seconds
+    if too_many or too_late:
+        found.append(
+            _condition(
+                WAL_SLOT_LAG,
+                f"WAL stream slot {slot.slot} is behind",
+                f"holds back {slot.lag_bytes} bytes of WAL (limit {limit}), receiver "
+                f"{'-' if seconds is None else f'{seconds:.0f} s'} behind (limit {max_seconds} s)",
+                "the primary keeps this WAL on its disk; " + hint,
+                "postgres",
+            )
+        )
+    return found
+
+
 UNPROVEN_STATUSES = ("unverified", "incomplete")  # catalog.store.UNVERIFIED, INCOMPLETE
 
 
@@ -426,5 +546,6 @@ def evaluate_health(
     found += check_drills(catalog)
     found += check_offsite(settings, catalog, now)
     found += check_wal(settings, now)
+    found += check_stream(settings, now)
     found += check_unproven(catalog)
     return found

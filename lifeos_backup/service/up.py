@@ -18,6 +18,8 @@ running tasks finish), then SIGKILL after STOP_GRACE; Redis stops last. Nothing 
   starts and ends, and noted in `<state_dir>/broker-unreachable` for `status` (monitoring.broker).
 - Flower's port is checked before each start: a taken port is a line and a retry, never a
   reason to stop the backups.
+- With LIFEOS_WAL_STREAM=1, `lifeos-backup wal stream` (pg_receivewal and its sealer,
+  lifeos_backup.service.stream) is one more child, restarted like the others.
 """
 
 from __future__ import annotations
@@ -190,6 +192,7 @@ class StopRequest:
 def run_stack(settings: Settings) -> int:
     """Run workers, Beat and Flower until SIGINT/SIGTERM (exit 0), restarting any that dies."""
     _check_flower_auth(settings)
+    stream_args = _stream_command(settings) if settings.wal_stream else None
     state = private_dir(settings.state_dir).resolve()
     logs = private_dir(state / "logs")
     url_file = state / EMBEDDED_REDIS_URL_FILE
@@ -220,6 +223,8 @@ def run_stack(settings: Settings) -> int:
             for name, args, child_env in _commands(settings, state, env, flower_env):
                 roles.append(Role(name, args, child_env))
             roles[-1].precheck = lambda: _port_busy(settings.flower_address, settings.flower_port)
+            if stream_args is not None:  # pg_receivewal and its sealer (lifeos_backup.wal.stream)
+                roles.append(Role("wal-stream", stream_args, env))
             supervisor = Supervisor(roles, redis_role, logs, url, state, _secrets(settings, url))
             supervisor.start_all()
             flower_url = _flower_url(settings)
@@ -284,6 +289,15 @@ def _commands(
             flower_env,
         ),
     ]
+
+
+def _stream_command(settings: Settings) -> list[str]:
+    """`lifeos-backup wal stream`, checked first: a stream that cannot be configured (no
+    database, no pg_receivewal) stops `up` with one line instead of crash-looping."""
+    from lifeos_backup.kinds.basebackup.streaming import stream_config
+
+    stream_config(settings)
+    return [sys.executable, "-m", "lifeos_backup.cli", "wal", "stream"]
 
 
 def _private_tmp(logs: Path, name: str) -> Path:

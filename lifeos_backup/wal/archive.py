@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol, cast
 
-from lifeos_backup.wal.names import check_name
+from lifeos_backup.wal.names import SEGMENT, check_name
 from lifeos_backup.wal.segment import (
     HEADER_LEN,
     SEALED_HEADER_LEN,
@@ -252,6 +252,35 @@ def _sealing() -> Any:
     return sealing
 
 
+def _write_temp(
+    source: Path, archive: Path, name: str, level: int, force_cli: bool, keys: list[Any]
+) -> tuple[Path, Header, int]:
+    """Compress (and seal for `keys`) `source` into a hidden, fsynced temporary file in
+    `archive`; returns it with the header and its size. The caller publishes or removes it."""
+    tmp = archive / f"{TEMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}"
+    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+    try:
+        with os.fdopen(fd, "r+b") as out, open(source, "rb") as src:
+            if keys:
+                out.write(b"\0" * SEALED_HEADER_LEN)
+                sealer = _sealing().sealer(out, keys)
+                header = replace(_compress_into(src, sealer, level, force_cli), sealed=True)
+                sealer.close()  # seals the final chunk
+            else:
+                out.write(b"\0" * HEADER_LEN)
+                header = _compress_into(src, out, level, force_cli)
+            out.seek(0)
+            out.write(header.encode())
+            out.flush()
+            os.fsync(out.fileno())
+            compressed = os.fstat(out.fileno()).st_size
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return tmp, header, compressed
+
+
 def push(
     source: Path,
     archive: Path,
@@ -276,28 +305,54 @@ def push(
         ours = _hash_file(source)
         _compare_existing(dest, ours, name)
         return Pushed(name, False, ours.size, dest.stat().st_size, time.monotonic() - started)
-    tmp = archive / f"{TEMP_PREFIX}{name}.{os.getpid()}.{os.urandom(4).hex()}"
-    fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, FILE_MODE)
+    tmp, header, compressed = _write_temp(source, archive, name, level, force_cli, keys)
     try:
-        with os.fdopen(fd, "r+b") as out, open(source, "rb") as src:
-            if keys:
-                out.write(b"\0" * SEALED_HEADER_LEN)
-                sealer = _sealing().sealer(out, keys)
-                header = replace(_compress_into(src, sealer, level, force_cli), sealed=True)
-                sealer.close()  # seals the final chunk
-            else:
-                out.write(b"\0" * HEADER_LEN)
-                header = _compress_into(src, out, level, force_cli)
-            out.seek(0)
-            out.write(header.encode())
-            out.flush()
-            os.fsync(out.fileno())
-            compressed = os.fstat(out.fileno()).st_size
         try:
             os.link(tmp, dest)  # atomic and never overwrites, unlike rename
         except FileExistsError:  # a concurrent push of the same name won the race
             _compare_existing(dest, header, name)
             return Pushed(name, False, header.size, compressed, time.monotonic() - started)
+        _fsync_dir(archive)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return Pushed(name, True, header.size, compressed, time.monotonic() - started)
+
+
+PARTIAL = ".partial"  # a segment still being written: `<segment>.partial.zst` in the archive
+
+
+def partial_path(archive: Path, segment: str) -> Path:
+    """Where the streamed, unfinished copy of `segment` is kept."""
+    return archive / (check_name(segment + PARTIAL) + SUFFIX)
+
+
+def store_partial(
+    source: Path,
+    archive: Path,
+    *,
+    level: int = DEFAULT_LEVEL,
+    force_cli: bool = False,
+    recipients: str | None = None,
+) -> Pushed:
+    """Keep the newest copy of an unfinished segment as `<segment>.partial.zst`, replacing the
+    previous one (the newest always holds more WAL).
+
+    Unlike push, an existing copy is replaced: an unfinished segment grows, and the archive keeps
+    only its newest state. Same format and the same temporary name, fsync and rename, so a
+    reader sees the old copy or the new one, never a mix. The caller serialises the writers
+    (lifeos_backup.wal.stream holds the archive's stream lock), so an older copy never replaces
+    a newer one.
+    """
+    started = time.monotonic()
+    name = check_name(source.name)
+    if not name.endswith(PARTIAL):
+        raise WalError(f"{name} is not an unfinished segment (.partial)")
+    keys = _sealing().parse_recipients(recipients) if (recipients or "").strip() else []
+    ensure_dir(archive)
+    tmp, header, compressed = _write_temp(source, archive, name, level, force_cli, keys)
+    try:
+        os.replace(tmp, archive / (name + SUFFIX))
         _fsync_dir(archive)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -378,7 +433,8 @@ def fetch(
 
     SegmentMissing when the archive does not hold it (PostgreSQL asks for files beyond the end
     of the archive, and for history files that may not exist, as a matter of course). A sealed
-    file needs `identity_file`.
+    file needs `identity_file`. A segment archived only as the stream's unfinished copy
+    (`<name>.partial.zst`) is served under its full name: recovery to the end of the stream.
     """
     src = archive / (check_name(name) + SUFFIX)
     if not archive.is_dir():
@@ -387,6 +443,11 @@ def fetch(
             "the folder does not exist or cannot be entered",
             "check the archive path in restore_command and that this user may read it",
         )
+    if not src.exists() and SEGMENT.match(name):
+        # The end of the stream: the unfinished segment, served under the full name PostgreSQL
+        # asks for. Replay stops where its valid WAL ends (the rest is zeros), as it does at the
+        # end of a primary's pg_wal.
+        src = archive / (name + PARTIAL + SUFFIX)
     if not src.exists():
         raise SegmentMissing(f"{name} is not in the archive")
     tmp = dest.with_name(f".{dest.name}.lifeos-fetch.{os.getpid()}")

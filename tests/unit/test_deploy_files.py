@@ -502,3 +502,18 @@ def test_dockerfile_structure():
     for keyword, args in dockerfile_instructions():
         assert not (keyword == "ADD" and re.search(r"https?://", args)), "no ADD of URLs"
     assert any(k == "RUN" and "pip install --no-cache-dir ." in a for k, a in stages[0])
+
+
+def test_the_wal_stream_service_streams_into_the_archive_the_server_reads():
+    svcs = services()
+    stream = svcs["wal-stream"]
+    assert stream["command"] == ["lifeos-backup", "wal", "stream"]
+    assert "wal-archive:/wal-archive" in stream["volumes"]  # writable: it seals into it
+    assert stream["group_add"] == ["999"]  # the archive folder is postgres's, mode 2770
+    assert stream["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert ".wal-stream.json" in " ".join(stream["healthcheck"]["test"])
+    # Health checks and restores of every backup service know the stream is on.
+    for name in (*BACKUP_SERVICES[:-1], "wal-stream"):
+        assert environment_of(svcs[name])["LIFEOS_WAL_STREAM"] == "true", name
+    # A slot whose receiver is gone must not fill the database's disk.
+    assert "max_slot_wal_keep_size=" in " ".join(svcs["postgres"]["command"])

@@ -152,3 +152,23 @@ def test_celery_retries_for_ever_and_times_out_dead_sockets() -> None:
         assert options["health_check_interval"] > 0
     assert "visibility_timeout" in conf.broker_transport_options  # merged, not replaced
     assert conf.redis_socket_timeout and conf.redis_backend_health_check_interval
+
+
+def test_up_runs_the_wal_stream_only_when_asked_and_configured(tmp_path: Path) -> None:
+    from lifeos_backup.core.errors import ConfigError
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "pg_receivewal").write_text("#!/bin/sh\n")
+    (bindir / "pg_receivewal").chmod(0o755)
+    ready = Settings(
+        backup_root=tmp_path, wal_stream=True, pg_bin_dir=bindir,
+        database_url="postgresql://u:pw@db/app",
+    )  # type: ignore[call-arg]  # fmt: skip
+    args = up._stream_command(ready)
+    assert args[1:] == ["-m", "lifeos_backup.cli", "wal", "stream"] and "pw" not in args
+    no_db = Settings(
+        backup_root=tmp_path, wal_stream=True, pg_bin_dir=bindir, database_url=None
+    )  # type: ignore[call-arg]
+    with pytest.raises(ConfigError, match="the WAL stream needs a database"):
+        up._stream_command(no_db)

@@ -8,6 +8,10 @@ they win without touching the operator's own configuration file.
 Archiving is switched off in the restored copy unless asked (`keep_archiving`): a copy restored
 for inspection would otherwise archive its new timeline into the production archive.
 
+With the WAL stream, the archive also holds the unfinished segment it received last
+(`<segment>.partial.zst`); restore_command serves it under the full name, so recovery reaches the
+last record received. Whatever the stream's spool holds on this host is sealed first.
+
 Encrypted base backups and sealed WAL need LIFEOS_ENCRYPTION_IDENTITY_FILE: the key is checked
 before anything is created, and restore_command passes its path on to `lifeos-wal fetch`.
 """
@@ -47,6 +51,7 @@ from lifeos_backup.kinds.basebackup import wal_archive_dir
 from lifeos_backup.kinds.basebackup.backup import check_wal_coverage
 from lifeos_backup.kinds.basebackup.pgconn import pg_tool
 from lifeos_backup.kinds.basebackup.retention import KIND
+from lifeos_backup.kinds.basebackup.streaming import seal_received
 from lifeos_backup.kinds.json.restore import safe_link, safe_relpath
 from lifeos_backup.storage.catalog import Catalog
 from lifeos_backup.storage.catalog.store import VERIFIED
@@ -100,7 +105,7 @@ class RecoveryTarget:
             return f"LSN {self.lsn}"
         if self.name is not None:
             return f"restore point {self.name!r}"
-        return "end of the archived WAL"
+        return "the end of the archived WAL (latest)"
 
 
 @dataclass
@@ -433,6 +438,7 @@ def restore_pitr(
     if manifest.encryption is not None:
         identities_for(manifest, identity_file)  # a missing or wrong key: one error, no datadir
     archive_dir = wal_archive_dir(settings).absolute()
+    seal_received(settings)  # what the WAL stream received last, up to the moment of the loss
     # fail before unpacking gigabytes; sealed segments are opened with the key here already
     needed = check_wal_coverage(manifest.facts, archive_dir, identity_file)
     if identity_file is None:
