@@ -56,6 +56,7 @@ CREATE TABLE characters (
     created_at timestamptz NOT NULL DEFAULT '2024-01-01 00:00:00+00'
 );
 CREATE INDEX characters_traits_gin ON characters USING gin (traits);
+CREATE INDEX characters_name_idx ON characters (name);  -- before the GIN index in the archive
 COMMENT ON TABLE characters IS 'Personnages — ünïcödé comment';
 CREATE TABLE clothing_items (
     id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
@@ -591,6 +592,7 @@ def test_one_table_restores_alone_with_its_sequence_and_indexes(
     assert relations == [
         ("characters", "r"),
         ("characters_id_seq", "S"),
+        ("characters_name_idx", "i"),
         ("characters_pkey", "i"),
         ("characters_traits_gin", "i"),
     ]
@@ -1136,12 +1138,14 @@ def test_autovacuum_is_kept_off_a_table_from_its_first_slice_to_its_index_build(
 
 
 @pytest.fixture
-def restore_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
-    """What a restore does, in order: ("copy", table) per slice loaded, ("build", workers) per
-    index build, with the max_parallel_maintenance_workers the server gives that build."""
+def restore_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, ...]]:
+    """What a restore does, in order: ("copy", table) per slice loaded, ("build", workers,
+    entries) per pg_restore of a table's own keys or indexes, with the
+    max_parallel_maintenance_workers the server gives that build and the "TYPE name" of the
+    post-data entries it builds."""
     from lifeos_backup.kinds.postgres import restore as restore_module
 
-    events: list[tuple[str, str]] = []
+    events: list[tuple[str, ...]] = []
     real_copy, real_tracked = restore_module.copy_into, restore_module.run_tracked
 
     def copy(piece, *args):  # type: ignore[no-untyped-def]
@@ -1152,7 +1156,13 @@ def restore_events(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
         [dbname] = [a.removeprefix("--dbname=") for a in args if a.startswith("--dbname=")]
         with psycopg.connect(dbname) as conn:  # what the server gives the build's connection
             [(workers,)] = conn.execute("SHOW max_parallel_maintenance_workers").fetchall()
-        events.append(("build", workers))
+        [listed] = [a.removeprefix("--use-list=") for a in args if a.startswith("--use-list=")]
+        entries = [
+            f"{fields[3]} {fields[5]}" if fields[3] == "INDEX" else f"{fields[3]} {fields[6]}"
+            for fields in (line.split() for line in Path(listed).read_text().splitlines())
+            if fields[3] in ("INDEX", "CONSTRAINT")
+        ]
+        events.append(("build", workers, " ".join(entries)))
         return real_tracked(args, *rest)
 
     monkeypatch.setattr(restore_module, "copy_into", copy)
@@ -1173,22 +1183,40 @@ def reversed_slices(backup: Backup) -> tuple[Manifest, list[str]]:
     return manifest, sorted(TABLES, key=lambda t: (-size[t], t))
 
 
-def test_with_one_job_tables_load_biggest_first_each_then_its_parallel_index_build(
+def test_with_one_job_tables_load_biggest_first_each_then_its_keys_and_indexes(
     source_env: LifeosEnv,
     shared_sliced_backup: Backup,
-    restore_events: list[tuple[str, str]],
+    restore_events: list[tuple[str, ...]],
     new_database: Callable[[str], str],
 ) -> None:
-    """The biggest table's load and then its index build are the restore's longest chain, so it
-    starts first; alone, an index build gets the server's parallel workers (its default)."""
+    """The biggest table's load and then its index builds are the restore's longest chain, so it
+    starts first; its keys come first (their lock would wait for any index build), then each
+    index alone, the GIN index before the B-trees; alone, a build gets the server's parallel
+    workers (its default)."""
     manifest, by_size = reversed_slices(shared_sliced_backup)
     report = restore(source_env, shared_sliced_backup, new_database("alone"), manifest, jobs=1)
     assert report.differences == []
-    expected: list[tuple[str, str]] = []
-    for table in by_size:
-        slices = sum(p["copy"]["name"] == table for p in manifest.facts["parts"][1:])
-        expected += [("copy", table)] * slices + [("build", "2")]
-    assert restore_events == expected
+    copies = [name for kind, name, *_ in restore_events if kind == "copy"]
+    slices = [p["copy"]["name"] for p in manifest.facts["parts"][1:]]
+    assert copies == [table for table in by_size for name in slices if name == table]
+    kinds = [event[0] for event in restore_events]
+    # Each table's builds follow its last slice and precede the next table's first.
+    for table, nxt in pairwise(by_size):
+        last = len(copies) - copies[::-1].index(table) - 1
+        first_next = copies.index(nxt)
+        between = kinds[_nth(kinds, "copy", last) + 1 : _nth(kinds, "copy", first_next)]
+        assert between and set(between) == {"build"}, (table, restore_events)
+    builds = [event for event in restore_events if event[0] == "build"]
+    assert {workers for _, workers, _ in builds} == {"2"}
+    characters = [entries for _, _, entries in builds if "characters_" in entries]
+    assert characters == [
+        "CONSTRAINT characters_pkey", "INDEX characters_traits_gin", "INDEX characters_name_idx"
+    ]
+
+
+def _nth(kinds: list[str], kind: str, n: int) -> int:
+    """Index in `kinds` of the n-th (from 0) occurrence of `kind`."""
+    return [i for i, k in enumerate(kinds) if k == kind][n]
 
 
 def test_with_several_jobs_the_biggest_table_loads_first_and_a_build_beside_others_is_serial(
@@ -1196,7 +1224,7 @@ def test_with_several_jobs_the_biggest_table_loads_first_and_a_build_beside_othe
     pg_cluster: PostgresCluster,
     source: str,
     shared_sliced_backup: Backup,
-    restore_events: list[tuple[str, str]],
+    restore_events: list[tuple[str, ...]],
     new_database: Callable[[str], str],
 ) -> None:
     """Beside other jobs a parallel index build would crowd them out, so a build that has
@@ -1205,9 +1233,9 @@ def test_with_several_jobs_the_biggest_table_loads_first_and_a_build_beside_othe
     beside = new_database("beside")
     report = restore(source_env, shared_sliced_backup, beside, manifest)
     assert report.differences == []
-    assert [name for kind, name in restore_events if kind == "copy"][:2] == [by_size[0]] * 2
-    builds = [workers for kind, workers in restore_events if kind == "build"]
-    assert len(builds) == len(TABLES) and "0" in builds
+    assert [event[1] for event in restore_events if event[0] == "copy"][:2] == [by_size[0]] * 2
+    builds = [event[1] for event in restore_events if event[0] == "build"]
+    assert len(builds) >= len(TABLES) and "0" in builds
     assert_identical(pg_cluster, source, beside)
 
 

@@ -10,9 +10,10 @@ lacks (tableplan.py, present.py).
 The sections run as the archive's parts allow (parts.py): the definitions (pre-data) from part 0;
 the data of all parts `jobs` at a time, each part streamed decompressed (no copy of the dump on
 disk) into its own pg_restore, or for a COPY slice of a big table into its own `COPY FROM STDIN`,
-so that several slices load one table at once, the biggest table first; a big table's own indexes
-and keys are built as soon as its last slice is in, before the parts still waiting (by one server
-process when other jobs run beside: docs/decisions.md); then the rest of the keys, indexes
+so that several slices load one table at once, the biggest table first; a big table's own keys
+and then each of its indexes, the slowest first (buildplan.py), are built as soon as its last
+slice is in, before the parts still waiting (by one server process when other jobs run beside:
+docs/decisions.md); then the rest of the keys, indexes
 and constraints (post-data) with `--jobs`, from the head of part 0 (tochead.py: header and table
 of contents, a small file pg_restore can seek in). The rows of the sliced tables are what their
 COPYs loaded (the server's count); the other tables are counted beside the post-data section.
@@ -46,6 +47,7 @@ from lifeos_backup.core.settings import Settings
 from lifeos_backup.core.sidebyside import Crew, run_side_by_side
 from lifeos_backup.formats.manifest import Manifest
 from lifeos_backup.formats.streams import CHUNK
+from lifeos_backup.kinds.postgres.buildplan import plan_builds
 from lifeos_backup.kinds.postgres.check import manifest_tables, verify_checksum
 from lifeos_backup.kinds.postgres.connect import connect
 from lifeos_backup.kinds.postgres.conninfo import PgTarget, restore_target
@@ -240,7 +242,7 @@ def run_restore(
             [*base, "--section=pre-data", *schema_list, str(head)],
             env=target.env(), stdout=subprocess.DEVNULL,
         )
-        early, rest = plan_post_data(parts, chosen, wanted, head, work)
+        early, rest = plan_post_data(pg_restore, parts, chosen, wanted, head, work)
         bar = Progress("restoring data", bytes_total=sum(max(p.dump_bytes, 0) for p in parts))
         encoding = str(manifest.facts.get("encoding") or "UTF8")
         loaded = load_data(
@@ -302,23 +304,32 @@ def plan_selection(
 
 
 def plan_post_data(
+    pg_restore: Tool,
     parts: list[Part],
     chosen: list[TocEntry],
     wanted: list[tuple[str, str]],
     head: Path,
     work: Path,
-) -> tuple[dict[tuple[str, str], list[str]], list[str]]:
-    """The pg_restore arguments (after the connection's) of each sliced table's own indexes and
-    keys, built as soon as its rows are in, and the use-list of the rest of the post-data (none:
+) -> tuple[dict[tuple[str, str], list[list[str]]], list[str]]:
+    """The pg_restore arguments (after the connection's) of each sliced table's own keys and
+    indexes, in build order (buildplan.py: the keys, then each index alone, the slowest first),
+    run as soon as its rows are in; and the use-list of the rest of the post-data (none:
     nothing built early)."""
     sliced = {(p.copy.schema, p.copy.name) for p in parts if p.copy is not None}
-    early: dict[tuple[str, str], list[str]] = {}
+    early: dict[tuple[str, str], list[list[str]]] = {}
     built: set[int] = set()
     for number, table in enumerate(t for t in wanted if t in sliced):
-        if entries := own_post_data(chosen, *table):
-            listed = write_use_list(work / f"post-data-{number}.txt", chosen, entries)
-            early[table] = ["--section=post-data", listed, str(head)]
-            built.update(e.dump_id for e in entries)
+        own = own_post_data(chosen, *table)
+        if not own:
+            continue
+        builds = plan_builds(pg_restore, head, own, work / f"indexes-{number}.txt")
+        steps = [builds.keys] if builds.keys else []
+        early[table] = [
+            ["--section=post-data", write_use_list(work / f"post-data-{number}-{n}.txt", chosen,
+                                                   step), str(head)]
+            for n, step in enumerate([*steps, *builds.indexes])
+        ]
+        built.update(e.dump_id for e in own)
     if not built:
         return early, []
     others = [e for e in chosen if e.dump_id not in built]
@@ -379,15 +390,16 @@ def load_data(
     jobs: int,
     algorithm: str,
     encoding: str,
-    follow_ups: dict[tuple[str, str], list[str]],
+    follow_ups: dict[tuple[str, str], list[list[str]]],
     report: Progress,
     progress: ProgressFn,
 ) -> dict[tuple[str, str], int]:
     """The data of every part, `jobs` parts at a time: pg_dump parts streamed into pg_restore,
     slices into COPY, the biggest table's first (`load_order`); once a sliced table's last slice
-    is in, its `follow_ups` (the pg_restore of its own indexes and keys) run before the parts
-    still waiting, so that the biggest table's index build overlaps the other tables' loads. From
-    its first slice to its index build a table is kept from autovacuum (vacuumguard.py). Returns
+    is in, its `follow_ups` (pg_restores of its own keys, then of each index, the slowest first)
+    run before the parts still waiting, so that the biggest table's index builds overlap the
+    other tables' loads and each other. From its first slice to its first build a table is kept
+    from autovacuum (vacuumguard.py). Returns
     the rows the slices loaded, per table."""
     base = restore_args(pg_restore, target)
     fed = [0] * len(sources)
@@ -419,9 +431,17 @@ def load_data(
 
     def build_own(table: tuple[str, str], crew: Crew) -> None:
         guards.release(table)  # the index build's lock conflicts with the guard's
+        first, *rest = follow_ups[table]
+        build(first, crew)
+        # The rest start before every job still waiting, the slowest first, on any free worker
+        # (CREATE INDEX builds on one table run side by side; the keys, done now, would not).
+        for args in reversed(rest):
+            crew.next(functools.partial(build, args))
+
+    def build(args: list[str], crew: Crew) -> None:
         # Beside other jobs a parallel build would crowd them out of the server's cores.
         own = restore_args(pg_restore, target, one_process=crew.shared())
-        run_tracked([*own, *follow_ups[table]], target, crew)
+        run_tracked([*own, *args], target, crew)
 
     loads = []
     for number in load_order(parts):
