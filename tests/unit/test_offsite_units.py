@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, NoCredenti
 from beat_schedule import build_schedule
 from lifeos_backup.core.errors import (
     ConfigError,
+    DecryptionKeyError,
     OffsiteError,
     PermanentError,
     RetryableError,
@@ -195,6 +196,12 @@ class _Body:
         self.data = data
         self.chunks = 0
 
+    def read(self, size: int) -> bytes:  # bounded reads only, as a sealed manifest is opened
+        assert 0 <= size <= 1 << 20, size
+        self.chunks += 1
+        data, self.data = self.data[:size], self.data[size:]
+        return data
+
     def iter_chunks(self, size: int) -> Iterator[bytes]:
         for start in range(0, len(self.data), 7):  # small chunks: the file is assembled
             self.chunks += 1
@@ -264,3 +271,76 @@ def test_a_truncated_remote_manifest_is_refused(tmp_path: Path) -> None:
     remote = SimpleNamespace(client=_Client({key: text}), bucket="b")
     with pytest.raises(VerificationFailed, match="unreadable"):
         read_remote_manifest(remote, key, tmp_path)  # type: ignore[arg-type]
+
+
+def _key_file(folder: Path, name: str) -> tuple[Path, str]:
+    from lifeos_backup.formats.crypto import generate_identity
+
+    identity, recipient = generate_identity()
+    path = folder / name
+    path.write_text(identity + "\n")
+    return path, recipient
+
+
+def test_a_sealed_remote_manifest_opens_only_with_its_key_and_only_whole(
+    tmp_path: Path,
+) -> None:
+    """A manifest sealed for the bucket holds no member path; its key opens it into the scratch
+    folder (0600) with its entries streaming from there; no key, a wrong key, a flipped byte
+    and a cut-off end are each one clear error."""
+    import io
+    from types import SimpleNamespace
+
+    from lifeos_backup.formats.crypto import parse_recipients, seal_file
+    from lifeos_backup.formats.manifest import FileEntry, write_manifest
+    from lifeos_backup.storage.offsite.download import read_remote_manifest
+
+    backup_id = "json_backup_20250101_000000"
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    entries = [
+        FileEntry(path=f"data/characters/zoë-{i:04d}.json", size=i, mode=0o644, sha256="a" * 64)
+        for i in range(3000)
+    ]
+    local = tmp_path / f"{backup_id}.manifest.json"
+    write_manifest(
+        local,
+        Manifest(
+            backup_id=backup_id, kind="json", created_at=now, finished_at=now, host="h",
+            tool_version="t", compression=Compression(algorithm="zstd", level=3),
+            archive=ArchiveInfo(name=f"{backup_id}.tar.zst.age", size=1, sha256="c" * 64),
+            files=entries,
+        ),
+    )  # fmt: skip
+    key_file, recipient = _key_file(tmp_path, "backup.key")
+    other_file, _ = _key_file(tmp_path, "other.key")
+    out = io.BytesIO()
+    digest, size = seal_file(local, out, parse_recipients(recipient))  # type: ignore[arg-type]
+    sealed = out.getvalue()
+    assert (digest, size) == (hashlib.sha256(sealed).hexdigest(), len(sealed))
+    assert b"characters" not in sealed and "zoë".encode() not in sealed
+
+    key = f"lifeos/json/{backup_id}.manifest.json.age"
+    flipped = bytearray(sealed)
+    flipped[len(sealed) // 2] ^= 0x01
+    objects = {key: sealed, "flipped": bytes(flipped), "cut": sealed[:-200]}
+    remote = SimpleNamespace(client=_Client(objects), bucket="b")
+
+    def read(name: str, identity: Path | None) -> Manifest:
+        scratch = tmp_path / f"scratch-{len(remote.client.bodies)}"
+        scratch.mkdir()
+        objects[key] = objects[name]
+        return read_remote_manifest(remote, key, scratch, identity)  # type: ignore[arg-type]
+
+    manifest = read(key, key_file)
+    copy = tmp_path / "scratch-0" / f"{backup_id}.manifest.json"
+    assert copy.read_bytes() == local.read_bytes() and copy.stat().st_mode & 0o777 == 0o600
+    assert manifest.backup_id == backup_id and list(manifest.iter_files()) == entries
+    assert remote.client.bodies[0].chunks > 3  # decrypted as it streams in
+
+    with pytest.raises(DecryptionKeyError, match="is encrypted and no private key is configured"):
+        read(key, None)
+    with pytest.raises(DecryptionKeyError, match=r"cannot decrypt off-site manifest .*: no conf"):
+        read(key, other_file)
+    for damage in ("flipped", "cut"):
+        with pytest.raises(VerificationFailed, match=r"age is damaged: .*authentication"):
+            read(damage, key_file)

@@ -29,7 +29,7 @@ from botocore.exceptions import (
 
 from lifeos_backup.core.errors import ConfigError, LifeosError, OffsiteError, PermanentError
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.formats.manifest import MANIFEST_SUFFIX
+from lifeos_backup.formats.manifest import MANIFEST_SUFFIX, SEALED_MANIFEST_SUFFIX
 
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 120
@@ -89,8 +89,28 @@ class Remote:
         return self.prefix + "/" if self.prefix else ""
 
 
-def manifest_key(archive_key: str, backup_id: str) -> str:
-    return posixpath.join(posixpath.dirname(archive_key), backup_id + MANIFEST_SUFFIX)
+def manifest_key(archive_key: str, backup_id: str, sealed: bool = False) -> str:
+    """Key of a backup's manifest beside its archive: `<id>.manifest.json`, or, sealed to the
+    encryption recipients, `<id>.manifest.json.age`."""
+    suffix = SEALED_MANIFEST_SUFFIX if sealed else MANIFEST_SUFFIX
+    return posixpath.join(posixpath.dirname(archive_key), backup_id + suffix)
+
+
+def manifest_keys(archive_key: str, backup_id: str, sealed_first: bool = True) -> list[str]:
+    """Both places a backup's manifest may be, the likelier first: buckets written before
+    manifests were sealed, or without encryption, hold clear ones."""
+    keys = [manifest_key(archive_key, backup_id, sealed=True), manifest_key(archive_key, backup_id)]
+    return keys if sealed_first else keys[::-1]
+
+
+def find_manifest(
+    remote: Remote, archive_key: str, backup_id: str, sealed_first: bool = True
+) -> str | None:
+    """The key of the backup's manifest in the bucket (sealed or clear), or None (HEAD only)."""
+    for key in manifest_keys(archive_key, backup_id, sealed_first):
+        if head(remote, key) is not None:
+            return key
+    return None
 
 
 def client_config(settings: Settings) -> Config:

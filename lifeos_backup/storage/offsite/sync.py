@@ -21,7 +21,14 @@ from lifeos_backup.core.settings import Settings
 from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 from lifeos_backup.storage.offsite import state
-from lifeos_backup.storage.offsite.s3 import Remote, connect, head, manifest_key, s3_errors
+from lifeos_backup.storage.offsite.s3 import (
+    Remote,
+    connect,
+    find_manifest,
+    head,
+    manifest_keys,
+    s3_errors,
+)
 from lifeos_backup.storage.offsite.upload import abort_upload, remote_mismatch, upload_backup
 from lifeos_backup.storage.retention import Candidate, Decision, plan
 from lifeos_backup.storage.retention import parse_policy as parse_retention
@@ -65,14 +72,17 @@ def read_back(remote: Remote, row: Backup) -> str:
     return ""
 
 
-def check_remote(remote: Remote, row: Backup, full: bool) -> tuple[str, str]:
-    """(status, problem) of one remote copy: HEAD of archive and manifest, and a full read."""
+def check_remote(
+    remote: Remote, row: Backup, full: bool, sealed_first: bool = False
+) -> tuple[str, str]:
+    """(status, problem) of one remote copy: HEAD of archive and manifest (sealed or clear: only
+    its presence is checked, so no key is needed), and a full read of the archive."""
     assert row.offsite_key and row.size is not None and row.sha256
     found = head(remote, row.offsite_key)
     problem = remote_mismatch(found, row.size, row.sha256, row.offsite_checksum)
     if found is None:
         return state.MISSING, problem
-    if not problem and head(remote, manifest_key(row.offsite_key, row.id)) is None:
+    if not problem and find_manifest(remote, row.offsite_key, row.id, sealed_first) is None:
         return state.MISSING, "the remote manifest is missing"
     if not problem and full:
         problem = read_back(remote, row)
@@ -86,7 +96,9 @@ def recheck(remote: Remote, settings: Settings, catalog: Catalog, report: SyncRe
     for row in rows:
         full = row.id in sample
         with s3_errors(f"re-check of {row.id}", remote):
-            status, problem = check_remote(remote, row, full)
+            status, problem = check_remote(
+                remote, row, full, bool(settings.encryption_recipients)
+            )
         report.checked += 1
         if full and not problem:
             report.read_back.append(row.id)
@@ -160,8 +172,9 @@ def expire_remote(
 
 
 def delete_remote(remote: Remote, catalog: Catalog, backup_id: str, reasons: str, who: str) -> None:
-    """Remove a backup's remote copy: marked `deleting`, then its manifest (so a half-deleted copy
-    is incomplete), its archive and any multipart upload left, then marked `deleted`. Remote
+    """Remove a backup's remote copy: marked `deleting`, then its manifest (sealed and clear, so a
+    half-deleted copy is incomplete), its archive and any multipart upload left, then marked
+    `deleted`. Remote
     retention and `forget` both delete through here; a copy left `deleting` by a crash is
     finished by the next sync (`expire_remote`)."""
     row = catalog.get(backup_id)
@@ -170,7 +183,7 @@ def delete_remote(remote: Remote, catalog: Catalog, backup_id: str, reasons: str
         return
     state.mark(catalog, backup_id, state.DELETING)
     with s3_errors(f"{who} of {backup_id}", remote):
-        for key in (manifest_key(row.offsite_key, backup_id), row.offsite_key):
+        for key in [*manifest_keys(row.offsite_key, backup_id), row.offsite_key]:
             remote.client.delete_object(Bucket=remote.bucket, Key=key)
         if row.offsite_upload_id:
             abort_upload(remote, row.offsite_key, row.offsite_upload_id)

@@ -7,7 +7,8 @@ Integrity, end to end:
    whose bytes differ from what we hashed;
 3. afterwards HEAD must report the manifest's size, our SHA-256 in the object metadata and the
    checksum S3 computed (the SHA-256 of a single-part object, or the composite over the parts);
-4. only then the manifest goes up. A remote archive without a manifest is never listed as good.
+4. only then the manifest goes up, sealed to the encryption recipients when encryption is on. A
+   remote archive without a manifest is never listed as good.
 
 Resumption: the multipart upload id and every finished part are recorded in the catalog as they
 complete. A crashed or failed upload is continued from the parts S3 still holds with the same
@@ -24,16 +25,18 @@ import base64
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from lifeos_backup.core.agekeys import parse_recipients
 from lifeos_backup.core.errors import (
     LifeosError,
     OffsiteError,
@@ -41,8 +44,10 @@ from lifeos_backup.core.errors import (
     RetryableError,
     VerificationFailed,
 )
+from lifeos_backup.core.fsutil import private_dir
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.formats.crypto import seal_file
 from lifeos_backup.formats.manifest import Manifest, manifest_path, read_manifest
 from lifeos_backup.formats.streams import CHUNK, sha256_file
 from lifeos_backup.storage.catalog import Backup, Catalog
@@ -52,6 +57,7 @@ from lifeos_backup.storage.offsite import state
 from lifeos_backup.storage.offsite.s3 import (
     Remote,
     connect,
+    find_manifest,
     head,
     manifest_key,
     s3_errors,
@@ -460,24 +466,46 @@ def _confirm(job: Job, settings: Settings) -> None:
 def _put_manifest(
     job: Job, mpath: Path, manifest: Manifest, now: datetime, settings: Settings
 ) -> None:
-    """The manifest, streamed from its file (hashed first in one pass): a backup of a million
-    files has a manifest of a hundred MB or more, never held in memory."""
-    digest, _size = sha256_file(str(mpath))
+    """The manifest, streamed from its file (hashed in the same pass): a backup of a million files
+    has a manifest of a hundred MB or more, never held in memory.
+
+    With encryption on it is sealed to the same recipients as the archives and goes up as
+    `<id>.manifest.json.age`: the bucket then holds no member path, size, mode or hash, and no
+    table name. It is sealed into an unlinked file of the private state folder (the local manifest
+    stays clear, docs/decisions.md) and a clear manifest of the same backup left by an earlier
+    upload is deleted once the sealed one is there.
+    """
+    recipients = parse_recipients(settings.encryption_recipients)
     options = {**lock_options(settings, now)}
     if settings.s3_server_side_encryption:
         options["ServerSideEncryption"] = settings.s3_server_side_encryption
         if settings.s3_sse_kms_key_id:
             options["SSEKMSKeyId"] = settings.s3_sse_kms_key_id
-    with open(mpath, "rb") as body:
+    key = manifest_key(job.key, manifest.backup_id, sealed=bool(recipients))
+
+    def put(body: BinaryIO, digest: str, content_type: str) -> None:
         job.remote.client.put_object(
             Bucket=job.remote.bucket,
-            Key=manifest_key(job.key, manifest.backup_id),
+            Key=key,
             Body=body,
-            ContentType="application/json",
+            ContentType=content_type,
             ChecksumAlgorithm="SHA256",
             ChecksumSHA256=_b64(bytes.fromhex(digest)),
             **options,
         )
+
+    if not recipients:
+        digest, _size = sha256_file(str(mpath))
+        with open(mpath, "rb") as body:
+            put(body, digest, "application/json")
+        return
+    with tempfile.TemporaryFile(dir=private_dir(settings.state_dir)) as sealed_body:
+        digest, _size = seal_file(mpath, sealed_body, recipients)
+        sealed_body.seek(0)
+        put(sealed_body, digest, "application/octet-stream")
+    clear = manifest_key(job.key, manifest.backup_id)
+    if head(job.remote, clear) is not None:
+        job.remote.client.delete_object(Bucket=job.remote.bucket, Key=clear)
 
 
 # --- The whole upload -----------------------------------------------------------------------------
@@ -493,11 +521,12 @@ class Uploaded:
     adopted: bool  # it was already there, complete (e.g. after a catalog rebuild)
 
 
-def _already_there(job: Job) -> bool:
+def _already_there(job: Job, sealed_first: bool) -> bool:
+    """The archive is there intact and so is a manifest, sealed or (an older upload) clear."""
     found = head(job.remote, job.key)
     if remote_mismatch(found, job.plan.size, job.plan.sha256, job.plan.expected_checksum):
         return False
-    return head(job.remote, manifest_key(job.key, job.row.id)) is not None
+    return find_manifest(job.remote, job.key, job.row.id, sealed_first) is not None
 
 
 def upload_backup(
@@ -550,7 +579,7 @@ def upload_backup(
             )
             if plan.single and job.row.offsite_upload_id:  # left over from a larger part plan
                 _give_up(job, job.row.offsite_upload_id)
-            adopted = _already_there(job)
+            adopted = _already_there(job, bool(settings.encryption_recipients))
             if adopted:
                 pass
             elif plan.single:
