@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
+import io
 import json
 import os
 import shutil
@@ -24,7 +25,12 @@ from celery.result import AsyncResult
 
 from lifeos_backup.app.client import backup_chain, make_app, request_backup
 from lifeos_backup.core.errors import ConfigError, OffsiteError, VerificationFailed
-from lifeos_backup.formats.crypto import fingerprint, generate_identity
+from lifeos_backup.formats.crypto import (
+    fingerprint,
+    generate_identity,
+    parse_recipients,
+    seal_file,
+)
 from lifeos_backup.jobs.backups import create_backup, verify_backup
 from lifeos_backup.jobs.locks import exclusive
 from lifeos_backup.storage.offsite import state
@@ -293,7 +299,7 @@ def test_sealed_manifests_refuse_damage_and_wrong_keys_and_clear_ones_keep_worki
     from lifeos_backup.storage.offsite.sync import delete_remote
 
     key_file, _identity, recipient = keypair(tmp_path / "safe")
-    other_file, _, _ = keypair(tmp_path / "safe", "other.key")
+    other_file, _, other_recipient = keypair(tmp_path / "safe", "other.key")
     setenv(lifeos_env, monkeypatch, LIFEOS_ENCRYPTION_RECIPIENTS=recipient)
     make_tree(lifeos_env.app_dir, files=6)
     old = good_backup(lifeos_env)
@@ -356,9 +362,17 @@ def test_sealed_manifests_refuse_damage_and_wrong_keys_and_clear_ones_keep_worki
         assert refused.stderr.startswith(f"error: off-site manifest {new}.manifest.json.age is")
         assert "is damaged" in refused.stderr and len(refused.stderr.splitlines()) == 1
         assert not target.exists() or not any(target.iterdir())
+    # ... and so is one sealed for another key, while the others open.
+    foreign = io.BytesIO()
+    old_manifest = lifeos_env.backup_root / "json" / f"{old}.manifest.json"
+    seal_file(old_manifest, foreign, parse_recipients(other_recipient))
+    stranger = f"{s3_bucket.prefix}/json/json_backup_20200101_000000.manifest.json.age"
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=stranger, Body=foreign.getvalue())
     skipped: list[str] = []
     assert rebuild_from_offsite(lifeos_env.settings(), catalog, skipped.append) == [old]
-    assert len(skipped) == 1 and "is damaged" in skipped[0]
+    assert len(skipped) == 2 and "is damaged" in skipped[0]
+    assert skipped[1].startswith(f"skipped remote manifest {stranger}: cannot decrypt")
+    s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key=stranger)
 
     # The sealed manifest gone, the old archive altered: one sync puts both right, sealed.
     s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key=new_sealed)

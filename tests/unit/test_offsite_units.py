@@ -314,7 +314,7 @@ def test_a_sealed_remote_manifest_opens_only_with_its_key_and_only_whole(
     key_file, recipient = _key_file(tmp_path, "backup.key")
     other_file, _ = _key_file(tmp_path, "other.key")
     out = io.BytesIO()
-    digest, size = seal_file(local, out, parse_recipients(recipient))  # type: ignore[arg-type]
+    digest, size = seal_file(local, out, parse_recipients(recipient))
     sealed = out.getvalue()
     assert (digest, size) == (hashlib.sha256(sealed).hexdigest(), len(sealed))
     assert b"characters" not in sealed and "zoë".encode() not in sealed

@@ -295,25 +295,26 @@ def scan_remote(
 
     Sealed manifests need `identity_file`: without it nothing is read and KeyNeeded lists what
     the bucket shows. A sealed manifest that the key does not open is skipped with a warning,
-    unless no sealed manifest opens at all: then that DecryptionKeyError is raised (a wrong key,
-    not one foreign manifest).
+    unless the key opens no sealed manifest at all: then that DecryptionKeyError is raised (a
+    wrong key, not one foreign manifest).
     """
     listed = list_remote(remote)
     if identity_file is None and any(item.sealed for item in listed):
         raise key_needed(listed)
     found: list[RemoteBackup] = []
-    opened = 0
+    fitted = 0  # sealed manifests the key opened (a damaged one too: damage shows after that)
     refused: list[tuple[str, DecryptionKeyError]] = []
     for item in listed:
         try:
             manifest = _valid_remote_manifest(remote, item, scratch, identity_file)
         except VerificationFailed as exc:
+            fitted += item.sealed
             warn(f"skipped remote manifest {item.manifest_key}: {exc}")
             continue
         except DecryptionKeyError as exc:  # told below: one foreign manifest, or a wrong key
             refused.append((item.manifest_key, exc))
             continue
-        opened += item.sealed
+        fitted += item.sealed
         archive_key = item.manifest_key.rsplit("/", 1)[0] + "/" + manifest.archive.name
         reply = head(remote, archive_key)
         problem = remote_mismatch(reply, manifest.archive.size, manifest.archive.sha256, None)
@@ -323,7 +324,7 @@ def scan_remote(
         checksum = reply.get("ChecksumSHA256") if reply else None
         path = remote.relpath(archive_key)
         found.append(RemoteBackup(manifest, archive_key, path, status, checksum, problem))
-    if refused and not opened:
+    if refused and not fitted:
         raise refused[0][1]
     for key, refusal in refused:
         warn(f"skipped remote manifest {key}: {refusal}")
