@@ -8,6 +8,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -26,8 +27,9 @@ from lifeos_backup.core.errors import (
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import ArchiveInfo, Compression, Manifest
 from lifeos_backup.storage.catalog import Backup
-from lifeos_backup.storage.offsite.s3 import same_checksum, translate
+from lifeos_backup.storage.offsite.s3 import translate
 from lifeos_backup.storage.offsite.state import location
+from lifeos_backup.storage.offsite.store import ObjectInfo, same_checksum
 from lifeos_backup.storage.offsite.upload import (
     MIB,
     RangeReader,
@@ -142,13 +144,13 @@ def test_throttle_holds_the_rate_across_calls() -> None:
 
 
 def test_remote_mismatch_names_the_difference() -> None:
-    good = {"ContentLength": 10, "Metadata": {"sha256": "ab"}, "ChecksumSHA256": "Zm9v-2"}
+    good = ObjectInfo(size=10, sha256="ab", checksum="Zm9v-2")
     assert remote_mismatch(good, 10, "ab", "Zm9v") == ""  # "-2": a service's composite suffix
     assert "missing" in remote_mismatch(None, 10, "ab", None)
     assert "bytes" in remote_mismatch(good, 11, "ab", None)
     assert "metadata" in remote_mismatch(good, 10, "cd", None)
     assert "checksum" in remote_mismatch(good, 10, "ab", "YmFy")
-    assert "no SHA-256" in remote_mismatch({**good, "ChecksumSHA256": None}, 10, "ab", "Zm9v")
+    assert "no SHA-256" in remote_mismatch(replace(good, checksum=None), 10, "ab", "Zm9v")
     assert same_checksum("Zm9v-3", "Zm9v") and not same_checksum(None, "Zm9v")
 
 
@@ -208,21 +210,25 @@ class _Body:
             yield self.data[start : start + 7]
 
 
-class _Client:
+class _Store:
+    """The reads of an object store (store.ObjectStore) from memory: streamed only."""
+
     def __init__(self, objects: dict[str, bytes]) -> None:
         self.objects = objects
         self.bodies: list[_Body] = []
 
-    def get_object(self, Bucket: str, Key: str) -> dict[str, _Body]:
-        self.bodies.append(_Body(self.objects[Key]))
-        return {"Body": self.bodies[-1]}
+    def open(self, key: str) -> _Body:
+        self.bodies.append(_Body(self.objects[key]))
+        return self.bodies[-1]
+
+    def chunks(self, key: str, start: int = 0, size: int = 1 << 20) -> Iterator[bytes]:
+        assert start == 0
+        return self.open(key).iter_chunks(size)
 
 
 def test_remote_manifest_goes_through_a_file_and_its_entries_stream_from_it(
     tmp_path: Path,
 ) -> None:
-    from types import SimpleNamespace
-
     from lifeos_backup.formats.manifest import FileEntry, write_manifest
     from lifeos_backup.storage.offsite.download import read_remote_manifest
 
@@ -244,8 +250,8 @@ def test_remote_manifest_goes_through_a_file_and_its_entries_stream_from_it(
         ),
     )
     key = f"lifeos/json/{backup_id}.manifest.json"
-    client = _Client({key: local.read_bytes()})
-    remote = SimpleNamespace(client=client, bucket="b")
+    client = _Store({key: local.read_bytes()})
+    remote = client
     scratch = tmp_path / "scratch"
     scratch.mkdir()
 
@@ -262,13 +268,11 @@ def test_remote_manifest_goes_through_a_file_and_its_entries_stream_from_it(
 
 
 def test_a_truncated_remote_manifest_is_refused(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
     from lifeos_backup.storage.offsite.download import read_remote_manifest
 
     key = "lifeos/json/json_backup_20250101_000000.manifest.json"
     text = b'{"format_version":1,"backup_id":"json_backup_20250101_000000","files":[\n{"path":"a"'
-    remote = SimpleNamespace(client=_Client({key: text}), bucket="b")
+    remote = _Store({key: text})
     with pytest.raises(VerificationFailed, match="unreadable"):
         read_remote_manifest(remote, key, tmp_path)  # type: ignore[arg-type]
 
@@ -289,7 +293,6 @@ def test_a_sealed_remote_manifest_opens_only_with_its_key_and_only_whole(
     folder (0600) with its entries streaming from there; no key, a wrong key, a flipped byte
     and a cut-off end are each one clear error."""
     import io
-    from types import SimpleNamespace
 
     from lifeos_backup.formats.crypto import parse_recipients, seal_file
     from lifeos_backup.formats.manifest import FileEntry, write_manifest
@@ -323,10 +326,10 @@ def test_a_sealed_remote_manifest_opens_only_with_its_key_and_only_whole(
     flipped = bytearray(sealed)
     flipped[len(sealed) // 2] ^= 0x01
     objects = {key: sealed, "flipped": bytes(flipped), "cut": sealed[:-200]}
-    remote = SimpleNamespace(client=_Client(objects), bucket="b")
+    remote = _Store(objects)
 
     def read(name: str, identity: Path | None) -> Manifest:
-        scratch = tmp_path / f"scratch-{len(remote.client.bodies)}"
+        scratch = tmp_path / f"scratch-{len(remote.bodies)}"
         scratch.mkdir()
         objects[key] = objects[name]
         return read_remote_manifest(remote, key, scratch, identity)  # type: ignore[arg-type]
@@ -335,7 +338,7 @@ def test_a_sealed_remote_manifest_opens_only_with_its_key_and_only_whole(
     copy = tmp_path / "scratch-0" / f"{backup_id}.manifest.json"
     assert copy.read_bytes() == local.read_bytes() and copy.stat().st_mode & 0o777 == 0o600
     assert manifest.backup_id == backup_id and list(manifest.iter_files()) == entries
-    assert remote.client.bodies[0].chunks > 3  # decrypted as it streams in
+    assert remote.bodies[0].chunks > 3  # decrypted as it streams in
 
     with pytest.raises(DecryptionKeyError, match="is encrypted and no private key is configured"):
         read(key, None)

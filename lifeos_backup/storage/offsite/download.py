@@ -22,8 +22,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from botocore.exceptions import BotoCoreError
-
 from lifeos_backup.core.errors import DecryptionKeyError, NotFound, VerificationFailed
 from lifeos_backup.core.fsutil import private_dir, remove_quietly
 from lifeos_backup.core.names import created_at_of_id, is_backup_id
@@ -40,7 +38,8 @@ from lifeos_backup.formats.streams import CHUNK
 from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import CREATED, VERIFIED
 from lifeos_backup.storage.offsite import state
-from lifeos_backup.storage.offsite.s3 import Remote, connect, find_manifest, head, s3_errors
+from lifeos_backup.storage.offsite.s3 import connect
+from lifeos_backup.storage.offsite.store import ObjectStore, find_manifest
 from lifeos_backup.storage.offsite.upload import remote_mismatch
 from lifeos_backup.storage.repository import LAYOUTS
 
@@ -48,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 def read_remote_manifest(
-    remote: Remote, key: str, scratch: Path, identity_file: Path | None = None
+    remote: ObjectStore, key: str, scratch: Path, identity_file: Path | None = None
 ) -> Manifest:
     """The manifest at `key`, streamed into a file in `scratch` and read from there: its entries
     stream from that file (`iter_files`) as long as it is there.
@@ -63,17 +62,17 @@ def read_remote_manifest(
     if not plain.endswith(MANIFEST_SUFFIX) or plain.startswith("."):
         plain = "remote" + MANIFEST_SUFFIX
     path = scratch / plain
-    body = remote.client.get_object(Bucket=remote.bucket, Key=key)["Body"]
     if sealed:
+        body = remote.open(key)
         return open_sealed_manifest(body, path, identity_file, f"off-site manifest {name}")
     with open(path, "wb") as out:
-        for chunk in body.iter_chunks(CHUNK):
+        for chunk in remote.chunks(key, 0, CHUNK):
             out.write(chunk)
     return read_manifest(path)
 
 
 def download_archive(
-    remote: Remote,
+    remote: ObjectStore,
     key: str,
     dest: Path,
     manifest: Manifest,
@@ -94,16 +93,14 @@ def download_archive(
     try:
         with open(tmp, "wb") as out:
             while True:
-                extra = {"Range": f"bytes={report.bytes_done}-"} if report.bytes_done else {}
                 try:
-                    reply = remote.client.get_object(Bucket=remote.bucket, Key=key, **extra)
-                    for chunk in reply["Body"].iter_chunks(CHUNK):
+                    for chunk in remote.chunks(key, report.bytes_done, CHUNK):
                         out.write(chunk)
                         digest.update(chunk)
                         report.bytes_done += len(chunk)
                         progress(report)
                     break
-                except (BotoCoreError, OSError) as exc:  # the stream broke: continue from here
+                except remote.transient as exc:  # the stream broke: continue from here
                     failures += 1
                     if failures >= settings.s3_max_attempts:
                         raise
@@ -138,7 +135,7 @@ def fetched(
     remote = connect(settings)
     scratch = Path(tempfile.mkdtemp(prefix="offsite-", dir=private_dir(settings.state_dir)))
     try:
-        with s3_errors(f"download of {backup_id}", remote):
+        with remote.errors(f"download of {backup_id}"):
             key = find_manifest(remote, row.offsite_key, backup_id)
             if key is None:
                 raise NotFound(
@@ -192,7 +189,7 @@ class KeyNeeded(DecryptionKeyError):
         self.listed: list[Listed] = []
 
 
-def _manifest_name(remote: Remote, key: str) -> tuple[str, str, str] | None:
+def _manifest_name(remote: ObjectStore, key: str) -> tuple[str, str, str] | None:
     """(kind, folder, backup id) of a manifest key in one of the kinds' folders, else None."""
     folder, _, name = remote.relpath(key).rpartition("/")
     for suffix in (SEALED_MANIFEST_SUFFIX, MANIFEST_SUFFIX):
@@ -205,12 +202,9 @@ def _manifest_name(remote: Remote, key: str) -> tuple[str, str, str] | None:
     return None
 
 
-def list_remote(remote: Remote) -> list[Listed]:
+def list_remote(remote: ObjectStore) -> list[Listed]:
     """Every backup with a manifest in the bucket, by id, from one listing (no object is read)."""
-    pages = remote.client.get_paginator("list_objects_v2").paginate(
-        Bucket=remote.bucket, Prefix=remote.root
-    )
-    sizes = {obj["Key"]: int(obj["Size"]) for page in pages for obj in page.get("Contents", [])}
+    sizes = dict(remote.listing(remote.root))
     found: dict[str, Listed] = {}
     for key in sorted(sizes):
         named = _manifest_name(remote, key)
@@ -234,7 +228,7 @@ def list_remote(remote: Remote) -> list[Listed]:
     return [found[backup_id] for backup_id in sorted(found)]
 
 
-def remote_manifest_keys(remote: Remote) -> list[str]:
+def remote_manifest_keys(remote: ObjectStore) -> list[str]:
     """The key of every backup's manifest in the bucket (the sealed one when both are there)."""
     return sorted(item.manifest_key for item in list_remote(remote))
 
@@ -250,7 +244,7 @@ class RemoteBackup:
 
 
 def _valid_remote_manifest(
-    remote: Remote, item: Listed, scratch: Path, identity_file: Path | None
+    remote: ObjectStore, item: Listed, scratch: Path, identity_file: Path | None
 ) -> Manifest:
     """The manifest of `item`, valid (lifeos_backup.core.names, via Manifest) and describing the
     backup its key is named after; VerificationFailed otherwise. Only its first line is parsed
@@ -284,7 +278,7 @@ def key_needed(listed: list[Listed]) -> KeyNeeded:
 
 
 def scan_remote(
-    remote: Remote,
+    remote: ObjectStore,
     scratch: Path,
     warn: Callable[[str], None] = log.warning,
     identity_file: Path | None = None,
@@ -316,12 +310,12 @@ def scan_remote(
             continue
         fitted += item.sealed
         archive_key = item.manifest_key.rsplit("/", 1)[0] + "/" + manifest.archive.name
-        reply = head(remote, archive_key)
+        reply = remote.head(archive_key)
         problem = remote_mismatch(reply, manifest.archive.size, manifest.archive.sha256, None)
         status = (
             state.UPLOADED if not problem else state.MISSING if reply is None else state.DAMAGED
         )
-        checksum = reply.get("ChecksumSHA256") if reply else None
+        checksum = reply.checksum if reply else None
         path = remote.relpath(archive_key)
         found.append(RemoteBackup(manifest, archive_key, path, status, checksum, problem))
     if refused and not fitted:
@@ -339,7 +333,7 @@ def scan_offsite(
     remote = connect(settings)
     with (
         tempfile.TemporaryDirectory(prefix="offsite-", dir=private_dir(settings.state_dir)) as tmp,
-        s3_errors("catalog rebuild from off-site", remote),
+        remote.errors("catalog rebuild from off-site"),
     ):
         return scan_remote(remote, Path(tmp), warn, settings.encryption_identity_file)
 

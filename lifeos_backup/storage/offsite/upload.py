@@ -29,19 +29,15 @@ import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
-
-from botocore.exceptions import BotoCoreError, ClientError
 
 from lifeos_backup.core.agekeys import parse_recipients
 from lifeos_backup.core.errors import (
     LifeosError,
     OffsiteError,
     PermanentError,
-    RetryableError,
     VerificationFailed,
 )
 from lifeos_backup.core.fsutil import private_dir
@@ -54,15 +50,14 @@ from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import FAILED as LOCAL_FAILED
 from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 from lifeos_backup.storage.offsite import state
-from lifeos_backup.storage.offsite.s3 import (
-    Remote,
-    connect,
+from lifeos_backup.storage.offsite.s3 import connect
+from lifeos_backup.storage.offsite.store import (
+    ObjectInfo,
+    ObjectOptions,
+    ObjectStore,
     find_manifest,
-    head,
     manifest_key,
-    s3_errors,
     same_checksum,
-    translate,
 )
 
 log = logging.getLogger(__name__)
@@ -212,33 +207,28 @@ def plan_upload(path: Path, manifest: Manifest, part_size: int) -> UploadPlan:
 # --- Object options -------------------------------------------------------------------------------
 
 
-def object_options(settings: Settings, manifest: Manifest, now: datetime) -> dict[str, Any]:
-    """Storage class, server-side encryption, Object Lock and our metadata for a new object."""
-    options: dict[str, Any] = {
-        "Metadata": {
+def object_options(settings: Settings, manifest: Manifest, now: datetime) -> ObjectOptions:
+    """Our metadata (the archive's SHA-256, id and kind: checkable without the key) and the
+    retention lock for a new archive object."""
+    return replace(
+        lock_options(settings, now),
+        metadata={
             "sha256": manifest.archive.sha256,
             "backup-id": manifest.backup_id,
             "kind": manifest.kind,
         },
-        "ContentType": "application/octet-stream",
-    }
-    if settings.s3_storage_class:
-        options["StorageClass"] = settings.s3_storage_class
-    if settings.s3_server_side_encryption:
-        options["ServerSideEncryption"] = settings.s3_server_side_encryption
-        if settings.s3_sse_kms_key_id:
-            options["SSEKMSKeyId"] = settings.s3_sse_kms_key_id
-    options.update(lock_options(settings, now))
-    return options
+        bulk=True,
+    )
 
 
-def lock_options(settings: Settings, now: datetime) -> dict[str, Any]:
+def lock_options(settings: Settings, now: datetime) -> ObjectOptions:
+    """No metadata; LIFEOS_S3_OBJECT_LOCK_DAYS's retention lock from `now`, when set."""
     if not settings.s3_object_lock_days:
-        return {}
-    return {
-        "ObjectLockMode": settings.s3_object_lock_mode,
-        "ObjectLockRetainUntilDate": now + timedelta(days=settings.s3_object_lock_days),
-    }
+        return ObjectOptions()
+    return ObjectOptions(
+        lock_mode=settings.s3_object_lock_mode,
+        lock_until=now + timedelta(days=settings.s3_object_lock_days),
+    )
 
 
 # --- Sending --------------------------------------------------------------------------------------
@@ -248,13 +238,13 @@ def lock_options(settings: Settings, now: datetime) -> dict[str, Any]:
 class Job:
     """One upload in progress: where from, where to, and how."""
 
-    remote: Remote
+    remote: ObjectStore
     catalog: Catalog
     row: Backup
     archive: Path
     key: str
     plan: UploadPlan
-    options: dict[str, Any]
+    options: ObjectOptions
     concurrency: int
     throttle: Throttle | None
     progress: ProgressFn
@@ -263,15 +253,8 @@ class Job:
 def _put_single(job: Job) -> None:
     fd = os.open(job.archive, os.O_RDONLY)
     try:
-        job.remote.client.put_object(
-            Bucket=job.remote.bucket,
-            Key=job.key,
-            Body=RangeReader(fd, 0, job.plan.size, job.throttle),
-            ContentLength=job.plan.size,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=job.plan.expected_checksum,
-            **job.options,
-        )
+        body = RangeReader(fd, 0, job.plan.size, job.throttle)
+        job.remote.put(job.key, body, job.plan.size, job.plan.expected_checksum, job.options)
     finally:
         os.close(fd)
 
@@ -279,41 +262,18 @@ def _put_single(job: Job) -> None:
 def _send_part(job: Job, upload_id: str, part: Part) -> state.DonePart:
     fd = os.open(job.archive, os.O_RDONLY)
     try:
-        reply = job.remote.client.upload_part(
-            Bucket=job.remote.bucket,
-            Key=job.key,
-            UploadId=upload_id,
-            PartNumber=part.number,
-            Body=RangeReader(fd, part.offset, part.size, job.throttle),
-            ContentLength=part.size,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=part.checksum,
+        body = RangeReader(fd, part.offset, part.size, job.throttle)
+        etag = job.remote.send_part(
+            job.key, upload_id, part.number, body, part.size, part.checksum
         )
     finally:
         os.close(fd)
-    return state.DonePart(part.number, part.size, reply["ETag"], part.checksum)
-
-
-def _server_parts(job: Job, upload_id: str) -> dict[int, dict[str, Any]] | None:
-    """Parts S3 holds for an upload, or None when the upload no longer exists."""
-    found: dict[int, dict[str, Any]] = {}
-    try:
-        pages = job.remote.client.get_paginator("list_parts").paginate(
-            Bucket=job.remote.bucket, Key=job.key, UploadId=upload_id
-        )
-        for page in pages:
-            for part in page.get("Parts", []):
-                found[part["PartNumber"]] = part
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
-            return None
-        raise
-    return found
+    return state.DonePart(part.number, part.size, etag, part.checksum)
 
 
 def _resumable(job: Job, upload_id: str) -> dict[int, state.DonePart] | None:
-    """Recorded parts that S3 still holds unchanged and that the current plan needs."""
-    server = _server_parts(job, upload_id)
+    """Recorded parts that the service still holds unchanged and that the current plan needs."""
+    server = job.remote.parts(job.key, upload_id)
     if server is None:
         return None
     recorded = state.recorded_parts(job.catalog, upload_id)
@@ -324,21 +284,17 @@ def _resumable(job: Job, upload_id: str) -> dict[int, state.DonePart] | None:
         if (
             there is not None
             and want is not None
-            and there["ETag"] == done.etag
-            and there["Size"] == done.size == want.size
+            and there.etag == done.etag
+            and there.size == done.size == want.size
             and done.checksum == want.checksum
         ):
             keep[number] = done
     return keep
 
 
-def abort_upload(remote: Remote, key: str, upload_id: str) -> None:
-    """Abort a multipart upload so S3 drops its parts; an upload already gone is fine."""
-    try:
-        remote.client.abort_multipart_upload(Bucket=remote.bucket, Key=key, UploadId=upload_id)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
-            raise
+def abort_upload(remote: ObjectStore, key: str, upload_id: str) -> None:
+    """Abort a multipart upload so the service drops its parts; an upload already gone is fine."""
+    remote.abort(key, upload_id)
 
 
 def _start_or_resume(job: Job) -> tuple[str, dict[int, state.DonePart]]:
@@ -355,10 +311,7 @@ def _start_or_resume(job: Job) -> tuple[str, dict[int, state.DonePart]]:
             return upload_id, done
         log.warning("upload %s of %s is gone; starting again", upload_id[:12], job.row.id)
     state.forget_parts(job.catalog, job.row.id)
-    created = job.remote.client.create_multipart_upload(
-        Bucket=job.remote.bucket, Key=job.key, ChecksumAlgorithm="SHA256", **job.options
-    )
-    upload_id = created["UploadId"]
+    upload_id = job.remote.start_upload(job.key, job.options)
     job.catalog.update(job.row.id, offsite_upload_id=upload_id)
     return upload_id, {}
 
@@ -387,16 +340,8 @@ def _put_multipart(job: Job) -> None:
             _give_up(job, upload_id)
         raise
     pool.shutdown(wait=True)
-    job.remote.client.complete_multipart_upload(
-        Bucket=job.remote.bucket,
-        Key=job.key,
-        UploadId=upload_id,
-        MultipartUpload={
-            "Parts": [
-                {"PartNumber": n, "ETag": done[n].etag, "ChecksumSHA256": done[n].checksum}
-                for n in sorted(done)
-            ]
-        },
+    job.remote.complete(
+        job.key, upload_id, [(n, done[n].etag, done[n].checksum) for n in sorted(done)]
     )
     job.catalog.update(job.row.id, offsite_upload_id=None)
     state.forget_parts(job.catalog, job.row.id)
@@ -408,9 +353,7 @@ def _hopeless(exc: BaseException, job: Job) -> bool:
     Network trouble, throttling, a worker shutdown or a lost lock (another worker may be
     continuing this very upload) leave the parts in place for the next attempt.
     """
-    if not isinstance(exc, BotoCoreError | ClientError):
-        return False
-    return not isinstance(translate(exc, "upload", job.remote.where), RetryableError)
+    return job.remote.refused(exc)
 
 
 def _give_up(job: Job, upload_id: str) -> None:
@@ -428,16 +371,16 @@ def _give_up(job: Job, upload_id: str) -> None:
 
 
 def remote_mismatch(
-    found: dict[str, Any] | None, size: int, sha256: str, checksum: str | None
+    found: ObjectInfo | None, size: int, sha256: str, checksum: str | None
 ) -> str:
     """Why a HEAD reply is not our archive ('' when it is)."""
     if found is None:
         return "the remote archive is missing"
-    if found.get("ContentLength") != size:
-        return f"the remote archive has {found.get('ContentLength')} bytes, expected {size}"
-    if found.get("Metadata", {}).get("sha256") != sha256:
+    if found.size != size:
+        return f"the remote archive has {found.size} bytes, expected {size}"
+    if found.sha256 != sha256:
         return "the remote archive's SHA-256 metadata differs from the manifest"
-    reported = found.get("ChecksumSHA256")
+    reported = found.checksum
     if checksum and reported and not same_checksum(reported, checksum):
         return "the remote archive's S3 checksum differs (its content changed)"
     if checksum and not reported:
@@ -446,21 +389,15 @@ def remote_mismatch(
 
 
 def _confirm(job: Job, settings: Settings) -> None:
-    found = head(job.remote, job.key)
+    found = job.remote.head(job.key)
     problem = remote_mismatch(found, job.plan.size, job.plan.sha256, job.plan.expected_checksum)
     if problem:
         raise OffsiteError(f"upload of {job.row.id} did not arrive intact", problem)
     assert found is not None
-    if settings.s3_object_lock_days and not found.get("ObjectLockRetainUntilDate"):
+    lock = job.options
+    if lock.lock_mode and lock.lock_until and not found.locked_until:
         # Some services ignore the lock given at CreateMultipartUpload; set it explicitly.
-        job.remote.client.put_object_retention(
-            Bucket=job.remote.bucket,
-            Key=job.key,
-            Retention={
-                "Mode": settings.s3_object_lock_mode,
-                "RetainUntilDate": job.options["ObjectLockRetainUntilDate"],
-            },
-        )
+        job.remote.retain(job.key, lock.lock_mode, lock.lock_until)
 
 
 def _put_manifest(
@@ -476,36 +413,21 @@ def _put_manifest(
     upload is deleted once the sealed one is there.
     """
     recipients = parse_recipients(settings.encryption_recipients)
-    options = {**lock_options(settings, now)}
-    if settings.s3_server_side_encryption:
-        options["ServerSideEncryption"] = settings.s3_server_side_encryption
-        if settings.s3_sse_kms_key_id:
-            options["SSEKMSKeyId"] = settings.s3_sse_kms_key_id
     key = manifest_key(job.key, manifest.backup_id, sealed=bool(recipients))
-
-    def put(body: BinaryIO, digest: str, content_type: str) -> None:
-        job.remote.client.put_object(
-            Bucket=job.remote.bucket,
-            Key=key,
-            Body=body,
-            ContentType=content_type,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=_b64(bytes.fromhex(digest)),
-            **options,
-        )
-
     if not recipients:
-        digest, _size = sha256_file(str(mpath))
+        digest, size = sha256_file(str(mpath))
+        options = replace(lock_options(settings, now), content_type="application/json")
         with open(mpath, "rb") as body:
-            put(body, digest, "application/json")
+            job.remote.put(key, body, size, _b64(bytes.fromhex(digest)), options)
         return
     with tempfile.TemporaryFile(dir=private_dir(settings.state_dir)) as sealed_body:
-        digest, _size = seal_file(mpath, sealed_body, recipients)
+        digest, size = seal_file(mpath, sealed_body, recipients)
         sealed_body.seek(0)
-        put(sealed_body, digest, "application/octet-stream")
+        options = lock_options(settings, now)
+        job.remote.put(key, sealed_body, size, _b64(bytes.fromhex(digest)), options)
     clear = manifest_key(job.key, manifest.backup_id)
-    if head(job.remote, clear) is not None:
-        job.remote.client.delete_object(Bucket=job.remote.bucket, Key=clear)
+    if job.remote.head(clear) is not None:
+        job.remote.delete(clear)
 
 
 # --- The whole upload -----------------------------------------------------------------------------
@@ -523,7 +445,7 @@ class Uploaded:
 
 def _already_there(job: Job, sealed_first: bool) -> bool:
     """The archive is there intact and so is a manifest, sealed or (an older upload) clear."""
-    found = head(job.remote, job.key)
+    found = job.remote.head(job.key)
     if remote_mismatch(found, job.plan.size, job.plan.sha256, job.plan.expected_checksum):
         return False
     return find_manifest(job.remote, job.key, job.row.id, sealed_first) is not None
@@ -559,8 +481,8 @@ def upload_backup(
                 "its local copy is gone (rotated or lost); nothing to upload",
             )
         manifest = read_manifest(mpath)
-        with s3_errors(f"upload of {backup_id}", remote):
-            head(remote, remote.key(row.path))  # fails fast when the endpoint is down
+        with remote.errors(f"upload of {backup_id}"):
+            remote.head(remote.key(row.path))  # fails fast when the endpoint is down
             state.mark(catalog, backup_id, state.UPLOADING, offsite_attempts=attempts)
             part_size = part_size_for(manifest.archive.size, settings.s3_part_size_mb)
             plan = plan_upload(archive, manifest, part_size)
