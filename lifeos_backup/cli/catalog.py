@@ -23,6 +23,7 @@ from lifeos_backup.cli.common import (
 
 if TYPE_CHECKING:
     from lifeos_backup.storage.catalog import Backup
+    from lifeos_backup.storage.offsite.download import KeyNeeded
 
 catalog_app = typer.Typer(no_args_is_help=True, help="Maintain the catalog.")
 app.add_typer(catalog_app, name="catalog")
@@ -95,6 +96,21 @@ def show(backup_id: str) -> None:
     print(json.dumps(info, indent=2, default=str))
 
 
+def _print_listed(needed: KeyNeeded) -> None:
+    """What the bucket tells without the private key: one row per backup."""
+    table = Table("id", "kind", "created (UTC)", "size", "manifest")
+    for item in needed.listed:
+        size = human_size(item.archive_size) if item.archive_size is not None else "no archive"
+        table.add_row(
+            item.backup_id,
+            item.kind,
+            item.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+            size,
+            "sealed" if item.sealed else "clear",
+        )
+    out.print(table)
+
+
 @catalog_app.command("rebuild")
 def catalog_rebuild(
     source: Annotated[
@@ -120,7 +136,13 @@ def catalog_rebuild(
 
     s = settings()
     if source == "offsite":  # disaster recovery: may create the repository
-        report, _found = rebuild.rebuild_offsite(s, warn=warn)
+        from lifeos_backup.storage.offsite.download import KeyNeeded
+
+        try:
+            report, _found = rebuild.rebuild_offsite(s, warn=warn)
+        except KeyNeeded as exc:  # sealed manifests, no key: what the listing shows, then why
+            _print_listed(exc)
+            raise
     else:
         require_repository(s)
         with progress_bar("catalog rebuild") as show:

@@ -10,9 +10,10 @@ the identity file.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, Protocol, cast
 
 from lifeos_backup.core.agekeys import (
     Identity,
@@ -26,7 +27,7 @@ from lifeos_backup.core.agekeys import (
     parse_recipient,
     parse_recipients,
 )
-from lifeos_backup.core.errors import DecryptionKeyError
+from lifeos_backup.core.errors import DecryptionKeyError, VerificationFailed
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.formats.agestream import (
     CHUNK,
@@ -44,7 +45,12 @@ from lifeos_backup.formats.agestream import (
     payload_size_ok,
     read_header,
 )
-from lifeos_backup.formats.manifest import Encryption, Manifest, require_archive_match
+from lifeos_backup.formats.manifest import (
+    Encryption,
+    Manifest,
+    read_manifest,
+    require_archive_match,
+)
 from lifeos_backup.formats.streams import HashingReader, HashingWriter, ReadStream
 
 __all__ = [
@@ -70,11 +76,13 @@ __all__ = [
     "identities_from",
     "load_identities",
     "open_plain",
+    "open_sealed_manifest",
     "parse_identity",
     "parse_recipient",
     "parse_recipients",
     "payload_size_ok",
     "read_header",
+    "seal_file",
     "sealed",
 ]
 
@@ -156,3 +164,56 @@ def check_sealed(archive: Path, manifest: Manifest, progress: ProgressFn = ignor
             f"{len(manifest.encryption.recipients)}"
         )
     check_framing(header, hashed.size)
+
+
+# --- Sealed manifests (off-site) ------------------------------------------------------------------
+
+
+class Readable(Protocol):
+    """What a sealed manifest is read from: a file, or an object's body as it downloads."""
+
+    def read(self, size: int = -1) -> bytes: ...
+
+
+_BLOCK = 16 * CHUNK
+
+
+def seal_file(src: Path, out: BinaryIO, recipients: Sequence[Recipient]) -> tuple[str, int]:
+    """Encrypt the file at `src` into `out` for `recipients` (age v1, like the archives).
+
+    Returns the ciphertext's SHA-256 (hex) and size, so its upload can carry a checksum without a
+    second read. Streamed: a manifest of a million files is never held in memory.
+    """
+    hashed = HashingWriter(out)
+    writer = SealingWriter(cast(BinaryIO, hashed), recipients)
+    with open(src, "rb") as plain:
+        while block := plain.read(_BLOCK):
+            writer.write(block)
+    writer.close()
+    return hashed.hexdigest(), hashed.size
+
+
+def open_sealed_manifest(
+    src: Readable, dest: Path, identity_file: Path | None, what: str
+) -> Manifest:
+    """Decrypt a sealed manifest from `src` into the file `dest` (0600) and read it from there.
+
+    The plain manifest exists only in the caller's private scratch folder, and its entries stream
+    from that file (`Manifest.iter_files`) as for a local one. No key, or a key that is not one of
+    the recipients, is a DecryptionKeyError; ciphertext that was altered, truncated or extended
+    fails age's authentication and is a VerificationFailed naming `what`, never a partial read.
+    """
+    identities = identities_from(identity_file, what)
+    try:
+        reader = OpeningReader(src, identities, what)
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            while block := reader.read(_BLOCK):
+                out.write(block)
+    except VerificationFailed as exc:
+        raise VerificationFailed(
+            f"{what} is damaged",
+            exc.detail,
+            "its sealed copy was altered or cut short; use another backup",
+        ) from None
+    return read_manifest(dest)

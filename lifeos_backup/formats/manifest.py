@@ -34,6 +34,8 @@ from lifeos_backup.core.names import check_archive_name
 
 FORMAT_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
+# A manifest sealed with age (lifeos_backup.formats.crypto.seal_file) where it leaves the machine.
+SEALED_MANIFEST_SUFFIX = MANIFEST_SUFFIX + ".age"
 _FILES_OPEN = b',"files":[\n'  # ends the first line of a line-layout manifest
 _TAIL = b"]}\n"
 _BATCH = 4096  # entries validated per call while streaming

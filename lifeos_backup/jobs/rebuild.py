@@ -508,8 +508,10 @@ def rebuild_offsite(
     settings: Settings, *, warn: Warn = lambda _text: None
 ) -> tuple[Report, list[str]]:
     """Rebuild from the manifests in the bucket (lifeos_backup.storage.offsite.download) into the
-    same target as a local rebuild; invalid remote manifests are reported and skipped."""
-    from lifeos_backup.storage.offsite.download import rebuild_from_offsite
+    same target as a local rebuild; invalid remote manifests are reported and skipped. Every
+    manifest is read before the catalog is touched, so sealed manifests without their key
+    (KeyNeeded) or a wrong key leave the catalog as it was."""
+    from lifeos_backup.storage.offsite.download import add_to_catalog, scan_offsite
     from lifeos_backup.storage.offsite.s3 import require_bucket
 
     require_bucket(settings)  # before the catalog is touched: nothing to rebuild from
@@ -519,8 +521,9 @@ def rebuild_offsite(
         report.skipped.append(text)
         warn(text)
 
+    remote_backups = scan_offsite(settings, skip)
     with target_catalog(settings, report) as catalog:
-        found = rebuild_from_offsite(settings, catalog, skip)
+        found = add_to_catalog(catalog, remote_backups)
     report.found = found
     _finish(settings, report, "offsite")
     return report, found

@@ -427,13 +427,12 @@ def check_offsite(settings: Settings) -> list[Check]:
     """Credentials work and the bucket exists (HEAD bucket)."""
     if not settings.offsite_enabled:
         return [Check("off-site", SKIP, "not configured (LIFEOS_S3_BUCKET unset)")]
-    from lifeos_backup.storage.offsite.s3 import connect, s3_errors
+    from lifeos_backup.storage.offsite.s3 import connect
 
     remote = connect(settings)
-    remote.client.meta.config.retries = {"total_max_attempts": 1}
     try:
-        with s3_errors(f"HEAD bucket {settings.s3_bucket}", remote):
-            remote.client.head_bucket(Bucket=remote.bucket)
+        with remote.errors(f"HEAD bucket {settings.s3_bucket}"):
+            remote.check()
     except LifeosError as exc:
         return [_failed("off-site", exc, "check LIFEOS_S3_BUCKET, the endpoint and credentials")]
     return [Check("off-site", PASS, f"{remote.where} reachable")]

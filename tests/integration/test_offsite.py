@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.server
+import io
 import json
 import os
 import shutil
@@ -24,7 +25,12 @@ from celery.result import AsyncResult
 
 from lifeos_backup.app.client import backup_chain, make_app, request_backup
 from lifeos_backup.core.errors import ConfigError, OffsiteError, VerificationFailed
-from lifeos_backup.formats.crypto import fingerprint, generate_identity
+from lifeos_backup.formats.crypto import (
+    fingerprint,
+    generate_identity,
+    parse_recipients,
+    seal_file,
+)
 from lifeos_backup.jobs.backups import create_backup, verify_backup
 from lifeos_backup.jobs.locks import exclusive
 from lifeos_backup.storage.offsite import state
@@ -231,6 +237,16 @@ def test_encrypted_backup_is_ciphertext_remotely_and_needs_its_key(
         remote, [pyrage.x25519.Identity.from_str(identity)]
     )  # stock age reads it
     assert plain.startswith(ZSTD_MAGIC)
+    # The manifest goes up sealed to the same recipients; the local one stays clear.
+    sealed_key = manifest_key(s3_bucket, backup_id) + ".age"
+    assert s3_bucket.keys() == sorted([archive_key(s3_bucket, lifeos_env, backup_id), sealed_key])
+    sealed = s3_bucket.get(sealed_key)
+    assert sealed.startswith(b"age-encryption.org/v1\n") and b"item-00000" not in sealed
+    assert pyrage.decrypt(sealed, [pyrage.x25519.Identity.from_str(identity)]) == (
+        manifest_text.encode()
+    )
+    meta = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=sealed_key)["Metadata"]
+    assert meta == {}
 
     target = tmp_path / "restored"
     restored = cli(
@@ -244,7 +260,7 @@ def test_encrypted_backup_is_ciphertext_remotely_and_needs_its_key(
     other = tmp_path / "keys" / "other.key"
     assert cli(lifeos_env, "keygen", "--output", str(other)).returncode == 0
     for identity_file, message in (
-        (str(other), "error: cannot decrypt backup"),
+        (str(other), "error: cannot decrypt off-site manifest"),
         ("", "is encrypted and no private key is configured"),
     ):
         wrong = tmp_path / f"wrong-{len(identity_file)}"
@@ -261,6 +277,121 @@ def test_encrypted_backup_is_ciphertext_remotely_and_needs_its_key(
     setenv(lifeos_env, monkeypatch, LIFEOS_ENCRYPTION_IDENTITY_FILE=str(key_file))
     full = verify_backup(backup_id, lifeos_env.settings(), lifeos_env.catalog())
     assert full.verified_scope == "content"  # with the key: every member checked
+
+
+def put_back(bucket: Bucket, key: str, data: bytes) -> None:
+    """Replace an object's bytes in the bucket, keeping its metadata (a quiet tampering)."""
+    metadata = bucket.client.head_object(Bucket=bucket.name, Key=key)["Metadata"]
+    bucket.client.put_object(
+        Bucket=bucket.name, Key=key, Body=data, Metadata=metadata, ChecksumAlgorithm="SHA256"
+    )
+
+
+def test_sealed_manifests_refuse_damage_and_wrong_keys_and_clear_ones_keep_working(
+    lifeos_env: LifeosEnv, s3_bucket: Bucket, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bucket that holds a clear manifest (uploaded before manifests were sealed) beside a
+    sealed one: the backup host (no private key) syncs both, a restore machine reads both; a
+    tampered or cut sealed manifest and a wrong key are each refused with one clear line; a
+    re-upload replaces a clear manifest by a sealed one; deleting a copy removes either."""
+    from lifeos_backup.storage.offsite.download import KeyNeeded, fetched
+    from lifeos_backup.storage.offsite.s3 import connect
+    from lifeos_backup.storage.offsite.sync import delete_remote
+
+    key_file, _identity, recipient = keypair(tmp_path / "safe")
+    other_file, _, other_recipient = keypair(tmp_path / "safe", "other.key")
+    setenv(lifeos_env, monkeypatch, LIFEOS_ENCRYPTION_RECIPIENTS=recipient)
+    make_tree(lifeos_env.app_dir, files=6)
+    old = good_backup(lifeos_env)
+    setenv(lifeos_env, monkeypatch, LIFEOS_ENCRYPTION_RECIPIENTS="")  # an upload of before
+    upload_backup(old, lifeos_env.settings(), lifeos_env.catalog())
+    setenv(lifeos_env, monkeypatch, LIFEOS_ENCRYPTION_RECIPIENTS=recipient)
+    time.sleep(1)
+    new = uploaded_backup(lifeos_env)
+    old_clear, new_sealed = manifest_key(s3_bucket, old), manifest_key(s3_bucket, new) + ".age"
+    old_sealed = old_clear + ".age"
+    keys = set(s3_bucket.keys())
+    assert {old_clear, new_sealed} < keys
+    assert old_sealed not in keys and manifest_key(s3_bucket, new) not in keys
+
+    # The backup host, without the private key: both copies check out.
+    catalog = lifeos_env.catalog()
+    assert sync(lifeos_env.settings(), catalog, no_locks).problems == {}
+    # A machine without the key learns what the listing tells, and nothing is changed.
+    setenv(lifeos_env, monkeypatch, LIFEOS_CATALOG_URL=f"sqlite:///{tmp_path / 'new.sqlite3'}")
+    fresh = lifeos_env.catalog()
+    with pytest.raises(KeyNeeded, match="1 of the 2 backups") as needed:
+        rebuild_from_offsite(lifeos_env.settings(), fresh)
+    assert [(i.backup_id, i.kind, i.sealed) for i in needed.value.listed] == [
+        (old, "json", False),
+        (new, "json", True),
+    ]
+    assert [i.archive_size for i in needed.value.listed] == [
+        catalog.get(old).size,
+        catalog.get(new).size,
+    ]
+    assert fresh.list() == []
+    setenv(lifeos_env, monkeypatch, LIFEOS_ENCRYPTION_IDENTITY_FILE=str(key_file))
+    assert rebuild_from_offsite(lifeos_env.settings(), fresh) == [old, new]
+    for backup_id in (old, new):
+        with fetched(backup_id, lifeos_env.settings(), fresh) as (_archive, manifest):
+            assert manifest.backup_id == backup_id and len(list(manifest.iter_files())) > 6
+    monkeypatch.delenv("LIFEOS_CATALOG_URL")
+    lifeos_env.vars.pop("LIFEOS_CATALOG_URL", None)
+
+    # The wrong key: one line, and the catalog stays as it is.
+    before = listed(lifeos_env)
+    wrong = cli(
+        lifeos_env, "catalog", "rebuild", "--from", "offsite",
+        LIFEOS_ENCRYPTION_IDENTITY_FILE=str(other_file),
+    )  # fmt: skip
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
+    assert wrong.stderr.startswith("error: cannot decrypt off-site manifest"), wrong.stderr
+    assert len(wrong.stderr.strip().splitlines()) == 1
+    assert listed(lifeos_env) == before
+
+    # A tampered or cut sealed manifest is refused by a restore and skipped by a rebuild.
+    sealed = s3_bucket.get(new_sealed)
+    for damaged in (sealed[:-100], sealed[:200] + bytes([sealed[200] ^ 1]) + sealed[201:]):
+        put_back(s3_bucket, new_sealed, damaged)
+        target = tmp_path / f"restored-{len(damaged)}"
+        refused = cli(
+            lifeos_env, "restore", "json", new, "--target", str(target), "--from", "offsite"
+        )
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert refused.stderr.startswith(f"error: off-site manifest {new}.manifest.json.age is")
+        assert "is damaged" in refused.stderr and len(refused.stderr.splitlines()) == 1
+        assert not target.exists() or not any(target.iterdir())
+    # ... and so is one sealed for another key, while the others open.
+    foreign = io.BytesIO()
+    old_manifest = lifeos_env.backup_root / "json" / f"{old}.manifest.json"
+    seal_file(old_manifest, foreign, parse_recipients(other_recipient))
+    stranger = f"{s3_bucket.prefix}/json/json_backup_20200101_000000.manifest.json.age"
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=stranger, Body=foreign.getvalue())
+    skipped: list[str] = []
+    assert rebuild_from_offsite(lifeos_env.settings(), catalog, skipped.append) == [old]
+    assert len(skipped) == 2 and "is damaged" in skipped[0]
+    assert skipped[1].startswith(f"skipped remote manifest {stranger}: cannot decrypt")
+    s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key=stranger)
+
+    # The sealed manifest gone, the old archive altered: one sync puts both right, sealed.
+    s3_bucket.client.delete_object(Bucket=s3_bucket.name, Key=new_sealed)
+    old_archive = archive_key(s3_bucket, lifeos_env, old)
+    data = s3_bucket.get(old_archive)
+    put_back(s3_bucket, old_archive, data[:300] + bytes([data[300] ^ 1]) + data[301:])
+    report = sync(lifeos_env.settings(), catalog, no_locks)
+    assert "manifest is missing" in report.problems[new]
+    assert "checksum differs" in report.problems[old]
+    assert sorted(report.uploaded) == sorted([old, new])
+    keys = set(s3_bucket.keys())
+    assert old_clear not in keys and {old_sealed, new_sealed} < keys
+    assert s3_bucket.get(new_sealed) != sealed  # sealed again (a new file key)
+
+    # Deleting a copy removes its manifest, sealed or clear, before its archive.
+    s3_bucket.client.put_object(Bucket=s3_bucket.name, Key=old_clear, Body=b"{}")
+    for backup_id in (old, new):
+        delete_remote(connect(lifeos_env.settings()), catalog, backup_id, "test", "forget")
+    assert s3_bucket.keys() == []
 
 
 # --- failures -------------------------------------------------------------------------------------
@@ -690,6 +821,9 @@ FROM generate_series(1, 300) g;
 """
 
 
+CANARY = '{"note": "lifeos-plaintext-canary-5e1f"}\n'
+
+
 def pg_content(url: str) -> list[object]:
     with psycopg.connect(url) as conn:
         return [
@@ -714,6 +848,7 @@ def test_total_loss_rebuild_from_offsite_and_restore(
         for top in ("data", "presets", "configs"):
             shutil.rmtree(lifeos_env.app_dir / top, ignore_errors=True)
         make_tree(lifeos_env.app_dir, files=15 + seed, seed=seed)
+        (lifeos_env.app_dir / "data" / "characters" / "zoë-canary.json").write_text(CANARY)
         backup_id = uploaded_backup(lifeos_env)
         originals[backup_id] = tmp_path / "originals" / backup_id
         shutil.copytree(lifeos_env.app_dir, originals[backup_id], symlinks=True)
@@ -734,8 +869,34 @@ def test_total_loss_rebuild_from_offsite_and_restore(
         assert upload_backup(pg_id, settings, catalog) is not None
         expected_pg = pg_content(source.url)
     assert s3_bucket.get(archive_key(s3_bucket, lifeos_env, pg_id)).startswith(b"age-encryption")
+    # Nothing in the bucket names or holds a member: no path, no content, no table, no row.
+    members = {
+        str(p.relative_to(original)).encode()
+        for original in originals.values()
+        for p in original.rglob("*")
+        if p.is_file() and p.relative_to(original).parts[0] in ("data", "presets", "configs")
+    }
+    secrets = {*members, *(m.rsplit(b"/", 1)[-1] for m in members), CANARY.encode()}
+    secrets |= {b"characters", b"outfits", "Zoë".encode(), b"outfit 1"}
+    assert len(members) == 18  # 17 generated files and the canary
+    for key in list(s3_bucket.keys()):
+        head = s3_bucket.client.head_object(Bucket=s3_bucket.name, Key=key)
+        visible = b"\n".join(
+            [key.encode(), s3_bucket.get(key), json.dumps(head["Metadata"]).encode()]
+        )
+        assert [s for s in secrets if s in visible] == [], key
 
     shutil.rmtree(lifeos_env.backup_root)  # the repository and its SQLite catalog are gone
+    # Without the key the bucket tells ids, kinds, times and sizes, and that the key is needed.
+    blind = cli(lifeos_env, "catalog", "rebuild", "--from", "offsite")
+    assert blind.returncode == 1 and "Traceback" not in blind.stderr
+    assert blind.stderr.startswith("error: 3 of the 3 backups in the bucket have sealed manifests")
+    assert "LIFEOS_ENCRYPTION_IDENTITY_FILE" in blind.stderr
+    assert len(blind.stderr.strip().splitlines()) == 1, blind.stderr
+    for backup_id in [*originals, pg_id]:
+        assert backup_id in blind.stdout
+    assert "postgres" in blind.stdout and "sealed" in blind.stdout
+    assert not (lifeos_env.backup_root / "catalog.sqlite3").exists()  # nothing rebuilt
     setenv(lifeos_env, monkeypatch, LIFEOS_ENCRYPTION_IDENTITY_FILE=str(key_file))  # from the safe
     rebuilt = cli(lifeos_env, "catalog", "rebuild", "--from", "offsite")
     assert rebuilt.returncode == 0, rebuilt.stderr

@@ -8,6 +8,7 @@ import hashlib
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError, NoCredenti
 from beat_schedule import build_schedule
 from lifeos_backup.core.errors import (
     ConfigError,
+    DecryptionKeyError,
     OffsiteError,
     PermanentError,
     RetryableError,
@@ -25,8 +27,9 @@ from lifeos_backup.core.errors import (
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import ArchiveInfo, Compression, Manifest
 from lifeos_backup.storage.catalog import Backup
-from lifeos_backup.storage.offsite.s3 import same_checksum, translate
+from lifeos_backup.storage.offsite.s3 import translate
 from lifeos_backup.storage.offsite.state import location
+from lifeos_backup.storage.offsite.store import ObjectInfo, same_checksum
 from lifeos_backup.storage.offsite.upload import (
     MIB,
     RangeReader,
@@ -141,13 +144,13 @@ def test_throttle_holds_the_rate_across_calls() -> None:
 
 
 def test_remote_mismatch_names_the_difference() -> None:
-    good = {"ContentLength": 10, "Metadata": {"sha256": "ab"}, "ChecksumSHA256": "Zm9v-2"}
+    good = ObjectInfo(size=10, sha256="ab", checksum="Zm9v-2")
     assert remote_mismatch(good, 10, "ab", "Zm9v") == ""  # "-2": a service's composite suffix
     assert "missing" in remote_mismatch(None, 10, "ab", None)
     assert "bytes" in remote_mismatch(good, 11, "ab", None)
     assert "metadata" in remote_mismatch(good, 10, "cd", None)
     assert "checksum" in remote_mismatch(good, 10, "ab", "YmFy")
-    assert "no SHA-256" in remote_mismatch({**good, "ChecksumSHA256": None}, 10, "ab", "Zm9v")
+    assert "no SHA-256" in remote_mismatch(replace(good, checksum=None), 10, "ab", "Zm9v")
     assert same_checksum("Zm9v-3", "Zm9v") and not same_checksum(None, "Zm9v")
 
 
@@ -195,27 +198,37 @@ class _Body:
         self.data = data
         self.chunks = 0
 
+    def read(self, size: int) -> bytes:  # bounded reads only, as a sealed manifest is opened
+        assert 0 <= size <= 1 << 20, size
+        self.chunks += 1
+        data, self.data = self.data[:size], self.data[size:]
+        return data
+
     def iter_chunks(self, size: int) -> Iterator[bytes]:
         for start in range(0, len(self.data), 7):  # small chunks: the file is assembled
             self.chunks += 1
             yield self.data[start : start + 7]
 
 
-class _Client:
+class _Store:
+    """The reads of an object store (store.ObjectStore) from memory: streamed only."""
+
     def __init__(self, objects: dict[str, bytes]) -> None:
         self.objects = objects
         self.bodies: list[_Body] = []
 
-    def get_object(self, Bucket: str, Key: str) -> dict[str, _Body]:
-        self.bodies.append(_Body(self.objects[Key]))
-        return {"Body": self.bodies[-1]}
+    def open(self, key: str) -> _Body:
+        self.bodies.append(_Body(self.objects[key]))
+        return self.bodies[-1]
+
+    def chunks(self, key: str, start: int = 0, size: int = 1 << 20) -> Iterator[bytes]:
+        assert start == 0
+        return self.open(key).iter_chunks(size)
 
 
 def test_remote_manifest_goes_through_a_file_and_its_entries_stream_from_it(
     tmp_path: Path,
 ) -> None:
-    from types import SimpleNamespace
-
     from lifeos_backup.formats.manifest import FileEntry, write_manifest
     from lifeos_backup.storage.offsite.download import read_remote_manifest
 
@@ -237,8 +250,8 @@ def test_remote_manifest_goes_through_a_file_and_its_entries_stream_from_it(
         ),
     )
     key = f"lifeos/json/{backup_id}.manifest.json"
-    client = _Client({key: local.read_bytes()})
-    remote = SimpleNamespace(client=client, bucket="b")
+    client = _Store({key: local.read_bytes()})
+    remote = client
     scratch = tmp_path / "scratch"
     scratch.mkdir()
 
@@ -255,12 +268,82 @@ def test_remote_manifest_goes_through_a_file_and_its_entries_stream_from_it(
 
 
 def test_a_truncated_remote_manifest_is_refused(tmp_path: Path) -> None:
-    from types import SimpleNamespace
-
     from lifeos_backup.storage.offsite.download import read_remote_manifest
 
     key = "lifeos/json/json_backup_20250101_000000.manifest.json"
     text = b'{"format_version":1,"backup_id":"json_backup_20250101_000000","files":[\n{"path":"a"'
-    remote = SimpleNamespace(client=_Client({key: text}), bucket="b")
+    remote = _Store({key: text})
     with pytest.raises(VerificationFailed, match="unreadable"):
         read_remote_manifest(remote, key, tmp_path)  # type: ignore[arg-type]
+
+
+def _key_file(folder: Path, name: str) -> tuple[Path, str]:
+    from lifeos_backup.formats.crypto import generate_identity
+
+    identity, recipient = generate_identity()
+    path = folder / name
+    path.write_text(identity + "\n")
+    return path, recipient
+
+
+def test_a_sealed_remote_manifest_opens_only_with_its_key_and_only_whole(
+    tmp_path: Path,
+) -> None:
+    """A manifest sealed for the bucket holds no member path; its key opens it into the scratch
+    folder (0600) with its entries streaming from there; no key, a wrong key, a flipped byte
+    and a cut-off end are each one clear error."""
+    import io
+
+    from lifeos_backup.formats.crypto import parse_recipients, seal_file
+    from lifeos_backup.formats.manifest import FileEntry, write_manifest
+    from lifeos_backup.storage.offsite.download import read_remote_manifest
+
+    backup_id = "json_backup_20250101_000000"
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    entries = [
+        FileEntry(path=f"data/characters/zoë-{i:04d}.json", size=i, mode=0o644, sha256="a" * 64)
+        for i in range(3000)
+    ]
+    local = tmp_path / f"{backup_id}.manifest.json"
+    write_manifest(
+        local,
+        Manifest(
+            backup_id=backup_id, kind="json", created_at=now, finished_at=now, host="h",
+            tool_version="t", compression=Compression(algorithm="zstd", level=3),
+            archive=ArchiveInfo(name=f"{backup_id}.tar.zst.age", size=1, sha256="c" * 64),
+            files=entries,
+        ),
+    )  # fmt: skip
+    key_file, recipient = _key_file(tmp_path, "backup.key")
+    other_file, _ = _key_file(tmp_path, "other.key")
+    out = io.BytesIO()
+    digest, size = seal_file(local, out, parse_recipients(recipient))
+    sealed = out.getvalue()
+    assert (digest, size) == (hashlib.sha256(sealed).hexdigest(), len(sealed))
+    assert b"characters" not in sealed and "zoë".encode() not in sealed
+
+    key = f"lifeos/json/{backup_id}.manifest.json.age"
+    flipped = bytearray(sealed)
+    flipped[len(sealed) // 2] ^= 0x01
+    objects = {key: sealed, "flipped": bytes(flipped), "cut": sealed[:-200]}
+    remote = _Store(objects)
+
+    def read(name: str, identity: Path | None) -> Manifest:
+        scratch = tmp_path / f"scratch-{len(remote.bodies)}"
+        scratch.mkdir()
+        objects[key] = objects[name]
+        return read_remote_manifest(remote, key, scratch, identity)  # type: ignore[arg-type]
+
+    manifest = read(key, key_file)
+    copy = tmp_path / "scratch-0" / f"{backup_id}.manifest.json"
+    assert copy.read_bytes() == local.read_bytes() and copy.stat().st_mode & 0o777 == 0o600
+    assert manifest.backup_id == backup_id and list(manifest.iter_files()) == entries
+    assert remote.bodies[0].chunks > 3  # decrypted as it streams in
+
+    with pytest.raises(DecryptionKeyError, match="is encrypted and no private key is configured"):
+        read(key, None)
+    with pytest.raises(DecryptionKeyError, match=r"cannot decrypt off-site manifest .*: no conf"):
+        read(key, other_file)
+    for damage in ("flipped", "cut"):
+        with pytest.raises(VerificationFailed, match=r"age is damaged: .*authentication"):
+            read(damage, key_file)

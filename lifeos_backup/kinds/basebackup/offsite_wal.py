@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import logging
+import os
 from pathlib import Path
 
 from lifeos_backup.core.settings import Settings
@@ -44,31 +45,22 @@ def local_wal_files(archive: Path) -> list[str]:
 
 def upload_wal(settings: Settings) -> list[str]:
     """Upload archived WAL files the bucket lacks; returns their names."""
-    from lifeos_backup.storage.offsite.s3 import connect, s3_errors
+    from lifeos_backup.storage.offsite.s3 import connect
+    from lifeos_backup.storage.offsite.store import ObjectOptions
 
     remote = connect(settings)
     folder = remote.key(REMOTE_FOLDER) + "/"
     archive = wal_archive_dir(settings)
-    present: set[str] = set()
-    with s3_errors("listing archived WAL off-site", remote):
-        pages = remote.client.get_paginator("list_objects_v2").paginate(
-            Bucket=remote.bucket, Prefix=folder
-        )
-        for page in pages:
-            present.update(obj["Key"][len(folder) :] for obj in page.get("Contents", []))
+    with remote.errors("listing archived WAL off-site"):
+        present = {key[len(folder) :] for key, _size in remote.listing(folder)}
     sent: list[str] = []
     for name in local_wal_files(archive):
         if name in present:
             continue
         path = archive / name
-        with s3_errors(f"uploading {name}", remote), open(path, "rb") as body:
-            remote.client.put_object(
-                Bucket=remote.bucket,
-                Key=folder + name,
-                Body=body,
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=_sha256_b64(path),
-            )
+        with remote.errors(f"uploading {name}"), open(path, "rb") as body:
+            size = os.fstat(body.fileno()).st_size
+            remote.put(folder + name, body, size, _sha256_b64(path), ObjectOptions())
         sent.append(name)
     if sent:
         log.info("uploaded %d archived WAL files off-site (%s .. %s)", len(sent), sent[0], sent[-1])

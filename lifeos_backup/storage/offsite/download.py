@@ -4,7 +4,9 @@ Both work on a machine that has nothing but the bucket's settings and credential
 encrypted backups, the private key): the manifests in the bucket describe everything. A remote
 manifest is streamed into a file of a private scratch folder and read there like a local one
 (`read_manifest`: the first line parsed, the entries streamed by `iter_files`), so memory does not
-grow with a backup's file count.
+grow with a backup's file count. A sealed manifest (`<id>.manifest.json.age`, written when
+encryption is on) is decrypted on its way into that file; without the key only the listing can be
+read: ids, kinds, times and sizes (`list_remote`).
 """
 
 from __future__ import annotations
@@ -17,42 +19,60 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
-from botocore.exceptions import BotoCoreError
-
-from lifeos_backup.core.errors import NotFound, VerificationFailed
+from lifeos_backup.core.errors import DecryptionKeyError, NotFound, VerificationFailed
 from lifeos_backup.core.fsutil import private_dir, remove_quietly
+from lifeos_backup.core.names import created_at_of_id, is_backup_id
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.formats.manifest import MANIFEST_SUFFIX, Manifest, read_manifest
+from lifeos_backup.formats.crypto import open_sealed_manifest
+from lifeos_backup.formats.manifest import (
+    MANIFEST_SUFFIX,
+    SEALED_MANIFEST_SUFFIX,
+    Manifest,
+    read_manifest,
+)
 from lifeos_backup.formats.streams import CHUNK
 from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import CREATED, VERIFIED
 from lifeos_backup.storage.offsite import state
-from lifeos_backup.storage.offsite.s3 import Remote, connect, head, manifest_key, s3_errors
+from lifeos_backup.storage.offsite.s3 import connect
+from lifeos_backup.storage.offsite.store import ObjectStore, find_manifest
 from lifeos_backup.storage.offsite.upload import remote_mismatch
 from lifeos_backup.storage.repository import LAYOUTS
 
 log = logging.getLogger(__name__)
 
 
-def read_remote_manifest(remote: Remote, key: str, scratch: Path) -> Manifest:
+def read_remote_manifest(
+    remote: ObjectStore, key: str, scratch: Path, identity_file: Path | None = None
+) -> Manifest:
     """The manifest at `key`, streamed into a file in `scratch` and read from there: its entries
-    stream from that file (`iter_files`) as long as it is there."""
+    stream from that file (`iter_files`) as long as it is there.
+
+    A sealed manifest (`.manifest.json.age`) is decrypted on the way with the identities in
+    `identity_file`: without one, or with one that is not a recipient, a DecryptionKeyError says
+    so; altered or truncated ciphertext is a VerificationFailed.
+    """
     name = key.rsplit("/", 1)[-1]
-    if not name.endswith(MANIFEST_SUFFIX) or name.startswith("."):
-        name = "remote" + MANIFEST_SUFFIX
-    path = scratch / name
-    body = remote.client.get_object(Bucket=remote.bucket, Key=key)["Body"]
+    sealed = name.endswith(SEALED_MANIFEST_SUFFIX)
+    plain = name.removesuffix(".age") if sealed else name
+    if not plain.endswith(MANIFEST_SUFFIX) or plain.startswith("."):
+        plain = "remote" + MANIFEST_SUFFIX
+    path = scratch / plain
+    if sealed:
+        body = remote.open(key)
+        return open_sealed_manifest(body, path, identity_file, f"off-site manifest {name}")
     with open(path, "wb") as out:
-        for chunk in body.iter_chunks(CHUNK):
+        for chunk in remote.chunks(key, 0, CHUNK):
             out.write(chunk)
     return read_manifest(path)
 
 
 def download_archive(
-    remote: Remote,
+    remote: ObjectStore,
     key: str,
     dest: Path,
     manifest: Manifest,
@@ -73,16 +93,14 @@ def download_archive(
     try:
         with open(tmp, "wb") as out:
             while True:
-                extra = {"Range": f"bytes={report.bytes_done}-"} if report.bytes_done else {}
                 try:
-                    reply = remote.client.get_object(Bucket=remote.bucket, Key=key, **extra)
-                    for chunk in reply["Body"].iter_chunks(CHUNK):
+                    for chunk in remote.chunks(key, report.bytes_done, CHUNK):
                         out.write(chunk)
                         digest.update(chunk)
                         report.bytes_done += len(chunk)
                         progress(report)
                     break
-                except (BotoCoreError, OSError) as exc:  # the stream broke: continue from here
+                except remote.transient as exc:  # the stream broke: continue from here
                     failures += 1
                     if failures >= settings.s3_max_attempts:
                         raise
@@ -117,9 +135,16 @@ def fetched(
     remote = connect(settings)
     scratch = Path(tempfile.mkdtemp(prefix="offsite-", dir=private_dir(settings.state_dir)))
     try:
-        with s3_errors(f"download of {backup_id}", remote):
+        with remote.errors(f"download of {backup_id}"):
+            key = find_manifest(remote, row.offsite_key, backup_id)
+            if key is None:
+                raise NotFound(
+                    f"the off-site manifest of {backup_id} is missing",
+                    f"no {backup_id}{MANIFEST_SUFFIX}[.age] beside {row.offsite_key}",
+                    "`lifeos-backup offsite sync` re-checks it; restore another backup",
+                )
             manifest = read_remote_manifest(
-                remote, manifest_key(row.offsite_key, backup_id), scratch
+                remote, key, scratch, settings.encryption_identity_file
             )
             if manifest.backup_id != backup_id:
                 raise VerificationFailed(
@@ -136,89 +161,190 @@ def fetched(
 
 
 @dataclass
+class Listed:
+    """What the bucket's listing alone shows of a backup, readable without any key: its id and
+    kind (the manifest's key), when it was taken (the id), and its archive's key and size."""
+
+    backup_id: str
+    kind: str
+    manifest_key: str  # the sealed one when both are there
+    archive_key: str | None
+    archive_size: int | None
+
+    @property
+    def sealed(self) -> bool:
+        return self.manifest_key.endswith(SEALED_MANIFEST_SUFFIX)
+
+    @property
+    def created_at(self) -> datetime:
+        return created_at_of_id(self.backup_id)
+
+
+class KeyNeeded(DecryptionKeyError):
+    """The bucket's manifests are sealed and no private key is configured: `listed` is what can
+    be told without it (ids, kinds, times, sizes)."""
+
+    def __init__(self, what: str, detail: str = "", hint: str = "") -> None:
+        super().__init__(what, detail, hint)
+        self.listed: list[Listed] = []
+
+
+def _manifest_name(remote: ObjectStore, key: str) -> tuple[str, str, str] | None:
+    """(kind, folder, backup id) of a manifest key in one of the kinds' folders, else None."""
+    folder, _, name = remote.relpath(key).rpartition("/")
+    for suffix in (SEALED_MANIFEST_SUFFIX, MANIFEST_SUFFIX):
+        if not name.endswith(suffix):
+            continue
+        backup_id = name.removesuffix(suffix)
+        for kind, lay in LAYOUTS.items():
+            if folder == lay.folder and backup_id.startswith(lay.prefix):
+                return (kind, folder, backup_id) if is_backup_id(backup_id) else None
+    return None
+
+
+def list_remote(remote: ObjectStore) -> list[Listed]:
+    """Every backup with a manifest in the bucket, by id, from one listing (no object is read)."""
+    sizes = dict(remote.listing(remote.root))
+    found: dict[str, Listed] = {}
+    for key in sorted(sizes):
+        named = _manifest_name(remote, key)
+        if named is None:
+            continue
+        kind, folder, backup_id = named
+        known = found.get(backup_id)
+        if known is not None and known.sealed:
+            continue
+        archive = next(
+            (
+                remote.key(f"{folder}/{backup_id}{suffix}")
+                for suffix in LAYOUTS[kind].suffixes
+                if remote.key(f"{folder}/{backup_id}{suffix}") in sizes
+            ),
+            None,
+        )
+        found[backup_id] = Listed(
+            backup_id, kind, key, archive, sizes[archive] if archive else None
+        )
+    return [found[backup_id] for backup_id in sorted(found)]
+
+
+def remote_manifest_keys(remote: ObjectStore) -> list[str]:
+    """The key of every backup's manifest in the bucket (the sealed one when both are there)."""
+    return sorted(item.manifest_key for item in list_remote(remote))
+
+
+@dataclass
 class RemoteBackup:
     manifest: Manifest
     archive_key: str
+    path: str  # the archive's path relative to the backup root (the layouts are the same)
     status: str  # state.UPLOADED / MISSING / DAMAGED
     checksum: str | None
     problem: str
 
 
-def _is_manifest_key(remote: Remote, key: str) -> bool:
-    rel = remote.relpath(key)
-    folder, _, name = rel.rpartition("/")
-    return name.endswith(MANIFEST_SUFFIX) and any(
-        folder == lay.folder and name.startswith(lay.prefix) for lay in LAYOUTS.values()
-    )
-
-
-def remote_manifest_keys(remote: Remote) -> list[str]:
-    pages = remote.client.get_paginator("list_objects_v2").paginate(
-        Bucket=remote.bucket, Prefix=remote.root
-    )
-    keys = [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-    return sorted(k for k in keys if _is_manifest_key(remote, k))
-
-
-def _valid_remote_manifest(remote: Remote, key: str, scratch: Path) -> Manifest:
-    """The manifest at `key`, valid (lifeos_backup.core.names, via Manifest) and describing the
+def _valid_remote_manifest(
+    remote: ObjectStore, item: Listed, scratch: Path, identity_file: Path | None
+) -> Manifest:
+    """The manifest of `item`, valid (lifeos_backup.core.names, via Manifest) and describing the
     backup its key is named after; VerificationFailed otherwise. Only its first line is parsed
     (the catalog needs no entries) and its file in `scratch` is removed at once: the entries are
     not kept."""
     try:
-        manifest = read_remote_manifest(remote, key, scratch)
+        manifest = read_remote_manifest(remote, item.manifest_key, scratch, identity_file)
     finally:
         for path in scratch.iterdir():
             remove_quietly(path)
-    named = key.rsplit("/", 1)[-1].removesuffix(MANIFEST_SUFFIX)
-    if manifest.backup_id != named:
+    if manifest.backup_id != item.backup_id:
         raise VerificationFailed(
-            f"manifest {key} describes {manifest.backup_id}",
+            f"manifest {item.manifest_key} describes {manifest.backup_id}",
             "not the backup its key is named after",
         )
     return manifest
 
 
+def key_needed(listed: list[Listed]) -> KeyNeeded:
+    """The one error of a rebuild that meets sealed manifests without a private key."""
+    sealed = sum(1 for item in listed if item.sealed)
+    error = KeyNeeded(
+        f"{sealed} of the {len(listed)} backups in the bucket have sealed manifests and no "
+        "private key is configured",
+        "ids, kinds, times and sizes are listed above; the catalog is unchanged",
+        "set LIFEOS_ENCRYPTION_IDENTITY_FILE to the age identity file (from the safe) and run "
+        "it again",
+    )
+    error.listed = listed
+    return error
+
+
 def scan_remote(
-    remote: Remote, scratch: Path, warn: Callable[[str], None] = log.warning
+    remote: ObjectStore,
+    scratch: Path,
+    warn: Callable[[str], None] = log.warning,
+    identity_file: Path | None = None,
 ) -> list[RemoteBackup]:
     """Every backup in the bucket with a valid manifest, and whether its archive is intact; an
     invalid manifest is reported through `warn` and skipped. Each manifest passes through a file
-    in the private folder `scratch`, one at a time."""
+    in the private folder `scratch`, one at a time.
+
+    Sealed manifests need `identity_file`: without it nothing is read and KeyNeeded lists what
+    the bucket shows. A sealed manifest that the key does not open is skipped with a warning,
+    unless the key opens no sealed manifest at all: then that DecryptionKeyError is raised (a
+    wrong key, not one foreign manifest).
+    """
+    listed = list_remote(remote)
+    if identity_file is None and any(item.sealed for item in listed):
+        raise key_needed(listed)
     found: list[RemoteBackup] = []
-    for key in remote_manifest_keys(remote):
+    fitted = 0  # sealed manifests the key opened (a damaged one too: damage shows after that)
+    refused: list[tuple[str, DecryptionKeyError]] = []
+    for item in listed:
         try:
-            manifest = _valid_remote_manifest(remote, key, scratch)
+            manifest = _valid_remote_manifest(remote, item, scratch, identity_file)
         except VerificationFailed as exc:
-            warn(f"skipped remote manifest {key}: {exc}")
+            fitted += item.sealed
+            warn(f"skipped remote manifest {item.manifest_key}: {exc}")
             continue
-        archive_key = key.rsplit("/", 1)[0] + "/" + manifest.archive.name
-        reply = head(remote, archive_key)
+        except DecryptionKeyError as exc:  # told below: one foreign manifest, or a wrong key
+            refused.append((item.manifest_key, exc))
+            continue
+        fitted += item.sealed
+        archive_key = item.manifest_key.rsplit("/", 1)[0] + "/" + manifest.archive.name
+        reply = remote.head(archive_key)
         problem = remote_mismatch(reply, manifest.archive.size, manifest.archive.sha256, None)
         status = (
             state.UPLOADED if not problem else state.MISSING if reply is None else state.DAMAGED
         )
-        checksum = reply.get("ChecksumSHA256") if reply else None
-        found.append(RemoteBackup(manifest, archive_key, status, checksum, problem))
+        checksum = reply.checksum if reply else None
+        path = remote.relpath(archive_key)
+        found.append(RemoteBackup(manifest, archive_key, path, status, checksum, problem))
+    if refused and not fitted:
+        raise refused[0][1]
+    for key, refusal in refused:
+        warn(f"skipped remote manifest {key}: {refusal}")
     return found
 
 
-def rebuild_from_offsite(
-    settings: Settings, catalog: Catalog, warn: Callable[[str], None] = log.warning
-) -> list[str]:
-    """Add every remote backup to the catalog (or its off-site fields to a known one); invalid
-    remote manifests are reported through `warn` and skipped.
+def scan_offsite(
+    settings: Settings, warn: Callable[[str], None] = log.warning
+) -> list[RemoteBackup]:
+    """Read every manifest in the bucket (see `scan_remote`); nothing local is changed, so a
+    missing or wrong key fails before a catalog is touched."""
+    remote = connect(settings)
+    with (
+        tempfile.TemporaryDirectory(prefix="offsite-", dir=private_dir(settings.state_dir)) as tmp,
+        remote.errors("catalog rebuild from off-site"),
+    ):
+        return scan_remote(remote, Path(tmp), warn, settings.encryption_identity_file)
+
+
+def add_to_catalog(catalog: Catalog, remote_backups: list[RemoteBackup]) -> list[str]:
+    """Add every remote backup to the catalog (or its off-site fields to a known one).
 
     Rows known only from the bucket get the manifest's status (verified: only verified backups
     are uploaded) and `list` shows them as `offsite`. Checksums are taken from the bucket as found
     (trust on first sight); the sync's full re-reads compare the content with the manifests.
     """
-    remote = connect(settings)
-    with (
-        tempfile.TemporaryDirectory(prefix="offsite-", dir=private_dir(settings.state_dir)) as tmp,
-        s3_errors("catalog rebuild from off-site", remote),
-    ):
-        remote_backups = scan_remote(remote, Path(tmp), warn)
     for item in remote_backups:
         m = item.manifest
         offsite = {
@@ -235,7 +361,7 @@ def rebuild_from_offsite(
                 id=m.backup_id,
                 kind=m.kind,
                 status=VERIFIED if m.verified_at else CREATED,
-                path=remote.relpath(item.archive_key),
+                path=item.path,
                 size=m.archive.size,
                 sha256=m.archive.sha256,
                 reason=m.reason,
@@ -252,3 +378,11 @@ def rebuild_from_offsite(
         if item.problem:
             log.error("off-site copy of %s: %s", item.manifest.backup_id, item.problem)
     return [item.manifest.backup_id for item in remote_backups]
+
+
+def rebuild_from_offsite(
+    settings: Settings, catalog: Catalog, warn: Callable[[str], None] = log.warning
+) -> list[str]:
+    """Read every manifest in the bucket, then add what they describe to `catalog`; invalid
+    remote manifests are reported through `warn` and skipped."""
+    return add_to_catalog(catalog, scan_offsite(settings, warn))

@@ -1,4 +1,7 @@
-"""The S3 client, object keys, and botocore's failures turned into our errors.
+"""The S3 implementation of the off-site object store (`store.ObjectStore`), on boto3.
+
+One `S3Store` is one bucket and prefix with a thread-safe low-level client, reached by
+`connect()`; it also turns botocore's failures into our errors.
 
 Credentials come only from the standard AWS chain (environment, shared files, instance or task
 role): never from our settings, task arguments or logs. botocore retries each request itself
@@ -13,7 +16,8 @@ import contextlib
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
 import boto3
 from botocore.client import BaseClient
@@ -27,9 +31,21 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
-from lifeos_backup.core.errors import ConfigError, LifeosError, OffsiteError, PermanentError
+from lifeos_backup.core.errors import (
+    ConfigError,
+    LifeosError,
+    OffsiteError,
+    PermanentError,
+    RetryableError,
+)
 from lifeos_backup.core.settings import Settings
-from lifeos_backup.formats.manifest import MANIFEST_SUFFIX
+from lifeos_backup.storage.offsite.store import (
+    ObjectInfo,
+    ObjectOptions,
+    Readable,
+    StoredPart,
+    Stream,
+)
 
 CONNECT_TIMEOUT = 10
 READ_TIMEOUT = 120
@@ -68,31 +84,6 @@ def require_bucket(settings: Settings) -> str:
     return settings.s3_bucket
 
 
-@dataclass
-class Remote:
-    """One bucket and prefix, with a thread-safe low-level client."""
-
-    client: BaseClient
-    bucket: str
-    prefix: str
-    where: str  # endpoint and bucket, for messages (no credentials)
-
-    def key(self, relpath: str) -> str:
-        """Remote key of a path relative to the backup root (the layouts are the same)."""
-        return posixpath.join(self.prefix, relpath) if self.prefix else relpath
-
-    def relpath(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
-
-    @property
-    def root(self) -> str:
-        return self.prefix + "/" if self.prefix else ""
-
-
-def manifest_key(archive_key: str, backup_id: str) -> str:
-    return posixpath.join(posixpath.dirname(archive_key), backup_id + MANIFEST_SUFFIX)
-
-
 def client_config(settings: Settings) -> Config:
     return Config(
         # total_max_attempts counts the first try too (botocore's max_attempts would not).
@@ -105,8 +96,8 @@ def client_config(settings: Settings) -> Config:
     )
 
 
-def connect(settings: Settings) -> Remote:
-    """A client for the configured bucket; ConfigError when off-site is not configured."""
+def connect(settings: Settings) -> S3Store:
+    """A store for the configured bucket; ConfigError when off-site is not configured."""
     bucket = require_bucket(settings)
     session = boto3.session.Session()
     client = session.client(
@@ -118,7 +109,15 @@ def connect(settings: Settings) -> Remote:
     where = f"s3://{bucket}" + (
         f" at {settings.s3_endpoint_url}" if settings.s3_endpoint_url else ""
     )
-    return Remote(client, bucket, settings.s3_prefix.strip("/"), where)
+    return S3Store(
+        client,
+        bucket,
+        settings.s3_prefix.strip("/"),
+        where,
+        storage_class=settings.s3_storage_class,
+        server_side_encryption=settings.s3_server_side_encryption,
+        sse_kms_key_id=settings.s3_sse_kms_key_id,
+    )
 
 
 def error_code(exc: ClientError) -> str:
@@ -172,28 +171,182 @@ def translate(exc: BaseException, what: str, where: str) -> LifeosError:
 
 
 @contextlib.contextmanager
-def s3_errors(what: str, remote: Remote | None = None) -> Iterator[None]:
+def s3_errors(what: str, where: str = "S3") -> Iterator[None]:
     """Translate botocore failures inside the block (ours pass through untouched)."""
     try:
         yield
     except (BotoCoreError, ClientError) as exc:
-        raise translate(exc, what, remote.where if remote else "S3") from exc
+        raise translate(exc, what, where) from exc
 
 
-def head(remote: Remote, key: str) -> dict[str, Any] | None:
-    """HEAD with checksums, or None when the object does not exist."""
-    try:
-        return dict(
-            remote.client.head_object(Bucket=remote.bucket, Key=key, ChecksumMode="ENABLED")
+def _no_such_upload(exc: ClientError) -> bool:
+    return error_code(exc) in ("NoSuchUpload", "404")
+
+
+@dataclass
+class S3Store:
+    """One bucket and prefix with a thread-safe low-level client (store.ObjectStore)."""
+
+    client: BaseClient
+    bucket: str
+    prefix: str
+    where: str  # endpoint and bucket, for messages (no credentials)
+    storage_class: str | None = None
+    server_side_encryption: str | None = None
+    sse_kms_key_id: str | None = None
+    transient: tuple[type[BaseException], ...] = (BotoCoreError, OSError)
+
+    def key(self, relpath: str) -> str:
+        return posixpath.join(self.prefix, relpath) if self.prefix else relpath
+
+    def relpath(self, key: str) -> str:
+        return key[len(self.prefix) + 1 :] if self.prefix else key
+
+    @property
+    def root(self) -> str:
+        return self.prefix + "/" if self.prefix else ""
+
+    def errors(self, what: str) -> contextlib.AbstractContextManager[None]:
+        return s3_errors(what, self.where)
+
+    def refused(self, exc: BaseException) -> bool:
+        if not isinstance(exc, BotoCoreError | ClientError):
+            return False
+        return not isinstance(translate(exc, "request", self.where), RetryableError)
+
+    def check(self) -> None:
+        self.client.meta.config.retries = {"total_max_attempts": 1}
+        self.client.head_bucket(Bucket=self.bucket)
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """HEAD with checksums, or None when the object does not exist."""
+        try:
+            reply = self.client.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except ClientError as exc:
+            if is_not_found(exc):
+                return None
+            raise
+        return ObjectInfo(
+            size=int(reply.get("ContentLength", 0)),
+            sha256=reply.get("Metadata", {}).get("sha256"),
+            checksum=reply.get("ChecksumSHA256"),
+            locked_until=reply.get("ObjectLockRetainUntilDate"),
         )
-    except ClientError as exc:
-        if is_not_found(exc):
-            return None
-        raise
 
+    def listing(self, prefix: str) -> Iterator[tuple[str, int]]:
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield obj["Key"], int(obj["Size"])
 
-def same_checksum(reported: str | None, expected: str | None) -> bool:
-    """Compare S3 checksums ignoring the "-<parts>" suffix some services add to composites."""
-    if not reported or not expected:
-        return False
-    return reported.split("-")[0] == expected.split("-")[0]
+    def chunks(self, key: str, start: int = 0, size: int = 1 << 20) -> Iterator[bytes]:
+        extra = {"Range": f"bytes={start}-"} if start else {}
+        reply = self.client.get_object(Bucket=self.bucket, Key=key, **extra)
+        yield from reply["Body"].iter_chunks(size)
+
+    def open(self, key: str) -> Stream:
+        return cast(Stream, self.client.get_object(Bucket=self.bucket, Key=key)["Body"])
+
+    def _options(self, options: ObjectOptions) -> dict[str, Any]:
+        """Our options in S3's words: metadata, type, storage class, encryption at rest, lock."""
+        out: dict[str, Any] = {"ContentType": options.content_type}
+        if options.metadata:
+            out["Metadata"] = dict(options.metadata)
+        if options.bulk and self.storage_class:
+            out["StorageClass"] = self.storage_class
+        if self.server_side_encryption:
+            out["ServerSideEncryption"] = self.server_side_encryption
+            if self.sse_kms_key_id:
+                out["SSEKMSKeyId"] = self.sse_kms_key_id
+        if options.lock_mode and options.lock_until:
+            out["ObjectLockMode"] = options.lock_mode
+            out["ObjectLockRetainUntilDate"] = options.lock_until
+        return out
+
+    def put(
+        self, key: str, body: Readable, size: int, checksum: str, options: ObjectOptions
+    ) -> None:
+        self.client.put_object(
+            Bucket=self.bucket,
+            Key=key,
+            Body=body,
+            ContentLength=size,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=checksum,
+            **self._options(options),
+        )
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def retain(self, key: str, mode: str, until: datetime) -> None:
+        self.client.put_object_retention(
+            Bucket=self.bucket, Key=key, Retention={"Mode": mode, "RetainUntilDate": until}
+        )
+
+    def start_upload(self, key: str, options: ObjectOptions) -> str:
+        created = self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256", **self._options(options)
+        )
+        return str(created["UploadId"])
+
+    def send_part(
+        self, key: str, upload_id: str, number: int, body: Readable, size: int, checksum: str
+    ) -> str:
+        reply = self.client.upload_part(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+            ContentLength=size,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=checksum,
+        )
+        return str(reply["ETag"])
+
+    def parts(self, key: str, upload_id: str) -> dict[int, StoredPart] | None:
+        found: dict[int, StoredPart] = {}
+        try:
+            pages = self.client.get_paginator("list_parts").paginate(
+                Bucket=self.bucket, Key=key, UploadId=upload_id
+            )
+            for page in pages:
+                for part in page.get("Parts", []):
+                    number = int(part["PartNumber"])
+                    found[number] = StoredPart(number, int(part["Size"]), str(part["ETag"]))
+        except ClientError as exc:
+            if _no_such_upload(exc):
+                return None
+            raise
+        return found
+
+    def complete(self, key: str, upload_id: str, parts: list[tuple[int, str, str]]) -> None:
+        self.client.complete_multipart_upload(
+            Bucket=self.bucket,
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={
+                "Parts": [
+                    {"PartNumber": number, "ETag": etag, "ChecksumSHA256": checksum}
+                    for number, etag, checksum in parts
+                ]
+            },
+        )
+
+    def abort(self, key: str, upload_id: str) -> None:
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if not _no_such_upload(exc):
+                raise
+
+    def uploads(self, prefix: str) -> Iterator[tuple[str, str]]:
+        pages = self.client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                yield upload["Key"], upload["UploadId"]

@@ -21,7 +21,8 @@ from lifeos_backup.core.settings import Settings
 from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 from lifeos_backup.storage.offsite import state
-from lifeos_backup.storage.offsite.s3 import Remote, connect, head, manifest_key, s3_errors
+from lifeos_backup.storage.offsite.s3 import connect
+from lifeos_backup.storage.offsite.store import ObjectStore, find_manifest, manifest_keys
 from lifeos_backup.storage.offsite.upload import abort_upload, remote_mismatch, upload_backup
 from lifeos_backup.storage.retention import Candidate, Decision, plan
 from lifeos_backup.storage.retention import parse_policy as parse_retention
@@ -50,12 +51,11 @@ class SyncReport:
 # --- Re-checking remote copies --------------------------------------------------------------------
 
 
-def read_back(remote: Remote, row: Backup) -> str:
+def read_back(remote: ObjectStore, row: Backup) -> str:
     """Read the whole remote archive and compare size and SHA-256 with the catalog ('' if ok)."""
     assert row.offsite_key
-    body = remote.client.get_object(Bucket=remote.bucket, Key=row.offsite_key)["Body"]
     digest, size = hashlib.sha256(), 0
-    for chunk in body.iter_chunks(1 << 20):
+    for chunk in remote.chunks(row.offsite_key):
         digest.update(chunk)
         size += len(chunk)
     if size != row.size:
@@ -65,28 +65,33 @@ def read_back(remote: Remote, row: Backup) -> str:
     return ""
 
 
-def check_remote(remote: Remote, row: Backup, full: bool) -> tuple[str, str]:
-    """(status, problem) of one remote copy: HEAD of archive and manifest, and a full read."""
+def check_remote(
+    remote: ObjectStore, row: Backup, full: bool, sealed_first: bool = False
+) -> tuple[str, str]:
+    """(status, problem) of one remote copy: HEAD of archive and manifest (sealed or clear: only
+    its presence is checked, so no key is needed), and a full read of the archive."""
     assert row.offsite_key and row.size is not None and row.sha256
-    found = head(remote, row.offsite_key)
+    found = remote.head(row.offsite_key)
     problem = remote_mismatch(found, row.size, row.sha256, row.offsite_checksum)
     if found is None:
         return state.MISSING, problem
-    if not problem and head(remote, manifest_key(row.offsite_key, row.id)) is None:
+    if not problem and find_manifest(remote, row.offsite_key, row.id, sealed_first) is None:
         return state.MISSING, "the remote manifest is missing"
     if not problem and full:
         problem = read_back(remote, row)
     return (state.DAMAGED, problem) if problem else (state.UPLOADED, "")
 
 
-def recheck(remote: Remote, settings: Settings, catalog: Catalog, report: SyncReport) -> None:
+def recheck(remote: ObjectStore, settings: Settings, catalog: Catalog, report: SyncReport) -> None:
     """HEAD every remote copy; read back in full the `offsite_sync_sample` least recently read."""
     rows = state.uploaded(catalog)
     sample = {r.id for r in sorted(rows, key=state.checked_before)[: settings.offsite_sync_sample]}
     for row in rows:
         full = row.id in sample
-        with s3_errors(f"re-check of {row.id}", remote):
-            status, problem = check_remote(remote, row, full)
+        with remote.errors(f"re-check of {row.id}"):
+            status, problem = check_remote(
+                remote, row, full, bool(settings.encryption_recipients)
+            )
         report.checked += 1
         if full and not problem:
             report.read_back.append(row.id)
@@ -101,7 +106,7 @@ def recheck(remote: Remote, settings: Settings, catalog: Catalog, report: SyncRe
 
 
 def abort_orphans(
-    remote: Remote, settings: Settings, catalog: Catalog, lock: LockFn, report: SyncReport
+    remote: ObjectStore, settings: Settings, catalog: Catalog, lock: LockFn, report: SyncReport
 ) -> None:
     """Abort multipart uploads under our prefix that no upload will resume.
 
@@ -110,21 +115,17 @@ def abort_orphans(
     """
     pending = state.to_upload(catalog, settings.backup_root)
     resumable = {r.offsite_upload_id for r in pending if r.offsite_upload_id}
-    pages = remote.client.get_paginator("list_multipart_uploads").paginate(
-        Bucket=remote.bucket, Prefix=remote.root
-    )
-    for page in pages:
-        for upload in page.get("Uploads", []):
-            if upload["UploadId"] in resumable:
-                continue
-            backup_id = upload["Key"].rsplit("/", 1)[-1].split(".", 1)[0]
-            try:
-                with lock(f"upload:{backup_id}"):
-                    abort_upload(remote, upload["Key"], upload["UploadId"])
-            except AlreadyRunning:
-                continue
-            report.aborted.append(upload["Key"])
-            log.warning("aborted orphan multipart upload of %s", upload["Key"])
+    for key, upload_id in remote.uploads(remote.root):
+        if upload_id in resumable:
+            continue
+        backup_id = key.rsplit("/", 1)[-1].split(".", 1)[0]
+        try:
+            with lock(f"upload:{backup_id}"):
+                abort_upload(remote, key, upload_id)
+        except AlreadyRunning:
+            continue
+        report.aborted.append(key)
+        log.warning("aborted orphan multipart upload of %s", key)
     for row in catalog.list():
         if row.offsite_upload_id and row.offsite_upload_id not in resumable:
             catalog.update(row.id, offsite_upload_id=None)
@@ -146,7 +147,7 @@ def plan_remote(settings: Settings, catalog: Catalog, now: datetime) -> dict[str
 
 
 def expire_remote(
-    remote: Remote, settings: Settings, catalog: Catalog, dry_run: bool = False
+    remote: ObjectStore, settings: Settings, catalog: Catalog, dry_run: bool = False
 ) -> list[Decision]:
     """Apply LIFEOS_RETENTION_OFFSITE; manifest first, so a half-deleted copy is incomplete."""
     decided = [d for ds in plan_remote(settings, catalog, utcnow()).values() for d in ds]
@@ -159,9 +160,12 @@ def expire_remote(
     return decided
 
 
-def delete_remote(remote: Remote, catalog: Catalog, backup_id: str, reasons: str, who: str) -> None:
-    """Remove a backup's remote copy: marked `deleting`, then its manifest (so a half-deleted copy
-    is incomplete), its archive and any multipart upload left, then marked `deleted`. Remote
+def delete_remote(
+    remote: ObjectStore, catalog: Catalog, backup_id: str, reasons: str, who: str
+) -> None:
+    """Remove a backup's remote copy: marked `deleting`, then its manifest (sealed and clear, so a
+    half-deleted copy is incomplete), its archive and any multipart upload left, then marked
+    `deleted`. Remote
     retention and `forget` both delete through here; a copy left `deleting` by a crash is
     finished by the next sync (`expire_remote`)."""
     row = catalog.get(backup_id)
@@ -169,9 +173,9 @@ def delete_remote(remote: Remote, catalog: Catalog, backup_id: str, reasons: str
         state.mark(catalog, backup_id, state.DELETED, offsite_error=reasons or None)
         return
     state.mark(catalog, backup_id, state.DELETING)
-    with s3_errors(f"{who} of {backup_id}", remote):
-        for key in (manifest_key(row.offsite_key, backup_id), row.offsite_key):
-            remote.client.delete_object(Bucket=remote.bucket, Key=key)
+    with remote.errors(f"{who} of {backup_id}"):
+        for key in [*manifest_keys(row.offsite_key, backup_id), row.offsite_key]:
+            remote.delete(key)
         if row.offsite_upload_id:
             abort_upload(remote, row.offsite_key, row.offsite_upload_id)
     if row.offsite_upload_id:
@@ -194,7 +198,7 @@ def sync(
         return report
     remote = connect(settings)
     recheck(remote, settings, catalog, report)
-    with s3_errors("listing multipart uploads", remote):
+    with remote.errors("listing multipart uploads"):
         abort_orphans(remote, settings, catalog, lock, report)
     for row in state.to_upload(catalog, settings.backup_root):
         try:

@@ -7,7 +7,8 @@ Integrity, end to end:
    whose bytes differ from what we hashed;
 3. afterwards HEAD must report the manifest's size, our SHA-256 in the object metadata and the
    checksum S3 computed (the SHA-256 of a single-part object, or the composite over the parts);
-4. only then the manifest goes up. A remote archive without a manifest is never listed as good.
+4. only then the manifest goes up, sealed to the encryption recipients when encryption is on. A
+   remote archive without a manifest is never listed as good.
 
 Resumption: the multipart upload id and every finished part are recorded in the catalog as they
 complete. A crashed or failed upload is continued from the parts S3 still holds with the same
@@ -24,39 +25,39 @@ import base64
 import hashlib
 import logging
 import os
+import tempfile
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
+from lifeos_backup.core.agekeys import parse_recipients
 from lifeos_backup.core.errors import (
     LifeosError,
     OffsiteError,
     PermanentError,
-    RetryableError,
     VerificationFailed,
 )
+from lifeos_backup.core.fsutil import private_dir
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.formats.crypto import seal_file
 from lifeos_backup.formats.manifest import Manifest, manifest_path, read_manifest
 from lifeos_backup.formats.streams import CHUNK, sha256_file
 from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import FAILED as LOCAL_FAILED
 from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 from lifeos_backup.storage.offsite import state
-from lifeos_backup.storage.offsite.s3 import (
-    Remote,
-    connect,
-    head,
+from lifeos_backup.storage.offsite.s3 import connect
+from lifeos_backup.storage.offsite.store import (
+    ObjectInfo,
+    ObjectOptions,
+    ObjectStore,
+    find_manifest,
     manifest_key,
-    s3_errors,
     same_checksum,
-    translate,
 )
 
 log = logging.getLogger(__name__)
@@ -206,33 +207,28 @@ def plan_upload(path: Path, manifest: Manifest, part_size: int) -> UploadPlan:
 # --- Object options -------------------------------------------------------------------------------
 
 
-def object_options(settings: Settings, manifest: Manifest, now: datetime) -> dict[str, Any]:
-    """Storage class, server-side encryption, Object Lock and our metadata for a new object."""
-    options: dict[str, Any] = {
-        "Metadata": {
+def object_options(settings: Settings, manifest: Manifest, now: datetime) -> ObjectOptions:
+    """Our metadata (the archive's SHA-256, id and kind: checkable without the key) and the
+    retention lock for a new archive object."""
+    return replace(
+        lock_options(settings, now),
+        metadata={
             "sha256": manifest.archive.sha256,
             "backup-id": manifest.backup_id,
             "kind": manifest.kind,
         },
-        "ContentType": "application/octet-stream",
-    }
-    if settings.s3_storage_class:
-        options["StorageClass"] = settings.s3_storage_class
-    if settings.s3_server_side_encryption:
-        options["ServerSideEncryption"] = settings.s3_server_side_encryption
-        if settings.s3_sse_kms_key_id:
-            options["SSEKMSKeyId"] = settings.s3_sse_kms_key_id
-    options.update(lock_options(settings, now))
-    return options
+        bulk=True,
+    )
 
 
-def lock_options(settings: Settings, now: datetime) -> dict[str, Any]:
+def lock_options(settings: Settings, now: datetime) -> ObjectOptions:
+    """No metadata; LIFEOS_S3_OBJECT_LOCK_DAYS's retention lock from `now`, when set."""
     if not settings.s3_object_lock_days:
-        return {}
-    return {
-        "ObjectLockMode": settings.s3_object_lock_mode,
-        "ObjectLockRetainUntilDate": now + timedelta(days=settings.s3_object_lock_days),
-    }
+        return ObjectOptions()
+    return ObjectOptions(
+        lock_mode=settings.s3_object_lock_mode,
+        lock_until=now + timedelta(days=settings.s3_object_lock_days),
+    )
 
 
 # --- Sending --------------------------------------------------------------------------------------
@@ -242,13 +238,13 @@ def lock_options(settings: Settings, now: datetime) -> dict[str, Any]:
 class Job:
     """One upload in progress: where from, where to, and how."""
 
-    remote: Remote
+    remote: ObjectStore
     catalog: Catalog
     row: Backup
     archive: Path
     key: str
     plan: UploadPlan
-    options: dict[str, Any]
+    options: ObjectOptions
     concurrency: int
     throttle: Throttle | None
     progress: ProgressFn
@@ -257,15 +253,8 @@ class Job:
 def _put_single(job: Job) -> None:
     fd = os.open(job.archive, os.O_RDONLY)
     try:
-        job.remote.client.put_object(
-            Bucket=job.remote.bucket,
-            Key=job.key,
-            Body=RangeReader(fd, 0, job.plan.size, job.throttle),
-            ContentLength=job.plan.size,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=job.plan.expected_checksum,
-            **job.options,
-        )
+        body = RangeReader(fd, 0, job.plan.size, job.throttle)
+        job.remote.put(job.key, body, job.plan.size, job.plan.expected_checksum, job.options)
     finally:
         os.close(fd)
 
@@ -273,41 +262,18 @@ def _put_single(job: Job) -> None:
 def _send_part(job: Job, upload_id: str, part: Part) -> state.DonePart:
     fd = os.open(job.archive, os.O_RDONLY)
     try:
-        reply = job.remote.client.upload_part(
-            Bucket=job.remote.bucket,
-            Key=job.key,
-            UploadId=upload_id,
-            PartNumber=part.number,
-            Body=RangeReader(fd, part.offset, part.size, job.throttle),
-            ContentLength=part.size,
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=part.checksum,
+        body = RangeReader(fd, part.offset, part.size, job.throttle)
+        etag = job.remote.send_part(
+            job.key, upload_id, part.number, body, part.size, part.checksum
         )
     finally:
         os.close(fd)
-    return state.DonePart(part.number, part.size, reply["ETag"], part.checksum)
-
-
-def _server_parts(job: Job, upload_id: str) -> dict[int, dict[str, Any]] | None:
-    """Parts S3 holds for an upload, or None when the upload no longer exists."""
-    found: dict[int, dict[str, Any]] = {}
-    try:
-        pages = job.remote.client.get_paginator("list_parts").paginate(
-            Bucket=job.remote.bucket, Key=job.key, UploadId=upload_id
-        )
-        for page in pages:
-            for part in page.get("Parts", []):
-                found[part["PartNumber"]] = part
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchUpload", "404"):
-            return None
-        raise
-    return found
+    return state.DonePart(part.number, part.size, etag, part.checksum)
 
 
 def _resumable(job: Job, upload_id: str) -> dict[int, state.DonePart] | None:
-    """Recorded parts that S3 still holds unchanged and that the current plan needs."""
-    server = _server_parts(job, upload_id)
+    """Recorded parts that the service still holds unchanged and that the current plan needs."""
+    server = job.remote.parts(job.key, upload_id)
     if server is None:
         return None
     recorded = state.recorded_parts(job.catalog, upload_id)
@@ -318,21 +284,17 @@ def _resumable(job: Job, upload_id: str) -> dict[int, state.DonePart] | None:
         if (
             there is not None
             and want is not None
-            and there["ETag"] == done.etag
-            and there["Size"] == done.size == want.size
+            and there.etag == done.etag
+            and there.size == done.size == want.size
             and done.checksum == want.checksum
         ):
             keep[number] = done
     return keep
 
 
-def abort_upload(remote: Remote, key: str, upload_id: str) -> None:
-    """Abort a multipart upload so S3 drops its parts; an upload already gone is fine."""
-    try:
-        remote.client.abort_multipart_upload(Bucket=remote.bucket, Key=key, UploadId=upload_id)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") not in ("NoSuchUpload", "404"):
-            raise
+def abort_upload(remote: ObjectStore, key: str, upload_id: str) -> None:
+    """Abort a multipart upload so the service drops its parts; an upload already gone is fine."""
+    remote.abort(key, upload_id)
 
 
 def _start_or_resume(job: Job) -> tuple[str, dict[int, state.DonePart]]:
@@ -349,10 +311,7 @@ def _start_or_resume(job: Job) -> tuple[str, dict[int, state.DonePart]]:
             return upload_id, done
         log.warning("upload %s of %s is gone; starting again", upload_id[:12], job.row.id)
     state.forget_parts(job.catalog, job.row.id)
-    created = job.remote.client.create_multipart_upload(
-        Bucket=job.remote.bucket, Key=job.key, ChecksumAlgorithm="SHA256", **job.options
-    )
-    upload_id = created["UploadId"]
+    upload_id = job.remote.start_upload(job.key, job.options)
     job.catalog.update(job.row.id, offsite_upload_id=upload_id)
     return upload_id, {}
 
@@ -381,16 +340,8 @@ def _put_multipart(job: Job) -> None:
             _give_up(job, upload_id)
         raise
     pool.shutdown(wait=True)
-    job.remote.client.complete_multipart_upload(
-        Bucket=job.remote.bucket,
-        Key=job.key,
-        UploadId=upload_id,
-        MultipartUpload={
-            "Parts": [
-                {"PartNumber": n, "ETag": done[n].etag, "ChecksumSHA256": done[n].checksum}
-                for n in sorted(done)
-            ]
-        },
+    job.remote.complete(
+        job.key, upload_id, [(n, done[n].etag, done[n].checksum) for n in sorted(done)]
     )
     job.catalog.update(job.row.id, offsite_upload_id=None)
     state.forget_parts(job.catalog, job.row.id)
@@ -402,9 +353,7 @@ def _hopeless(exc: BaseException, job: Job) -> bool:
     Network trouble, throttling, a worker shutdown or a lost lock (another worker may be
     continuing this very upload) leave the parts in place for the next attempt.
     """
-    if not isinstance(exc, BotoCoreError | ClientError):
-        return False
-    return not isinstance(translate(exc, "upload", job.remote.where), RetryableError)
+    return job.remote.refused(exc)
 
 
 def _give_up(job: Job, upload_id: str) -> None:
@@ -422,16 +371,16 @@ def _give_up(job: Job, upload_id: str) -> None:
 
 
 def remote_mismatch(
-    found: dict[str, Any] | None, size: int, sha256: str, checksum: str | None
+    found: ObjectInfo | None, size: int, sha256: str, checksum: str | None
 ) -> str:
     """Why a HEAD reply is not our archive ('' when it is)."""
     if found is None:
         return "the remote archive is missing"
-    if found.get("ContentLength") != size:
-        return f"the remote archive has {found.get('ContentLength')} bytes, expected {size}"
-    if found.get("Metadata", {}).get("sha256") != sha256:
+    if found.size != size:
+        return f"the remote archive has {found.size} bytes, expected {size}"
+    if found.sha256 != sha256:
         return "the remote archive's SHA-256 metadata differs from the manifest"
-    reported = found.get("ChecksumSHA256")
+    reported = found.checksum
     if checksum and reported and not same_checksum(reported, checksum):
         return "the remote archive's S3 checksum differs (its content changed)"
     if checksum and not reported:
@@ -440,44 +389,45 @@ def remote_mismatch(
 
 
 def _confirm(job: Job, settings: Settings) -> None:
-    found = head(job.remote, job.key)
+    found = job.remote.head(job.key)
     problem = remote_mismatch(found, job.plan.size, job.plan.sha256, job.plan.expected_checksum)
     if problem:
         raise OffsiteError(f"upload of {job.row.id} did not arrive intact", problem)
     assert found is not None
-    if settings.s3_object_lock_days and not found.get("ObjectLockRetainUntilDate"):
+    lock = job.options
+    if lock.lock_mode and lock.lock_until and not found.locked_until:
         # Some services ignore the lock given at CreateMultipartUpload; set it explicitly.
-        job.remote.client.put_object_retention(
-            Bucket=job.remote.bucket,
-            Key=job.key,
-            Retention={
-                "Mode": settings.s3_object_lock_mode,
-                "RetainUntilDate": job.options["ObjectLockRetainUntilDate"],
-            },
-        )
+        job.remote.retain(job.key, lock.lock_mode, lock.lock_until)
 
 
 def _put_manifest(
     job: Job, mpath: Path, manifest: Manifest, now: datetime, settings: Settings
 ) -> None:
-    """The manifest, streamed from its file (hashed first in one pass): a backup of a million
-    files has a manifest of a hundred MB or more, never held in memory."""
-    digest, _size = sha256_file(str(mpath))
-    options = {**lock_options(settings, now)}
-    if settings.s3_server_side_encryption:
-        options["ServerSideEncryption"] = settings.s3_server_side_encryption
-        if settings.s3_sse_kms_key_id:
-            options["SSEKMSKeyId"] = settings.s3_sse_kms_key_id
-    with open(mpath, "rb") as body:
-        job.remote.client.put_object(
-            Bucket=job.remote.bucket,
-            Key=manifest_key(job.key, manifest.backup_id),
-            Body=body,
-            ContentType="application/json",
-            ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=_b64(bytes.fromhex(digest)),
-            **options,
-        )
+    """The manifest, streamed from its file (hashed in the same pass): a backup of a million files
+    has a manifest of a hundred MB or more, never held in memory.
+
+    With encryption on it is sealed to the same recipients as the archives and goes up as
+    `<id>.manifest.json.age`: the bucket then holds no member path, size, mode or hash, and no
+    table name. It is sealed into an unlinked file of the private state folder (the local manifest
+    stays clear, docs/decisions.md) and a clear manifest of the same backup left by an earlier
+    upload is deleted once the sealed one is there.
+    """
+    recipients = parse_recipients(settings.encryption_recipients)
+    key = manifest_key(job.key, manifest.backup_id, sealed=bool(recipients))
+    if not recipients:
+        digest, size = sha256_file(str(mpath))
+        options = replace(lock_options(settings, now), content_type="application/json")
+        with open(mpath, "rb") as body:
+            job.remote.put(key, body, size, _b64(bytes.fromhex(digest)), options)
+        return
+    with tempfile.TemporaryFile(dir=private_dir(settings.state_dir)) as sealed_body:
+        digest, size = seal_file(mpath, sealed_body, recipients)
+        sealed_body.seek(0)
+        options = lock_options(settings, now)
+        job.remote.put(key, sealed_body, size, _b64(bytes.fromhex(digest)), options)
+    clear = manifest_key(job.key, manifest.backup_id)
+    if job.remote.head(clear) is not None:
+        job.remote.delete(clear)
 
 
 # --- The whole upload -----------------------------------------------------------------------------
@@ -493,11 +443,12 @@ class Uploaded:
     adopted: bool  # it was already there, complete (e.g. after a catalog rebuild)
 
 
-def _already_there(job: Job) -> bool:
-    found = head(job.remote, job.key)
+def _already_there(job: Job, sealed_first: bool) -> bool:
+    """The archive is there intact and so is a manifest, sealed or (an older upload) clear."""
+    found = job.remote.head(job.key)
     if remote_mismatch(found, job.plan.size, job.plan.sha256, job.plan.expected_checksum):
         return False
-    return head(job.remote, manifest_key(job.key, job.row.id)) is not None
+    return find_manifest(job.remote, job.key, job.row.id, sealed_first) is not None
 
 
 def upload_backup(
@@ -530,8 +481,8 @@ def upload_backup(
                 "its local copy is gone (rotated or lost); nothing to upload",
             )
         manifest = read_manifest(mpath)
-        with s3_errors(f"upload of {backup_id}", remote):
-            head(remote, remote.key(row.path))  # fails fast when the endpoint is down
+        with remote.errors(f"upload of {backup_id}"):
+            remote.head(remote.key(row.path))  # fails fast when the endpoint is down
             state.mark(catalog, backup_id, state.UPLOADING, offsite_attempts=attempts)
             part_size = part_size_for(manifest.archive.size, settings.s3_part_size_mb)
             plan = plan_upload(archive, manifest, part_size)
@@ -550,7 +501,7 @@ def upload_backup(
             )
             if plan.single and job.row.offsite_upload_id:  # left over from a larger part plan
                 _give_up(job, job.row.offsite_upload_id)
-            adopted = _already_there(job)
+            adopted = _already_there(job, bool(settings.encryption_recipients))
             if adopted:
                 pass
             elif plan.single:
