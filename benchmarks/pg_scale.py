@@ -94,8 +94,8 @@ def one_size(megabytes: int, repeat: int) -> list[str]:
 
 
 HEADERS = [
-    "database MB", "lifeos backup s", "RSS MiB", "pg_dump|gzip s", "RSS MiB", "speed-up",
-    "lifeos restore s", "RSS MiB", "gunzip|psql s", "RSS MiB", "speed-up",
+    "database MB", "lifeos backup s", "RSS MiB", r"pg_dump \| gzip s", "RSS MiB", "speed-up",
+    "lifeos restore s", "RSS MiB", r"gunzip -c \| psql s", "RSS MiB", "speed-up",
 ]
 
 
