@@ -124,7 +124,9 @@ class DrillLog:
 Say = Callable[..., None]
 # A kind's drill fills in the Outcome it is given, so that what it found before an exception
 # (the scratch database's name, whether it was dropped) still reaches the report.
-KindDrill = Callable[[Settings, Path, Manifest, Say, ProgressFn, Outcome], None]
+KindDrill = Callable[[Settings, Catalog, Path, Manifest, Say, ProgressFn, Outcome], None]
+# Drilled on their own schedule (LIFEOS_SCHEDULE_PITR_DRILL), not with every other kind.
+SEPARATE = ("basebackup",)
 
 
 # ----------------------------------------------------------------------------- choosing
@@ -160,8 +162,9 @@ def choose_backup(
 
 
 def kinds_to_drill(catalog: Catalog) -> list[str]:
-    """Every drillable kind that has a verified backup (the weekly drill runs these)."""
-    return [k for k in _DRILLS if catalog.list(kind=k, statuses=(VERIFIED,))]
+    """Every drillable kind that has a verified backup (the weekly drill runs these), but the
+    point-in-time recovery drill, which has its own schedule."""
+    return [k for k in _DRILLS if k not in SEPARATE and catalog.list(kind=k, statuses=(VERIFIED,))]
 
 
 # ----------------------------------------------------------------------------- running
@@ -207,7 +210,9 @@ def run_drill(
     )
     try:
         _row, archive, mpath = locate(settings, catalog, row.id)
-        _DRILLS[row.kind](settings, archive, read_manifest(mpath), run.say, progress, run.outcome)
+        _DRILLS[row.kind](
+            settings, catalog, archive, read_manifest(mpath), run.say, progress, run.outcome
+        )
     except LifeosError as exc:
         return run.finish(str(exc))
     except BaseException as exc:  # also a soft time limit or shutdown: recorded, then re-raised
@@ -297,6 +302,7 @@ def _report_dir(settings: Settings, started: datetime, kind: str) -> Path:
 
 def drill_json(
     settings: Settings,
+    _catalog: Catalog,
     archive: Path,
     manifest: Manifest,
     say: Say,
@@ -384,6 +390,7 @@ def leftover_scratch(names: list[str], now: datetime) -> list[str]:
 
 def drill_postgres(
     settings: Settings,
+    _catalog: Catalog,
     archive: Path,
     manifest: Manifest,
     say: Say,
@@ -560,4 +567,34 @@ def drop_database(target: Any, say: Say) -> bool:
     return gone
 
 
-_DRILLS: dict[str, KindDrill] = {"json": drill_json, "postgres": drill_postgres}
+# ----------------------------------------------------------------------------- point in time
+
+
+def drill_basebackup(
+    settings: Settings,
+    catalog: Catalog,
+    _archive: Path,
+    manifest: Manifest,
+    say: Say,
+    progress: ProgressFn,
+    outcome: Outcome,
+) -> None:
+    """Recover the base backup plus all WAL to latest in a scratch cluster: RTO, RPO, counts.
+
+    lifeos_backup.kinds.basebackup.drill does the work (and explains the comparison); what it
+    found reaches the report even when it fails half-way.
+    """
+    from lifeos_backup.kinds.basebackup.drill import Findings, drill_pitr
+
+    found = Findings(outcome.details, outcome.problems)
+    try:
+        drill_pitr(settings, catalog, manifest.backup_id, say, found, progress)
+    finally:
+        outcome.restore_s = found.restore_s
+
+
+_DRILLS: dict[str, KindDrill] = {
+    "json": drill_json,
+    "postgres": drill_postgres,
+    "basebackup": drill_basebackup,
+}

@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -296,8 +297,12 @@ def write_recovery_settings(
     port: int | None = None,
     keep_archiving: bool = False,
     note: str = "",
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """recovery.signal plus the recovery settings appended to postgresql.auto.conf."""
+    """recovery.signal plus the recovery settings appended to postgresql.auto.conf.
+
+    `extra` lines follow ours (a scratch copy's own listen address, authentication file).
+    """
     lines = [
         f"# lifeos-backup restore pitr {note}".rstrip(),
         f"restore_command = {_quote(command)}",
@@ -309,6 +314,7 @@ def write_recovery_settings(
         lines.append("archive_mode = 'off'  # a restored copy must not write into the archive")
     if port is not None:
         lines.append(f"port = {int(port)}")
+    lines.extend(extra)
     auto = datadir / "postgresql.auto.conf"
     with open(auto, "a", encoding="utf-8") as handle:
         handle.write("\n" + "\n".join(lines) + "\n")
@@ -429,8 +435,12 @@ def restore_pitr(
     keep_archiving: bool = False,
     timeout: int = 3600,
     progress: ProgressFn = ignore,
+    extra_settings: Sequence[str] = (),
 ) -> PitrResult:
-    """Choose, check, lay out and configure; with `start`, run recovery and report the outcome."""
+    """Choose, check, lay out and configure; with `start`, run recovery and report the outcome.
+
+    `extra_settings` are postgresql.conf lines added after the recovery settings.
+    """
     datadir = datadir.absolute()
     _check_empty(datadir)
     manifest = choose_base(settings, catalog, target, backup_id)
@@ -452,6 +462,7 @@ def restore_pitr(
         port=port,
         keep_archiving=keep_archiving,
         note=f"from {manifest.backup_id} to {target.describe()}",
+        extra=extra_settings,
     )
     result = PitrResult(manifest.backup_id, datadir, target.describe())
     if not start:
