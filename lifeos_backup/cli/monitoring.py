@@ -208,6 +208,14 @@ def status(as_json: JsonOption = False) -> None:
         f"disk: {human_size(disk['free_bytes'])} free of {human_size(disk['total_bytes'])} "
         f"at {disk['path']}"
     )
+    offsite = (report.get("wal") or {}).get("offsite")
+    if offsite:
+        out.print(
+            f"WAL off-site: lag {_duration(offsite['lag_s'])} "
+            f"({offsite['pending_files']} files pending), last upload run "
+            f"{str(offsite['last_run_at'])[:19]}Z",
+            highlight=False,
+        )
     if report["conditions"]:
         conditions = Table("severity", "condition", "detail", title="conditions")
         for c in report["conditions"]:

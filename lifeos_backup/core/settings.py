@@ -156,7 +156,7 @@ class Settings(BaseSettings):
         1, description="zstd level of archived WAL segments (see docs/pitr.md)."
     )
     schedule_wal_offsite: str = Field(
-        "*/5 * * * *", description="Copy newly archived WAL off-site (when a bucket is set)."
+        "* * * * *", description="Copy newly archived WAL off-site (when a bucket is set)."
     )
     # The WAL stream (pg_receivewal under `up`, docs/pitr.md "The WAL stream").
     wal_stream: bool = Field(False, description="Run pg_receivewal under `up` (needs a database).")

@@ -1,35 +1,68 @@
-"""Off-site copies of the WAL archive, made by the worker every few minutes (Beat).
+"""Off-site copies of the WAL archive: uploaded by the worker (Beat), pruned, fetched back.
 
 Not from archive_command itself: that runs as the database's OS user, often with a Python that has
 no boto3 (or none at all: the sh port), importing boto3 alone takes about a second per segment,
 and an unreachable bucket would stall archiving and fill the database's disk. The local archive is
-the durable copy PostgreSQL waits for; this copies every archived file not yet in the bucket
-(same bytes, same name, under `<prefix>/postgresql/wal/`), with its SHA-256 checked by S3.
+the durable copy PostgreSQL waits for; `upload_wal` copies every archived file not yet in the
+bucket (same bytes, same name, under `<prefix>/postgresql/wal/`), with its SHA-256 checked by S3:
+
+- finished segments and history files go once, oldest first;
+- the stream's unfinished segment (`<segment>.partial.zst`) goes after every finished file
+  before it, and again whenever the local copy changed (one PUT of one whole copy read in a
+  single pass: the object always holds exactly the WAL its header claims); once the finished
+  segment is in the bucket, the remote partial is deleted;
+- each run records in the state folder when the files it found went off-site, so `status`
+  shows the off-site lag (the age of the oldest archived WAL not yet in the bucket).
+
+`prune_remote_wal` applies the local rule (retention.py) to the bucket: every segment a kept base
+backup needs stays, nothing older. Kept means kept locally or off-site; base backups rotated
+away locally but kept off-site are known by the start segment recorded here while their manifest
+was local. A kept base backup whose start is unknown stops pruning (never a guess).
+
+`download_wal` fetches the remote archive from a segment on (in parallel) into a local folder and
+checks every file (decrypting sealed ones with the key): `restore pitr --from offsite` recovers
+from it on a machine that has only the bucket and the key.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from lifeos_backup.core.errors import VerificationFailed
+from lifeos_backup.core.fsutil import write_json_atomic
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.formats.manifest import manifest_path, read_manifest
 from lifeos_backup.kinds.basebackup import wal_archive_dir
-from lifeos_backup.wal.archive import SUFFIX
-from lifeos_backup.wal.names import ARCHIVABLE
+from lifeos_backup.kinds.basebackup.retention import KIND, prunable
+from lifeos_backup.storage.catalog import Catalog
+from lifeos_backup.storage.catalog.store import CREATED, VERIFIED
+from lifeos_backup.wal.archive import PARTIAL, SUFFIX, verify_file
+from lifeos_backup.wal.names import ARCHIVABLE, segment_part
+from lifeos_backup.wal.segment import WalError
 
 log = logging.getLogger(__name__)
 
 REMOTE_FOLDER = "postgresql/wal"
+STATE_FILE = "wal-offsite.json"  # in the state folder: lag figures and base backup starts
+# Off-site statuses of a base backup whose remote copy is (or may still be) there.
+REMOTE_KEPT = ("uploading", "uploaded", "damaged", "missing", "deleting", "failed")
 
 
-def _sha256_b64(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return base64.b64encode(digest.digest()).decode()
+def _sha256_b64(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def _is_partial(name: str) -> bool:
+    return name.endswith(PARTIAL + SUFFIX)
 
 
 def local_wal_files(archive: Path) -> list[str]:
@@ -42,34 +75,278 @@ def local_wal_files(archive: Path) -> list[str]:
     return sorted(names, key=lambda n: (n[8:24], n))
 
 
-def upload_wal(settings: Settings) -> list[str]:
-    """Upload archived WAL files the bucket lacks; returns their names."""
-    from lifeos_backup.storage.offsite.s3 import connect, s3_errors
+def read_state(settings: Settings) -> dict[str, Any]:
+    """What the uploads recorded; missing or damaged reads as empty (health data)."""
+    try:
+        data = json.loads((settings.state_dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
-    remote = connect(settings)
-    folder = remote.key(REMOTE_FOLDER) + "/"
-    archive = wal_archive_dir(settings)
-    present: set[str] = set()
+
+def _remote_listing(remote: Any, folder: str) -> dict[str, int]:
+    """Remote WAL object names (with .zst) and their sizes."""
+    from lifeos_backup.storage.offsite.s3 import s3_errors
+
+    present: dict[str, int] = {}
     with s3_errors("listing archived WAL off-site", remote):
         pages = remote.client.get_paginator("list_objects_v2").paginate(
             Bucket=remote.bucket, Prefix=folder
         )
         for page in pages:
-            present.update(obj["Key"][len(folder) :] for obj in page.get("Contents", []))
+            for obj in page.get("Contents", []):
+                present[obj["Key"][len(folder) :]] = int(obj.get("Size", 0))
+    return present
+
+
+def _put(remote: Any, key: str, data: bytes, what: str) -> None:
+    from lifeos_backup.storage.offsite.s3 import s3_errors
+
+    with s3_errors(what, remote):
+        remote.client.put_object(
+            Bucket=remote.bucket,
+            Key=key,
+            Body=data,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=_sha256_b64(data),
+        )
+
+
+def _remote_checksum(remote: Any, key: str) -> str | None:
+    from lifeos_backup.storage.offsite.s3 import head, s3_errors
+
+    with s3_errors(f"checking {key.rsplit('/', 1)[-1]} off-site", remote):
+        reply = head(remote, key)
+    return None if reply is None else reply.get("ChecksumSHA256")
+
+
+def _delete(remote: Any, keys: list[str], what: str) -> None:
+    from lifeos_backup.storage.offsite.s3 import s3_errors
+
+    for first in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
+        batch = [{"Key": key} for key in keys[first : first + 1000]]
+        with s3_errors(what, remote):
+            remote.client.delete_objects(
+                Bucket=remote.bucket, Delete={"Objects": batch, "Quiet": True}
+            )
+
+
+def upload_wal(settings: Settings) -> list[str]:
+    """Upload archived WAL files the bucket lacks (and a grown partial); returns their names."""
+    from lifeos_backup.storage.offsite.s3 import connect
+
+    remote = connect(settings)
+    folder = remote.key(REMOTE_FOLDER) + "/"
+    archive = wal_archive_dir(settings)
+    began = time.time()
+    present = _remote_listing(remote, folder)
+    names = local_wal_files(archive)
+    mtimes: dict[str, float] = {}
+    for name in names:
+        try:
+            mtimes[name] = (archive / name).stat().st_mtime
+        except FileNotFoundError:  # pruned or finished meanwhile
+            continue
     sent: list[str] = []
-    for name in local_wal_files(archive):
+    complete = True  # every finished file so far is in the bucket
+    for name in (n for n in names if not _is_partial(n) and n in mtimes):
         if name in present:
             continue
-        path = archive / name
-        with s3_errors(f"uploading {name}", remote), open(path, "rb") as body:
-            remote.client.put_object(
-                Bucket=remote.bucket,
-                Key=folder + name,
-                Body=body,
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=_sha256_b64(path),
-            )
+        try:
+            data = (archive / name).read_bytes()
+        except FileNotFoundError:
+            complete = False
+            continue
+        _put(remote, folder + name, data, f"uploading {name}")
         sent.append(name)
+        present[name] = len(data)
+    partials = [n for n in names if _is_partial(n) and n in mtimes]
+    stale = [
+        n
+        for n in present
+        if _is_partial(n) and n.removesuffix(PARTIAL + SUFFIX) + SUFFIX in present
+    ]
+    if stale:
+        _delete(remote, [folder + n for n in stale], "removing superseded WAL partials off-site")
+    if partials and complete:
+        newest = partials[-1]
+        sent += _upload_partial(remote, folder, archive, newest, present)
+    _record(settings, began, names, mtimes, sent, present)
     if sent:
         log.info("uploaded %d archived WAL files off-site (%s .. %s)", len(sent), sent[0], sent[-1])
     return sent
+
+
+def _upload_partial(
+    remote: Any, folder: str, archive: Path, name: str, present: dict[str, int]
+) -> list[str]:
+    """The newest unfinished segment, when the bucket holds another state of it (or none)."""
+    if name.removesuffix(PARTIAL + SUFFIX) + SUFFIX in present:
+        return []  # finished meanwhile: the whole segment is off-site already
+    try:
+        data = (archive / name).read_bytes()  # one copy, as the sealer published it
+    except FileNotFoundError:
+        return []  # the segment finished meanwhile; the next run sends it
+    if name in present and _remote_checksum(remote, folder + name) == _sha256_b64(data):
+        return []
+    _put(remote, folder + name, data, f"uploading {name}")
+    present[name] = len(data)
+    return [name]
+
+
+def _record(
+    settings: Settings,
+    began: float,
+    names: list[str],
+    mtimes: dict[str, float],
+    sent: list[str],
+    present: dict[str, int],
+) -> None:
+    """Remember when the archive as found at `began` was off-site: the lag `status` shows."""
+    state = read_state(settings)
+    finished = time.time()
+    off = [mtimes[n] for n in names if n in present and n in mtimes]
+    lags = [finished - mtimes[n] for n in sent if n in mtimes]
+    state.update(
+        last_run_at=datetime.fromtimestamp(finished, UTC).isoformat(),
+        last_run_s=round(finished - began, 3),
+        uploaded=len(sent),
+        offsite_through=max(off) if off else state.get("offsite_through"),
+        last_upload_lag_s=round(max(lags), 3) if lags else state.get("last_upload_lag_s"),
+    )
+    state["base_starts"] = {**state.get("base_starts", {}), **_local_base_starts(settings)}
+    try:
+        write_json_atomic(settings.state_dir / STATE_FILE, state)
+    except OSError as exc:  # health data: the upload itself succeeded
+        log.warning("cannot record the WAL upload in %s: %s", settings.state_dir, exc)
+
+
+def offsite_lag(settings: Settings, now: float | None = None) -> dict[str, Any] | None:
+    """The off-site lag of the WAL archive: None without uploads; `lag_s` is the age of the
+    oldest archived file changed after the last upload run found it (0: all off-site)."""
+    state = read_state(settings)
+    if "last_run_at" not in state:
+        return None
+    now = time.time() if now is None else now
+    through = float(state.get("offsite_through") or 0)
+    archive = wal_archive_dir(settings)
+    pending = []
+    for name in local_wal_files(archive):
+        try:
+            mtime = (archive / name).stat().st_mtime
+        except FileNotFoundError:
+            continue
+        if mtime > through:
+            pending.append(mtime)
+    return {
+        "lag_s": round(max(0.0, now - min(pending)), 1) if pending else 0.0,
+        "pending_files": len(pending),
+        "last_run_at": state.get("last_run_at"),
+        "last_upload_lag_s": state.get("last_upload_lag_s"),
+    }
+
+
+# --------------------------------------------------------------------------- remote retention
+
+
+def _local_base_starts(settings: Settings) -> dict[str, str]:
+    """Start WAL file of every base backup whose manifest is on this disk."""
+    from lifeos_backup.storage.catalog import open_catalog
+
+    try:
+        catalog = open_catalog(settings.effective_catalog_url)
+        rows = catalog.list(kind=KIND)
+    except Exception as exc:  # the catalog is not this function's to fix
+        log.warning("cannot read base backups for WAL retention: %s", exc)
+        return {}
+    starts = {}
+    for row in rows:
+        try:
+            facts = read_manifest(manifest_path(settings.backup_root / row.path, row.id)).facts
+        except (OSError, VerificationFailed):
+            continue
+        if facts.get("start_wal_file"):
+            starts[row.id] = str(facts["start_wal_file"])
+    return starts
+
+
+def remote_cutoff(settings: Settings, catalog: Catalog) -> str | None:
+    """Start WAL file of the oldest base backup kept locally or off-site; None on a guess."""
+    known = {**read_state(settings).get("base_starts", {}), **_local_base_starts(settings)}
+    starts = []
+    for row in catalog.list(kind=KIND):
+        kept = row.status in (CREATED, VERIFIED) or row.offsite_status in REMOTE_KEPT
+        if not kept:
+            continue
+        if row.id not in known:
+            log.warning("off-site WAL retention skipped: start of base backup %s unknown", row.id)
+            return None
+        starts.append(known[row.id])
+    return min(starts, key=segment_part) if starts else None
+
+
+def prune_remote_wal(settings: Settings, catalog: Catalog, *, dry_run: bool = False) -> list[str]:
+    """Remove remote WAL older than every kept base backup (history files stay); their names."""
+    from lifeos_backup.storage.offsite.s3 import connect
+
+    cutoff = remote_cutoff(settings, catalog)
+    if cutoff is None:
+        return []
+    remote = connect(settings)
+    folder = remote.key(REMOTE_FOLDER) + "/"
+    present = _remote_listing(remote, folder)
+    stems = {n.removesuffix(SUFFIX): n for n in present if n.endswith(SUFFIX)}
+    bare = {stem.removesuffix(PARTIAL): stem for stem in stems}
+    doomed = sorted(stems[bare[b]] for b in prunable(list(bare), cutoff))
+    if doomed and not dry_run:
+        _delete(remote, [folder + n for n in doomed], "pruning archived WAL off-site")
+    if doomed:
+        log.info("off-site WAL retention %s %d files before %s",
+                 "would remove" if dry_run else "removed", len(doomed), cutoff)  # fmt: skip
+    return doomed
+
+
+# --------------------------------------------------------------------------- fetching back
+
+
+def download_wal(
+    settings: Settings, dest: Path, first: str, identity_file: Path | None = None
+) -> list[str]:
+    """Every remote WAL file from segment `first` on (history files too) into `dest`, each
+    checked against its own checksum (decrypted with `identity_file` when sealed) before it is
+    published under its name; VerificationFailed names a damaged one. Returns the names."""
+    from lifeos_backup.storage.offsite.s3 import connect, s3_errors
+
+    remote = connect(settings)
+    folder = remote.key(REMOTE_FOLDER) + "/"
+    present = _remote_listing(remote, folder)
+    wanted = [
+        n
+        for n in present
+        if n.endswith(SUFFIX)
+        and ARCHIVABLE.match(n.removesuffix(SUFFIX))
+        and (n.endswith(".history" + SUFFIX) or segment_part(n) >= segment_part(first))
+    ]
+
+    def fetch_one(name: str) -> str:
+        tmp = dest / f".{name}.download"
+        with s3_errors(f"downloading {name}", remote):
+            body = remote.client.get_object(
+                Bucket=remote.bucket, Key=folder + name, ChecksumMode="ENABLED"
+            )["Body"]
+            with open(tmp, "wb") as out:
+                for chunk in body.iter_chunks(1 << 20):
+                    out.write(chunk)
+        try:
+            verify_file(tmp, identity_file)
+        except WalError as exc:
+            tmp.unlink(missing_ok=True)
+            raise VerificationFailed(
+                f"off-site WAL file {name} is damaged or cannot be opened", str(exc),
+                "recovery from the bucket cannot pass this file; check the local archive",
+            ) from None  # fmt: skip
+        os.replace(tmp, dest / name)
+        return name
+
+    with ThreadPoolExecutor(max_workers=max(1, settings.s3_concurrency)) as pool:
+        return sorted(pool.map(fetch_one, wanted), key=lambda n: (n[8:24], n))
