@@ -10,6 +10,9 @@ manifest; a drill goes further and does what a recovery would do:
   first drops scratch databases of earlier drills that are older than LEFTOVER_AGE.
 - JSON: extract into a private temporary folder (every member's SHA-256 is checked on the way),
   then parse every `.json` file: a file the app could not read is not a backup of it.
+- basebackup (point-in-time recovery, scheduled on its own): the newest base backup plus all WAL
+  recovered to latest in a scratch cluster, with its RPO and RTO measured and row counts judged
+  against the primary (lifeos_backup.kinds.basebackup.drill).
 
 Each drill is a row in the catalog (`drills`) and a folder `<root>/drills/<timestamp>_<kind>/`
 holding `report.json` and a readable `drill.log`. The restore time measured here is the current
