@@ -202,3 +202,22 @@ def test_a_killed_pitr_drill_leaves_nothing_after_the_sweeper(
     wait_for("the scratch server to stop", lambda: postmasters_of(root) == [] and all(
         start_ticks(pid) is None for pid in postmaster), timeout=30)  # fmt: skip
     assert records.fail_stale(catalog, "basebackup")  # the killed drill's row, marked failed
+
+
+def test_drill_command_runs_the_pitr_drill_and_status_shows_its_rpo(
+    archiving: ArchivingCluster, settings: Settings, catalog: Catalog
+) -> None:
+    base_backup(settings, catalog)
+    exe = Path(sys.executable).parent / "lifeos-backup"
+    env = {**os.environ, "COLUMNS": "200", "LIFEOS_DRILL_PITR_WAL_WAIT": "1"}
+    done = subprocess.run(
+        [str(exe), "drill", "--kind", "basebackup", "--json"], env=env, capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert '"kind": "basebackup"' in done.stdout and '"status": "passed"' in done.stdout
+    shown = subprocess.run(
+        [str(exe), "status"], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    row = next(line for line in shown.stdout.splitlines() if "basebackup" in line)
+    assert "drill" in row and "(WAL)" in row, shown.stdout
