@@ -168,10 +168,16 @@ def upload_wal(settings: Settings) -> list[str]:
     ]
     if stale:
         _delete(remote, [folder + n for n in stale], "removing superseded WAL partials off-site")
+    # What the bucket holds as it is here: finished files by name (they never change), the
+    # partial only once sent or found the same.
+    current = {n for n in names if not _is_partial(n) and n in present}
     if partials and complete:
         newest = partials[-1]
-        sent += _upload_partial(remote, folder, archive, newest, present)
-    _record(settings, began, names, mtimes, sent, present)
+        sent_partial, same = _upload_partial(remote, folder, archive, newest, present)
+        sent += sent_partial
+        if same:
+            current.add(newest)
+    _record(settings, began, mtimes, sent, current)
     if sent:
         log.info("uploaded %d archived WAL files off-site (%s .. %s)", len(sent), sent[0], sent[-1])
     return sent
@@ -179,33 +185,29 @@ def upload_wal(settings: Settings) -> list[str]:
 
 def _upload_partial(
     remote: Any, folder: str, archive: Path, name: str, present: dict[str, int]
-) -> list[str]:
-    """The newest unfinished segment, when the bucket holds another state of it (or none)."""
+) -> tuple[list[str], bool]:
+    """The newest unfinished segment, when the bucket holds another state of it (or none);
+    (what was sent, whether the bucket now holds this state)."""
     if name.removesuffix(PARTIAL + SUFFIX) + SUFFIX in present:
-        return []  # finished meanwhile: the whole segment is off-site already
+        return [], True  # finished meanwhile: the whole segment is off-site already
     try:
         data = (archive / name).read_bytes()  # one copy, as the sealer published it
     except FileNotFoundError:
-        return []  # the segment finished meanwhile; the next run sends it
+        return [], False  # the segment finished meanwhile; the next run sends it
     if name in present and _remote_checksum(remote, folder + name) == _sha256_b64(data):
-        return []
+        return [], True
     _put(remote, folder + name, data, f"uploading {name}")
     present[name] = len(data)
-    return [name]
+    return [name], True
 
 
 def _record(
-    settings: Settings,
-    began: float,
-    names: list[str],
-    mtimes: dict[str, float],
-    sent: list[str],
-    present: dict[str, int],
+    settings: Settings, began: float, mtimes: dict[str, float], sent: list[str], current: set[str]
 ) -> None:
     """Remember when the archive as found at `began` was off-site: the lag `status` shows."""
     state = read_state(settings)
     finished = time.time()
-    off = [mtimes[n] for n in names if n in present and n in mtimes]
+    off = [mtimes[n] for n in current if n in mtimes]
     lags = [finished - mtimes[n] for n in sent if n in mtimes]
     state.update(
         last_run_at=datetime.fromtimestamp(finished, UTC).isoformat(),
