@@ -105,6 +105,12 @@ def build_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             ),
             "args": ("basebackup",),
         }
+        # ... and proven weekly: base backup + WAL recovered in a scratch cluster (RPO, RTO).
+        schedule["pitr-drill"] = {
+            "task": "lifeos.drill.run",
+            "schedule": parse_crontab(settings.schedule_pitr_drill, "LIFEOS_SCHEDULE_PITR_DRILL"),
+            "args": ("basebackup",),
+        }
     if settings.offsite_enabled:  # off-site is on exactly when a bucket is set
         schedule["offsite-sync"] = {
             "task": "lifeos.offsite.sync",

@@ -1,4 +1,4 @@
-"""Point-in-time recovery tasks: the off-site copy of the WAL archive (Beat, every few minutes).
+"""Point-in-time recovery tasks: the off-site copy of the WAL archive (Beat, every minute).
 
 Base backups themselves run through the ordinary chain (`lifeos.backup.start` with "basebackup").
 """
@@ -14,13 +14,16 @@ WAL_OFFSITE = "lifeos.pitr.wal_offsite"
 
 @app.task(bind=True, base=LifeosTask, name=WAL_OFFSITE)
 def wal_offsite(self: LifeosTask) -> list[str]:
-    """Upload archived WAL files the bucket lacks; a no-op without a bucket. Returns their names."""
+    """Upload archived WAL files the bucket lacks, then prune remote WAL no kept base backup
+    needs; a no-op without a bucket. Returns the names uploaded."""
     if not self.settings.offsite_enabled:
         return []
-    from lifeos_backup.kinds.basebackup.offsite_wal import upload_wal
+    from lifeos_backup.kinds.basebackup.offsite_wal import prune_remote_wal, upload_wal
 
     try:
         with self.exclusive("wal-offsite"):
-            return upload_wal(self.settings)
+            sent = upload_wal(self.settings)
+            prune_remote_wal(self.settings, self.catalog)
+            return sent
     except AlreadyRunning:
         return []  # the previous run is still copying; the next one picks up the rest

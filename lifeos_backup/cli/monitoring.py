@@ -72,12 +72,20 @@ def _drill_lock(kind: str) -> Iterator[None]:
 @app.command()
 def drill(
     kind: Annotated[
-        str | None, typer.Option(help="Only this kind (json, postgres).", callback=check_kind)
+        str | None,
+        typer.Option(
+            help="Only this kind (json, postgres; basebackup: the point-in-time recovery drill).",
+            callback=check_kind,
+        ),
     ] = None,
     backup: Annotated[str | None, typer.Option(help="Drill this backup id.")] = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Restore drill: restore a verified backup into scratch space, prove it, clean up."""
+    """Restore drill: restore a verified backup into scratch space, prove it, clean up.
+
+    Without --kind: every dump kind; `--kind basebackup` recovers the newest base backup plus WAL
+    to latest in a scratch cluster and measures its RPO and RTO.
+    """
     from lifeos_backup.monitoring.drill import DrillFailed, kinds_to_drill, run_drill
 
     c = catalog()
@@ -180,6 +188,7 @@ def status(as_json: JsonOption = False) -> None:
     )
     for k in report["kinds"]:
         good, drill_info = k["newest_good"], k["last_drill"]
+        measured = k.get("drill_rpo_s")
         table.add_row(
             k["kind"],
             good["id"] if good else "-",
@@ -188,7 +197,9 @@ def status(as_json: JsonOption = False) -> None:
             (good.get("offsite") or "-") if good else "-",
             f"{drill_info['status']} {drill_info['started_at'][:10]}" if drill_info else "never",
             _duration(drill_info["duration_s"]) if drill_info else "-",
-            _duration(k["rpo_s"]) + (" (WAL)" if k["rpo_source"] == "wal" else ""),
+            _duration(k["rpo_s"])
+            + (" (WAL)" if k["rpo_source"] == "wal" else "")
+            + (f", drill {_duration(measured)}" if measured is not None else ""),
             _duration(k["rto_s"]),
         )
     out.print(table)
@@ -197,6 +208,14 @@ def status(as_json: JsonOption = False) -> None:
         f"disk: {human_size(disk['free_bytes'])} free of {human_size(disk['total_bytes'])} "
         f"at {disk['path']}"
     )
+    offsite = (report.get("wal") or {}).get("offsite")
+    if offsite:
+        out.print(
+            f"WAL off-site: lag {_duration(offsite['lag_s'])} "
+            f"({offsite['pending_files']} files pending), last upload run "
+            f"{str(offsite['last_run_at'])[:19]}Z",
+            highlight=False,
+        )
     if report["conditions"]:
         conditions = Table("severity", "condition", "detail", title="conditions")
         for c in report["conditions"]:

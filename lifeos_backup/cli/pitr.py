@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from lifeos_backup.cli.common import (
+    SourceOption,
     audited,
     catalog,
     choice,
@@ -66,8 +67,13 @@ def restore_pitr(
         bool, typer.Option(help="Leave archive_mode as it was (only to replace production).")
     ] = False,
     timeout: Annotated[int, typer.Option(min=1, help="Seconds to wait for recovery.")] = 3600,
+    source: SourceOption = "local",
 ) -> None:
-    """Restore PostgreSQL to a point in time from a base backup and the WAL archive."""
+    """Restore PostgreSQL to a point in time from a base backup and the WAL archive.
+
+    `--from offsite` downloads both from the bucket (after `catalog rebuild --from offsite` on a
+    machine that has nothing else): the WAL lands beside the data directory in DATADIR.wal.
+    """
     from lifeos_backup.kinds.basebackup.restore import RecoveryTarget, parse_target_time
     from lifeos_backup.kinds.basebackup.restore import restore_pitr as run
 
@@ -89,7 +95,7 @@ def restore_pitr(
         progress_bar("restore pitr") as show,
     ):
         entry.location = f"{socket.gethostname()}:{datadir.resolve()}"
-        entry.detail.update({"started": start, "port": port})
+        entry.detail.update({"started": start, "port": port, "from": source})
         if backup is not None:  # a refused restore is recorded like a failed one
             require_kind(backup, "basebackup")
         result = run(
@@ -106,10 +112,13 @@ def restore_pitr(
             keep_archiving=keep_archiving,
             timeout=timeout,
             progress=show,
+            source=source,
         )
         entry.backup_id, entry.detail["reached"] = result.backup_id, result.reached_time
     err.print(f"laid out {result.backup_id} in {result.datadir}, recovering to {result.target}")
     if not result.started:
+        if result.wal_dir is not None:
+            err.print(f"WAL from off-site in {result.wal_dir}: remove it once recovery has ended")
         out.print(f"start it with: pg_ctl -D {result.datadir} start", highlight=False)
         return
     err.print(f"server log: {result.log_file}")

@@ -156,7 +156,7 @@ class Settings(BaseSettings):
         1, description="zstd level of archived WAL segments (see docs/pitr.md)."
     )
     schedule_wal_offsite: str = Field(
-        "*/5 * * * *", description="Copy newly archived WAL off-site (when a bucket is set)."
+        "* * * * *", description="Copy newly archived WAL off-site (when a bucket is set)."
     )
     # The WAL stream (pg_receivewal under `up`, docs/pitr.md "The WAL stream").
     wal_stream: bool = Field(False, description="Run pg_receivewal under `up` (needs a database).")
@@ -231,6 +231,22 @@ class Settings(BaseSettings):
         "DATABASE_URL", description="Variable giving the migration command the scratch URL."
     )
     drill_migrate_timeout: int = Field(900, description="Seconds the migration command may run.")
+    schedule_pitr_drill: str = Field(
+        "30 4 * * 0",
+        description="Point-in-time recovery drill (default Sunday 04:30; only with a database).",
+    )
+    drill_pitr_dir: Path | None = Field(
+        None, description="Scratch folder of PITR drills (the server's OS user must enter it); "
+        "unset: BACKUP_ROOT/.drill/pitr.",
+    )
+    drill_pitr_wal_command: str | None = Field(
+        None, description="Program part of a PITR drill's restore_command (run by the server's "
+        "OS user); unset: this install's lifeos-wal.",
+    )
+    drill_pitr_wal_wait: int = Field(
+        120, ge=0, description="Seconds a PITR drill waits for the WAL archive to reach the "
+        "primary's position at the drill's start.",
+    )
     health_kinds: str | None = Field(
         None, description="Kinds watched for missed backups; unset: json, postgres when a "
         "database is configured, and any other kind with verified backups.",
@@ -429,8 +445,9 @@ def recordable(settings: Settings) -> dict[str, Any]:
         if _has_password(values.get(key)):
             del values[key]
     for key in (
-        "app_dir", "pg_bin_dir", "wal_archive_dir", "wal_spool_dir", "encryption_identity_file"
-    ):
+        "app_dir", "pg_bin_dir", "wal_archive_dir", "wal_spool_dir", "encryption_identity_file",
+        "drill_pitr_dir",
+    ):  # fmt: skip
         if values.get(key):
             values[key] = str(Path(values[key]).resolve())
     if settings.database_url is not None:

@@ -21,6 +21,9 @@ one never waits for a timeout. With the lease held:
   (dead), `failed` or `deleted`, or does not know it: a complete backup (archive and manifest)
   is never removed here, and an `incomplete` one (listed by a catalog rebuild) is kept.
 
+The scratch clusters of point-in-time recovery drills are swept here too: a drill killed
+mid-way leaves a running PostgreSQL server and its data directory (kinds/basebackup/drill.py).
+
 Backups written on another host live on that host's disk: its own sweeper handles them, unless
 the repository is shared (LIFEOS_SHARED_REPOSITORY). A `running` backup of another host still
 `running` after the task time limit has passed is failed from anywhere: its host is gone.
@@ -193,6 +196,23 @@ def sweep(
     now: datetime | None = None,
     ended: Ended | None = None,
 ) -> list[Swept]:
-    """Resolve every backup of every kind whose task is gone, and remove what it left."""
+    """Resolve every backup of every kind whose task is gone, and remove what it left; then
+    stop and delete the scratch clusters of killed point-in-time recovery drills."""
     owner = f"sweeper-{os.getpid()}"
-    return _cleanup(sorted(LAYOUTS), settings, catalog, owner, pending, now, ended)
+    swept = _cleanup(sorted(LAYOUTS), settings, catalog, owner, pending, now, ended)
+    sweep_drill_clusters(settings)
+    return swept
+
+
+def sweep_drill_clusters(settings: Settings) -> list[str]:
+    """Scratch clusters of PITR drills whose process is gone: server stopped, folder deleted."""
+    from lifeos_backup.kinds.basebackup.drill import remove_abandoned
+
+    try:
+        removed = remove_abandoned(settings)
+    except OSError as exc:
+        log.warning("could not sweep the scratch clusters of PITR drills: %s", exc)
+        return []
+    if removed:
+        log.warning("removed the scratch clusters of interrupted PITR drills: %s", removed)
+    return removed

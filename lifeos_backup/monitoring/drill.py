@@ -10,6 +10,9 @@ manifest; a drill goes further and does what a recovery would do:
   first drops scratch databases of earlier drills that are older than LEFTOVER_AGE.
 - JSON: extract into a private temporary folder (every member's SHA-256 is checked on the way),
   then parse every `.json` file: a file the app could not read is not a backup of it.
+- basebackup (point-in-time recovery, scheduled on its own): the newest base backup plus all WAL
+  recovered to latest in a scratch cluster, with its RPO and RTO measured and row counts judged
+  against the primary (lifeos_backup.kinds.basebackup.drill).
 
 Each drill is a row in the catalog (`drills`) and a folder `<root>/drills/<timestamp>_<kind>/`
 holding `report.json` and a readable `drill.log`. The restore time measured here is the current
@@ -124,7 +127,9 @@ class DrillLog:
 Say = Callable[..., None]
 # A kind's drill fills in the Outcome it is given, so that what it found before an exception
 # (the scratch database's name, whether it was dropped) still reaches the report.
-KindDrill = Callable[[Settings, Path, Manifest, Say, ProgressFn, Outcome], None]
+KindDrill = Callable[[Settings, Catalog, Path, Manifest, Say, ProgressFn, Outcome], None]
+# Drilled on their own schedule (LIFEOS_SCHEDULE_PITR_DRILL), not with every other kind.
+SEPARATE = ("basebackup",)
 
 
 # ----------------------------------------------------------------------------- choosing
@@ -160,8 +165,9 @@ def choose_backup(
 
 
 def kinds_to_drill(catalog: Catalog) -> list[str]:
-    """Every drillable kind that has a verified backup (the weekly drill runs these)."""
-    return [k for k in _DRILLS if catalog.list(kind=k, statuses=(VERIFIED,))]
+    """Every drillable kind that has a verified backup (the weekly drill runs these), but the
+    point-in-time recovery drill, which has its own schedule."""
+    return [k for k in _DRILLS if k not in SEPARATE and catalog.list(kind=k, statuses=(VERIFIED,))]
 
 
 # ----------------------------------------------------------------------------- running
@@ -207,7 +213,9 @@ def run_drill(
     )
     try:
         _row, archive, mpath = locate(settings, catalog, row.id)
-        _DRILLS[row.kind](settings, archive, read_manifest(mpath), run.say, progress, run.outcome)
+        _DRILLS[row.kind](
+            settings, catalog, archive, read_manifest(mpath), run.say, progress, run.outcome
+        )
     except LifeosError as exc:
         return run.finish(str(exc))
     except BaseException as exc:  # also a soft time limit or shutdown: recorded, then re-raised
@@ -297,6 +305,7 @@ def _report_dir(settings: Settings, started: datetime, kind: str) -> Path:
 
 def drill_json(
     settings: Settings,
+    _catalog: Catalog,
     archive: Path,
     manifest: Manifest,
     say: Say,
@@ -384,6 +393,7 @@ def leftover_scratch(names: list[str], now: datetime) -> list[str]:
 
 def drill_postgres(
     settings: Settings,
+    _catalog: Catalog,
     archive: Path,
     manifest: Manifest,
     say: Say,
@@ -560,4 +570,34 @@ def drop_database(target: Any, say: Say) -> bool:
     return gone
 
 
-_DRILLS: dict[str, KindDrill] = {"json": drill_json, "postgres": drill_postgres}
+# ----------------------------------------------------------------------------- point in time
+
+
+def drill_basebackup(
+    settings: Settings,
+    catalog: Catalog,
+    _archive: Path,
+    manifest: Manifest,
+    say: Say,
+    progress: ProgressFn,
+    outcome: Outcome,
+) -> None:
+    """Recover the base backup plus all WAL to latest in a scratch cluster: RTO, RPO, counts.
+
+    lifeos_backup.kinds.basebackup.drill does the work (and explains the comparison); what it
+    found reaches the report even when it fails half-way.
+    """
+    from lifeos_backup.kinds.basebackup.drill import Findings, drill_pitr
+
+    found = Findings(outcome.details, outcome.problems)
+    try:
+        drill_pitr(settings, catalog, manifest.backup_id, say, found, progress)
+    finally:
+        outcome.restore_s = found.restore_s
+
+
+_DRILLS: dict[str, KindDrill] = {
+    "json": drill_json,
+    "postgres": drill_postgres,
+    "basebackup": drill_basebackup,
+}

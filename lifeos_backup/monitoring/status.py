@@ -9,9 +9,11 @@ code is the worst condition's severity: 0 healthy, 1 degraded, 2 critical (healt
 
 Figures per kind:
 - RPO (recovery point): how much data a disaster now would lose: the age of the newest verified
-  backup, or for `postgres` with point-in-time recovery in use, the age of the newest archived
-  WAL segment.
+  backup, or for `postgres` and `basebackup` with point-in-time recovery in use, the age of the
+  newest archived WAL segment.
 - RTO (recovery time): the restore time measured by the newest passed restore drill.
+- Measured RPO (`drill_rpo_s`, `basebackup` only): how far behind the primary the newest passed
+  point-in-time recovery drill's copy was when its recovery ended.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from lifeos_backup.monitoring.health import (
 from lifeos_backup.storage.catalog import Catalog
 from lifeos_backup.storage.catalog.models import Drill
 from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
+
+PITR_KINDS = ("postgres", "basebackup")  # with WAL archived, their recovery point is the WAL's
 
 
 def _drill_info(row: Drill | None) -> dict[str, Any] | None:
@@ -85,12 +89,15 @@ def kind_status(
             "offsite": getattr(good, "offsite_status", None) if settings.offsite_enabled else None,
         }
         info["rpo_s"], info["rpo_source"] = round(age, 1), "backup"
-    if kind == "postgres" and wal is not None and wal.get("age_seconds") is not None:
+    if kind in PITR_KINDS and wal is not None and wal.get("age_seconds") is not None:
         info["rpo_s"], info["rpo_source"] = wal["age_seconds"], "wal"
     info["last_drill"] = _drill_info(last_drill)
     passed = last_drill if last_drill and last_drill.status == records.PASSED else None
     passed = passed or _last_passed(catalog, kind)
     info["rto_s"] = passed.restore_s if passed is not None else None
+    # The PITR drill measures the recovery point too: how far its copy was behind the primary.
+    measured = records.details_of(passed).get("rpo_s") if passed is not None else None
+    info["drill_rpo_s"] = measured if isinstance(measured, int | float) else None
     return info
 
 

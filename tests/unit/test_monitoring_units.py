@@ -11,6 +11,11 @@ from pydantic import SecretStr
 from beat_schedule import build_schedule
 from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.kinds.basebackup.drill import (
+    PrimaryEnd,
+    compare_counts,
+    recovery_point_objective,
+)
 from lifeos_backup.kinds.postgres.conninfo import PgTarget
 from lifeos_backup.monitoring.alerts import url_id
 from lifeos_backup.monitoring.drill import leftover_scratch, scratch_name, scratch_url
@@ -82,3 +87,41 @@ def test_drill_and_health_are_scheduled_by_default() -> None:
     assert drill["task"] == "lifeos.drill.run" and health["task"] == "lifeos.health.check"
     assert drill["schedule"] == crontab(minute="0", hour="4", day_of_week="0")
     assert health["schedule"] == crontab(minute="0")
+
+
+def test_the_pitr_drill_is_scheduled_weekly_only_with_a_database() -> None:
+    assert "pitr-drill" not in build_schedule(Settings())
+    schedule = build_schedule(Settings(database_url="postgresql://u:p@db/app"))
+    entry = schedule["pitr-drill"]
+    assert entry["task"] == "lifeos.drill.run" and entry["args"] == ("basebackup",)
+    assert entry["schedule"] == crontab(minute="30", hour="4", day_of_week="0")
+
+
+def test_pitr_drill_judges_quiet_tables_exactly_and_growing_ones_by_bounds() -> None:
+    before = {"s.quiet": 5, "s.grown": 10, "s.churn": 4, "s.gone": 3, "s.short": 2}
+    after = {"s.quiet": 5, "s.grown": 14, "s.churn": 4, "s.short": 2}
+    recovered = {"s.quiet": 5, "s.grown": 12, "s.churn": 9, "s.short": 1}
+    stats0 = {"s.quiet": (5, 0), "s.grown": (10, 0), "s.churn": (8, 4), "s.short": (2, 0)}
+    stats1 = {"s.quiet": (5, 0), "s.grown": (14, 0), "s.churn": (9, 5), "s.short": (2, 0)}
+
+    tables, problems = compare_counts(before, recovered, after, stats0, stats1, True)
+
+    verdicts = {row["table"]: row["verdict"] for row in tables}
+    assert verdicts == {
+        "s.quiet": "equal", "s.grown": "within", "s.churn": "changed", "s.gone": "MISSING",
+        "s.short": "MISMATCH",
+    }  # fmt: skip
+    assert len(problems) == 2 and any("s.short: 1 rows recovered" in p for p in problems)
+    tables, problems = compare_counts(before, {}, after, stats0, stats1, False)
+    assert problems == [] and {row["verdict"] for row in tables} == {"not compared"}
+
+
+def test_pitr_drill_rpo_is_zero_only_when_no_commit_is_missing() -> None:
+    base = datetime(2026, 1, 1, tzinfo=UTC)
+    replayed = base + timedelta(seconds=50)
+    end = PrimaryEnd(base + timedelta(seconds=90), 0, 100, None)
+    assert recovery_point_objective(end, [], replayed, base)[:2] == (0.0, True)
+    assert recovery_point_objective(end, [99], replayed, base)[:2] == (40.0, False)
+    assert recovery_point_objective(end, None, None, base)[:2] == (90.0, False)
+    tracked = PrimaryEnd(end.now, 0, 100, base + timedelta(seconds=51.5))
+    assert recovery_point_objective(tracked, [99], replayed, base)[:2] == (1.5, True)

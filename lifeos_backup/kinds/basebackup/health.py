@@ -20,9 +20,11 @@ from lifeos_backup.wal.names import SEGMENT, is_history
 
 
 def wal_archive_status(settings: Settings, now: datetime | None = None) -> dict[str, Any]:
-    """A plain dict for the health check and `status`: counts, newest segment, its age, failures.
+    """A plain dict for the health check and `status`: counts, newest segment, its age, failures,
+    and (with a bucket) the off-site lag.
 
-    Reads only the folder listing and `.wal-status.json`; never decompresses anything.
+    Reads only the folder listing, `.wal-status.json` and the uploads' record; never decompresses
+    anything.
     """
     archive = wal_archive_dir(settings)
     now = now or datetime.now(UTC)
@@ -67,4 +69,8 @@ def wal_archive_status(settings: Settings, now: datetime | None = None) -> dict[
     result["consecutive_failures"] = int(status.get("consecutive_failures", 0))
     result["last_failure"] = status.get("last_failure")
     result["last_push"] = status.get("last_push")
+    if settings.offsite_enabled:
+        from lifeos_backup.kinds.basebackup.offsite_wal import offsite_lag
+
+        result["offsite"] = offsite_lag(settings, now.timestamp())
     return result

@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -117,6 +118,7 @@ class PitrResult:
     reached_time: str | None = None
     stop_line: str | None = None
     log_file: Path | None = None
+    wal_dir: Path | None = None  # WAL downloaded from off-site, kept for a later start
 
 
 def parse_target_time(text: str) -> datetime:
@@ -141,7 +143,12 @@ def _manifest_of(settings: Settings, row: Any) -> Manifest:
 
 
 def choose_base(
-    settings: Settings, catalog: Catalog, target: RecoveryTarget, backup_id: str | None = None
+    settings: Settings,
+    catalog: Catalog,
+    target: RecoveryTarget,
+    backup_id: str | None = None,
+    manifest_of: Callable[[Any], Manifest] | None = None,
+    offsite: bool = False,
 ) -> Manifest:
     """The newest verified base backup that ends before the target.
 
@@ -151,11 +158,14 @@ def choose_base(
     recovery) takes the oldest (for a name) or newest (for end of WAL) verified base backup.
     """
     rows = catalog.list(kind=KIND, statuses=(VERIFIED,))
+    if offsite:  # those with a good copy in the bucket (`catalog rebuild --from offsite`)
+        rows = [r for r in rows if getattr(r, "offsite_status", None) == "uploaded"]
     if backup_id is not None:
         rows = [r for r in rows if r.id == backup_id]
         if not rows:
             raise NotFound(f"no verified base backup {backup_id}", hint="see `lifeos-backup list`")
-    manifests = [_manifest_of(settings, row) for row in rows]  # newest first
+    read = manifest_of or (lambda row: _manifest_of(settings, row))
+    manifests = [read(row) for row in rows]  # newest first
     if target.name is not None and backup_id is None:
         manifests = manifests[-1:]
     for manifest in manifests:
@@ -296,8 +306,12 @@ def write_recovery_settings(
     port: int | None = None,
     keep_archiving: bool = False,
     note: str = "",
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """recovery.signal plus the recovery settings appended to postgresql.auto.conf."""
+    """recovery.signal plus the recovery settings appended to postgresql.auto.conf.
+
+    `extra` lines follow ours (a scratch copy's own listen address, authentication file).
+    """
     lines = [
         f"# lifeos-backup restore pitr {note}".rstrip(),
         f"restore_command = {_quote(command)}",
@@ -309,6 +323,7 @@ def write_recovery_settings(
         lines.append("archive_mode = 'off'  # a restored copy must not write into the archive")
     if port is not None:
         lines.append(f"port = {int(port)}")
+    lines.extend(extra)
     auto = datadir / "postgresql.auto.conf"
     with open(auto, "a", encoding="utf-8") as handle:
         handle.write("\n" + "\n".join(lines) + "\n")
@@ -429,41 +444,152 @@ def restore_pitr(
     keep_archiving: bool = False,
     timeout: int = 3600,
     progress: ProgressFn = ignore,
+    extra_settings: Sequence[str] = (),
+    source: str = "local",
 ) -> PitrResult:
-    """Choose, check, lay out and configure; with `start`, run recovery and report the outcome."""
+    """Choose, check, lay out and configure; with `start`, run recovery and report the outcome.
+
+    `extra_settings` are postgresql.conf lines added after the recovery settings. With `source`
+    "offsite" the base backup and the WAL come from the bucket (`_from_offsite`).
+    """
     datadir = datadir.absolute()
     _check_empty(datadir)
+    if os_user is None and os.geteuid() == 0:
+        os_user = "postgres"  # PostgreSQL refuses to run as root
+    options = _Options(
+        port, start, wal_command, os_user, socket_dir, keep_archiving, timeout, progress,
+        tuple(extra_settings),
+    )  # fmt: skip
+    if source == "offsite":
+        return _from_offsite(settings, catalog, target, datadir, backup_id, options)
     manifest = choose_base(settings, catalog, target, backup_id)
-    identity_file = settings.encryption_identity_file
-    if manifest.encryption is not None:
-        identities_for(manifest, identity_file)  # a missing or wrong key: one error, no datadir
+    _check_key(settings, manifest)
     archive_dir = wal_archive_dir(settings).absolute()
     seal_received(settings)  # what the WAL stream received last, up to the moment of the loss
+    row = catalog.get(manifest.backup_id)
+    return _lay_out(
+        settings, manifest, settings.backup_root / row.path, archive_dir, target, datadir, options
+    )
+
+
+@dataclass(frozen=True)
+class _Options:
+    """How to lay out and start, as `restore_pitr` was asked."""
+
+    port: int | None
+    start: bool
+    wal_command: str | None
+    os_user: str | None
+    socket_dir: Path | None
+    keep_archiving: bool
+    timeout: int
+    progress: ProgressFn
+    extra_settings: tuple[str, ...]
+
+
+def _check_key(settings: Settings, manifest: Manifest) -> None:
+    if manifest.encryption is not None:  # a missing or wrong key: one error, no datadir
+        identities_for(manifest, settings.encryption_identity_file)
+
+
+def _lay_out(
+    settings: Settings,
+    manifest: Manifest,
+    base: Path,
+    archive_dir: Path,
+    target: RecoveryTarget,
+    datadir: Path,
+    opts: _Options,
+) -> PitrResult:
+    """Check the WAL, unpack the base backup, write the recovery settings, maybe start."""
+    identity_file = settings.encryption_identity_file
     # fail before unpacking gigabytes; sealed segments are opened with the key here already
     needed = check_wal_coverage(manifest.facts, archive_dir, identity_file)
     if identity_file is None:
         _refuse_sealed_wal(archive_dir, needed)
-    row = catalog.get(manifest.backup_id)
-    extract_base(settings.backup_root / row.path, manifest, datadir, progress, identity_file)
+    extract_base(base, manifest, datadir, opts.progress, identity_file)
     write_recovery_settings(
         datadir,
         target,
-        restore_command(archive_dir, wal_command, identity_file),
-        port=port,
-        keep_archiving=keep_archiving,
+        restore_command(archive_dir, opts.wal_command, identity_file),
+        port=opts.port,
+        keep_archiving=opts.keep_archiving,
         note=f"from {manifest.backup_id} to {target.describe()}",
+        extra=opts.extra_settings,
     )
     result = PitrResult(manifest.backup_id, datadir, target.describe())
-    if not start:
+    if not opts.start:
         return result
-    if os_user is None and os.geteuid() == 0:
-        os_user = "postgres"  # PostgreSQL refuses to run as root
     major = int(manifest.facts.get("server_version_num", 0)) // 10000 or None
     pg_ctl = pg_tool(settings, "pg_ctl", major)
     log_file = start_server(
-        datadir, pg_ctl, os_user=os_user, socket_dir=socket_dir, timeout=min(timeout, 600)
-    )
-    wait_recovered(pg_tool(settings, "pg_controldata", major), datadir, log_file, timeout)
+        datadir, pg_ctl, os_user=opts.os_user, socket_dir=opts.socket_dir,
+        timeout=min(opts.timeout, 600),
+    )  # fmt: skip
+    wait_recovered(pg_tool(settings, "pg_controldata", major), datadir, log_file, opts.timeout)
     result.started, result.log_file = True, log_file
     result.reached_time, result.stop_line = reached(log_file)
+    return result
+
+
+# --------------------------------------------------------------------------- from the bucket
+
+
+def offsite_wal_dir(datadir: Path) -> Path:
+    """Where `--from offsite` puts the WAL it downloads: beside the data directory."""
+    return datadir.with_name(datadir.name + ".wal")
+
+
+def _from_offsite(
+    settings: Settings,
+    catalog: Catalog,
+    target: RecoveryTarget,
+    datadir: Path,
+    backup_id: str | None,
+    opts: _Options,
+) -> PitrResult:
+    """The base backup downloaded (checked against its manifest) and the WAL from its start
+    segment on prefetched in parallel (each file checked, sealed ones decrypted) beside the
+    data directory; restore_command reads that folder. Removed once recovery has ended; kept
+    (and named) when the server is to be started later."""
+    import tempfile
+
+    from lifeos_backup.core.fsutil import private_dir
+    from lifeos_backup.kinds.basebackup.offsite_wal import download_wal
+    from lifeos_backup.storage.offsite.download import fetched, read_remote_manifest
+    from lifeos_backup.storage.offsite.s3 import connect
+    from lifeos_backup.storage.offsite.store import find_manifest, manifest_key
+
+    remote = connect(settings)
+    with tempfile.TemporaryDirectory(dir=private_dir(settings.state_dir)) as scratch:
+
+        def remote_manifest(row: Any) -> Manifest:
+            with remote.errors(f"reading the manifest of {row.id} off-site"):
+                key = find_manifest(remote, row.offsite_key, row.id)
+                return read_remote_manifest(
+                    remote, key or manifest_key(row.offsite_key, row.id), Path(scratch),
+                    settings.encryption_identity_file,
+                )  # fmt: skip
+
+        manifest = choose_base(settings, catalog, target, backup_id, remote_manifest, True)
+    _check_key(settings, manifest)
+    wal_dir = offsite_wal_dir(datadir)
+    _check_empty(wal_dir)
+    wal_dir.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+    try:
+        download_wal(
+            settings, wal_dir, str(manifest.facts["start_wal_file"]),
+            settings.encryption_identity_file,
+        )  # fmt: skip
+        if opts.os_user:
+            _chown_tree(wal_dir, opts.os_user)  # restore_command runs as the server's user
+        with fetched(manifest.backup_id, settings, catalog, opts.progress) as (archive, _m):
+            result = _lay_out(settings, manifest, archive, wal_dir, target, datadir, opts)
+    except BaseException:
+        shutil.rmtree(wal_dir, ignore_errors=True)
+        raise
+    if result.started:
+        shutil.rmtree(wal_dir, ignore_errors=True)
+    else:
+        result.wal_dir = wal_dir
     return result
