@@ -346,6 +346,17 @@ def test_filters_refuse_unknown_values_and_pages_render(site: Site) -> None:
     assert 'id="card-json"' in overview.text and site.backup_id in overview.text
 
 
+def test_running_work_lists_the_workers_runs_with_a_link_to_flower(site: Site) -> None:
+    site.catalog.task_started("3f2b-task", "lifeos.backup.create", 1, "dumps@host")
+    done = site.catalog.task_started("9a1c-task", "lifeos.backup.verify", 1, "lifeos@host")
+    site.catalog.task_finished(done, "succeeded")
+    client = site.client()
+    assert log_in(client, "vera") == 303
+    page = client.get("/running")  # no Redis configured: the runs, without their progress
+    assert page.status_code == 200 and "lifeos.backup.create" in page.text
+    assert "9a1c-task" not in page.text and "/task/3f2b-task" in page.text
+
+
 # ----------------------------------------------------------------------------- rules
 
 
