@@ -250,7 +250,7 @@ app = Celery(
     "lifeos_backup",
     include=[
         "tasks.backup", "tasks.rollback", "tasks.offsite", "tasks.pitr", "tasks.monitor",
-        "tasks.audit",
+        "tasks.audit", "tasks.restore",
     ],
 )  # fmt: skip
 configure(app)

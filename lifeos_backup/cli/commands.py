@@ -19,6 +19,7 @@ from lifeos_backup.cli import backup, catalog, restore, service  # noqa: F401
 from lifeos_backup.cli import audit, integration, monitoring, offsite, wal, pitr  # noqa: F401
 from lifeos_backup.cli import browse  # noqa: F401
 from lifeos_backup.cli import forget, doctor  # noqa: F401
+from lifeos_backup.cli import dashboard  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]

@@ -27,6 +27,40 @@ from lifeos_backup.cli.common import (
 
 if TYPE_CHECKING:  # the restore module is imported only by the command that uses it
     from lifeos_backup.kinds.postgres.restore import RestoreReport
+    from lifeos_backup.storage.audit import AuditEntry
+
+ProductionOption = Annotated[
+    bool,
+    typer.Option(
+        "--i-know-this-is-production",
+        help="Restore over production (the app folder, or the database of "
+        "LIFEOS_DATABASE_URL) without typing its name again at the prompt.",
+    ),
+]
+
+
+def confirm_production(entry: AuditEntry, what: str, name: str, confirmed: bool) -> None:
+    """A restore over production goes ahead only with --i-know-this-is-production, or with its
+    name typed again at a terminal's prompt; the record says which, and who (the dashboard asks
+    a second admin instead: lifeos_backup.web.restores)."""
+    from lifeos_backup.core.errors import ConfigError
+    from lifeos_backup.storage.audit import operator
+
+    entry.detail["production"] = True
+    how = "--i-know-this-is-production"
+    if not confirmed and sys.stdin.isatty():
+        err.print(f"{what} is production: this restore overwrites it.", highlight=False)
+        typed = typer.prompt(f"type {name!r} again to go ahead", default="", show_default=False)
+        confirmed, how = typed.strip() == name, "typed name"
+    if not confirmed:
+        raise ConfigError(
+            f"refusing to restore over production: {what}",
+            "a restore there overwrites what the app runs on",
+            "pass --i-know-this-is-production, or type the name at the prompt; or restore "
+            "somewhere else and compare first",
+        )
+    entry.detail["confirmed_by"] = how
+    entry.detail["approved_by"] = operator()
 
 
 @restore_app.command("json")
@@ -55,6 +89,7 @@ def restore_json(
             "--to-stdout", help="Write the one file --include selects to stdout, nothing else."
         ),
     ] = False,
+    production: ProductionOption = False,
 ) -> None:
     """Restore a JSON backup into TARGET, verifying every file while extracting.
 
@@ -68,6 +103,7 @@ def restore_json(
         restore_archive,
         restore_selected,
     )
+    from lifeos_backup.web.guard import production_folder
 
     if to_stdout and not include:
         raise typer.BadParameter("--to-stdout needs --include", param_hint="'--to-stdout'")
@@ -89,6 +125,9 @@ def restore_json(
         if patterns:
             entry.detail["include"] = [p.text for p in patterns]
         require_kind(backup_id, "json")  # a refused restore is recorded like a failed one
+        if target is not None and production_folder(settings(), target):
+            app_dir = f"the app folder {settings().app_dir}"
+            confirm_production(entry, app_dir, str(target), production)
         if target is not None and not patterns:
             check_target(target, force)  # before a download that could take hours
         with backup_source(backup_id, settings(), catalog(), source, show) as (archive, manifest):
@@ -128,6 +167,7 @@ def restore_postgres(
         typer.Option(help="Server to restore into (postgresql://user@host:port) when DATABASE "
                      "is a name; default: the server of LIFEOS_DATABASE_URL."),
     ] = None,
+    production: ProductionOption = False,
 ) -> None:
     """Restore a PostgreSQL backup into DATABASE, then compare row counts with the manifest.
 
@@ -138,6 +178,7 @@ def restore_postgres(
     from lifeos_backup.kinds.postgres.conninfo import restore_target
     from lifeos_backup.kinds.postgres.restore import RowCountMismatch
     from lifeos_backup.kinds.postgres.restore import restore_postgres as restore
+    from lifeos_backup.web.guard import production_database, production_name
 
 
     with (
@@ -148,6 +189,9 @@ def restore_postgres(
         entry.detail.update({"from": source, "tables": table or "all", "database": database})
         require_kind(backup_id, "postgres")  # a refused restore is recorded like a failed one
         restore_target(settings(), database, server)  # a named server, before any download
+        if production_database(settings(), database, server):
+            name = production_name(settings()) or database
+            confirm_production(entry, f"the database {name}", name, production)
         with backup_source(backup_id, settings(), catalog(), source, show) as (archive, manifest):
             entry.size = manifest.archive.size
             report = restore(

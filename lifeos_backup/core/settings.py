@@ -28,7 +28,9 @@ from lifeos_backup.core.errors import ConfigError
 EMBEDDED_REDIS_URL_FILE = "embedded-redis.url"
 RECORDED_SETTINGS_FILE = "settings.json"  # in the state dir: what `up` runs with (no secrets)
 # Never recorded: they are, or may hold, secrets, or they locate the record itself.
-_NOT_RECORDED = {"backup_root", "database_url", "flower_basic_auth", "alert_urls"}
+_NOT_RECORDED = {
+    "backup_root", "database_url", "flower_basic_auth", "alert_urls", "dashboard_secret"
+}
 
 
 class RecordedSettings(PydanticBaseSettingsSource):
@@ -290,6 +292,37 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("INFO", description="Worker and Beat log level.")
 
+    # The dashboard (docs/dashboard.md): a web page with a login, served by `up` and `dashboard`.
+    dashboard_port: int = Field(8808, description="Dashboard port under `up`; 0 turns it off.")
+    dashboard_address: str = Field(
+        "127.0.0.1", description="Dashboard address; beyond localhost only with TLS settings or "
+        "LIFEOS_DASHBOARD_BEHIND_TLS_PROXY=true.",
+    )
+    dashboard_secret: SecretStr | None = Field(
+        None, description="Key signing session cookies; unset: a generated 0600 file in the "
+        "state dir.",
+    )
+    dashboard_tls_cert: Path | None = Field(None, description="TLS certificate file (PEM).")
+    dashboard_tls_key: Path | None = Field(None, description="TLS private key file (PEM).")
+    dashboard_behind_tls_proxy: bool = Field(
+        False, description="A TLS proxy in front terminates HTTPS: listen beyond localhost "
+        "without TLS here, cookies marked Secure.",
+    )
+    dashboard_session_minutes: int = Field(
+        480, ge=1, description="A login lasts this long, then the page asks again."
+    )
+    dashboard_login_attempts: int = Field(
+        5, ge=1, description="Failed logins per user and address within the window before "
+        "further attempts are refused.",
+    )
+    dashboard_login_window_minutes: int = Field(
+        15, ge=1, description="The window of LIFEOS_DASHBOARD_LOGIN_ATTEMPTS."
+    )
+    dashboard_flower_url: str | None = Field(
+        None, description="Flower's URL as the dashboard's users reach it; unset: "
+        "http://FLOWER_ADDRESS:FLOWER_PORT.",
+    )
+
     # Operations: audit trail, queues across hosts, Beat (docs/operations.md).
     audit_retention_days: int = Field(
         90, ge=1, description="Audit records older than this are removed (chain stays verifiable)."
@@ -339,6 +372,9 @@ class Settings(BaseSettings):
         "s3_object_lock_days",
         "encryption_recipients",
         "encryption_identity_file",
+        "dashboard_tls_cert",
+        "dashboard_tls_key",
+        "dashboard_flower_url",
         mode="before",
     )
     @classmethod

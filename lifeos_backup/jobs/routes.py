@@ -32,4 +32,5 @@ TASK_ROUTES: dict[str, dict[str, str]] = {
     "lifeos.health.check": {"queue": MAINTENANCE},
     "lifeos.rollback.to_json": {"queue": MAINTENANCE},
     "lifeos.audit.rotate": {"queue": MAINTENANCE},
+    "lifeos.restore.run": {"queue": MAINTENANCE},
 }

@@ -18,6 +18,9 @@ running tasks finish), then SIGKILL after STOP_GRACE; Redis stops last. Nothing 
   starts and ends, and noted in `<state_dir>/broker-unreachable` for `status` (monitoring.broker).
 - Flower's port is checked before each start: a taken port is a line and a retry, never a
   reason to stop the backups.
+- The dashboard (`lifeos-backup dashboard`, lifeos_backup.web) is one more child unless
+  LIFEOS_DASHBOARD_PORT=0; its port is checked before each start like Flower's, and an address
+  beyond localhost without TLS stops `up` before anything starts.
 - With LIFEOS_WAL_STREAM=1, `lifeos-backup wal stream` (pg_receivewal and its sealer,
   lifeos_backup.service.stream) is one more child, restarted like the others.
 """
@@ -50,6 +53,8 @@ from lifeos_backup.core.procs import die_with_parent_hook
 from lifeos_backup.core.settings import EMBEDDED_REDIS_URL_FILE, Settings, record_settings
 from lifeos_backup.jobs.routes import DRILLS, DUMPS, MAINTENANCE, UPLOADS
 from lifeos_backup.monitoring import broker
+from lifeos_backup.web.serve import check_address as check_dashboard_address
+from lifeos_backup.web.serve import url as dashboard_url
 
 EMBEDDED_REDIS_PORT_FILE = "embedded-redis.port"  # chosen at the first `up`, kept
 STOP_GRACE = 30.0  # seconds worker/beat/flower get to stop (running tasks finish) before SIGKILL
@@ -192,6 +197,8 @@ class StopRequest:
 def run_stack(settings: Settings) -> int:
     """Run workers, Beat and Flower until SIGINT/SIGTERM (exit 0), restarting any that dies."""
     _check_flower_auth(settings)
+    if settings.dashboard_port:
+        check_dashboard_address(settings)  # no clear-text logins beyond localhost
     stream_args = _stream_command(settings) if settings.wal_stream else None
     state = private_dir(settings.state_dir).resolve()
     logs = private_dir(state / "logs")
@@ -223,12 +230,17 @@ def run_stack(settings: Settings) -> int:
             for name, args, child_env in _commands(settings, state, env, flower_env):
                 roles.append(Role(name, args, child_env))
             roles[-1].precheck = lambda: _port_busy(settings.flower_address, settings.flower_port)
+            if settings.dashboard_port:  # the web dashboard (lifeos_backup.web), 0: off
+                dashboard = [sys.executable, "-m", "lifeos_backup.cli", "dashboard"]
+                roles.append(Role("dashboard", dashboard, env, _dashboard_port_check(settings)))
             if stream_args is not None:  # pg_receivewal and its sealer (lifeos_backup.wal.stream)
                 roles.append(Role("wal-stream", stream_args, env))
             supervisor = Supervisor(roles, redis_role, logs, url, state, _secrets(settings, url))
             supervisor.start_all()
             flower_url = _flower_url(settings)
             say(f"Flower: {flower_url}")
+            if settings.dashboard_port:
+                say(f"Dashboard: {dashboard_url(settings)} (accounts: `lifeos-backup users add`)")
             from lifeos_backup.monitoring.metrics import serve_in_background
 
             stop_metrics = serve_in_background(settings, say)  # LIFEOS_METRICS_PORT=0: off
@@ -248,6 +260,10 @@ def run_stack(settings: Settings) -> int:
 
 def say(line: str) -> None:
     print(line, flush=True)
+
+
+def _dashboard_port_check(settings: Settings) -> Callable[[], str | None]:
+    return lambda: _port_busy(settings.dashboard_address, settings.dashboard_port)
 
 
 def _check_flower_auth(settings: Settings) -> None:

@@ -101,6 +101,7 @@ class Stack:
             "LIFEOS_DATABASE_URL": self.database_url,
             "LIFEOS_FLOWER_PORT": str(self.flower_port),
             "LIFEOS_METRICS_PORT": "0",
+            "LIFEOS_DASHBOARD_PORT": "0",
             "LIFEOS_RETENTION_JSON": "last=3",
             "LIFEOS_RETENTION_POSTGRES": "last=3",
             "LIFEOS_RETRY_BACKOFF_MAX": "4",

@@ -43,8 +43,9 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
         LIFEOS_BACKUP_ROOT=str(tmp_path / "root"),
         LIFEOS_APP_DIR=str(app_dir),
         LIFEOS_FLOWER_PORT=str(free_port()),
-        **extra,
     )
+    env.setdefault("LIFEOS_DASHBOARD_PORT", "0")  # the tests that want the dashboard turn it on
+    env.update(extra)
     return env
 
 
@@ -135,7 +136,9 @@ def _http_get(url: str, auth: str | None = None) -> int:
 @pytest.fixture
 def up_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     """The env for `up`; afterwards, kill whatever a failed test left running."""
-    env = _env(tmp_path, LIFEOS_FLOWER_BASIC_AUTH=FLOWER_SECRET)
+    env = _env(
+        tmp_path, LIFEOS_FLOWER_BASIC_AUTH=FLOWER_SECRET, LIFEOS_DASHBOARD_PORT=str(free_port())
+    )
     yield env
     for pid in _processes_with_env(f"LIFEOS_BACKUP_ROOT={env['LIFEOS_BACKUP_ROOT']}"):
         with contextlib.suppress(OSError):
@@ -169,7 +172,14 @@ def test_up_runs_stack_on_embedded_redis_and_stops_cleanly(
         assert _http_get(f"{flower_url}/") == 401
         started = re.findall(r"([\w-]+) \(pid (\d+)\)", up.line_with("Started"))
         pids = {name: int(pid) for name, pid in started}
-        assert set(pids) == {"worker-dumps", "worker", "beat", "flower"}
+        assert set(pids) == {"worker-dumps", "worker", "beat", "flower", "dashboard"}
+
+        # The dashboard answers at its URL with a login (and nothing else before one).
+        dashboard = up.line_with("Dashboard:").split("Dashboard:", 1)[1].split()[0]
+        assert dashboard == f"http://127.0.0.1:{up_env['LIFEOS_DASHBOARD_PORT']}"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{dashboard}/", timeout=10) as page:  # redirected to the login
+            assert page.url.endswith("/login?next=/") and b'id="login"' in page.read()
         marker = f"LIFEOS_BACKUP_ROOT={up_env['LIFEOS_BACKUP_ROOT']}"
         everyone = _processes_with_env(marker)
         assert set(pids.values()) <= set(everyone)
@@ -201,6 +211,19 @@ def test_up_runs_stack_on_embedded_redis_and_stops_cleanly(
     assert not url_file.exists()
     # The queue persists across restarts: Redis wrote its append-only file into the state dir.
     assert any((state / "redis").iterdir())
+
+
+def test_up_refuses_a_public_dashboard_without_tls(tmp_path: Path) -> None:
+    env = _env(tmp_path, LIFEOS_DASHBOARD_ADDRESS="0.0.0.0", LIFEOS_DASHBOARD_PORT="8808")
+    result = subprocess.run(
+        [CLI, "up"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: refusing to serve the dashboard on '0.0.0.0' without TLS")
+    assert "LIFEOS_DASHBOARD_BEHIND_TLS_PROXY" in lines[0]
+    assert not (tmp_path / "root").exists()  # refused before starting or creating anything
 
 
 def test_up_refuses_public_flower_without_basic_auth(tmp_path: Path) -> None:

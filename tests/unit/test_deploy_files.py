@@ -317,6 +317,27 @@ def test_flower_environment_holds_only_real_flower_options():
             assert {option, option.replace("_", "-")} & known, f"{var} is not a Flower option"
 
 
+def test_the_dashboard_service_is_local_behind_its_login_and_allowed_to_start():
+    from lifeos_backup.core.settings import Settings
+    from lifeos_backup.web.serve import check_address
+
+    svc = services()["dashboard"]
+    assert svc["ports"] == ["127.0.0.1:8808:8808"]
+    assert svc["command"] == ["lifeos-backup", "dashboard"]
+    assert "/healthz" in " ".join(svc["healthcheck"]["test"])
+    env = environment_of(svc)
+    assert env["LIFEOS_CATALOG_URL"] == "sqlite:////backups/catalog.sqlite3"
+    assert "LIFEOS_DASHBOARD_SECRET" not in env  # from .env, or generated into the volume
+    # Listening on every address inside the container is allowed only as behind TLS.
+    check_address(
+        Settings(
+            _env_file=None,  # type: ignore[call-arg]
+            dashboard_address=env["LIFEOS_DASHBOARD_ADDRESS"],
+            dashboard_behind_tls_proxy=env["LIFEOS_DASHBOARD_BEHIND_TLS_PROXY"],
+        )
+    )
+
+
 def test_every_queue_has_its_own_worker_service():
     from lifeos_backup.jobs.routes import QUEUES, TASK_ROUTES
 

@@ -25,6 +25,7 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("tasks", "workers", "beat_schedule"),
     ("lifeos_backup.cli",),
     ("lifeos_backup.service",),
+    ("lifeos_backup.web",),
     ("lifeos_backup.monitoring",),
     ("lifeos_backup.app",),
     ("lifeos_backup.jobs",),

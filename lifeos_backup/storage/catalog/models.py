@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, DateTime, Float, Integer, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, String, Text
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -153,4 +153,48 @@ class Drill(Base):
     restore_s: Mapped[float | None] = mapped_column(Float)
     report_path: Mapped[str | None] = mapped_column(Text)  # relative to the backup root
     details: Mapped[str] = mapped_column(Text, default="{}")  # JSON object
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class DashboardUser(Base):
+    """A person who may log into the dashboard (lifeos_backup.web.accounts), and their role.
+
+    Accounts are made with `lifeos-backup users add`; there is no default account. Only the
+    argon2id hash of the password is kept (it names its own parameters and salt).
+    """
+
+    __tablename__ = "dashboard_users"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))  # viewer / operator / admin
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_by: Mapped[str] = mapped_column(String(128), default="")
+
+
+class RestoreRequest(Base):
+    """A restore asked for in the dashboard (lifeos_backup.web.restores): what, into where, who
+    asked, who approved, and how it ended.
+
+    A restore over production waits `pending` until a second admin approves it; every other
+    restore is `approved` by its requester. Only an approved request is enqueued; the task moves
+    it to `running` (once: a redelivered message finds it taken) and then `succeeded` or
+    `failed`.
+    """
+
+    __tablename__ = "restore_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    backup_id: Mapped[str] = mapped_column(String(128), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(Text)  # a folder, or a database name
+    production: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    approved_by: Mapped[str | None] = mapped_column(String(64))
+    approved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    task_id: Mapped[str | None] = mapped_column(String(64))
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
