@@ -28,6 +28,9 @@ have zstd || missing+=(zstd)
 have tar || missing+=(tar)
 have gzip || missing+=(gzip)
 have python3 || missing+=(python3)
+# Azurite (the Azure Blob emulator of the off-site tests) runs on node; npm installs it below.
+have node || missing+=(nodejs)
+have npm || missing+=(npm)
 # Headless browser test of Flower (tests/integration/test_operations.py): Debian's browser and
 # its matching driver, used by Selenium as they are (no browser download).
 have chromium || missing+=(chromium)
@@ -45,6 +48,12 @@ if ((${#missing[@]})); then
     echo "scripts/test.sh: installing ${missing[*]}" >&2
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Azurite from the npm registry into a project-local folder (tests/support/emulators.py).
+if [[ ! -x .cache/azurite/node_modules/.bin/azurite-blob ]]; then
+    echo "scripts/test.sh: installing azurite into .cache/azurite" >&2
+    npm install --prefix .cache/azurite --no-audit --no-fund --silent azurite@3
 fi
 
 # 2) Virtualenv with the project and its dev extras; reinstall only when pyproject changes.

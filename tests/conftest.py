@@ -16,6 +16,7 @@ _REPO_ROOT = str(Path(__file__).resolve().parent.parent)
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
+from tests.support.emulators import Azurite, GcsEmulator  # noqa: E402
 from tests.support.s3 import CREDENTIALS as S3_CREDENTIALS  # noqa: E402
 from tests.support.s3 import Bucket, MotoServer, new_bucket  # noqa: E402
 from tests.support.services import (  # noqa: E402
@@ -158,6 +159,22 @@ def start_worker(lifeos_env: LifeosEnv) -> Iterator[Callable[..., WorkerProcess]
 def moto_server() -> Iterator[MotoServer]:
     """One moto S3 server process per session (HTTP on a free port), started on demand."""
     server = _start(MotoServer)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator() -> Iterator[GcsEmulator]:
+    """One gcp-storage-emulator process per session (in memory, a free port), on demand."""
+    server = _start(GcsEmulator)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One Azurite blob service per session (in memory, a free port), on demand."""
+    server = _start(Azurite)
     yield server
     server.stop()
 

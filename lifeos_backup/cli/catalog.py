@@ -29,7 +29,7 @@ catalog_app = typer.Typer(no_args_is_help=True, help="Maintain the catalog.")
 app.add_typer(catalog_app, name="catalog")
 
 
-def _row(b: Backup) -> dict[str, Any]:
+def _row(b: Backup, held: dict[str, Any] | None = None) -> dict[str, Any]:
     from lifeos_backup.storage.offsite.state import location
 
     return {
@@ -39,6 +39,8 @@ def _row(b: Backup) -> dict[str, Any]:
         "location": location(b, settings().backup_root),  # local, offsite, both or none
         "offsite_status": b.offsite_status,
         "offsite_error": b.offsite_error,
+        # The copy's status on each target that was ever tried: {"s3": "uploaded", ...}.
+        "offsite_targets": {t: c.status for t, c in (held or {}).get(b.id, {}).items()},
         "created_at": b.created_at.isoformat(),
         "size": b.size,
         "path": str(settings().backup_root / b.path),
@@ -55,7 +57,10 @@ def list_backups(
     as_json: Annotated[bool, typer.Option("--json", help="JSON array for scripts.")] = False,
 ) -> None:
     """List backups, newest first."""
-    rows = [_row(b) for b in catalog().list(kind=kind)]
+    from lifeos_backup.storage.offsite.state import copies_by_backup
+
+    held = copies_by_backup(catalog())
+    rows = [_row(b, held) for b in catalog().list(kind=kind)]
     if as_json:
         out.print_json(json.dumps(rows)) if out.is_terminal else print(json.dumps(rows))
         return

@@ -42,16 +42,16 @@ def _lock(name: str) -> Iterator[HeldLock]:
 def sync_command() -> None:
     """Re-check remote copies, upload what is missing, apply remote retention (as the daily job)."""
     from lifeos_backup.jobs.deletion import finish_deletions
-    from lifeos_backup.storage.offsite.s3 import require_bucket
     from lifeos_backup.storage.offsite.sync import sync
+    from lifeos_backup.storage.offsite.targets import require_targets
 
-    require_bucket(settings())
+    targets = require_targets(settings())
     with (
         audited(catalog(), "offsite.sync", "off-site copies") as entry,
         _lock("offsite-sync"),
         progress_bar("off-site sync") as show,
     ):
-        entry.location = f"s3://{settings().s3_bucket}/{settings().s3_prefix}"
+        entry.location = ", ".join(t.where for t in targets)
         report = sync(settings(), catalog(), _lock, show)
         finish_deletions(settings(), catalog(), f"cli:{os.getpid()}")  # a killed `forget`'s
         entry.detail["result"] = report.as_dict()
@@ -88,16 +88,19 @@ def upload_command(backup_id: str) -> None:
 def rotate_command(
     dry_run: Annotated[bool, typer.Option(help="Only show what would be deleted.")] = False,
 ) -> None:
-    """Apply LIFEOS_RETENTION_OFFSITE to remote copies (never the newest of a kind)."""
-    from lifeos_backup.storage.offsite.s3 import connect
+    """Apply each target's retention (LIFEOS_RETENTION_OFFSITE by default) to its copies (never
+    the newest of a kind)."""
     from lifeos_backup.storage.offsite.sync import expire_remote
+    from lifeos_backup.storage.offsite.targets import connect, require_targets
 
-    remote = connect(settings())
-    with _lock("offsite-sync"):
-        decided = expire_remote(remote, settings(), catalog(), dry_run=dry_run)
-    table = Table("id", "action", "why")
-    for d in decided:
-        table.add_row(d.id, "would delete" if dry_run else "deleted", ", ".join(d.reasons))
+    table = Table("id", "target", "action", "why")
+    for target in require_targets(settings()):
+        remote = connect(target, settings())
+        with _lock("offsite-sync"):
+            decided = expire_remote(remote, settings(), catalog(), dry_run, target)
+        for d in decided:
+            action = "would delete" if dry_run else "deleted"
+            table.add_row(d.id, target.name, action, ", ".join(d.reasons))
     out.print(table)
 
 

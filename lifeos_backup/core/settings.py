@@ -179,7 +179,9 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = Field(
         None, description="S3 endpoint, e.g. http://minio:9000; unset or empty: AWS S3."
     )
-    s3_bucket: str | None = Field(None, description="Bucket of off-site copies; unset: off.")
+    s3_bucket: str | None = Field(
+        None, description="Bucket of the off-site target `s3`; unset: no such target."
+    )
     s3_prefix: str = Field("lifeos-backup", description="Key prefix inside the bucket.")
     s3_region: str | None = Field(None, description="Region; unset: the AWS chain's default.")
     s3_storage_class: str | None = Field(
@@ -201,6 +203,11 @@ class Settings(BaseSettings):
         None, ge=1, description="Object Lock retention of uploaded objects; unset: none."
     )
     s3_object_lock_mode: str = Field("GOVERNANCE", description="GOVERNANCE or COMPLIANCE.")
+    offsite_targets: str | None = Field(
+        None,
+        description="More off-site targets (S3, GCS, Azure): a JSON array, or the path of a "
+        "TOML file of [[target]] tables (lifeos_backup.core.targets).",
+    )
     retention_offsite: str = Field(
         "within=90d", description="Retention policy of off-site copies (every kind)."
     )
@@ -375,6 +382,7 @@ class Settings(BaseSettings):
         "dashboard_tls_cert",
         "dashboard_tls_key",
         "dashboard_flower_url",
+        "offsite_targets",
         mode="before",
     )
     @classmethod
@@ -415,10 +423,25 @@ class Settings(BaseSettings):
             raise ValueError(str(exc)) from None
         return value
 
+    @field_validator("offsite_targets")
+    @classmethod
+    def _valid_targets(cls, value: str | None) -> str | None:
+        """A mistyped target (or a secret pasted where a variable name goes) stops the worker
+        at start."""
+        if not value:
+            return value
+        from lifeos_backup.core.targets import parse_targets
+
+        try:
+            parse_targets(value)
+        except ConfigError as exc:
+            raise ValueError(f"{exc.what}: {exc.detail}") from None
+        return value
+
     @property
     def offsite_enabled(self) -> bool:
-        """Off-site copies are on exactly when a bucket is set."""
-        return bool(self.s3_bucket)
+        """Off-site copies are on exactly when a target is configured (a bucket is set)."""
+        return bool(self.s3_bucket or self.offsite_targets)
 
     @property
     def host_queue(self) -> str:

@@ -58,10 +58,15 @@ def remove_remote(settings: Settings, catalog: Catalog, backup_id: str, reasons:
             "LIFEOS_S3_BUCKET is not set",
             "set the LIFEOS_S3_* settings the copy was uploaded with",
         )
-    from lifeos_backup.storage.offsite.s3 import connect
     from lifeos_backup.storage.offsite.sync import delete_remote
+    from lifeos_backup.storage.offsite.targets import configured, connect
 
-    delete_remote(connect(settings), catalog, backup_id, reasons, "forget")
+    held = state.copies(catalog, backup_id)
+    for target in configured(settings):
+        if target.name in held:
+            delete_remote(
+                connect(target, settings), catalog, backup_id, reasons, "forget", target.name
+            )
 
 
 def delete_backup(

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lifeos_backup.core.errors import ConfigError
 from lifeos_backup.core.progress import ProgressFn, ignore
 
 if TYPE_CHECKING:
@@ -38,10 +37,8 @@ def backup_source(
         row, archive, mpath = locate(settings, catalog, backup_id)
         require_local_files(settings, row, archive, mpath)
         yield archive, read_manifest(mpath)
-    elif source == "offsite":
+    else:  # `offsite` (the first healthy target holding it) or a target's name
         from lifeos_backup.storage.offsite.download import fetched
 
-        with fetched(backup_id, settings, catalog, progress) as found:
+        with fetched(backup_id, settings, catalog, progress, source) as found:
             yield found
-    else:
-        raise ConfigError(f"unknown source {source!r}", hint="use --from local or --from offsite")

@@ -142,6 +142,18 @@ def build_status(
         "disk": {"path": str(path), "free_bytes": free, "total_bytes": total},
         "wal": wal,
         "offsite_enabled": settings.offsite_enabled,
+        "offsite_targets": offsite_targets(settings, catalog),
         "broker": broker_state,
         "conditions": [c.as_dict() for c in conditions],
     }
+
+
+def offsite_targets(settings: Settings, catalog: Catalog) -> list[dict[str, object]]:
+    """Each off-site target's lag (storage.offsite.state.behind); [] when off-site is off."""
+    if not settings.offsite_enabled:
+        return []
+    from lifeos_backup.storage.offsite.state import behind
+    from lifeos_backup.storage.offsite.targets import configured
+
+    names = [t.name for t in configured(settings)]
+    return behind(catalog, settings.backup_root, names)

@@ -736,7 +736,8 @@ def test_orphan_multipart_uploads_are_aborted(lifeos_env: LifeosEnv, s3_bucket: 
     key = archive_key(s3_bucket, lifeos_env, gone)
     recorded = client.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
     catalog = lifeos_env.catalog()
-    catalog.update(gone, status="deleted", offsite_status="uploading", offsite_upload_id=recorded)
+    catalog.update(gone, status="deleted")
+    state.mark(catalog, gone, state.UPLOADING, upload_id=recorded)  # its copy on the target s3
 
     report = sync(lifeos_env.settings(), catalog, redis_locks(lifeos_env))
     assert sorted(report.aborted) == sorted([stray, key])

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, Integer, String, Text
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -122,6 +131,28 @@ class AuditAnchor(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class OffsiteCopy(Base):
+    """A backup's copy on one off-site target (lifeos_backup.storage.offsite.state): the truth
+    per target. The backups.offsite_* columns summarise these rows (off-site at all, and where
+    first) for the readers that need no per-target detail."""
+
+    __tablename__ = "offsite_copies"
+    __table_args__ = (UniqueConstraint("backup_id", "target", name="uq_offsite_copies_target"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    backup_id: Mapped[str] = mapped_column(String(128), index=True)
+    target: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str | None] = mapped_column(String(16))
+    key: Mapped[str | None] = mapped_column(Text)
+    checksum: Mapped[str | None] = mapped_column(String(96))
+    uploaded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int | None] = mapped_column(Integer)
+    upload_id: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 class OffsitePart(Base):
     """A finished part of a multipart upload, so a crashed upload resumes instead of restarting."""
 
@@ -129,6 +160,7 @@ class OffsitePart(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     backup_id: Mapped[str] = mapped_column(String(128), index=True)
+    target: Mapped[str | None] = mapped_column(String(64))  # NULL: the target `s3`
     upload_id: Mapped[str] = mapped_column(Text)
     part_number: Mapped[int] = mapped_column(Integer)
     size: Mapped[int] = mapped_column(BigInteger)

@@ -36,7 +36,7 @@ STATUSES = (RUNNING, CREATED, VERIFIED, FAILED, DELETING, DELETED, UNVERIFIED, I
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration (a unit test checks it against migrations/versions). A catalog already
 # there is not handed to Alembic at all: importing it costs every CLI call about 0.4 s.
-HEAD = "0006_dashboard"
+HEAD = "0007_offsite_copies"
 _OPEN: dict[str, Catalog] = {}
 log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl" on every open

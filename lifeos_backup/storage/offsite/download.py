@@ -22,11 +22,17 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from lifeos_backup.core.errors import DecryptionKeyError, NotFound, VerificationFailed
+from lifeos_backup.core.errors import (
+    DecryptionKeyError,
+    LifeosError,
+    NotFound,
+    VerificationFailed,
+)
 from lifeos_backup.core.fsutil import private_dir, remove_quietly
 from lifeos_backup.core.names import created_at_of_id, is_backup_id
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.core.targets import LEGACY_NAME, Target
 from lifeos_backup.formats.crypto import open_sealed_manifest
 from lifeos_backup.formats.manifest import (
     MANIFEST_SUFFIX,
@@ -36,10 +42,11 @@ from lifeos_backup.formats.manifest import (
 )
 from lifeos_backup.formats.streams import CHUNK
 from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.models import OffsiteCopy
 from lifeos_backup.storage.catalog.store import CREATED, VERIFIED
 from lifeos_backup.storage.offsite import state
-from lifeos_backup.storage.offsite.s3 import connect
 from lifeos_backup.storage.offsite.store import ObjectStore, find_manifest
+from lifeos_backup.storage.offsite.targets import configured, connect, named, require_targets
 from lifeos_backup.storage.offsite.upload import remote_mismatch
 from lifeos_backup.storage.repository import LAYOUTS
 
@@ -121,40 +128,81 @@ def download_archive(
 
 @contextlib.contextmanager
 def fetched(
-    backup_id: str, settings: Settings, catalog: Catalog, progress: ProgressFn = ignore
+    backup_id: str,
+    settings: Settings,
+    catalog: Catalog,
+    progress: ProgressFn = ignore,
+    source: str = "offsite",
 ) -> Iterator[tuple[Path, Manifest]]:
     """Download a backup's archive and manifest into a private scratch folder; removed after.
-    The manifest's entries stream from its file there while the block runs."""
+    The manifest's entries stream from its file there while the block runs.
+
+    `source`: a target's name, or `offsite` for the first target (in configured order) that
+    holds a good copy and answers; a target that fails (unreachable, damaged copy) is logged and
+    the next one is tried."""
     row = catalog.get(backup_id)
-    if not row.offsite_key or row.offsite_status not in (state.UPLOADED, state.DAMAGED):
+    held = state.copies(catalog, backup_id)
+    if source == "offsite":
+        candidates = [
+            t for t in configured(settings) if getattr(held.get(t.name), "status", None) in USABLE
+        ]
+    else:
+        candidates = [named(settings, source)]
+    candidates = [t for t in candidates if getattr(held.get(t.name), "key", None)]
+    if not candidates:
         raise NotFound(
-            f"backup {backup_id} has no off-site copy",
+            f"backup {backup_id} has no off-site copy"
+            + (f" on {source}" if source != "offsite" else ""),
             f"off-site status: {row.offsite_status or 'never uploaded'}",
             "restore it from the local copy, or choose one that `list` shows as offsite/both",
         )
-    remote = connect(settings)
-    scratch = Path(tempfile.mkdtemp(prefix="offsite-", dir=private_dir(settings.state_dir)))
-    try:
-        with remote.errors(f"download of {backup_id}"):
-            key = find_manifest(remote, row.offsite_key, backup_id)
-            if key is None:
-                raise NotFound(
-                    f"the off-site manifest of {backup_id} is missing",
-                    f"no {backup_id}{MANIFEST_SUFFIX}[.age] beside {row.offsite_key}",
-                    "`lifeos-backup offsite sync` re-checks it; restore another backup",
+    for i, target in enumerate(candidates):
+        scratch = Path(tempfile.mkdtemp(prefix="offsite-", dir=private_dir(settings.state_dir)))
+        try:
+            try:
+                found = _fetch(backup_id, target, held[target.name], settings, scratch, progress)
+            except (LifeosError, OSError) as exc:
+                if i + 1 == len(candidates) or isinstance(exc, DecryptionKeyError):
+                    raise
+                log.warning(
+                    "restore of %s from %s failed, trying the next: %s", backup_id, target.name, exc
                 )
-            manifest = read_remote_manifest(
-                remote, key, scratch, settings.encryption_identity_file
+                continue
+            yield found
+            return
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+USABLE = (state.UPLOADED, state.DAMAGED)
+
+
+def _fetch(
+    backup_id: str,
+    target: Target,
+    held: OffsiteCopy,
+    settings: Settings,
+    scratch: Path,
+    progress: ProgressFn,
+) -> tuple[Path, Manifest]:
+    remote = connect(target, settings)
+    assert held.key
+    with remote.errors(f"download of {backup_id} from {target.name}"):
+        key = find_manifest(remote, held.key, backup_id)
+        if key is None:
+            raise NotFound(
+                f"the off-site manifest of {backup_id} on {target.name} is missing",
+                f"no {backup_id}{MANIFEST_SUFFIX}[.age] beside {held.key}",
+                "`lifeos-backup offsite sync` re-checks it; restore another backup",
             )
-            if manifest.backup_id != backup_id:
-                raise VerificationFailed(
-                    f"remote manifest of {backup_id} describes {manifest.backup_id}"
-                )
-            archive = scratch / manifest.archive.name
-            download_archive(remote, row.offsite_key, archive, manifest, settings, progress)
-        yield archive, manifest
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        manifest = read_remote_manifest(remote, key, scratch, settings.encryption_identity_file)
+        if manifest.backup_id != backup_id:
+            raise VerificationFailed(
+                f"remote manifest of {backup_id} describes {manifest.backup_id}"
+            )
+        archive = scratch / manifest.archive.name
+        download_archive(remote, held.key, archive, manifest, settings, progress)
+    return archive, manifest
 
 
 # --- Catalog rebuild from the bucket --------------------------------------------------------------
@@ -241,6 +289,7 @@ class RemoteBackup:
     status: str  # state.UPLOADED / MISSING / DAMAGED
     checksum: str | None
     problem: str
+    target: str = LEGACY_NAME
 
 
 def _valid_remote_manifest(
@@ -328,14 +377,29 @@ def scan_remote(
 def scan_offsite(
     settings: Settings, warn: Callable[[str], None] = log.warning
 ) -> list[RemoteBackup]:
-    """Read every manifest in the bucket (see `scan_remote`); nothing local is changed, so a
-    missing or wrong key fails before a catalog is touched."""
-    remote = connect(settings)
-    with (
-        tempfile.TemporaryDirectory(prefix="offsite-", dir=private_dir(settings.state_dir)) as tmp,
-        remote.errors("catalog rebuild from off-site"),
-    ):
-        return scan_remote(remote, Path(tmp), warn, settings.encryption_identity_file)
+    """Read every manifest in the first target that answers (see `scan_remote`; a fresh machine
+    may have one target's credentials only); nothing local is changed, so a missing or wrong key
+    fails before a catalog is touched."""
+    targets = require_targets(settings)
+    for i, target in enumerate(targets):
+        try:
+            remote = connect(target, settings)
+            with (
+                tempfile.TemporaryDirectory(
+                    prefix="offsite-", dir=private_dir(settings.state_dir)
+                ) as tmp,
+                remote.errors(f"catalog rebuild from {target.name}"),
+            ):
+                found = scan_remote(remote, Path(tmp), warn, settings.encryption_identity_file)
+        except LifeosError as exc:
+            if i + 1 == len(targets) or isinstance(exc, DecryptionKeyError):
+                raise
+            warn(f"off-site target {target.name} could not be read: {exc}")
+            continue
+        for item in found:
+            item.target = target.name
+        return found
+    return []
 
 
 def add_to_catalog(catalog: Catalog, remote_backups: list[RemoteBackup]) -> list[str]:
@@ -355,6 +419,7 @@ def add_to_catalog(catalog: Catalog, remote_backups: list[RemoteBackup]) -> list
         }
         if catalog.exists(m.backup_id):
             catalog.update(m.backup_id, **offsite)
+            state.set_copy(catalog, m.backup_id, item.target, **offsite)
             continue
         catalog.add_backup(
             Backup(
@@ -374,6 +439,7 @@ def add_to_catalog(catalog: Catalog, remote_backups: list[RemoteBackup]) -> list
                 **offsite,
             )
         )
+        state.set_copy(catalog, m.backup_id, item.target, **offsite)
     for item in remote_backups:
         if item.problem:
             log.error("off-site copy of %s: %s", item.manifest.backup_id, item.problem)

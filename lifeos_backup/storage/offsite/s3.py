@@ -39,6 +39,7 @@ from lifeos_backup.core.errors import (
     RetryableError,
 )
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.core.targets import Target, credential, legacy
 from lifeos_backup.storage.offsite.store import (
     ObjectInfo,
     ObjectOptions,
@@ -84,7 +85,7 @@ def require_bucket(settings: Settings) -> str:
     return settings.s3_bucket
 
 
-def client_config(settings: Settings) -> Config:
+def client_config(settings: Settings, path_style: bool) -> Config:
     return Config(
         # total_max_attempts counts the first try too (botocore's max_attempts would not).
         retries={"total_max_attempts": settings.s3_max_attempts, "mode": "standard"},
@@ -92,31 +93,39 @@ def client_config(settings: Settings) -> Config:
         read_timeout=READ_TIMEOUT,
         max_pool_connections=max(10, settings.s3_concurrency + 2),
         # MinIO and most S3-compatible services want path-style URLs; AWS picks by itself.
-        s3={"addressing_style": "path" if settings.s3_endpoint_url else "auto"},
+        s3={"addressing_style": "path" if path_style else "auto"},
     )
 
 
 def connect(settings: Settings) -> S3Store:
-    """A store for the configured bucket; ConfigError when off-site is not configured."""
+    """A store for LIFEOS_S3_BUCKET (the target `s3`); ConfigError when it is not set."""
     bucket = require_bucket(settings)
-    session = boto3.session.Session()
+    target = legacy(bucket, settings.s3_prefix, settings.s3_endpoint_url, settings.s3_region)
+    return connect_target(target, settings)
+
+
+def connect_target(target: Target, settings: Settings) -> S3Store:
+    """A store for one S3 target: LIFEOS_S3_*'s (storage class, encryption at rest apply) or one
+    of LIFEOS_OFFSITE_TARGETS (credentials from the variables it names, else the AWS chain)."""
+    session = boto3.session.Session(
+        aws_access_key_id=credential(target, "access_key_id"),
+        aws_secret_access_key=credential(target, "secret_access_key"),
+        aws_session_token=credential(target, "session_token"),
+    )
     client = session.client(
         "s3",
-        endpoint_url=settings.s3_endpoint_url or None,
-        region_name=settings.s3_region or None,
-        config=client_config(settings),
-    )
-    where = f"s3://{bucket}" + (
-        f" at {settings.s3_endpoint_url}" if settings.s3_endpoint_url else ""
+        endpoint_url=target.endpoint or None,
+        region_name=target.region or None,
+        config=client_config(settings, bool(target.endpoint)),
     )
     return S3Store(
         client,
-        bucket,
-        settings.s3_prefix.strip("/"),
-        where,
-        storage_class=settings.s3_storage_class,
-        server_side_encryption=settings.s3_server_side_encryption,
-        sse_kms_key_id=settings.s3_sse_kms_key_id,
+        target.bucket,
+        target.prefix.strip("/"),
+        target.where if not target.legacy else target.where.split(": ", 1)[1],
+        storage_class=settings.s3_storage_class if target.legacy else None,
+        server_side_encryption=settings.s3_server_side_encryption if target.legacy else None,
+        sse_kms_key_id=settings.s3_sse_kms_key_id if target.legacy else None,
     )
 
 

@@ -18,11 +18,13 @@ from datetime import datetime, timedelta
 from lifeos_backup.core.errors import AlreadyRunning, LifeosError
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.core.targets import LEGACY_NAME, Target
 from lifeos_backup.storage.catalog import Backup, Catalog
+from lifeos_backup.storage.catalog.models import OffsiteCopy
 from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 from lifeos_backup.storage.offsite import state
-from lifeos_backup.storage.offsite.s3 import connect
 from lifeos_backup.storage.offsite.store import ObjectStore, find_manifest, manifest_keys
+from lifeos_backup.storage.offsite.targets import configured, connect, retention
 from lifeos_backup.storage.offsite.upload import abort_upload, remote_mismatch, upload_backup
 from lifeos_backup.storage.retention import Candidate, Decision, plan
 from lifeos_backup.storage.retention import parse_policy as parse_retention
@@ -43,6 +45,7 @@ class SyncReport:
     uploaded: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
     expired: list[str] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)  # target -> why
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -51,11 +54,12 @@ class SyncReport:
 # --- Re-checking remote copies --------------------------------------------------------------------
 
 
-def read_back(remote: ObjectStore, row: Backup) -> str:
+def read_back(remote: ObjectStore, row: Backup, key: str | None = None) -> str:
     """Read the whole remote archive and compare size and SHA-256 with the catalog ('' if ok)."""
-    assert row.offsite_key
+    key = key or row.offsite_key
+    assert key
     digest, size = hashlib.sha256(), 0
-    for chunk in remote.chunks(row.offsite_key):
+    for chunk in remote.chunks(key):
         digest.update(chunk)
         size += len(chunk)
     if size != row.size:
@@ -66,55 +70,77 @@ def read_back(remote: ObjectStore, row: Backup) -> str:
 
 
 def check_remote(
-    remote: ObjectStore, row: Backup, full: bool, sealed_first: bool = False
+    remote: ObjectStore,
+    row: Backup,
+    full: bool,
+    sealed_first: bool = False,
+    held: OffsiteCopy | None = None,
 ) -> tuple[str, str]:
-    """(status, problem) of one remote copy: HEAD of archive and manifest (sealed or clear: only
-    its presence is checked, so no key is needed), and a full read of the archive."""
-    assert row.offsite_key and row.size is not None and row.sha256
-    found = remote.head(row.offsite_key)
-    problem = remote_mismatch(found, row.size, row.sha256, row.offsite_checksum)
+    """(status, problem) of one remote copy (`held`, else the summary's): HEAD of archive and
+    manifest (sealed or clear: only its presence is checked, so no key is needed), and a full
+    read of the archive."""
+    key = held.key if held is not None else row.offsite_key
+    checksum = held.checksum if held is not None else row.offsite_checksum
+    assert key and row.size is not None and row.sha256
+    found = remote.head(key)
+    problem = remote_mismatch(found, row.size, row.sha256, checksum)
     if found is None:
         return state.MISSING, problem
-    if not problem and find_manifest(remote, row.offsite_key, row.id, sealed_first) is None:
+    if not problem and find_manifest(remote, key, row.id, sealed_first) is None:
         return state.MISSING, "the remote manifest is missing"
     if not problem and full:
-        problem = read_back(remote, row)
+        problem = read_back(remote, row, key)
     return (state.DAMAGED, problem) if problem else (state.UPLOADED, "")
 
 
-def recheck(remote: ObjectStore, settings: Settings, catalog: Catalog, report: SyncReport) -> None:
-    """HEAD every remote copy; read back in full the `offsite_sync_sample` least recently read."""
-    rows = state.uploaded(catalog)
-    sample = {r.id for r in sorted(rows, key=state.checked_before)[: settings.offsite_sync_sample]}
+def recheck(
+    remote: ObjectStore,
+    settings: Settings,
+    catalog: Catalog,
+    report: SyncReport,
+    target: str = LEGACY_NAME,
+) -> None:
+    """HEAD every copy on `target`; read back in full the `offsite_sync_sample` least recently
+    read."""
+    rows = state.uploaded(catalog, target)
+    held = {r.id: state.copy_on(catalog, r.id, target) for r in rows}
+    by_age = sorted(rows, key=lambda r: state.checked_before(held[r.id]))
+    sample = {r.id for r in by_age[: settings.offsite_sync_sample]}
     for row in rows:
         full = row.id in sample
-        with remote.errors(f"re-check of {row.id}"):
+        with remote.errors(f"re-check of {row.id} on {target}"):
             status, problem = check_remote(
-                remote, row, full, bool(settings.encryption_recipients)
+                remote, row, full, bool(settings.encryption_recipients), held[row.id]
             )
         report.checked += 1
         if full and not problem:
             report.read_back.append(row.id)
-            catalog.update(row.id, offsite_checked_at=utcnow())
+            state.set_copy(catalog, row.id, target, checked_at=utcnow())
         if problem:
             report.problems[row.id] = problem
-            state.mark(catalog, row.id, status, offsite_error=f"re-check: {problem}")
-            log.error("off-site copy of %s is %s: %s", row.id, status, problem)
+            state.mark(catalog, row.id, status, target, error=f"re-check: {problem}")
+            log.error("off-site copy of %s on %s is %s: %s", row.id, target, status, problem)
 
 
 # --- Orphan multipart uploads ---------------------------------------------------------------------
 
 
 def abort_orphans(
-    remote: ObjectStore, settings: Settings, catalog: Catalog, lock: LockFn, report: SyncReport
+    remote: ObjectStore,
+    settings: Settings,
+    catalog: Catalog,
+    lock: LockFn,
+    report: SyncReport,
+    target: str = LEGACY_NAME,
 ) -> None:
     """Abort multipart uploads under our prefix that no upload will resume.
 
     Resumable means: recorded on a row that is still to be uploaded. An upload whose lock is held
     is running right now and is left alone, whatever the catalog says.
     """
-    pending = state.to_upload(catalog, settings.backup_root)
-    resumable = {r.offsite_upload_id for r in pending if r.offsite_upload_id}
+    pending = state.to_upload(catalog, settings.backup_root, [target])
+    copies = {r.id: state.copy_on(catalog, r.id, target) for r in catalog.list()}
+    resumable = {copies[r.id].upload_id for r in pending if copies[r.id].upload_id}
     for key, upload_id in remote.uploads(remote.root):
         if upload_id in resumable:
             continue
@@ -126,19 +152,22 @@ def abort_orphans(
             continue
         report.aborted.append(key)
         log.warning("aborted orphan multipart upload of %s", key)
-    for row in catalog.list():
-        if row.offsite_upload_id and row.offsite_upload_id not in resumable:
-            catalog.update(row.id, offsite_upload_id=None)
-            state.forget_parts(catalog, row.id)
+    for backup_id, held in copies.items():
+        if held.upload_id and held.upload_id not in resumable:
+            state.set_copy(catalog, backup_id, target, upload_id=None)
+            state.forget_parts(catalog, backup_id, target)
 
 
 # --- Remote retention -----------------------------------------------------------------------------
 
 
-def plan_remote(settings: Settings, catalog: Catalog, now: datetime) -> dict[str, list[Decision]]:
-    """Per kind, which remote copies retention would delete (the newest is always kept)."""
-    policy = parse_retention(settings.retention_offsite)
-    rows = state.uploaded(catalog)
+def plan_remote(
+    settings: Settings, catalog: Catalog, now: datetime, target: Target | None = None
+) -> dict[str, list[Decision]]:
+    """Per kind, which copies on `target` retention would delete (the newest is always kept)."""
+    target = target or configured(settings)[0]
+    policy = parse_retention(retention(target, settings))
+    rows = state.uploaded(catalog, target.name)
     out: dict[str, list[Decision]] = {}
     for kind in sorted({r.kind for r in rows}):
         candidates = [Candidate(r.id, r.created_at, VERIFIED) for r in rows if r.kind == kind]
@@ -147,42 +176,58 @@ def plan_remote(settings: Settings, catalog: Catalog, now: datetime) -> dict[str
 
 
 def expire_remote(
-    remote: ObjectStore, settings: Settings, catalog: Catalog, dry_run: bool = False
+    remote: ObjectStore,
+    settings: Settings,
+    catalog: Catalog,
+    dry_run: bool = False,
+    target: Target | None = None,
 ) -> list[Decision]:
-    """Apply LIFEOS_RETENTION_OFFSITE; manifest first, so a half-deleted copy is incomplete."""
-    decided = [d for ds in plan_remote(settings, catalog, utcnow()).values() for d in ds]
+    """Apply the target's retention; manifest first, so a half-deleted copy is incomplete."""
+    target = target or configured(settings)[0]
+    now = utcnow()
+    decided = [d for ds in plan_remote(settings, catalog, now, target).values() for d in ds]
     if dry_run:
         return decided
-    unfinished = [r.id for r in catalog.list() if r.offsite_status == state.DELETING]
+    held = state.copies_by_backup(catalog)
+    unfinished = [
+        r.id for r in catalog.list() if state.status_on(held, r.id, target.name) == state.DELETING
+    ]
     for backup_id in [*unfinished, *(d.id for d in decided)]:
         reasons = next((", ".join(d.reasons) for d in decided if d.id == backup_id), "")
-        delete_remote(remote, catalog, backup_id, reasons, "remote retention")
+        delete_remote(remote, catalog, backup_id, reasons, "remote retention", target.name)
     return decided
 
 
 def delete_remote(
-    remote: ObjectStore, catalog: Catalog, backup_id: str, reasons: str, who: str
+    remote: ObjectStore,
+    catalog: Catalog,
+    backup_id: str,
+    reasons: str,
+    who: str,
+    target: str = LEGACY_NAME,
 ) -> None:
     """Remove a backup's remote copy: marked `deleting`, then its manifest (sealed and clear, so a
     half-deleted copy is incomplete), its archive and any multipart upload left, then marked
     `deleted`. Remote
     retention and `forget` both delete through here; a copy left `deleting` by a crash is
     finished by the next sync (`expire_remote`)."""
-    row = catalog.get(backup_id)
-    if not row.offsite_key:
-        state.mark(catalog, backup_id, state.DELETED, offsite_error=reasons or None)
+    held = state.copy_on(catalog, backup_id, target)
+    if not held.key and held.status is None:
+        return  # never on this target
+    if not held.key:
+        state.mark(catalog, backup_id, state.DELETED, target, error=reasons or None)
         return
-    state.mark(catalog, backup_id, state.DELETING)
-    with remote.errors(f"{who} of {backup_id}"):
-        for key in [*manifest_keys(row.offsite_key, backup_id), row.offsite_key]:
+    state.mark(catalog, backup_id, state.DELETING, target)
+    with remote.errors(f"{who} of {backup_id} on {target}"):
+        for key in [*manifest_keys(held.key, backup_id), held.key]:
             remote.delete(key)
-        if row.offsite_upload_id:
-            abort_upload(remote, row.offsite_key, row.offsite_upload_id)
-    if row.offsite_upload_id:
-        catalog.update(backup_id, offsite_upload_id=None)
-        state.forget_parts(catalog, backup_id)
-    state.mark(catalog, backup_id, state.DELETED, offsite_error=reasons or None)
-    log.info("%s deleted the off-site copy of %s (%s)", who, backup_id, reasons)
+        if held.upload_id:
+            abort_upload(remote, held.key, held.upload_id)
+    if held.upload_id:
+        state.set_copy(catalog, backup_id, target, upload_id=None)
+        state.forget_parts(catalog, backup_id, target)
+    state.mark(catalog, backup_id, state.DELETED, target, error=reasons or None)
+    log.info("%s deleted the copy of %s on %s (%s)", who, backup_id, target, reasons)
 
 
 # --- The sync -------------------------------------------------------------------------------------
@@ -191,16 +236,31 @@ def delete_remote(
 def sync(
     settings: Settings, catalog: Catalog, lock: LockFn, progress: ProgressFn = ignore
 ) -> SyncReport:
-    """One off-site sync; uploads that fail are reported (and recorded), not fatal to the rest."""
+    """One off-site sync over every target; uploads that fail are reported (and recorded), not
+    fatal to the rest, and a target that cannot be reached is reported and skipped (the others
+    go on). Per target: re-check, abort orphans; then upload what any target lacks (every target
+    side by side); then each target's retention."""
     report = SyncReport()
     if not settings.offsite_enabled:
         report.skipped = "off-site copies are off (LIFEOS_S3_BUCKET is not set)"
         return report
-    remote = connect(settings)
-    recheck(remote, settings, catalog, report)
-    with remote.errors("listing multipart uploads"):
-        abort_orphans(remote, settings, catalog, lock, report)
-    for row in state.to_upload(catalog, settings.backup_root):
+    targets = configured(settings)
+    reached: list[tuple[Target, ObjectStore]] = []
+    for target in targets:
+        try:
+            remote = connect(target, settings)
+            recheck(remote, settings, catalog, report, target.name)
+            with remote.errors(f"listing multipart uploads on {target.name}"):
+                abort_orphans(remote, settings, catalog, lock, report, target.name)
+        except LifeosError as exc:
+            if len(targets) == 1:
+                raise
+            report.unreachable[target.name] = str(exc)
+            log.error("off-site target %s: %s", target.name, exc)
+            continue
+        reached.append((target, remote))
+    names = [t.name for t in targets]
+    for row in state.to_upload(catalog, settings.backup_root, names):
         try:
             with lock(f"upload:{row.id}"):
                 upload_backup(row.id, settings, catalog, progress)
@@ -210,5 +270,12 @@ def sync(
             report.failed[row.id] = str(exc)
             continue
         report.uploaded.append(row.id)
-    report.expired = [d.id for d in expire_remote(remote, settings, catalog)]
+    for target, remote in reached:
+        try:
+            expired = expire_remote(remote, settings, catalog, False, target)
+            report.expired += [d.id for d in expired]
+        except LifeosError as exc:
+            if len(targets) == 1:
+                raise
+            report.unreachable[target.name] = str(exc)
     return report

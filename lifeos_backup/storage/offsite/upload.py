@@ -43,6 +43,7 @@ from lifeos_backup.core.errors import (
 from lifeos_backup.core.fsutil import private_dir
 from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
+from lifeos_backup.core.targets import Target
 from lifeos_backup.formats.crypto import seal_file
 from lifeos_backup.formats.manifest import Manifest, manifest_path, read_manifest
 from lifeos_backup.formats.streams import CHUNK, sha256_file
@@ -50,7 +51,6 @@ from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.store import FAILED as LOCAL_FAILED
 from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 from lifeos_backup.storage.offsite import state
-from lifeos_backup.storage.offsite.s3 import connect
 from lifeos_backup.storage.offsite.store import (
     ObjectInfo,
     ObjectOptions,
@@ -59,6 +59,7 @@ from lifeos_backup.storage.offsite.store import (
     manifest_key,
     same_checksum,
 )
+from lifeos_backup.storage.offsite.targets import bandwidth, configured, connect, named
 
 log = logging.getLogger(__name__)
 MIB = 1 << 20
@@ -85,8 +86,10 @@ class Throttle:
             time.sleep(start - now)
 
 
-def throttle_for(settings: Settings) -> Throttle | None:
-    limit = settings.s3_bandwidth_limit
+def throttle_for(settings: Settings, target: Target | None = None) -> Throttle | None:
+    """One budget per target (its own limit, else LIFEOS_S3_BANDWIDTH_LIMIT): targets sending
+    side by side do not share one."""
+    limit = bandwidth(target, settings) if target is not None else settings.s3_bandwidth_limit
     return Throttle(limit * 1_000_000) if limit else None
 
 
@@ -164,11 +167,12 @@ def _b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-def part_size_for(size: int, configured_mib: int) -> int:
-    """The configured part size, grown (in whole MiB) if the file would need over 10,000 parts."""
+def part_size_for(size: int, configured_mib: int, max_parts: int = MAX_PARTS) -> int:
+    """The configured part size, grown (in whole MiB) if the file would need more parts than the
+    store takes (S3 10,000; GCS 1,024)."""
     part = configured_mib * MIB
-    if size > part * MAX_PARTS:
-        part = -(-size // MAX_PARTS // MIB) * MIB + MIB
+    if size > part * max_parts:
+        part = -(-size // max_parts // MIB) * MIB + MIB
     return part
 
 
@@ -241,6 +245,8 @@ class Job:
     remote: ObjectStore
     catalog: Catalog
     row: Backup
+    target: str
+    upload_id: str | None  # the target's multipart upload in progress, if any
     archive: Path
     key: str
     plan: UploadPlan
@@ -263,9 +269,7 @@ def _send_part(job: Job, upload_id: str, part: Part) -> state.DonePart:
     fd = os.open(job.archive, os.O_RDONLY)
     try:
         body = RangeReader(fd, part.offset, part.size, job.throttle)
-        etag = job.remote.send_part(
-            job.key, upload_id, part.number, body, part.size, part.checksum
-        )
+        etag = job.remote.send_part(job.key, upload_id, part.number, body, part.size, part.checksum)
     finally:
         os.close(fd)
     return state.DonePart(part.number, part.size, etag, part.checksum)
@@ -276,7 +280,7 @@ def _resumable(job: Job, upload_id: str) -> dict[int, state.DonePart] | None:
     server = job.remote.parts(job.key, upload_id)
     if server is None:
         return None
-    recorded = state.recorded_parts(job.catalog, upload_id)
+    recorded = state.recorded_parts(job.catalog, upload_id)  # upload ids never repeat
     planned = {p.number: p for p in job.plan.parts}
     keep: dict[int, state.DonePart] = {}
     for number, done in recorded.items():
@@ -298,7 +302,7 @@ def abort_upload(remote: ObjectStore, key: str, upload_id: str) -> None:
 
 
 def _start_or_resume(job: Job) -> tuple[str, dict[int, state.DonePart]]:
-    upload_id = job.row.offsite_upload_id
+    upload_id = job.upload_id
     if upload_id:
         done = _resumable(job, upload_id)
         if done is not None:
@@ -310,9 +314,9 @@ def _start_or_resume(job: Job) -> tuple[str, dict[int, state.DonePart]]:
             )
             return upload_id, done
         log.warning("upload %s of %s is gone; starting again", upload_id[:12], job.row.id)
-    state.forget_parts(job.catalog, job.row.id)
+    state.forget_parts(job.catalog, job.row.id, job.target)
     upload_id = job.remote.start_upload(job.key, job.options)
-    job.catalog.update(job.row.id, offsite_upload_id=upload_id)
+    state.set_copy(job.catalog, job.row.id, job.target, upload_id=upload_id)
     return upload_id, {}
 
 
@@ -330,7 +334,7 @@ def _put_multipart(job: Job) -> None:
             finished, running = wait(running, return_when=FIRST_COMPLETED)
             for future in finished:
                 part = future.result()  # raises the part's error: the rest are cancelled below
-                state.record_part(job.catalog, job.row.id, upload_id, part)
+                state.record_part(job.catalog, job.row.id, upload_id, part, job.target)
                 done[part.number] = part
                 report.bytes_done += part.size
                 job.progress(report)
@@ -343,8 +347,8 @@ def _put_multipart(job: Job) -> None:
     job.remote.complete(
         job.key, upload_id, [(n, done[n].etag, done[n].checksum) for n in sorted(done)]
     )
-    job.catalog.update(job.row.id, offsite_upload_id=None)
-    state.forget_parts(job.catalog, job.row.id)
+    state.set_copy(job.catalog, job.row.id, job.target, upload_id=None)
+    state.forget_parts(job.catalog, job.row.id, job.target)
 
 
 def _hopeless(exc: BaseException, job: Job) -> bool:
@@ -363,16 +367,14 @@ def _give_up(job: Job, upload_id: str) -> None:
     except Exception as exc:  # the sync aborts it later; the original error matters more
         log.warning("could not abort upload of %s: %s", job.row.id, exc)
         return
-    job.catalog.update(job.row.id, offsite_upload_id=None)
-    state.forget_parts(job.catalog, job.row.id)
+    state.set_copy(job.catalog, job.row.id, job.target, upload_id=None)
+    state.forget_parts(job.catalog, job.row.id, job.target)
 
 
 # --- Confirming -----------------------------------------------------------------------------------
 
 
-def remote_mismatch(
-    found: ObjectInfo | None, size: int, sha256: str, checksum: str | None
-) -> str:
+def remote_mismatch(found: ObjectInfo | None, size: int, sha256: str, checksum: str | None) -> str:
     """Why a HEAD reply is not our archive ('' when it is)."""
     if found is None:
         return "the remote archive is missing"
@@ -401,7 +403,12 @@ def _confirm(job: Job, settings: Settings) -> None:
 
 
 def _put_manifest(
-    job: Job, mpath: Path, manifest: Manifest, now: datetime, settings: Settings
+    job: Job,
+    mpath: Path,
+    manifest: Manifest,
+    now: datetime,
+    settings: Settings,
+    locked: bool = True,
 ) -> None:
     """The manifest, streamed from its file (hashed in the same pass): a backup of a million files
     has a manifest of a hundred MB or more, never held in memory.
@@ -416,14 +423,17 @@ def _put_manifest(
     key = manifest_key(job.key, manifest.backup_id, sealed=bool(recipients))
     if not recipients:
         digest, size = sha256_file(str(mpath))
-        options = replace(lock_options(settings, now), content_type="application/json")
+        options = replace(
+            lock_options(settings, now) if locked else ObjectOptions(),
+            content_type="application/json",
+        )
         with open(mpath, "rb") as body:
             job.remote.put(key, body, size, _b64(bytes.fromhex(digest)), options)
         return
     with tempfile.TemporaryFile(dir=private_dir(settings.state_dir)) as sealed_body:
         digest, size = seal_file(mpath, sealed_body, recipients)
         sealed_body.seek(0)
-        options = lock_options(settings, now)
+        options = lock_options(settings, now) if locked else ObjectOptions()
         job.remote.put(key, sealed_body, size, _b64(bytes.fromhex(digest)), options)
     clear = manifest_key(job.key, manifest.backup_id)
     if job.remote.head(clear) is not None:
@@ -452,15 +462,26 @@ def _already_there(job: Job, sealed_first: bool) -> bool:
 
 
 def upload_backup(
-    backup_id: str, settings: Settings, catalog: Catalog, progress: ProgressFn = ignore
+    backup_id: str,
+    settings: Settings,
+    catalog: Catalog,
+    progress: ProgressFn = ignore,
+    only: str | None = None,
 ) -> Uploaded | None:
-    """Copy one verified backup off-site; None (and nothing done) when off-site is off.
+    """Copy one verified backup to every target that lacks a good copy, side by side; None (and
+    nothing done) when off-site is off.
 
-    Failures are recorded on the catalog row (offsite_status=failed, offsite_error); the local
-    backup's own status is untouched unless its archive no longer matches its manifest.
+    Each target is its own thread with its own store, throttle and resumable upload: a failing
+    target does not stop or slow the others. Its failure is recorded on its copy
+    (status=failed, error), and once every target is done the first failure is raised, so the
+    task retries (only the targets still missing their copy) and the sync tries again later.
+    `only` limits the upload to one target. Returns the first target's result.
     """
     if not settings.offsite_enabled:
         return None
+    targets = configured(settings)
+    if only is not None:
+        targets = [named(settings, only)]
     row = catalog.get(backup_id)
     if row.status != VERIFIED:
         raise PermanentError(
@@ -468,12 +489,62 @@ def upload_backup(
             "only verified backups are copied off-site",
             "verify it first (`lifeos-backup verify ID`)",
         )
+    held = state.copies(catalog, backup_id)
+    todo = [
+        t
+        for t in targets
+        if only is not None
+        or len(targets) == 1
+        or getattr(held.get(t.name), "status", None) != state.UPLOADED
+    ]
+    if not todo:
+        return None if not targets else _known(catalog, backup_id, targets[0])
+    if len(todo) == 1:
+        return upload_to(backup_id, todo[0], settings, catalog, progress)
+    results: dict[str, Uploaded | LifeosError] = {}
+    with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="offsite") as pool:
+        futures = {
+            t.name: pool.submit(upload_to, backup_id, t, settings, catalog, progress) for t in todo
+        }
+        for name, future in futures.items():
+            try:
+                results[name] = future.result()
+            except LifeosError as exc:
+                results[name] = exc
+    failures = [r for r in results.values() if isinstance(r, LifeosError)]
+    if failures:
+        raise failures[0]
+    first = results.get(targets[0].name)
+    return first if isinstance(first, Uploaded) else _known(catalog, backup_id, targets[0])
+
+
+def _known(catalog: Catalog, backup_id: str, target: Target) -> Uploaded:
+    """A copy uploaded before, as an upload's result (nothing sent now)."""
+    held = state.copy_on(catalog, backup_id, target.name)
+    row = catalog.get(backup_id)
+    return Uploaded(backup_id, held.key or "", row.size or 0, held.checksum or "", 0.0, True)
+
+
+def upload_to(
+    backup_id: str,
+    target: Target,
+    settings: Settings,
+    catalog: Catalog,
+    progress: ProgressFn = ignore,
+) -> Uploaded:
+    """Copy one verified backup to one target (resuming an upload left unfinished there).
+
+    Failures are recorded on the copy (status=failed, error); the local backup's own status is
+    untouched unless its archive no longer matches its manifest.
+    """
+    row = catalog.get(backup_id)
     started = time.monotonic()
-    remote = connect(settings)
     archive = settings.backup_root / row.path
     mpath = manifest_path(archive, backup_id)
-    attempts = (row.offsite_attempts or 0) + 1
+    held = state.copy_on(catalog, backup_id, target.name)
+    attempts = (held.attempts or 0) + 1
     try:
+        remote = connect(target, settings)
         if not archive.exists():
             raise PermanentError(
                 f"backup {backup_id} has no local archive to upload",
@@ -481,26 +552,32 @@ def upload_backup(
                 "its local copy is gone (rotated or lost); nothing to upload",
             )
         manifest = read_manifest(mpath)
-        with remote.errors(f"upload of {backup_id}"):
+        with remote.errors(f"upload of {backup_id} to {target.name}"):
             remote.head(remote.key(row.path))  # fails fast when the endpoint is down
-            state.mark(catalog, backup_id, state.UPLOADING, offsite_attempts=attempts)
-            part_size = part_size_for(manifest.archive.size, settings.s3_part_size_mb)
+            state.mark(catalog, backup_id, state.UPLOADING, target.name, attempts=attempts)
+            max_parts = getattr(remote, "max_parts", MAX_PARTS)
+            part_size = part_size_for(manifest.archive.size, settings.s3_part_size_mb, max_parts)
             plan = plan_upload(archive, manifest, part_size)
             now = utcnow()
+            options = object_options(settings, manifest, now)
+            if not target.legacy:  # Object Lock is LIFEOS_S3_*'s (the target `s3`)
+                options = replace(options, lock_mode=None, lock_until=None)
             job = Job(
                 remote=remote,
                 catalog=catalog,
                 row=catalog.get(backup_id),
+                target=target.name,
+                upload_id=state.copy_on(catalog, backup_id, target.name).upload_id,
                 archive=archive,
                 key=remote.key(row.path),
                 plan=plan,
-                options=object_options(settings, manifest, now),
+                options=options,
                 concurrency=settings.s3_concurrency,
-                throttle=throttle_for(settings),
+                throttle=throttle_for(settings, target),
                 progress=progress,
             )
-            if plan.single and job.row.offsite_upload_id:  # left over from a larger part plan
-                _give_up(job, job.row.offsite_upload_id)
+            if plan.single and job.upload_id:  # left over from a larger part plan
+                _give_up(job, job.upload_id)
             adopted = _already_there(job, bool(settings.encryption_recipients))
             if adopted:
                 pass
@@ -510,24 +587,31 @@ def upload_backup(
                 _put_multipart(job)
             if not adopted:
                 _confirm(job, settings)
-                _put_manifest(job, mpath, manifest, now, settings)  # last
+                _put_manifest(job, mpath, manifest, now, settings, target.legacy)  # last
     except LifeosError as exc:
-        fields: dict[str, object] = {"offsite_error": str(exc)[:4000], "offsite_attempts": attempts}
+        fields: dict[str, object] = {"error": str(exc)[:4000], "attempts": attempts}
         if isinstance(exc, VerificationFailed):
             catalog.update(backup_id, status=LOCAL_FAILED, error=str(exc)[:4000])
-        state.mark(catalog, backup_id, state.FAILED, **fields)
-        log.error("off-site upload of %s failed (attempt %d): %s", backup_id, attempts, exc)
+        state.mark(catalog, backup_id, state.FAILED, target.name, **fields)
+        log.error(
+            "off-site upload of %s to %s failed (attempt %d): %s",
+            backup_id,
+            target.name,
+            attempts,
+            exc,
+        )
         raise
     finished = utcnow()
     state.mark(
         catalog,
         backup_id,
         state.UPLOADED,
-        offsite_key=job.key,
-        offsite_checksum=plan.expected_checksum,
-        offsite_uploaded_at=finished,
-        offsite_error=None,
-        offsite_upload_id=None,
+        target.name,
+        key=job.key,
+        checksum=plan.expected_checksum,
+        uploaded_at=finished,
+        error=None,
+        upload_id=None,
     )
     seconds = time.monotonic() - started
     log.info(
