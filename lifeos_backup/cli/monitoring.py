@@ -208,6 +208,12 @@ def status(as_json: JsonOption = False) -> None:
         f"disk: {human_size(disk['free_bytes'])} free of {human_size(disk['total_bytes'])} "
         f"at {disk['path']}"
     )
+    from lifeos_backup.storage.offsite.state import describe_behind
+
+    for target in report.get("offsite_targets") or []:
+        if target["behind"]:
+            error = f" (last error: {target['error']})" if target["error"] else ""
+            out.print(f"off-site: {describe_behind(target)}{error}", highlight=False)
     offsite = (report.get("wal") or {}).get("offsite")
     if offsite:
         out.print(
