@@ -222,6 +222,13 @@ def status(as_json: JsonOption = False) -> None:
             f"{str(offsite['last_run_at'])[:19]}Z",
             highlight=False,
         )
+        per_target = offsite.get("targets") or {}
+        for name, lag in per_target.items() if len(per_target) > 1 else ():
+            out.print(
+                f"  {name}: lag {_duration(lag['lag_s'])} ({lag['pending_files']} files pending)"
+                + (f", {lag['error']}" if lag.get("error") else ""),
+                highlight=False,
+            )
     if report["conditions"]:
         conditions = Table("severity", "condition", "detail", title="conditions")
         for c in report["conditions"]:
