@@ -208,6 +208,12 @@ def status(as_json: JsonOption = False) -> None:
         f"disk: {human_size(disk['free_bytes'])} free of {human_size(disk['total_bytes'])} "
         f"at {disk['path']}"
     )
+    from lifeos_backup.storage.offsite.state import describe_behind
+
+    for target in report.get("offsite_targets") or []:
+        if target["behind"]:
+            error = f" (last error: {target['error']})" if target["error"] else ""
+            out.print(f"off-site: {describe_behind(target)}{error}", highlight=False)
     offsite = (report.get("wal") or {}).get("offsite")
     if offsite:
         out.print(
@@ -216,6 +222,13 @@ def status(as_json: JsonOption = False) -> None:
             f"{str(offsite['last_run_at'])[:19]}Z",
             highlight=False,
         )
+        per_target = offsite.get("targets") or {}
+        for name, lag in per_target.items() if len(per_target) > 1 else ():
+            out.print(
+                f"  {name}: lag {_duration(lag['lag_s'])} ({lag['pending_files']} files pending)"
+                + (f", {lag['error']}" if lag.get("error") else ""),
+                highlight=False,
+            )
     if report["conditions"]:
         conditions = Table("severity", "condition", "detail", title="conditions")
         for c in report["conditions"]:

@@ -38,6 +38,7 @@ SIZE_ANOMALY = "size_anomaly"
 LOW_DISK = "low_disk"
 DRILL_FAILED = "drill_failed"
 OFFSITE_LAG = "offsite_lag"
+OFFSITE_TARGET_BEHIND = "offsite_target_behind"
 WAL_STALE = "wal_archive_stale"
 WAL_FAILING = "wal_archive_failing"
 BROKER_UNREACHABLE = "broker_unreachable"
@@ -55,6 +56,7 @@ SEVERITY = {
     SIZE_ANOMALY: DEGRADED,
     LOW_DISK: DEGRADED,
     OFFSITE_LAG: DEGRADED,
+    OFFSITE_TARGET_BEHIND: DEGRADED,
     WAL_STALE: DEGRADED,
     WAL_STREAM_DOWN: CRITICAL,
     WAL_STREAM_CONFLICT: CRITICAL,
@@ -326,6 +328,41 @@ def check_offsite(settings: Settings, catalog: Catalog, now: datetime) -> list[C
     return found
 
 
+def check_offsite_targets(settings: Settings, catalog: Catalog, now: datetime) -> list[Condition]:
+    """With several off-site targets: one condition per target that lacks a good copy of a
+    backup verified longer ago than LIFEOS_HEALTH_OFFSITE_MAX_LAG_HOURS ("azure-weu 2 backups
+    behind since T"). It clears once the target holds every copy again. With one target,
+    `offsite_lag` says the same."""
+    if not settings.offsite_enabled:
+        return []
+    from lifeos_backup.storage.offsite.state import behind, describe_behind
+    from lifeos_backup.storage.offsite.targets import configured
+
+    names = [t.name for t in configured(settings)]
+    if len(names) < 2:
+        return []
+    limit = timedelta(hours=settings.health_offsite_max_lag_hours)
+    found = []
+    for entry in behind(catalog, settings.backup_root, names):
+        since = entry["since"]
+        if not entry["behind"] or not isinstance(since, str):
+            continue
+        if now - datetime.fromisoformat(since).astimezone(UTC) <= limit:
+            continue
+        error = entry["error"]
+        found.append(
+            _condition(
+                OFFSITE_TARGET_BEHIND,
+                f"off-site target {entry['name']} is behind",
+                describe_behind(entry) + (f"; last error: {error}" if error else ""),
+                "the other targets hold the copies; the off-site sync uploads what this one "
+                "lacks once it is reachable (see `lifeos-backup status --json`, offsite_targets)",
+                str(entry["name"]),
+            )
+        )
+    return found
+
+
 def wal_status(settings: Settings, now: datetime) -> dict[str, Any] | None:
     """The WAL archive's status when point-in-time recovery is in use (segments archived)."""
     try:
@@ -545,6 +582,7 @@ def evaluate_health(
         found.append(disk)
     found += check_drills(catalog)
     found += check_offsite(settings, catalog, now)
+    found += check_offsite_targets(settings, catalog, now)
     found += check_wal(settings, now)
     found += check_stream(settings, now)
     found += check_unproven(catalog)

@@ -13,6 +13,7 @@ import pytest
 from lifeos_backup.core.errors import LifeosError
 from lifeos_backup.jobs.backups import create_backup, verify_backup
 from lifeos_backup.jobs.source import backup_source
+from lifeos_backup.monitoring.health import evaluate_health
 from lifeos_backup.storage.offsite import state
 from lifeos_backup.storage.offsite.download import rebuild_from_offsite
 from lifeos_backup.storage.offsite.sync import sync
@@ -86,10 +87,20 @@ def test_three_targets_get_every_copy_and_one_down_catches_up(
     assert held["azure-weu"].status == "failed"
     row = lifeos_env.catalog().get(second)
     assert row.offsite_status == "uploaded" and "azure-weu" in (row.offsite_error or "")
-    status = cli(lifeos_env, "status", "--json")
+    status = cli(lifeos_env, "status", "--json", LIFEOS_HEALTH_OFFSITE_MAX_LAG_HOURS="0")
     report = json.loads(status.stdout)
     behind = {t["name"]: t for t in report["offsite_targets"]}
     assert behind["azure-weu"]["behind"] == 1 and behind["s3-eu"]["behind"] == 0
+    lagging = {c["key"]: c for c in report["conditions"]}
+    assert "offsite_target_behind:s3-eu" not in lagging
+    condition = lagging["offsite_target_behind:azure-weu"]
+    assert condition["severity"] == "degraded"
+    assert condition["detail"].startswith("azure-weu 1 backup behind since ")
+    assert "offsite_lag" not in {c["name"] for c in report["conditions"]}  # a copy exists
+    plain = cli(lifeos_env, "status", LIFEOS_HEALTH_OFFSITE_MAX_LAG_HOURS="0", COLUMNS="200")
+    assert "Traceback" not in plain.stderr
+    assert "off-site: azure-weu 1 backup behind since" in plain.stdout
+    assert "s3-eu 0" not in plain.stdout and "gcs-eu" not in plain.stdout
     listed = json.loads(cli(lifeos_env, "list", "--json").stdout)
     targets = {r["id"]: r["offsite_targets"] for r in listed}
     assert targets[second] == {"s3-eu": "uploaded", "gcs-eu": "uploaded", "azure-weu": "failed"}
@@ -100,6 +111,9 @@ def test_three_targets_get_every_copy_and_one_down_catches_up(
     report = sync(lifeos_env.settings(), lifeos_env.catalog(), no_locks)
     assert report.failed == {} and report.uploaded == [second]
     assert state.copies(lifeos_env.catalog(), second)["azure-weu"].status == "uploaded"
+    setenv(lifeos_env, monkeypatch, LIFEOS_HEALTH_OFFSITE_MAX_LAG_HOURS="0")
+    conditions = evaluate_health(lifeos_env.settings(), lifeos_env.catalog())
+    assert not [c for c in conditions if c.name == "offsite_target_behind"]  # caught up: cleared
 
     # Restore from one chosen target, and from the first healthy one.
     settings, catalog = lifeos_env.settings(), lifeos_env.catalog()

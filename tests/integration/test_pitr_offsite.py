@@ -9,6 +9,7 @@ to latest with `restore pitr --from offsite`; a WAL object damaged in the bucket
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -248,3 +249,63 @@ def test_restore_pitr_from_offsite_on_a_fresh_repository(
         assert list(fresh.state_dir.glob("offsite-*")) == []  # the download is gone too
     finally:
         archiving.stop()
+
+
+def test_wal_goes_to_every_target_and_one_down_holds_back_none_of_the_others(
+    lifeos_env: LifeosEnv,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """Only LIFEOS_OFFSITE_TARGETS: an S3 (moto) and a GCS (emulator) target."""
+    from tests.integration.test_offsite import setenv
+    from tests.integration.test_offsite_targets import configure
+    from tests.support.emulators import RemoteBucket, gcs_bucket
+    from tests.support.emulators import s3_bucket as listed_s3_bucket
+
+    s3 = listed_s3_bucket(request.getfixturevalue("moto_server"), "s3-eu")
+    gcs = gcs_bucket(request.getfixturevalue("gcs_emulator"))
+    configure(lifeos_env, monkeypatch, [s3, gcs])
+    archive, spool = tmp_path / "wal", tmp_path / "spool"
+    setenv(lifeos_env, monkeypatch, LIFEOS_WAL_ARCHIVE_DIR=str(archive))
+    one, two = f"{SEG1}{SUFFIX}", f"{SEG2}{SUFFIX}"
+
+    def held(bucket: RemoteBucket) -> list[str]:
+        folder = f"{bucket.prefix}/postgresql/wal/"
+        return [n[len(folder) :] for n in bucket.names() if n.startswith(folder)]
+
+    push(wal_file(spool, SEG1, b"one" * 5000), archive)
+    assert upload_wal(get_settings()) == [one]
+    assert held(s3) == held(gcs) == [one]
+
+    # The S3 target is down: GCS still gets the next segment; the error names S3.
+    targets = json.loads(lifeos_env.vars["LIFEOS_OFFSITE_TARGETS"])
+    working = targets[0]["endpoint"]
+    targets[0]["endpoint"] = closed_port_url()
+    setenv(lifeos_env, monkeypatch, LIFEOS_OFFSITE_TARGETS=json.dumps(targets))
+    push(wal_file(spool, SEG2, b"two" * 5000), archive)
+    with pytest.raises(OffsiteError, match="s3-eu") as caught:
+        upload_wal(get_settings())
+    assert "gcs-eu" not in str(caught.value)
+    assert held(s3) == [one] and held(gcs) == [one, two]
+    lag = offsite_lag(get_settings())
+    assert lag is not None and lag["pending_files"] == 1  # the worst target's
+    assert lag["targets"]["s3-eu"]["pending_files"] == 1 and lag["targets"]["s3-eu"]["error"]
+    assert lag["targets"]["gcs-eu"] == {"lag_s": 0.0, "pending_files": 0, "error": None}
+
+    # Recovery reads the target holding the start segment and the most after it.
+    dest = tmp_path / "fetched"
+    dest.mkdir()
+    assert offsite_wal.download_wal(get_settings(), dest, SEG1) == [one, two]
+    assert (dest / two).read_bytes() == (archive / two).read_bytes()
+
+    # S3 is back: it gets only what it lacks; pruning runs on both.
+    targets[0]["endpoint"] = working
+    setenv(lifeos_env, monkeypatch, LIFEOS_OFFSITE_TARGETS=json.dumps(targets))
+    assert upload_wal(get_settings()) == [two]
+    assert held(s3) == held(gcs) == [one, two]
+    lag = offsite_lag(get_settings())
+    assert lag is not None and lag["pending_files"] == 0
+    monkeypatch.setattr(offsite_wal, "remote_cutoff", lambda _settings, _catalog: SEG2)
+    assert prune_remote_wal(get_settings(), lifeos_env.catalog()) == [one]
+    assert held(s3) == held(gcs) == [two]

@@ -338,6 +338,36 @@ def test_the_dashboard_service_is_local_behind_its_login_and_allowed_to_start():
     )
 
 
+def test_minio_is_the_default_s3_target_local_with_credentials_from_env():
+    from lifeos_backup.core.targets import parse_targets
+
+    svcs = services()
+    minio = svcs["minio"]
+    assert all(str(p).startswith("127.0.0.1:") for p in minio.get("ports") or [])
+    assert "9000" not in " ".join(str(p) for p in minio.get("ports") or [])  # API: stack only
+    env = environment_of(minio)
+    for var, source in (("MINIO_ROOT_USER", "AWS_ACCESS_KEY_ID"),
+                        ("MINIO_ROOT_PASSWORD", "AWS_SECRET_ACCESS_KEY")):  # fmt: skip
+        assert (env[var] or "").startswith(f"${{{source}:?"), f"{var} has no default: {env[var]}"
+    assert "minio-data:/data" in minio["volumes"]
+    worker = environment_of(svcs["worker-uploads"])
+    assert worker["LIFEOS_S3_ENDPOINT_URL"] == "${LIFEOS_S3_ENDPOINT_URL-http://minio:9000}"
+    assert (worker["LIFEOS_S3_BUCKET"] or "").startswith("${LIFEOS_S3_BUCKET:?")
+    assert svcs["worker-uploads"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "mc mb --ignore-existing" in " ".join(svcs["minio-init"]["command"])
+    # The comments show how to add GCS and Azure targets; .env.example's example parses.
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    assert "LIFEOS_OFFSITE_TARGETS" in text and '"provider": "azure"' in text
+    assert "GCS_EU_SERVICE_ACCOUNT_FILE" in text
+    value, commented = env_example()["LIFEOS_OFFSITE_TARGETS"]
+    assert commented and value.startswith("'") and value.endswith("'")
+    targets = parse_targets(value[1:-1])
+    assert [t.provider for t in targets] == ["gcs", "azure"]
+    for target in targets:
+        for variable in target.credentials.values():
+            assert variable in env_example(), f"{variable} is not in .env.example"
+
+
 def test_every_queue_has_its_own_worker_service():
     from lifeos_backup.jobs.routes import QUEUES, TASK_ROUTES
 

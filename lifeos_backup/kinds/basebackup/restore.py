@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import pwd
 import re
@@ -38,6 +39,7 @@ from lifeos_backup.core.errors import (
     CommandFailed,
     ConfigError,
     DecryptionKeyError,
+    LifeosError,
     NotFound,
     TargetNotEmpty,
     VerificationFailed,
@@ -64,6 +66,8 @@ LOG_NAME = "log/lifeos-pitr.log"
 _STOP_LINE = re.compile(r"recovery stopping .*")
 _LAST_XACT = re.compile(r"last completed transaction was at log time (.+?)\s*$")
 _STATE = re.compile(r"^Database cluster state:\s*(.+)$", re.M)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -556,20 +560,41 @@ def _from_offsite(
 
     from lifeos_backup.core.fsutil import private_dir
     from lifeos_backup.kinds.basebackup.offsite_wal import download_wal
-    from lifeos_backup.storage.offsite.download import fetched, read_remote_manifest
-    from lifeos_backup.storage.offsite.s3 import connect
+    from lifeos_backup.storage.offsite import state
+    from lifeos_backup.storage.offsite.download import USABLE, fetched, read_remote_manifest
     from lifeos_backup.storage.offsite.store import find_manifest, manifest_key
+    from lifeos_backup.storage.offsite.targets import connect, require_targets
 
-    remote = connect(settings)
+    targets = require_targets(settings)
+    stores: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(dir=private_dir(settings.state_dir)) as scratch:
 
         def remote_manifest(row: Any) -> Manifest:
-            with remote.errors(f"reading the manifest of {row.id} off-site"):
-                key = find_manifest(remote, row.offsite_key, row.id)
-                return read_remote_manifest(
-                    remote, key or manifest_key(row.offsite_key, row.id), Path(scratch),
-                    settings.encryption_identity_file,
-                )  # fmt: skip
+            """From the first target holding a good copy (each target tried in turn)."""
+            held = state.copies(catalog, row.id)
+            keys = [
+                (t, c.key) for t in targets if (c := held.get(t.name)) and c.status in USABLE
+            ] or [(t, row.offsite_key) for t in targets]
+            places: list[tuple[Any, str]] = [(t, str(key)) for t, key in keys if key]
+            for i, (target, key) in enumerate(places):
+                remote = stores.get(target.name) or connect(target, settings)
+                stores[target.name] = remote
+                try:
+                    with remote.errors(f"reading the manifest of {row.id} on {target.name}"):
+                        found = find_manifest(remote, key, row.id)
+                        return read_remote_manifest(
+                            remote, found or manifest_key(key, row.id), Path(scratch),
+                            settings.encryption_identity_file,
+                        )  # fmt: skip
+                except (LifeosError, OSError) as exc:
+                    if i + 1 == len(places) or isinstance(exc, DecryptionKeyError):
+                        raise
+                    log.warning("manifest of %s on %s: %s; trying the next", row.id, target, exc)
+            raise NotFound(
+                f"backup {row.id} has no off-site copy",
+                f"off-site status: {row.offsite_status or 'never uploaded'}",
+                "choose a backup that `list` shows as offsite/both",
+            )
 
         manifest = choose_base(settings, catalog, target, backup_id, remote_manifest, True)
     _check_key(settings, manifest)
