@@ -205,7 +205,8 @@ def hold_message(sender: Any, request: Any, **_kwargs: Any) -> None:
 @worker_ready.connect
 def recover_on_start(sender: Any, **_kwargs: Any) -> None:
     """A worker that starts again puts back its predecessor's messages, then sweeps its host's
-    backups whose task is gone (lifeos_backup.jobs.leftovers)."""
+    backups whose task is gone (lifeos_backup.jobs.leftovers) and dashboard restores whose
+    worker died (lifeos_backup.web.restores)."""
     beat = _heartbeat(sender)
     beat.start()
     try:
@@ -232,10 +233,18 @@ def sweep_now(client: redis.Redis) -> list[Any]:
 
     try:
         catalog = open_catalog(settings.effective_catalog_url)
-        return sweep(settings, catalog, pending, ended=ended if pending else None)
+        swept = sweep(settings, catalog, pending, ended=ended if pending else None)
     except Exception:
         log.exception("the sweeper failed")
         return []
+    try:  # dashboard restores whose worker died: `failed`, not `running` for good
+        from lifeos_backup.web.restores import fail_abandoned
+
+        for request_id in fail_abandoned(settings, catalog):
+            log.warning("restore request %d was abandoned by its worker: marked failed", request_id)
+    except Exception:
+        log.exception("the sweeper of abandoned restore requests failed")
+    return swept
 
 
 @worker_process_init.connect

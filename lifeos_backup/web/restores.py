@@ -14,17 +14,27 @@ who approved.
 
 The restore runs the same functions as `lifeos-backup restore json|postgres`: the target check,
 the archive verified while extracting, the row counts compared with the manifest.
+
+A running restore holds a file lock (`.state/restore-requests/<id>.lock`), which the kernel drops
+when its worker dies, SIGKILL included. A request left `running` whose lock is free was abandoned:
+the redelivered message and the sweeper (at worker start, with every health check) mark it
+`failed`, saying that its target may be half-restored, instead of leaving it `running` for good.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
 
 from lifeos_backup.core.errors import ConfigError, NotFound, PermanentError
+from lifeos_backup.core.fsutil import FILE_MODE, private_dir
 from lifeos_backup.core.names import check_backup_id, kind_of_id
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
@@ -41,6 +51,11 @@ RUNNING, SUCCEEDED, FAILED = "running", "succeeded", "failed"
 RESTORABLE = (guard.JSON, guard.POSTGRES)
 
 Enqueue = Callable[[int, str], str]  # (request id, initiator) -> task id
+LOCKS = Path(".state") / "restore-requests"
+ABANDONED = (
+    "the worker running this restore died (killed, or its host restarted): the target may be "
+    "half-restored; check it, then ask for the restore again"
+)
 
 
 class NotAllowed(PermanentError):
@@ -236,13 +251,74 @@ def claim(catalog: Catalog, request_id: int) -> bool:
         )
 
 
+@contextlib.contextmanager
+def _running_lock(settings: Settings, request_id: int) -> Iterator[bool]:
+    """The request's lock, taken without waiting: True while held (removed on release), False
+    when a live process holds it."""
+    path = private_dir(settings.backup_root / LOCKS) / f"{int(request_id)}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()  # after the status is final: a later look finds it settled
+    finally:
+        os.close(fd)
+
+
+def _fail_if_abandoned(catalog: Catalog, request_id: int) -> bool:
+    """`running` -> `failed` (only if still running); the caller holds its free lock."""
+    with catalog.session() as s:
+        return bool(
+            changed(
+                s,
+                update(RestoreRequest)
+                .where(RestoreRequest.id == request_id, RestoreRequest.status == RUNNING)
+                .values(status=FAILED, error=ABANDONED, finished_at=utcnow()),
+            )
+        )
+
+
+def fail_abandoned(settings: Settings, catalog: Catalog) -> list[int]:
+    """Mark every `running` request whose lock is free `failed`; their ids (the sweeper's)."""
+    with catalog.session() as s:
+        running = list(s.scalars(select(RestoreRequest.id).where(RestoreRequest.status == RUNNING)))
+    failed = []
+    for request_id in running:
+        with _running_lock(settings, request_id) as free:
+            if free and _fail_if_abandoned(catalog, request_id):
+                failed.append(request_id)
+    return failed
+
+
 def run(
     settings: Settings, catalog: Catalog, request_id: int, progress: ProgressFn = ignore
 ) -> dict[str, Any]:
-    """The worker's side: claim the approved request, restore as the CLI does, record it."""
-    req = get(catalog, request_id)
-    if not claim(catalog, request_id):
-        return {"request": request_id, "status": req.status, "skipped": True}
+    """The worker's side: claim the approved request, restore as the CLI does, record it. The
+    lock is taken before the claim, so a `running` request always has a live holder or none."""
+    with _running_lock(settings, request_id) as free:
+        req = get(catalog, request_id)
+        if not free:  # another worker runs it now (a duplicate delivery)
+            return {"request": request_id, "status": req.status, "skipped": True}
+        if not claim(catalog, request_id):
+            if req.status == RUNNING and _fail_if_abandoned(catalog, request_id):
+                return {"request": request_id, "status": FAILED, "error": ABANDONED}
+            return {"request": request_id, "status": req.status, "skipped": True}
+        return _run_claimed(settings, catalog, req, progress)
+
+
+def _run_claimed(
+    settings: Settings, catalog: Catalog, req: RestoreRequest, progress: ProgressFn
+) -> dict[str, Any]:
+    request_id = req.id
     action = "restore.json" if req.kind == guard.JSON else "restore.postgres"
     try:
         with audited(catalog, action, req.backup_id, initiator=req.requested_by) as entry:

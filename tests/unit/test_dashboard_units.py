@@ -312,6 +312,72 @@ def test_a_restore_runs_once_even_when_its_message_comes_twice(site: Site, tmp_p
     )
 
 
+# A child that runs a dashboard restore and stops for good at its first progress report.
+_STUCK_RESTORE = """
+import sys, time
+from pathlib import Path
+from lifeos_backup.core.settings import Settings
+from lifeos_backup.storage.catalog import Catalog
+from lifeos_backup.web import restores
+root = Path(sys.argv[1])
+settings = Settings(backup_root=root / "backups", app_dir=root / "app",
+                    catalog_url=f"sqlite:///{root / 'backups' / 'catalog.sqlite3'}",
+                    dashboard_secret="s" * 48, redis_url=None)
+def stuck(_progress):
+    print("restoring", flush=True)
+    time.sleep(600)
+restores.run(settings, Catalog(settings.effective_catalog_url), int(sys.argv[2]), stuck)
+"""
+
+
+def test_a_restore_whose_worker_is_killed_is_failed_not_running_for_good(
+    site: Site, tmp_path: Path
+) -> None:
+    """SIGKILL mid-restore: while the process lives the sweeper leaves its request alone; once it
+    is dead the sweeper (or the redelivered message) marks it failed, and no lock file is left."""
+    import signal
+    import subprocess
+    import sys
+
+    otto = accounts.authenticate(site.catalog, "otto", PASSWORD)
+    assert otto is not None
+    req = restores.request(
+        site.settings, site.catalog, otto, site.backup_id, str(tmp_path / "copy"),
+        lambda _i, _who: "task",
+    )  # fmt: skip
+    child = subprocess.Popen(
+        [sys.executable, "-c", _STUCK_RESTORE, str(tmp_path), str(req.id)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "restoring"
+        assert restores.get(site.catalog, req.id).status == restores.RUNNING
+        assert restores.fail_abandoned(site.settings, site.catalog) == []  # alive: left alone
+        again = restores.run(site.settings, site.catalog, req.id)  # a duplicate delivery
+        assert again.get("skipped") and restores.get(site.catalog, req.id).status == "running"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert restores.fail_abandoned(site.settings, site.catalog) == [req.id]
+    found = restores.get(site.catalog, req.id)
+    assert found.status == restores.FAILED and "half-restored" in (found.error or "")
+    assert restores.fail_abandoned(site.settings, site.catalog) == []
+    assert list((site.settings.backup_root / restores.LOCKS).iterdir()) == []
+
+
+def test_a_redelivered_message_of_a_dead_restore_fails_it(site: Site, tmp_path: Path) -> None:
+    otto = accounts.authenticate(site.catalog, "otto", PASSWORD)
+    assert otto is not None
+    req = restores.request(
+        site.settings, site.catalog, otto, site.backup_id, str(tmp_path / "copy"),
+        lambda _i, _who: "task",
+    )  # fmt: skip
+    assert restores.claim(site.catalog, req.id)  # as a worker that then died without a trace
+    answer = restores.run(site.settings, site.catalog, req.id)
+    assert answer["status"] == restores.FAILED
+    assert restores.get(site.catalog, req.id).status == restores.FAILED
+
+
 # ----------------------------------------------------------------------------- pages
 
 
