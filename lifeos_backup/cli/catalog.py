@@ -51,6 +51,11 @@ def _row(b: Backup, held: dict[str, Any] | None = None) -> dict[str, Any]:
     }
 
 
+def good_targets(held: dict[str, str | None]) -> str:
+    """The targets holding a good copy, by name: `gcs-eu+s3-eu` (`-` when none)."""
+    return "+".join(sorted(t for t, status in held.items() if status == "uploaded")) or "-"
+
+
 @app.command("list")
 def list_backups(
     kind: KindOption = None,
@@ -64,13 +69,14 @@ def list_backups(
     if as_json:
         out.print_json(json.dumps(rows)) if out.is_terminal else print(json.dumps(rows))
         return
-    table = Table("id", "kind", "status", "location", "created (UTC)", "size", "reason")
+    table = Table("id", "kind", "status", "location", "targets", "created (UTC)", "size", "reason")
     for r in rows:
         table.add_row(
             r["id"],
             r["kind"],
             r["status"],
             r["location"],
+            good_targets(r["offsite_targets"]),
             r["created_at"][:19],
             human_size(r["size"]),
             r["reason"],

@@ -121,6 +121,36 @@ def test_three_targets_get_every_copy_and_one_down_catches_up(
         with backup_source(second, settings, catalog, source) as (archive, manifest):
             assert manifest.backup_id == second and archive.stat().st_size == manifest.archive.size
 
+    # The local archive is gone, GCS loses its copy and Azure's is damaged: the sync repairs
+    # both from S3 (downloaded, checked against the manifest, uploaded again).
+    archive = settings.backup_root / catalog.get(second).path
+    good = archive.read_bytes()
+    archive.unlink()
+    lost = next(n for n in buckets[1].names() if second in n and n.endswith(".tar.zst"))
+    buckets[1].delete(lost)
+    hurt = next(n for n in buckets[2].names() if second in n and n.endswith(".tar.zst"))
+    buckets[2].put(hurt, b"not the archive")
+    report = sync(lifeos_env.settings(), lifeos_env.catalog(), no_locks)
+    assert set(report.problems) == {second} and report.failed == {}, report
+    assert sorted(report.repaired) == [
+        f"{second} on azure-weu from s3-eu",
+        f"{second} on gcs-eu from s3-eu",
+    ]
+    held = state.copies(lifeos_env.catalog(), second)
+    assert {t: c.status for t, c in held.items()} == {
+        "s3-eu": "uploaded",
+        "gcs-eu": "uploaded",
+        "azure-weu": "uploaded",
+    }
+    assert buckets[1].get(lost) == good and buckets[2].get(hurt) == good
+    assert not list((lifeos_env.settings().state_dir).rglob("*.tar.zst"))  # scratch removed
+    table = cli(lifeos_env, "list", COLUMNS="250")
+    assert "Traceback" not in table.stderr
+    line = next(x for x in table.stdout.splitlines() if second in x)
+    assert "azure-weu+gcs-eu+s3-eu" in line and "offsite" in line, line
+    line = next(x for x in table.stdout.splitlines() if first in x)
+    assert "azure-weu+gcs-eu+s3-eu" in line and "both" in line, line
+
 
 @pytest.mark.parametrize("provider", ["s3", "gcs", "azure"])
 def test_total_loss_recovery_from_one_provider_with_nothing_readable(

@@ -2,8 +2,9 @@
 
 Order matters: re-check first (a damaged or vanished remote copy becomes "not off-site" and is
 uploaded again in the same run, if its local copy is still good), then abort multipart uploads
-that nobody will resume, then upload, then apply remote retention (which only counts remote
-copies confirmed by that point).
+that nobody will resume, then upload, then repair from another target the copies whose local
+copy is gone, then apply remote retention (which only counts remote copies confirmed by that
+point).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
-from lifeos_backup.core.errors import AlreadyRunning, LifeosError
+from lifeos_backup.core.errors import AlreadyRunning, DecryptionKeyError, LifeosError
 from lifeos_backup.core.progress import ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.core.targets import LEGACY_NAME, Target
@@ -23,9 +25,15 @@ from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.models import OffsiteCopy
 from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
 from lifeos_backup.storage.offsite import state
+from lifeos_backup.storage.offsite.download import fetched
 from lifeos_backup.storage.offsite.store import ObjectStore, find_manifest, manifest_keys
 from lifeos_backup.storage.offsite.targets import configured, connect, retention
-from lifeos_backup.storage.offsite.upload import abort_upload, remote_mismatch, upload_backup
+from lifeos_backup.storage.offsite.upload import (
+    abort_upload,
+    remote_mismatch,
+    upload_backup,
+    upload_to,
+)
 from lifeos_backup.storage.retention import Candidate, Decision, plan
 from lifeos_backup.storage.retention import parse_policy as parse_retention
 
@@ -43,6 +51,7 @@ class SyncReport:
     problems: dict[str, str] = field(default_factory=dict)
     aborted: list[str] = field(default_factory=list)
     uploaded: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)  # "<id> on <target> from <target>"
     failed: dict[str, str] = field(default_factory=dict)
     expired: list[str] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)  # target -> why
@@ -230,6 +239,65 @@ def delete_remote(
     log.info("%s deleted the copy of %s on %s (%s)", who, backup_id, target, reasons)
 
 
+# --- Repair from another target ------------------------------------------------------------------
+
+NEEDS_REPAIR = (state.UPLOADING, state.FAILED, state.MISSING, state.DAMAGED)
+
+
+def to_repair(
+    catalog: Catalog, backup_root: Path, targets: list[str]
+) -> list[tuple[Backup, str, list[str]]]:
+    """(backup, healthy targets, targets to repair) for each backup whose local copy is gone,
+    that has a good copy on one of `targets` and a missing, damaged or failed one on another;
+    oldest first."""
+    held = state.copies_by_backup(catalog)
+    out: list[tuple[Backup, str, list[str]]] = []
+    for row in sorted(catalog.list(), key=lambda r: (r.created_at, r.id)):
+        if row.id not in held or state.is_local(row, backup_root) or not row.size:
+            continue
+        good = [t for t in targets if state.status_on(held, row.id, t) == state.UPLOADED]
+        bad = [t for t in targets if state.status_on(held, row.id, t) in NEEDS_REPAIR]
+        if good and bad:
+            out.append((row, good[0], bad))
+    return out
+
+
+def repair(
+    settings: Settings,
+    catalog: Catalog,
+    targets: list[Target],
+    lock: LockFn,
+    report: SyncReport,
+    progress: ProgressFn = ignore,
+) -> None:
+    """Copy a good remote copy to the targets whose copy is missing or damaged, when the local
+    copy is gone: streamed from the healthy target into a private scratch folder (SHA-256 checked
+    against the manifest on the way), then the usual resumable upload from there."""
+    by_name = {t.name: t for t in targets}
+    for row, healthy, bad in to_repair(catalog, settings.backup_root, list(by_name)):
+        try:
+            with (
+                lock(f"upload:{row.id}"),
+                fetched(row.id, settings, catalog, progress, healthy) as (archive, _manifest),
+            ):
+                for name in bad:
+                    try:
+                        upload_to(row.id, by_name[name], settings, catalog, progress, archive)
+                    except LifeosError as exc:
+                        report.failed[f"{row.id} on {name}"] = str(exc)
+                        continue
+                    report.repaired.append(f"{row.id} on {name} from {healthy}")
+                    log.info("repaired the copy of %s on %s from %s", row.id, name, healthy)
+        except AlreadyRunning:
+            continue
+        except DecryptionKeyError as exc:  # sealed manifests: the worker may not hold the key
+            report.problems[row.id] = f"not repaired from {healthy}: {exc}"
+            log.warning("copy of %s not repaired from %s: %s", row.id, healthy, exc)
+        except (LifeosError, OSError) as exc:
+            report.failed[f"{row.id} from {healthy}"] = str(exc)
+            log.error("repair of %s from %s failed: %s", row.id, healthy, exc)
+
+
 # --- The sync -------------------------------------------------------------------------------------
 
 
@@ -239,7 +307,8 @@ def sync(
     """One off-site sync over every target; uploads that fail are reported (and recorded), not
     fatal to the rest, and a target that cannot be reached is reported and skipped (the others
     go on). Per target: re-check, abort orphans; then upload what any target lacks (every target
-    side by side); then each target's retention."""
+    side by side); then repair from a healthy target the copies whose local copy is gone; then
+    each target's retention."""
     report = SyncReport()
     if not settings.offsite_enabled:
         report.skipped = "off-site copies are off (LIFEOS_S3_BUCKET is not set)"
@@ -270,6 +339,8 @@ def sync(
             report.failed[row.id] = str(exc)
             continue
         report.uploaded.append(row.id)
+    if len(reached) > 1:
+        repair(settings, catalog, [t for t, _ in reached], lock, report, progress)
     for target, remote in reached:
         try:
             expired = expire_remote(remote, settings, catalog, False, target)

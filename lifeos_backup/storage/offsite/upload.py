@@ -531,15 +531,18 @@ def upload_to(
     settings: Settings,
     catalog: Catalog,
     progress: ProgressFn = ignore,
+    source: Path | None = None,
 ) -> Uploaded:
     """Copy one verified backup to one target (resuming an upload left unfinished there).
 
+    `source`: an archive to send instead of the local one, its manifest beside it (a copy
+    downloaded from another target, for the sync's repair); the key stays the backup's own.
     Failures are recorded on the copy (status=failed, error); the local backup's own status is
-    untouched unless its archive no longer matches its manifest.
+    untouched unless its local archive no longer matches its manifest.
     """
     row = catalog.get(backup_id)
     started = time.monotonic()
-    archive = settings.backup_root / row.path
+    archive = source or settings.backup_root / row.path
     mpath = manifest_path(archive, backup_id)
     held = state.copy_on(catalog, backup_id, target.name)
     attempts = (held.attempts or 0) + 1
@@ -590,7 +593,7 @@ def upload_to(
                 _put_manifest(job, mpath, manifest, now, settings, target.legacy)  # last
     except LifeosError as exc:
         fields: dict[str, object] = {"error": str(exc)[:4000], "attempts": attempts}
-        if isinstance(exc, VerificationFailed):
+        if isinstance(exc, VerificationFailed) and source is None:
             catalog.update(backup_id, status=LOCAL_FAILED, error=str(exc)[:4000])
         state.mark(catalog, backup_id, state.FAILED, target.name, **fields)
         log.error(
