@@ -1,8 +1,8 @@
 """Benchmark: off-site transfer (ours vs one put_object / get_object) and encryption cost.
 
-    .venv/bin/python benchmarks/offsite.py [--size-mb 500] [--repeat 3] [--files 50000]
+    .venv/bin/python benchmarks/offsite.py [--size-mb 500] [--repeat 3] [--files 50000] [--only ...]
 
-Three parts, every contender in its own child process (peak RSS is its own):
+Four parts, every contender in its own child process (peak RSS is its own):
 
 1. Transfer of a SIZE MB archive (random bytes: a compressed archive does not compress further)
    to a local S3 endpoint (a moto server started here): our upload step (`upload_backup`:
@@ -20,8 +20,8 @@ Three parts, every contender in its own child process (peak RSS is its own):
    moto server, GCS on gcp-storage-emulator, Azure on Azurite, as in tests/support/emulators.py),
    to two targets at once (S3 + Azure) and to all three. Target: three targets take at most the
    slowest single upload longer than S3 alone (they run side by side); PASS or FAIL is printed.
-   Emulators and client share the machine's cores: on two cores the side-by-side uploads
-   compete for CPU, so the figures bound the overlap from below.
+   Emulators and client share the machine's cores: on two cores the side-by-side uploads compete
+   for CPU with each other and with the emulators.
 
 `--only transfer,encryption,backup,targets` runs a subset.
 """
