@@ -39,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,31 +188,21 @@ def query(url: str, sql: str, *params: object) -> list[tuple[object, ...]]:
         return cur.fetchall() if cur.description else []
 
 
-def run_mode(mode: str, seconds: float, rate: float, archive_timeout: int) -> dict[str, object]:
-    archiving: ArchivingCluster = start_archiving_cluster(archive_timeout=archive_timeout)
+@contextlib.contextmanager
+def streaming(archiving: ArchivingCluster, mode: str) -> Iterator[Path]:
+    """With mode "stream" or "sync", run `lifeos_backup.wal.stream.run` into a fresh spool
+    beside the cluster's archive until the block ends ("sync": named in
+    synchronous_standby_names, waited for until it is the synchronous standby); "archive" runs
+    nothing. Yields the spool."""
     archiving.archive.chmod(0o2770)  # the stream (another OS user) seals into it too
     spool = Path(tempfile.mkdtemp(prefix="lifeos-bench-spool-"))
     stop_stream = threading.Event()
     thread = None
     lines: list[str] = []
     try:
-        url = archiving.cluster.url()
-        # The checkpointer starts during recovery and then sleeps checkpoint_timeout before it
-        # first looks at archive_timeout; a reload wakes it, as it would be long after a start.
-        query(url, "SELECT pg_reload_conf()")
-        query(url, "CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz)")
-        segsize = int(
-            str(query(url, "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")[0][0])
-        )
-        blcksz = int(
-            str(query(url, "SELECT setting FROM pg_settings WHERE name = 'wal_block_size'")[0][0])
-        )
-        if mode == "archive":
-
-            def on_disk() -> int:
-                return archived_lsn(archiving.archive, segsize)
-        else:
+        if mode != "archive":
             cluster = archiving.cluster
+            url = cluster.url()
             cfg = wal_stream.StreamConfig(
                 receivewal=str(cluster.bindir / "pg_receivewal"),
                 conninfo=f"host=127.0.0.1 port={cluster.port} user=postgres dbname=postgres"
@@ -235,30 +226,58 @@ def run_mode(mode: str, seconds: float, rate: float, archive_timeout: int) -> di
                 wait_for("a synchronous standby", lambda: query(
                     url, "SELECT 1 FROM pg_stat_replication WHERE application_name = %s"
                     " AND sync_state = 'sync'", SLOT))  # fmt: skip
+        yield spool
+    finally:
+        stop_stream.set()
+        if thread is not None:
+            thread.join(60)
+        shutil.rmtree(spool, ignore_errors=True)
 
-            def on_disk() -> int:
-                return spooled_lsn(spool, segsize, blcksz)
 
-        commits = Commits()
-        stop = threading.Event()
-        setting = "on" if mode == "sync" else "local"
-        load = threading.Thread(target=writer, args=(url, rate, setting, commits, stop))
-        load.start()
-        try:
-            time.sleep(WARMUP)
-            ages: list[float] = []
-            seen = 0
-            tick = time.monotonic()
-            end = tick + seconds
-            while tick < end and load.is_alive():
-                tick += 1.0
-                time.sleep(max(0.0, tick - time.monotonic()))
-                known = len(commits.when)
-                seen = max(seen, on_disk())  # what reached the disk stays there
-                ages.append(sample(commits, seen, time.monotonic(), known))
-        finally:
-            stop.set()
-            load.join(30)
+def run_mode(mode: str, seconds: float, rate: float, archive_timeout: int) -> dict[str, object]:
+    archiving: ArchivingCluster = start_archiving_cluster(archive_timeout=archive_timeout)
+    try:
+        url = archiving.cluster.url()
+        # The checkpointer starts during recovery and then sleeps checkpoint_timeout before it
+        # first looks at archive_timeout; a reload wakes it, as it would be long after a start.
+        query(url, "SELECT pg_reload_conf()")
+        query(url, "CREATE TABLE events (id bigserial PRIMARY KEY, at timestamptz)")
+        segsize = int(
+            str(query(url, "SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'")[0][0])
+        )
+        blcksz = int(
+            str(query(url, "SELECT setting FROM pg_settings WHERE name = 'wal_block_size'")[0][0])
+        )
+        with streaming(archiving, mode) as spool:
+            if mode == "archive":
+
+                def on_disk() -> int:
+                    return archived_lsn(archiving.archive, segsize)
+            else:
+
+                def on_disk() -> int:
+                    return spooled_lsn(spool, segsize, blcksz)
+
+            commits = Commits()
+            stop = threading.Event()
+            setting = "on" if mode == "sync" else "local"
+            load = threading.Thread(target=writer, args=(url, rate, setting, commits, stop))
+            load.start()
+            try:
+                time.sleep(WARMUP)
+                ages: list[float] = []
+                seen = 0
+                tick = time.monotonic()
+                end = tick + seconds
+                while tick < end and load.is_alive():
+                    tick += 1.0
+                    time.sleep(max(0.0, tick - time.monotonic()))
+                    known = len(commits.when)
+                    seen = max(seen, on_disk())  # what reached the disk stays there
+                    ages.append(sample(commits, seen, time.monotonic(), known))
+            finally:
+                stop.set()
+                load.join(30)
         elapsed = commits.when[-1] - commits.when[0] if len(commits.when) > 1 else 0.0
         return {
             "mode": mode,
@@ -267,11 +286,7 @@ def run_mode(mode: str, seconds: float, rate: float, archive_timeout: int) -> di
             "rate": (len(commits.when) - 1) / elapsed if elapsed else 0.0,
         }
     finally:
-        stop_stream.set()
-        if thread is not None:
-            thread.join(60)
         archiving.stop()
-        shutil.rmtree(spool, ignore_errors=True)
 
 
 def percentile(values: list[float], pct: float) -> float:
