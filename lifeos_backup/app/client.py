@@ -225,10 +225,13 @@ def _step_result(app: Celery, task_id: str, step: str, on_progress: Any) -> Any 
     if state == "REVOKED":
         raise BackupFailed(f"backup {step} was revoked")
     if on_progress:
-        if state == "PROGRESS" and isinstance(result.info, dict):
-            on_progress(result.info)
+        # Every read of `info` asks the backend again for an unfinished task: read it once, so
+        # the state seen and the meta passed on cannot come from two different moments.
+        info = result.info if state in ("PROGRESS", "RETRY") else None
+        if state == "PROGRESS" and isinstance(info, dict):
+            on_progress(info)
         elif state == "RETRY":
-            on_progress({"phase": f"{step} retrying after: {result.info}"[:200]})
+            on_progress({"phase": f"{step} retrying after: {info}"[:200]})
         elif state == "STARTED":
             on_progress({"phase": f"{step} started"})
     return result.result if state == "SUCCESS" else None

@@ -192,8 +192,9 @@ def running(settings: Settings, catalog: Catalog, app: Any | None) -> list[dict[
                 from celery.result import AsyncResult
 
                 result = AsyncResult(run.task_id, app=app)
-                if result.state == "PROGRESS" and isinstance(result.info, dict):
-                    item["progress"] = result.info
+                info = result.info  # one read: each asks the backend again
+                if result.state == "PROGRESS" and isinstance(info, dict):
+                    item["progress"] = info
             except Exception:  # noqa: S110 - Redis gone: the runs are still worth showing
                 pass
         shown.append(item)

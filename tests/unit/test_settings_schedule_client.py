@@ -72,3 +72,30 @@ def test_client_imports_only_celery() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_progress_passes_on_the_meta_it_checked_even_when_the_task_moves_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each read of an unfinished task's `info` asks the backend again: between the check and the
+    use the task may finish and `info` become its result (the backup id, a string). The client
+    reads it once, so the progress callback only ever gets the dict it checked."""
+    from lifeos_backup.app import client
+
+    class Moving:
+        reads = 0
+
+        def __init__(self, *_args: object, **_kwargs: object) -> None:
+            pass
+
+        state = "PROGRESS"
+
+        @property
+        def info(self) -> object:
+            Moving.reads += 1
+            return {"phase": "archiving"} if Moving.reads == 1 else "json_backup_20261207_120000"
+
+    seen: list[object] = []
+    monkeypatch.setattr(client, "AsyncResult", Moving)
+    assert client._step_result(object(), "task", "create", seen.append) is None  # type: ignore[arg-type]
+    assert seen == [{"phase": "archiving"}]
