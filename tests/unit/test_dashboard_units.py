@@ -412,6 +412,18 @@ def test_filters_refuse_unknown_values_and_pages_render(site: Site) -> None:
     assert 'id="card-json"' in overview.text and site.backup_id in overview.text
 
 
+def test_the_overview_shows_each_off_site_target_and_how_far_behind(site: Site) -> None:
+    """One row per target from `status`'s own figures: a verified backup no target holds yet."""
+    targets = '[{"name": "gcs-eu", "provider": "gcs", "bucket": "b"}]'
+    settings = site.settings.model_copy(update={"offsite_targets": targets})
+    client = TestClient(create_app(settings, site.catalog), client=("testclient", 50000))
+    assert log_in(client, "vera") == 303
+    page = client.get("/").text
+    assert 'id="targets"' in page
+    row = page[page.index('id="targets"') :]
+    assert "gcs-eu" in row and "1 backup<" in row and "behind" in row
+
+
 def test_running_work_lists_the_workers_runs_with_a_link_to_flower(site: Site) -> None:
     site.catalog.task_started("3f2b-task", "lifeos.backup.create", 1, "dumps@host")
     done = site.catalog.task_started("9a1c-task", "lifeos.backup.verify", 1, "lifeos@host")
