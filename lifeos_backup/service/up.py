@@ -244,7 +244,12 @@ def run_stack(settings: Settings) -> int:
             from lifeos_backup.monitoring.metrics import serve_in_background
 
             stop_metrics = serve_in_background(settings, say)  # LIFEOS_METRICS_PORT=0: off
-            supervisor.run(stop, flower_url)
+            listening = (
+                (settings.dashboard_address, settings.dashboard_port)
+                if settings.dashboard_port
+                else None
+            )
+            supervisor.run(stop, flower_url, listening)
             return 0
         finally:
             if stop_metrics is not None:
@@ -504,6 +509,15 @@ def _flower_url(settings: Settings) -> str:
     return f"http://{host}:{settings.flower_port}"
 
 
+def _listens(host: str, port: int) -> bool:
+    """Something accepts connections at host:port (the dashboard, HTTP or HTTPS)."""
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
 def _answers_http(url: str) -> bool:
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
     try:
@@ -547,8 +561,12 @@ class Supervisor:
         started = ", ".join(f"{r.name} (pid {r.child.popen.pid})" for r in self.roles if r.child)
         say(f"Started {started}; logs in {self.logs}")
 
-    def run(self, stop: StopRequest, flower_url: str) -> None:
-        """Until a signal: restart the dead, ping Redis, announce once everything runs."""
+    def run(
+        self, stop: StopRequest, flower_url: str, dashboard: tuple[str, int] | None = None
+    ) -> None:
+        """Until a signal: restart the dead, ping Redis, announce once everything runs: the
+        children alive, Flower answering and the dashboard (when on) accepting connections, so
+        that whoever waits for the announcement can use them at once."""
         announced = False
         began = time.monotonic()
         flower_late = False
@@ -560,7 +578,12 @@ class Supervisor:
                     self._start(role, now)
             if now >= self.next_ping:
                 self._watch_broker(now)
-            if not announced and self._all_running() and _answers_http(f"{flower_url}/"):
+            if (
+                not announced
+                and self._all_running()
+                and _answers_http(f"{flower_url}/")
+                and (dashboard is None or _listens(*dashboard))
+            ):
                 say("worker, beat and flower running; Ctrl-C stops them")
                 announced = True
             elif not (announced or flower_late) and now - began > START_TIMEOUT:
