@@ -139,5 +139,5 @@ class Sessions:
 
 
 def same_token(expected: str, given: str | None) -> bool:
-    """Constant-time comparison of the form's CSRF token with the session's."""
+    """Constant-time comparison of the form's CSRF token with the one in the signed cookie."""
     return bool(expected) and isinstance(given, str) and hmac.compare_digest(expected, given)

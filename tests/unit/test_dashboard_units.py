@@ -22,6 +22,7 @@ from lifeos_backup.core.settings import Settings
 from lifeos_backup.jobs.backups import create_backup, verify_backup
 from lifeos_backup.storage import audit
 from lifeos_backup.storage.catalog import Catalog
+from lifeos_backup.storage.catalog.models import RestoreRequest
 from lifeos_backup.web import accounts, charts, guard, restores, serve
 from lifeos_backup.web.app import SECURITY_HEADERS, create_app
 from lifeos_backup.web.sessions import COOKIE, SECRET_FILE, secret_key
@@ -294,13 +295,18 @@ def test_production_needs_a_second_admin_and_one_approval_wins(site: Site) -> No
     assert [r.actor for r in approvals] == [done.approved_by]
 
 
-def test_a_restore_runs_once_even_when_its_message_comes_twice(site: Site, tmp_path: Path) -> None:
+def operator_restore(site: Site, tmp_path: Path) -> RestoreRequest:
+    """otto (an operator) asks for the backup restored into a new folder: enqueued at once."""
     otto = accounts.authenticate(site.catalog, "otto", PASSWORD)
     assert otto is not None
-    req = restores.request(
+    return restores.request(
         site.settings, site.catalog, otto, site.backup_id, str(tmp_path / "copy"),
         lambda _i, _who: "task",
     )  # fmt: skip
+
+
+def test_a_restore_runs_once_even_when_its_message_comes_twice(site: Site, tmp_path: Path) -> None:
+    req = operator_restore(site, tmp_path)
     first = restores.run(site.settings, site.catalog, req.id)
     again = restores.run(site.settings, site.catalog, req.id)
     assert first["status"] == "succeeded" and again.get("skipped")
@@ -318,6 +324,7 @@ import sys, time
 from pathlib import Path
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.storage.catalog import Catalog
+from lifeos_backup.storage.catalog.models import RestoreRequest
 from lifeos_backup.web import restores
 root = Path(sys.argv[1])
 settings = Settings(backup_root=root / "backups", app_dir=root / "app",
@@ -339,12 +346,7 @@ def test_a_restore_whose_worker_is_killed_is_failed_not_running_for_good(
     import subprocess
     import sys
 
-    otto = accounts.authenticate(site.catalog, "otto", PASSWORD)
-    assert otto is not None
-    req = restores.request(
-        site.settings, site.catalog, otto, site.backup_id, str(tmp_path / "copy"),
-        lambda _i, _who: "task",
-    )  # fmt: skip
+    req = operator_restore(site, tmp_path)
     child = subprocess.Popen(
         [sys.executable, "-c", _STUCK_RESTORE, str(tmp_path), str(req.id)],
         stdout=subprocess.PIPE, text=True,
@@ -366,12 +368,7 @@ def test_a_restore_whose_worker_is_killed_is_failed_not_running_for_good(
 
 
 def test_a_redelivered_message_of_a_dead_restore_fails_it(site: Site, tmp_path: Path) -> None:
-    otto = accounts.authenticate(site.catalog, "otto", PASSWORD)
-    assert otto is not None
-    req = restores.request(
-        site.settings, site.catalog, otto, site.backup_id, str(tmp_path / "copy"),
-        lambda _i, _who: "task",
-    )  # fmt: skip
+    req = operator_restore(site, tmp_path)
     assert restores.claim(site.catalog, req.id)  # as a worker that then died without a trace
     answer = restores.run(site.settings, site.catalog, req.id)
     assert answer["status"] == restores.FAILED

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import posixpath
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,6 +55,7 @@ from lifeos_backup.storage.offsite.staged import (
 from lifeos_backup.storage.offsite.store import (
     ObjectInfo,
     ObjectOptions,
+    PrefixedKeys,
     Readable,
     StoredPart,
     Stream,
@@ -150,7 +150,7 @@ def _block_number(upload_id: str, block_id: str) -> int | None:
 
 
 @dataclass
-class AzureStore:
+class AzureStore(PrefixedKeys):
     """One container and prefix (store.ObjectStore)."""
 
     container: ContainerClient
@@ -158,16 +158,6 @@ class AzureStore:
     where: str
     transient: tuple[type[BaseException], ...] = (AzureError, OSError)
     max_parts: int = MAX_PARTS
-
-    def key(self, relpath: str) -> str:
-        return posixpath.join(self.prefix, relpath) if self.prefix else relpath
-
-    def relpath(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
-
-    @property
-    def root(self) -> str:
-        return self.prefix + "/" if self.prefix else ""
 
     def errors(self, what: str) -> contextlib.AbstractContextManager[None]:
         return azure_errors(what, self.where)

@@ -53,6 +53,7 @@ from lifeos_backup.storage.offsite.staged import (
 from lifeos_backup.storage.offsite.store import (
     ObjectInfo,
     ObjectOptions,
+    PrefixedKeys,
     Readable,
     StoredPart,
     Stream,
@@ -138,7 +139,7 @@ def _not_found(exc: BaseException) -> bool:
 
 
 @dataclass
-class GCSStore:
+class GCSStore(PrefixedKeys):
     """One bucket and prefix (store.ObjectStore)."""
 
     client: storage.Client
@@ -156,16 +157,6 @@ class GCSStore:
 
     def __post_init__(self) -> None:
         self._staging = staging_root(self.prefix)
-
-    def key(self, relpath: str) -> str:
-        return posixpath.join(self.prefix, relpath) if self.prefix else relpath
-
-    def relpath(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
-
-    @property
-    def root(self) -> str:
-        return self.prefix + "/" if self.prefix else ""
 
     def errors(self, what: str) -> contextlib.AbstractContextManager[None]:
         return gcs_errors(what, self.where)

@@ -13,7 +13,6 @@ next sync tries again) or a ConfigError/PermanentError (retrying cannot help).
 from __future__ import annotations
 
 import contextlib
-import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -43,6 +42,7 @@ from lifeos_backup.core.targets import Target, credential, legacy
 from lifeos_backup.storage.offsite.store import (
     ObjectInfo,
     ObjectOptions,
+    PrefixedKeys,
     Readable,
     StoredPart,
     Stream,
@@ -193,7 +193,7 @@ def _no_such_upload(exc: ClientError) -> bool:
 
 
 @dataclass
-class S3Store:
+class S3Store(PrefixedKeys):
     """One bucket and prefix with a thread-safe low-level client (store.ObjectStore)."""
 
     client: BaseClient
@@ -204,16 +204,6 @@ class S3Store:
     server_side_encryption: str | None = None
     sse_kms_key_id: str | None = None
     transient: tuple[type[BaseException], ...] = (BotoCoreError, OSError)
-
-    def key(self, relpath: str) -> str:
-        return posixpath.join(self.prefix, relpath) if self.prefix else relpath
-
-    def relpath(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
-
-    @property
-    def root(self) -> str:
-        return self.prefix + "/" if self.prefix else ""
 
     def errors(self, what: str) -> contextlib.AbstractContextManager[None]:
         return s3_errors(what, self.where)

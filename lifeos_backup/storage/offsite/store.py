@@ -76,6 +76,23 @@ class Stream(Protocol):
     def read(self, size: int = -1) -> bytes: ...
 
 
+class PrefixedKeys:
+    """Object keys below a store's prefix, the same rule for every provider: `<prefix>/<relpath>`
+    (the repository's own layout), or the relpath itself without a prefix."""
+
+    prefix: str
+
+    def key(self, relpath: str) -> str:
+        return posixpath.join(self.prefix, relpath) if self.prefix else relpath
+
+    def relpath(self, key: str) -> str:
+        return key[len(self.prefix) + 1 :] if self.prefix else key
+
+    @property
+    def root(self) -> str:
+        return self.prefix + "/" if self.prefix else ""
+
+
 class ObjectStore(Protocol):
     """One bucket (or container) and prefix of one provider."""
 
