@@ -23,22 +23,28 @@ Four parts, every contender in its own child process (peak RSS is its own):
    Emulators and client share the machine's cores: on two cores the side-by-side uploads compete
    for CPU with each other and with the emulators.
 
-`--only transfer,encryption,backup,targets` runs a subset.
+5. A backup's chain (`--only chain`, not in the default set): a JSON backup of an app folder of
+   SIZE MB (JSON files of base64 noise) through Redis and the two workers `lifeos-backup up`
+   starts, from the request to the rotate step's result, with each target alone and with all
+   three. Target: three targets lengthen the chain by at most the slowest single upload step
+   (the upload task's seconds, from the worker's log); PASS or FAIL is printed.
+
+`--only transfer,encryption,backup,targets,chain` runs a subset.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,36 +82,6 @@ def write_random(path: Path, size: int) -> str:
             out.write(block)
             left -= len(block)
     return digest.hexdigest()
-
-
-class Moto:
-    """A moto S3 server on a free port, for the length of the benchmark."""
-
-    def __init__(self, log: Path) -> None:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        for _ in range(300):
-            try:
-                with urllib.request.urlopen(self.url + "/moto-api/", timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit("moto server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-        self._log.close()
 
 
 def s3_client(endpoint: str) -> Any:
@@ -217,14 +193,16 @@ def ours_download(
     settings = Settings()
     now = datetime.now(UTC)
     manifest = Manifest(
-        backup_id="bench",
+        backup_id="json_backup_20260101_000000",  # any valid id: only the archive is read
         kind="json",
         created_at=now,
         finished_at=now,
         host="bench",
         tool_version="bench",
         compression=Compression(algorithm="zstd", level=7),
-        archive=ArchiveInfo(name="x", size=os.path.getsize(archive), sha256=sha256),
+        archive=ArchiveInfo(
+            name="json_backup_20260101_000000.tar.zst", size=os.path.getsize(archive), sha256=sha256
+        ),
     )
     dest = Path(archive).with_name(f"down-{uuid.uuid4().hex}")
     started = time.perf_counter()
@@ -358,7 +336,9 @@ def _mbps(size: int, seconds: float) -> str:
 
 
 def transfer(work: Path, archive: Path, sha256: str, repeat: int) -> list[list[str]]:
-    moto = Moto(work / "moto.log")
+    from tests.support.s3 import MotoServer
+
+    moto = MotoServer()
     try:
         client = s3_client(moto.url)
         bucket = f"bench-{uuid.uuid4().hex[:10]}"
@@ -393,22 +373,32 @@ def transfer(work: Path, archive: Path, sha256: str, repeat: int) -> list[list[s
         moto.stop()
 
 
-def several_targets(
-    work: Path, archive: Path, sha256: str, repeat: int
-) -> tuple[list[list[str]], bool, str]:
-    """Upload to each emulator alone, to two and to three at once; rows, pass, verdict line."""
+@contextlib.contextmanager
+def emulated_targets(tag: str) -> Iterator[dict[str, Any]]:
+    """moto, gcp-storage-emulator and Azurite as in the tests, a bucket or container on each."""
     from tests.support.emulators import Azurite, GcsEmulator, azure_container, gcs_bucket, s3_bucket
     from tests.support.s3 import MotoServer
 
     servers: list[Any] = []
     try:
-        moto, gcs, azurite = MotoServer(), GcsEmulator(), Azurite()
-        servers = [moto, gcs, azurite]
-        buckets = {
-            "s3": s3_bucket(moto, "s3-bench"),
-            "gcs": gcs_bucket(gcs, "gcs-bench"),
-            "azure": azure_container(azurite, "azure-bench"),
+        for start in (MotoServer, GcsEmulator, Azurite):
+            servers.append(start())
+        moto, gcs, azurite = servers
+        yield {
+            "s3": s3_bucket(moto, f"s3-{tag}"),
+            "gcs": gcs_bucket(gcs, f"gcs-{tag}"),
+            "azure": azure_container(azurite, f"azure-{tag}"),
         }
+    finally:
+        for server in reversed(servers):
+            server.stop()
+
+
+def several_targets(
+    work: Path, archive: Path, sha256: str, repeat: int
+) -> tuple[list[list[str]], bool, str]:
+    """Upload to each emulator alone, to two and to three at once; rows, pass, verdict line."""
+    with emulated_targets("bench") as buckets:
         setups = {
             "S3 (moto server)": ["s3"],
             "GCS (gcp-storage-emulator)": ["gcs"],
@@ -457,9 +447,99 @@ def several_targets(
             f"{'PASS' if passed else 'FAIL'}"
         )
         return rows, passed, verdict
-    finally:
-        for server in reversed(servers):
-            server.stop()
+
+
+def blob_tree(root: Path, size: int) -> None:
+    """An app folder of about SIZE bytes in 2 MB JSON files of base64 noise (compresses little,
+    so the archive is about three quarters of SIZE)."""
+    import base64
+
+    folder = root / "data" / "blobs"
+    folder.mkdir(parents=True, exist_ok=True)
+    for number in range(max(1, size // (2 * MB))):
+        text = base64.b64encode(os.urandom(3 * MB // 2)).decode()
+        (folder / f"blob_{number:04d}.json").write_text(json.dumps({"n": number, "b": text}))
+
+
+def chain_wall_time(work: Path, size_mb: int, repeat: int) -> tuple[list[list[str]], bool, str]:
+    """A JSON backup's whole chain (create, verify, upload, rotate) through Redis and the two
+    workers `up` starts, to each target alone and to all three: seconds from the request to the
+    rotate step's result, and the upload step's own seconds from the worker's log. Workers restart
+    between set-ups (their settings differ); the order rotates each round."""
+    import re
+
+    from lifeos_backup.app.client import make_app, request_backup
+    from tests.support.services import RedisServer
+    from tests.support.worker import WorkerProcess
+
+    uploaded = re.compile(r"Task lifeos\.backup\.upload\[\S+\] succeeded in ([0-9.]+)s")
+    app_dir = work / "app"
+    blob_tree(app_dir, size_mb * MB)
+    with contextlib.ExitStack() as stack, emulated_targets("chain") as buckets:
+        redis = RedisServer()
+        stack.callback(redis.stop)
+        setups = {
+            "S3 alone": ["s3"],
+            "GCS alone": ["gcs"],
+            "Azure alone": ["azure"],
+            "S3 + GCS + Azure": list(buckets),
+        }
+        chain: dict[str, list[float]] = {k: [] for k in setups}
+        uploads: dict[str, list[float]] = {k: [] for k in setups}  # the upload task's seconds
+        archive_mb = 0.0
+        for rnd in range(repeat):
+            order = list(setups.items())
+            for number, (label, names) in enumerate(order[rnd:] + order[:rnd]):
+                chosen = [buckets[n] for n in names]
+                env = clean_env(
+                    drop_prefixes=("LIFEOS_", "AWS_", "GOOGLE_", "AZURE_"),
+                    LIFEOS_BACKUP_ROOT=str(work / f"repo-{rnd}-{number}"),
+                    LIFEOS_APP_DIR=str(app_dir),
+                    LIFEOS_REDIS_URL=redis.url(number),
+                    LIFEOS_OFFSITE_TARGETS=json.dumps([b.target for b in chosen]),
+                    **{k: v for b in chosen for k, v in b.env.items()},
+                )
+                logs = [work / f"dumps-{rnd}-{number}.log", work / f"other-{rnd}-{number}.log"]
+                workers = [  # either may run the upload: both consume the host's queue
+                    WorkerProcess(env, logs[0], 1, "dumps", f"d{rnd}{number}@%h"),
+                    WorkerProcess(
+                        env, logs[1], 2, "uploads,drills,maintenance", f"w{rnd}{number}@%h"
+                    ),
+                ]
+                try:
+                    for worker in workers:
+                        worker.wait_ready(60)
+                    app = make_app(env["LIFEOS_REDIS_URL"])
+                    started = time.perf_counter()
+                    ref = request_backup("json", "benchmark", app=app, initiator="bench")
+                    app.AsyncResult(ref.rotate_task_id).get(timeout=600)
+                    chain[label].append(time.perf_counter() - started)
+                finally:
+                    for worker in workers:
+                        worker.stop()
+                seconds = [float(m) for log in logs for m in uploaded.findall(log.read_text())]
+                assert len(seconds) == 1, f"{label}: upload steps {seconds}"
+                uploads[label].append(seconds[0])
+                for bucket in chosen:  # one archive on each; the emulators keep it in memory
+                    found = [n for n in bucket.names() if n.endswith(".tar.zst")]
+                    assert len(found) == 1, f"{bucket.target['name']}: {found}"
+                    archive_mb = len(bucket.get(found[0])) / MB
+                    for name in bucket.names():
+                        bucket.delete(name)
+                shutil.rmtree(env["LIFEOS_BACKUP_ROOT"])
+        med = {k: median(v) for k, v in chain.items()}
+        rows = [
+            [k, f"{med[k]:.2f}", f"{min(v):.2f}", f"{max(v):.2f}", f"{median(uploads[k]):.2f}"]
+            for k, v in chain.items()
+        ]
+        slowest = max(median(uploads[k]) for k, v in setups.items() if len(v) == 1)
+        added = med["S3 + GCS + Azure"] - med["S3 alone"]
+        passed = added <= slowest
+        verdict = (
+            f"archive {archive_mb:.0f} MB; three targets vs S3 alone: {added:+.2f} s, slowest "
+            f"single upload step {slowest:.2f} s: {'PASS' if passed else 'FAIL'}"
+        )
+        return rows, passed, verdict
 
 
 def encryption(work: Path, archive: Path, repeat: int) -> list[list[str]]:
@@ -564,6 +644,14 @@ def main() -> int:
                 print(verdict, flush=True)
                 status = status or (0 if passed else 1)
             archive.unlink()
+        if "chain" in parts:
+            print(f"\n### A JSON backup's chain ({args.size_mb} MB app folder), 1 vs 3 targets\n")
+            rows, passed, verdict = chain_wall_time(work, args.size_mb, args.repeat)
+            columns = ["targets", "chain s (median)", "min", "max", "upload step s (median)"]
+            print(markdown_table(columns, rows))
+            print("(request to the rotate step's result, through Redis and two workers)")
+            print(verdict, flush=True)
+            status = status or (0 if passed else 1)
         if "backup" in parts:
             print(f"\n### Encryption inside a JSON backup ({args.files:,} files)\n")
             rows, costs = backup_cost(work, args.files, args.repeat)

@@ -8,19 +8,14 @@ credentials are the names of variables set in the test's environment.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.services import ServiceUnavailable, _tail, free_port
+from tests.support.http_process import HttpProcess
+from tests.support.services import ServiceUnavailable, free_port
 
 REPO = Path(__file__).resolve().parents[2]
 AZURITE = REPO / ".cache" / "azurite" / "node_modules" / ".bin" / "azurite-blob"
@@ -34,56 +29,7 @@ AZURITE_KEY = (
 )
 
 
-class _Process:
-    """A child process serving HTTP on `port`, waited for until `ready_path` answers."""
-
-    name = "emulator"
-
-    def __init__(self, argv: list[str], port: int, ready_path: str, timeout: float = 60) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix=f"lifeos-{self.name}-"))
-        self.log = self.dir / f"{self.name}.log"
-        self.port = port
-        with self.log.open("ab") as log:
-            self._proc = subprocess.Popen(
-                argv, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(self.url + ready_path, timeout=1):
-                    return
-            except urllib.error.HTTPError:
-                return  # it answers: up
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.1)
-        self.stop()
-        raise ServiceUnavailable(f"{self.name} did not start:\n{_tail(self.log)}")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def pause(self) -> None:
-        """Stop answering (SIGSTOP): connections hang or are refused like an outage."""
-        self._proc.send_signal(19)
-
-    def resume(self) -> None:
-        self._proc.send_signal(18)
-
-
-class GcsEmulator(_Process):
+class GcsEmulator(HttpProcess):
     name = "gcs"
 
     def __init__(self) -> None:
@@ -104,7 +50,7 @@ class GcsEmulator(_Process):
         )
 
 
-class Azurite(_Process):
+class Azurite(HttpProcess):
     name = "azurite"
 
     def __init__(self) -> None:

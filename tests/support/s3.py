@@ -9,57 +9,30 @@ every request must be signed by an access key it issued (moto.core.authorization
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import boto3
 
-from tests.support.services import ServiceUnavailable, _tail, free_port
+from tests.support.http_process import HttpProcess
+from tests.support.services import free_port
 
 REGION = "us-east-1"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "lifeos-test", "AWS_SECRET_ACCESS_KEY": "lifeos-test-secret"}
 
 
-class MotoServer:
+class MotoServer(HttpProcess):
     """`python -m moto.server` as a child process; `url` is its endpoint."""
 
-    def __init__(self, start_timeout: float = 30, env: dict[str, str] | None = None) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix="lifeos-moto-"))
-        self.log = self.dir / "moto.log"
-        self.port = free_port()
-        self.credentials = dict(CREDENTIALS)
-        with self.log.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})},
-            )
-        deadline = time.monotonic() + start_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(self.url + "/moto-api/", timeout=1):
-                    return
-            except (urllib.error.URLError, ConnectionError, OSError):
-                time.sleep(0.1)
-        self.stop()
-        raise ServiceUnavailable(f"moto server did not start:\n{_tail(self.log)}")
+    name = "moto"
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def __init__(self, start_timeout: float = 30, env: dict[str, str] | None = None) -> None:
+        self.credentials = dict(CREDENTIALS)
+        port = free_port()
+        argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+        super().__init__(argv, port, "/moto-api/", start_timeout, env)
 
     def client(self, service: str = "s3") -> Any:
         return boto3.client(
@@ -69,15 +42,6 @@ class MotoServer:
             aws_access_key_id=self.credentials["AWS_ACCESS_KEY_ID"],
             aws_secret_access_key=self.credentials["AWS_SECRET_ACCESS_KEY"],
         )
-
-    def stop(self) -> None:
-        if self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
 
 
 @dataclass

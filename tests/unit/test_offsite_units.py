@@ -6,8 +6,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,11 +29,13 @@ from lifeos_backup.core.errors import (
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.manifest import ArchiveInfo, Compression, Manifest
 from lifeos_backup.storage.catalog import Backup
+from lifeos_backup.storage.offsite import upload
 from lifeos_backup.storage.offsite.s3 import translate
 from lifeos_backup.storage.offsite.state import location
 from lifeos_backup.storage.offsite.store import ObjectInfo, same_checksum
 from lifeos_backup.storage.offsite.upload import (
     MIB,
+    Plans,
     RangeReader,
     Throttle,
     part_size_for,
@@ -112,6 +116,38 @@ def test_plan_hashes_parts_and_refuses_a_changed_file(tmp_path: Path) -> None:
     path.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
     with pytest.raises(VerificationFailed, match="changed since it was verified"):
         plan_upload(path, manifest, MIB)
+
+
+def test_targets_side_by_side_share_one_hashing_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three targets' threads asking at once get one plan per part size, made by one pass."""
+    path = tmp_path / "json_backup_20260101_000000.tar.zst"
+    path.write_bytes(os.urandom(3 * MIB))
+    manifest = _manifest(path)
+    passes: list[int] = []
+    everyone = threading.Barrier(3)
+
+    def counted(where: Path, wanted: Manifest, part_size: int) -> upload.UploadPlan:
+        passes.append(part_size)
+        return plan_upload(where, wanted, part_size)
+
+    monkeypatch.setattr(upload, "plan_upload", counted)
+    plans = Plans()
+
+    def ask(part_size: int) -> upload.UploadPlan:
+        everyone.wait()
+        return plans.get(path, manifest, part_size)
+
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(ask, [MIB, MIB, 2 * MIB]))
+    assert sorted(passes) == [MIB, 2 * MIB]
+    assert got[0] is got[1] and len(got[0].parts) == 3 and len(got[2].parts) == 2
+    path.write_bytes(os.urandom(3 * MIB))  # a failed plan is not kept: each asker sees it
+    fresh = Plans()
+    for _ in range(2):
+        with pytest.raises(VerificationFailed):
+            fresh.get(path, manifest, MIB)
 
 
 def test_empty_archive_is_one_empty_part(tmp_path: Path) -> None:
@@ -243,8 +279,13 @@ def test_remote_manifest_goes_through_a_file_and_its_entries_stream_from_it(
     write_manifest(
         local,
         Manifest(
-            backup_id=backup_id, kind="json", created_at=now, finished_at=now, host="h",
-            tool_version="t", compression=Compression(algorithm="zstd", level=3),
+            backup_id=backup_id,
+            kind="json",
+            created_at=now,
+            finished_at=now,
+            host="h",
+            tool_version="t",
+            compression=Compression(algorithm="zstd", level=3),
             archive=ArchiveInfo(name=f"{backup_id}.tar.zst", size=1, sha256="c" * 64),
             files=entries,
         ),

@@ -29,6 +29,7 @@ from lifeos_backup.storage.offsite.download import fetched
 from lifeos_backup.storage.offsite.store import ObjectStore, find_manifest, manifest_keys
 from lifeos_backup.storage.offsite.targets import configured, connect, retention
 from lifeos_backup.storage.offsite.upload import (
+    Plans,
     abort_upload,
     remote_mismatch,
     upload_backup,
@@ -280,9 +281,12 @@ def repair(
                 lock(f"upload:{row.id}"),
                 fetched(row.id, settings, catalog, progress, healthy) as (archive, _manifest),
             ):
+                plans = Plans()  # one hashing pass for every damaged target
                 for name in bad:
                     try:
-                        upload_to(row.id, by_name[name], settings, catalog, progress, archive)
+                        upload_to(
+                            row.id, by_name[name], settings, catalog, progress, archive, plans
+                        )
                     except LifeosError as exc:
                         report.failed[f"{row.id} on {name}"] = str(exc)
                         continue

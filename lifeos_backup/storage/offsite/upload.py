@@ -208,6 +208,28 @@ def plan_upload(path: Path, manifest: Manifest, part_size: int) -> UploadPlan:
     return plan
 
 
+class Plans:
+    """Upload plans of one archive, one per part size, made once for uploads side by side.
+
+    Several targets take the same archive, usually in the same part size: one hashing pass
+    serves them all instead of one pass per target. A target thread that asks for a plan
+    another thread is making waits for it; a plan that fails (the archive changed) is not kept,
+    so every thread sees the failure.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple[Path, int], tuple[threading.Lock, list[UploadPlan]]] = {}
+
+    def get(self, path: Path, manifest: Manifest, part_size: int) -> UploadPlan:
+        with self._lock:
+            lock, made = self._entries.setdefault((path, part_size), (threading.Lock(), []))
+        with lock:
+            if not made:
+                made.append(plan_upload(path, manifest, part_size))
+            return made[0]
+
+
 # --- Object options -------------------------------------------------------------------------------
 
 
@@ -502,9 +524,11 @@ def upload_backup(
     if len(todo) == 1:
         return upload_to(backup_id, todo[0], settings, catalog, progress)
     results: dict[str, Uploaded | LifeosError] = {}
+    plans = Plans()
     with ThreadPoolExecutor(max_workers=len(todo), thread_name_prefix="offsite") as pool:
         futures = {
-            t.name: pool.submit(upload_to, backup_id, t, settings, catalog, progress) for t in todo
+            t.name: pool.submit(upload_to, backup_id, t, settings, catalog, progress, None, plans)
+            for t in todo
         }
         for name, future in futures.items():
             try:
@@ -532,11 +556,13 @@ def upload_to(
     catalog: Catalog,
     progress: ProgressFn = ignore,
     source: Path | None = None,
+    plans: Plans | None = None,
 ) -> Uploaded:
     """Copy one verified backup to one target (resuming an upload left unfinished there).
 
     `source`: an archive to send instead of the local one, its manifest beside it (a copy
     downloaded from another target, for the sync's repair); the key stays the backup's own.
+    `plans`: shared with the other targets' uploads of the same archive (one hashing pass).
     Failures are recorded on the copy (status=failed, error); the local backup's own status is
     untouched unless its local archive no longer matches its manifest.
     """
@@ -560,7 +586,7 @@ def upload_to(
             state.mark(catalog, backup_id, state.UPLOADING, target.name, attempts=attempts)
             max_parts = getattr(remote, "max_parts", MAX_PARTS)
             part_size = part_size_for(manifest.archive.size, settings.s3_part_size_mb, max_parts)
-            plan = plan_upload(archive, manifest, part_size)
+            plan = (plans or Plans()).get(archive, manifest, part_size)
             now = utcnow()
             options = object_options(settings, manifest, now)
             if not target.legacy:  # Object Lock is LIFEOS_S3_*'s (the target `s3`)
