@@ -175,8 +175,14 @@ def run_callable(
 
 
 def clean_env(drop_prefixes: Sequence[str] = (), **extra: str) -> dict[str, str]:
-    """This process's environment without variables starting with `drop_prefixes`, plus `extra`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(tuple(drop_prefixes))}
+    """This process's environment without variables starting with `drop_prefixes`, plus `extra`.
+
+    Without PYTHONDONTWRITEBYTECODE too: an installed package has its bytecode (pip compiles it),
+    while an editable checkout run with it set compiles the package on every call (`list`:
+    median 1.41 s against 1.22 s, five pairs taken in turns), a cost no installation pays.
+    """
+    drop = (*drop_prefixes, "PYTHONDONTWRITEBYTECODE")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(extra)
     return env
 

@@ -67,6 +67,11 @@ if [[ ! -e "$stamp" ]]; then
     touch "$stamp"
 fi
 
+# Bytecode for the project's own modules, as an installed package has it: with
+# PYTHONDONTWRITEBYTECODE set (as in the Dockerfile and some CI images) nothing writes it, and
+# every CLI, worker and test child would compile the package from source again.
+.venv/bin/python -m compileall -q -j 0 lifeos_backup tasks workers tests benchmarks beat_schedule.py >/dev/null
+
 # 3) Lint and type-check (the files and settings are in pyproject.toml's [tool.mypy]).
 .venv/bin/ruff check .
 .venv/bin/python -m mypy
