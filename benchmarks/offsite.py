@@ -225,18 +225,6 @@ def single_get(endpoint: str, bucket: str, key: str, archive: str) -> dict[str, 
     return {"seconds": seconds}
 
 
-def targets_upload(work: str, archive: str, sha256: str) -> dict[str, Any]:
-    """Our upload step to every target of LIFEOS_OFFSITE_TARGETS (set by the parent)."""
-    from lifeos_backup.storage.offsite.upload import upload_backup
-
-    settings, catalog, backup_id = _repository(work, archive, sha256)
-    started = time.perf_counter()
-    done = upload_backup(backup_id, settings, catalog)
-    seconds = time.perf_counter() - started
-    assert done is not None and not done.adopted
-    return {"seconds": seconds}
-
-
 # --- encryption contenders ------------------------------------------------------------------------
 
 
@@ -418,7 +406,7 @@ def several_targets(
                     **secrets,
                 )
                 runs[label].append(
-                    run_callable(targets_upload, str(work), str(archive), sha256, env=env)
+                    run_callable(ours_upload, str(work), str(archive), sha256, env=env)
                 )
                 for bucket in chosen:  # the emulators keep objects in memory
                     for name in bucket.names():
