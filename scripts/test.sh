@@ -106,9 +106,11 @@ fi
 # 5) The whole suite (or what the arguments select) in .venv; pytest's exit code (5 = nothing
 #    collected, too) is ours. The whole suite runs in LIFEOS_TEST_WORKERS pytest-xdist processes
 #    (default 2): most of its time is spent waiting on servers and workers, not on the CPU. Each
-#    process starts its own Redis, PostgreSQL and moto server; 1 runs it in one process.
+#    process starts its own Redis, PostgreSQL and moto server; 1 runs it in one process. A
+#    module's tests stay in one process (loadscope): its module-scoped fixtures (the command-tree
+#    walk, a source database) are then made once, not once per process.
 workers=()
 if [[ "$whole_suite" == 1 && "${LIFEOS_TEST_WORKERS:-2}" -gt 1 ]]; then
-    workers=(-n "${LIFEOS_TEST_WORKERS:-2}")
+    workers=(-n "${LIFEOS_TEST_WORKERS:-2}" --dist loadscope)
 fi
 exec .venv/bin/python -m pytest "${workers[@]}" "$@"
