@@ -279,13 +279,8 @@ def test_remote_manifest_goes_through_a_file_and_its_entries_stream_from_it(
     write_manifest(
         local,
         Manifest(
-            backup_id=backup_id,
-            kind="json",
-            created_at=now,
-            finished_at=now,
-            host="h",
-            tool_version="t",
-            compression=Compression(algorithm="zstd", level=3),
+            backup_id=backup_id, kind="json", created_at=now, finished_at=now, host="h",
+            tool_version="t", compression=Compression(algorithm="zstd", level=3),
             archive=ArchiveInfo(name=f"{backup_id}.tar.zst", size=1, sha256="c" * 64),
             files=entries,
         ),
