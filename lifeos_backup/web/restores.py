@@ -154,6 +154,16 @@ def request(
     return get(catalog, request_id)
 
 
+def _set(catalog: Catalog, request_id: int, only_if: str | None, **values: Any) -> bool:
+    """Update one request; with `only_if`, only while it has that status (a compare-and-set:
+    of two racing callers one wins). True when the row changed."""
+    statement = update(RestoreRequest).where(RestoreRequest.id == request_id)
+    if only_if is not None:
+        statement = statement.where(RestoreRequest.status == only_if)
+    with catalog.session() as s:
+        return bool(changed(s, statement.values(**values)))
+
+
 def approve(
     catalog: Catalog, account: Account, request_id: int, enqueue: Enqueue
 ) -> RestoreRequest:
@@ -169,13 +179,10 @@ def approve(
             f"{account.name} asked for request {request_id}",
             "another admin approves it",
         )
-    with catalog.session() as s:
-        won = changed(
-            s,
-            update(RestoreRequest)
-            .where(RestoreRequest.id == request_id, RestoreRequest.status == PENDING)
-            .values(status=APPROVED, approved_by=account.name, approved_at=utcnow()),
-        )
+    won = _set(
+        catalog, request_id, PENDING,
+        status=APPROVED, approved_by=account.name, approved_at=utcnow(),
+    )  # fmt: skip
     if not won:
         now = get(catalog, request_id)
         raise AlreadyDecided(
@@ -198,13 +205,10 @@ def reject(catalog: Catalog, account: Account, request_id: int) -> RestoreReques
         raise NotAllowed(
             "rejecting a restore needs the admin role", f"{account.name} is {account.role}"
         )
-    with catalog.session() as s:
-        won = changed(
-            s,
-            update(RestoreRequest)
-            .where(RestoreRequest.id == request_id, RestoreRequest.status == PENDING)
-            .values(status=REJECTED, approved_by=account.name, finished_at=utcnow()),
-        )
+    won = _set(
+        catalog, request_id, PENDING,
+        status=REJECTED, approved_by=account.name, finished_at=utcnow(),
+    )  # fmt: skip
     if not won:
         raise AlreadyDecided(f"restore request {request_id} is {get(catalog, request_id).status}")
     catalog.record_action(
@@ -220,35 +224,19 @@ def _enqueue(catalog: Catalog, request_id: int, initiator: str, enqueue: Enqueue
     except Exception as exc:  # Redis down: the request stays approved, and says why
         _finish(catalog, request_id, APPROVED, f"not enqueued: {exc}"[:2000], finished=False)
         raise
-    with catalog.session() as s:
-        changed(
-            s, update(RestoreRequest).where(RestoreRequest.id == request_id).values(task_id=task_id)
-        )
+    _set(catalog, request_id, None, task_id=task_id)
 
 
 def _finish(
     catalog: Catalog, request_id: int, status: str, error: str | None, finished: bool = True
 ) -> None:
-    with catalog.session() as s:
-        changed(
-            s,
-            update(RestoreRequest)
-            .where(RestoreRequest.id == request_id)
-            .values(status=status, error=error, finished_at=utcnow() if finished else None),
-        )
+    _set(catalog, request_id, None, status=status, error=error,
+         finished_at=utcnow() if finished else None)  # fmt: skip
 
 
 def claim(catalog: Catalog, request_id: int) -> bool:
     """`approved` -> `running`, once; False when it is not (any more) approved."""
-    with catalog.session() as s:
-        return bool(
-            changed(
-                s,
-                update(RestoreRequest)
-                .where(RestoreRequest.id == request_id, RestoreRequest.status == APPROVED)
-                .values(status=RUNNING),
-            )
-        )
+    return _set(catalog, request_id, APPROVED, status=RUNNING)
 
 
 @contextlib.contextmanager
@@ -276,15 +264,7 @@ def _running_lock(settings: Settings, request_id: int) -> Iterator[bool]:
 
 def _fail_if_abandoned(catalog: Catalog, request_id: int) -> bool:
     """`running` -> `failed` (only if still running); the caller holds its free lock."""
-    with catalog.session() as s:
-        return bool(
-            changed(
-                s,
-                update(RestoreRequest)
-                .where(RestoreRequest.id == request_id, RestoreRequest.status == RUNNING)
-                .values(status=FAILED, error=ABANDONED, finished_at=utcnow()),
-            )
-        )
+    return _set(catalog, request_id, RUNNING, status=FAILED, error=ABANDONED, finished_at=utcnow())
 
 
 def fail_abandoned(settings: Settings, catalog: Catalog) -> list[int]:
