@@ -1,7 +1,8 @@
 """`lifeos-backup audit`: read the audit trail, verify its hash chain, rotate it.
 
-Each function imports lifeos_backup.storage.audit (the trail lives in the SQL catalog) itself,
-so that `--help` does not load it.
+Listing reads the trail through the catalog's read-only view (lifeos_backup.storage.catalog.view),
+without SQLAlchemy; verify and rotate import lifeos_backup.storage.audit when they run, so that
+`--help` loads neither.
 
 Registered on the main app when lifeos_backup.cli.commands imports it, like the other groups.
 """
@@ -14,7 +15,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from lifeos_backup.cli.common import app, catalog, err, human_size, out, settings
+from lifeos_backup.cli.common import app, catalog, catalog_view, err, human_size, out, settings
 from lifeos_backup.core.errors import ConfigError, PermanentError
 
 audit_app = typer.Typer(
@@ -31,7 +32,7 @@ class AuditVerifyFailed(PermanentError):
 
 def check_since(value: str | None) -> str | None:
     """`--since` that is no duration or date, or reaches before the year 1: a usage error."""
-    from lifeos_backup.storage import audit
+    from lifeos_backup.storage import audit_query as audit
 
     if value is not None:
         try:
@@ -43,7 +44,7 @@ def check_since(value: str | None) -> str | None:
 
 def check_action(value: str | None) -> str | None:
     """An `--action` no record can have is a usage error naming the actions, not an empty list."""
-    from lifeos_backup.storage import audit
+    from lifeos_backup.storage import audit_query as audit
 
     if value is None or value in audit.action_filters():
         return value
@@ -75,10 +76,11 @@ def audit_list(
     """List audit records, oldest first (without a subcommand)."""
     if ctx.invoked_subcommand is not None:
         return
-    from lifeos_backup.storage import audit
+    from lifeos_backup.storage import audit_query as audit
 
     moment = audit.parse_since(since) if since else None
-    rows = [audit.as_dict(r) for r in audit.records(catalog(), since=moment, action=action)]
+    with catalog_view() as view:
+        rows = [audit.as_dict(r) for r in view.actions(since=moment, action=action)]
     if as_json:
         print(json.dumps(rows, indent=2, default=str))
         return

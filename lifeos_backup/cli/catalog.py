@@ -11,7 +11,7 @@ from rich.table import Table
 from lifeos_backup.cli.common import (
     KindOption,
     app,
-    catalog,
+    catalog_view,
     check_source,
     human_size,
     out,
@@ -22,15 +22,15 @@ from lifeos_backup.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from lifeos_backup.storage.catalog import Backup
+    from lifeos_backup.storage.catalog.view import BackupRow
     from lifeos_backup.storage.offsite.download import KeyNeeded
 
 catalog_app = typer.Typer(no_args_is_help=True, help="Maintain the catalog.")
 app.add_typer(catalog_app, name="catalog")
 
 
-def _row(b: Backup, held: dict[str, Any] | None = None) -> dict[str, Any]:
-    from lifeos_backup.storage.offsite.state import location
+def _row(b: BackupRow, held: dict[str, dict[str, str | None]] | None = None) -> dict[str, Any]:
+    from lifeos_backup.storage.offsite.places import location
 
     return {
         "id": b.id,
@@ -40,7 +40,7 @@ def _row(b: Backup, held: dict[str, Any] | None = None) -> dict[str, Any]:
         "offsite_status": b.offsite_status,
         "offsite_error": b.offsite_error,
         # The copy's status on each target that was ever tried: {"s3": "uploaded", ...}.
-        "offsite_targets": {t: c.status for t, c in (held or {}).get(b.id, {}).items()},
+        "offsite_targets": dict((held or {}).get(b.id, {})),
         "created_at": b.created_at.isoformat(),
         "size": b.size,
         "path": str(settings().backup_root / b.path),
@@ -62,10 +62,9 @@ def list_backups(
     as_json: Annotated[bool, typer.Option("--json", help="JSON array for scripts.")] = False,
 ) -> None:
     """List backups, newest first."""
-    from lifeos_backup.storage.offsite.state import copies_by_backup
-
-    held = copies_by_backup(catalog())
-    rows = [_row(b, held) for b in catalog().list(kind=kind)]
+    with catalog_view() as view:
+        held = view.copy_statuses()
+        rows = [_row(b, held) for b in view.backups(kind=kind)]
     if as_json:
         out.print_json(json.dumps(rows)) if out.is_terminal else print(json.dumps(rows))
         return
@@ -88,9 +87,10 @@ def list_backups(
 def show(backup_id: str) -> None:
     """Show one backup: catalog record and manifest summary."""
     from lifeos_backup.formats.manifest import read_manifest
-    from lifeos_backup.jobs.backups import locate
+    from lifeos_backup.storage.repository import locate
 
-    row, _archive, mpath = locate(settings(), catalog(), backup_id)
+    with catalog_view() as view:
+        row, _archive, mpath = locate(settings(), view, backup_id)
     info = _row(row)
     if mpath.exists():
         m = read_manifest(mpath)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from lifeos_backup.core.settings import Settings
     from lifeos_backup.storage.audit import AuditEntry
     from lifeos_backup.storage.catalog import Catalog
+    from lifeos_backup.storage.catalog.view import CatalogView
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 restore_app = typer.Typer(no_args_is_help=True, help="Restore a backup.")
@@ -82,6 +83,18 @@ def catalog() -> Catalog:
     s = settings()
     require_repository(s)
     return open_catalog(s.effective_catalog_url)
+
+
+@contextmanager
+def catalog_view() -> Iterator[CatalogView]:
+    """The read-only view of an existing repository's catalog, for commands that only look:
+    it reads without importing SQLAlchemy (lifeos_backup.storage.catalog.view)."""
+    from lifeos_backup.storage.catalog.view import open_view
+
+    s = settings()
+    require_repository(s)
+    with open_view(s.effective_catalog_url) as view:
+        yield view
 
 
 @contextmanager

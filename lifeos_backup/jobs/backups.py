@@ -45,7 +45,7 @@ from lifeos_backup.storage.catalog.store import (
     utcnow,
 )
 from lifeos_backup.storage.offsite.state import remote_only
-from lifeos_backup.storage.repository import kind_dir, new_backup_id
+from lifeos_backup.storage.repository import kind_dir, locate, new_backup_id
 from lifeos_backup.storage.retention import Candidate, Plan, parse_policy, plan
 
 log = logging.getLogger(__name__)
@@ -155,17 +155,6 @@ def create_backup(
         )
     log.info("created %s (%d bytes)", backup_id, written.size)
     return manifest
-
-
-def locate(settings: Settings, catalog: Catalog, backup_id: str) -> tuple[Backup, Path, Path]:
-    """Catalog row, archive path and manifest path of a backup that still exists."""
-    row = catalog.get(backup_id)
-    if row.status == DELETED:
-        raise NotFound(f"backup {backup_id} was deleted by rotation", hint="choose another one")
-    if row.status == DELETING:
-        raise NotFound(f"backup {backup_id} is being deleted", hint="choose another one")
-    archive = settings.backup_root / row.path
-    return row, archive, manifest_path(archive, backup_id)
 
 
 def require_local_files(settings: Settings, row: Backup, archive: Path, mpath: Path) -> None:

@@ -20,28 +20,32 @@ the last removed record becomes the anchor's base, where verification starts.
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import os
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, select
 
 from lifeos_backup.core.errors import ConfigError, PermanentError
+from lifeos_backup.storage.audit_query import (  # noqa: F401  (importers find them here too)
+    ACTIONS,
+    FAILED,
+    action_filters,
+    as_dict,
+    parse_since,
+)
 from lifeos_backup.storage.catalog.chain import (
     GENESIS,
     SUCCEEDED,
     append,
     chain_lock,
     fields_of,
-    iso,
     load_anchor,
     record_hash,
     serialize_appends,
@@ -51,71 +55,9 @@ from lifeos_backup.storage.catalog.store import Catalog
 
 log = logging.getLogger(__name__)
 
-FAILED = "failed"  # a record's status when its action failed (SUCCEEDED: chain.py)
-
-
-# Every action the trail records, whoever records it (workers: lifeos_backup.jobs.audit_tasks; the
-# CLI: `audited`; flag changes, rollbacks and entity restores: Catalog.record_action).
-# `audit --action` accepts these and their groups (`restore` for restore.*); a unit test checks
-# that every action written anywhere in the code is listed here.
-ACTIONS = (
-    "audit.rotate",
-    "backup",
-    "catalog.rebuild",
-    "dashboard.login",
-    "dashboard.logout",
-    "dashboard.request",
-    "drill",
-    "entity.restore",
-    "flag.set",
-    "flag.set_user",
-    "flag.unset_user",
-    "forget",
-    "offsite.sync",
-    "restore.approve",
-    "restore.json",
-    "restore.pitr",
-    "restore.postgres",
-    "restore.reject",
-    "restore.request",
-    "rollback.to_json",
-    "rotate",
-    "upload",
-    "user.add",
-    "user.remove",
-    "verify",
-    "wal.upload",
-)
-
-
-def action_filters() -> list[str]:
-    """What `audit --action` accepts: every action, and every group of dotted actions."""
-    groups = {action.split(".")[0] for action in ACTIONS if "." in action}
-    return sorted(set(ACTIONS) | groups)
-
 
 class AuditChainBroken(PermanentError):
     """The audit chain does not verify; rotation refuses to remove the evidence."""
-
-
-# ----------------------------------------------------------------------------- hashing
-
-
-
-
-
-
-
-
-# ----------------------------------------------------------------------------- appending
-
-
-
-
-
-
-
-
 
 
 def operator() -> str:
@@ -317,33 +259,6 @@ def rotate(
 
 # ----------------------------------------------------------------------------- reading
 
-_RELATIVE = re.compile(r"(\d+)\s*([mhdw])")
-_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-
-def parse_since(value: str, now: datetime | None = None) -> datetime:
-    """`7d`, `24h`, `30m`, `2w` ago, or an ISO date/time (UTC unless it says otherwise)."""
-    value = value.strip()
-    match = _RELATIVE.fullmatch(value)
-    if match:
-        amount, unit = int(match.group(1)), match.group(2)
-        try:
-            return (now or utcnow()) - timedelta(**{_UNITS[unit]: amount})
-        except OverflowError:  # more days than a date can go back
-            raise ConfigError(
-                f"--since {value!r} reaches back before the year 1",
-                hint="use a shorter duration (7d, 24h, 30m, 2w) or a date",
-            ) from None
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(
-            f"--since {value!r} is neither a duration nor a date",
-            hint="use e.g. 7d, 24h, 30m, 2w, 2026-11-01 or 2026-11-01T12:00:00+00:00",
-        ) from None
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
 def records(
     catalog: Catalog, since: datetime | None = None, action: str | None = None
 ) -> list[Action]:
@@ -355,29 +270,6 @@ def records(
         query = query.where(Action.action.startswith(action))
     with catalog.session() as s:
         return list(s.scalars(query))
-
-
-def as_dict(row: Action) -> dict[str, Any]:
-    """A record for `audit --json`; `initiator` is the stored `actor`."""
-    try:
-        detail = json.loads(row.detail or "{}")
-    except ValueError:
-        detail = row.detail
-    return {
-        "id": row.id,
-        "at": iso(row.at),
-        "initiator": row.actor,
-        "action": row.action,
-        "target": row.target,
-        "backup_id": row.backup_id,
-        "status": row.status,
-        "size": row.size,
-        "duration_s": row.duration_s,
-        "location": row.location,
-        "detail": detail,
-        "hash": row.hash,
-        "prev_hash": row.prev_hash,
-    }
 
 
 def location_of(host: str | None, path: Path | str) -> str:

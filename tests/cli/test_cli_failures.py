@@ -286,7 +286,7 @@ _BUG = (
     "import lifeos_backup.cli.common as cli\n"
     "def _broken():\n"
     "    raise RuntimeError('lost postgresql://ops:Hunter2-secret@db/app on the way')\n"
-    "cli.catalog = _broken\n"
+    "cli.catalog = cli.catalog_view = _broken\n"
 )
 
 

@@ -102,6 +102,7 @@ def _walk(command: Any, path: tuple[str, ...]) -> Iterator[Command]:
         yield from _walk(sub, (*path, name))
 
 
+cli.load()  # the whole tree (a run loads only the modules its command needs)
 COMMANDS = list(_walk(typer.main.get_command(cli.app), ()))
 LEAVES = [c for c in COMMANDS if not c.is_group]
 GROUPS = [c for c in COMMANDS if c.is_group]

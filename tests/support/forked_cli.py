@@ -93,8 +93,9 @@ def main() -> None:
     import lifeos_backup.core.settings
     import lifeos_backup.monitoring.status
     import lifeos_backup.storage.audit
-    import lifeos_backup.wal.cli  # noqa: F401
+    import lifeos_backup.wal.cli
 
+    lifeos_backup.cli.commands.load()  # every group module: a run loads only its command's
     json.dump([run_one(run) for run in runs], sys.stdout)
 
 

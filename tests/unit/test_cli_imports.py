@@ -68,7 +68,61 @@ def heavy_in(modules: set[str]) -> list[str]:
 
 
 def test_the_command_tree_imports_no_heavy_library() -> None:
-    assert heavy_in(loaded_after("import lifeos_backup.cli.commands")) == []
+    code = "import lifeos_backup.cli.commands as tree\ntree.load()\n"
+    assert heavy_in(loaded_after(code)) == []
+
+
+def test_each_command_is_found_in_the_modules_that_define_it() -> None:
+    """`main` imports only the group modules HOMES names for the command being run: every
+    top-level command and group of the whole tree is there, with exactly the modules whose
+    functions define it and its subcommands (a new command missing from HOMES fails here)."""
+    from typer.models import TyperInfo
+
+    from lifeos_backup.cli import commands as tree
+
+    tree.load()
+
+    def modules(group: TyperInfo) -> set[str]:
+        sub = group.typer_instance
+        assert sub is not None
+        found = {c.callback.__module__ for c in sub.registered_commands if c.callback}
+        callback = sub.registered_callback
+        if callback is not None and callback.callback is not None:
+            found.add(callback.callback.__module__)
+        for inner in sub.registered_groups:
+            found |= modules(inner)
+        return found
+
+    derived: dict[str, set[str]] = {}
+    for command in tree.app.registered_commands:
+        assert command.callback is not None
+        name = command.name or command.callback.__name__.replace("_", "-")
+        derived.setdefault(name, set()).add(command.callback.__module__)
+    for group in tree.app.registered_groups:
+        assert group.name is not None
+        derived.setdefault(group.name, set()).update(modules(group))
+    homes = {name: {f"lifeos_backup.cli.{m}" for m in found} for name, found in tree.HOMES.items()}
+    assert homes == derived
+    assert set(tree.GROUPS) == {m.rsplit(".", 1)[1] for found in derived.values() for m in found}
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["list"], "list"),
+        (["--repo", "x", "list"], "list"),
+        (["-r", "x", "restore", "json"], "restore"),
+        (["--repo=x", "audit"], "audit"),
+        (["--help"], None),
+        ([], None),
+    ],
+)
+def test_the_command_is_found_after_the_programs_own_options(
+    args: list[str], command: str | None
+) -> None:
+    from lifeos_backup.cli.commands import command_of
+
+    assert command_of(args) == command
 
 
 @pytest.mark.parametrize(

@@ -159,8 +159,8 @@ def test_only_the_entry_point_imports_the_command_tree() -> None:
 
 def test_the_graph_sees_every_form_of_import() -> None:
     graph = import_graph()
-    # `from lifeos_backup.cli import backup, ...` (submodules), inside the module
-    assert "lifeos_backup.cli.backup" in graph["lifeos_backup.cli.commands"]
+    # `from lifeos_backup.cli import errors as cli_errors` (a submodule), inside the module
+    assert "lifeos_backup.cli.errors" in graph["lifeos_backup.cli.commands"]
     # an import inside a function (the entry point loads the command tree only when needed)
     assert "lifeos_backup.cli.commands" in graph["lifeos_backup.cli"]
     # `from lifeos_backup.storage.catalog import Catalog`: the package, not a submodule

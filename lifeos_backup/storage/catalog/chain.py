@@ -12,7 +12,7 @@ import json
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +20,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from lifeos_backup.core.fsutil import FILE_MODE
-from lifeos_backup.storage.catalog.models import Action, AuditAnchor, utcnow
+from lifeos_backup.storage.catalog.models import Action, AuditAnchor
+from lifeos_backup.storage.catalog.schema import SUCCEEDED, iso, utcnow
 
 GENESIS = "0" * 64  # the "previous hash" of the very first record
 FORMAT_VERSION = 1  # part of every hashed document; bump only with a migration re-chaining
@@ -29,7 +30,6 @@ HASHED = (
     "id", "at", "action", "target", "actor", "backup_id",
     "status", "size", "duration_s", "location", "detail",
 )  # fmt: skip
-SUCCEEDED = "succeeded"  # a record's status when its action succeeded
 
 
 class Chained(Protocol):
@@ -39,10 +39,6 @@ class Chained(Protocol):
     def file_path(self) -> Path | None: ...
 
     def session(self) -> AbstractContextManager[Session]: ...
-
-
-def iso(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def record_hash(fields: Mapping[str, Any], prev_hash: str) -> str:

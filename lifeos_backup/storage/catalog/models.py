@@ -18,10 +18,7 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-
-def utcnow() -> datetime:
-    """Now, as an aware UTC datetime: the time of every catalog and audit record."""
-    return datetime.now(UTC)
+from lifeos_backup.storage.catalog.schema import utcnow  # noqa: F401  (importers find it here)
 
 
 class UTCDateTime(TypeDecorator[datetime]):

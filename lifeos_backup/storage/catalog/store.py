@@ -20,23 +20,28 @@ from sqlalchemy import URL, Engine, create_engine, event, make_url, select, text
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
-from lifeos_backup.core.errors import NotFound, PermanentError
+from lifeos_backup.core.errors import NotFound
 from lifeos_backup.core.fsutil import FILE_MODE
 from lifeos_backup.storage.catalog import chain, generations
-from lifeos_backup.storage.catalog.models import Action, Backup, TaskRun, utcnow
+from lifeos_backup.storage.catalog.models import Action, Backup, TaskRun
+from lifeos_backup.storage.catalog.schema import (  # noqa: F401  (importers find them here too)
+    CREATED,
+    DELETED,
+    DELETING,
+    FAILED,
+    HEAD,
+    INCOMPLETE,
+    RUNNING,
+    STATUSES,
+    UNVERIFIED,
+    VERIFIED,
+    CatalogUnreadable,
+    no_such_backup,
+    unreadable_error,
+    utcnow,
+)
 
-RUNNING, CREATED, VERIFIED, FAILED, DELETED = "running", "created", "verified", "failed", "deleted"
-# Set only by `catalog rebuild`: listed from a manifest it was told to trust without re-reading
-# the archive (`--trust-manifests`), or an archive found without its manifest.
-UNVERIFIED, INCOMPLETE = "unverified", "incomplete"
-# Set by `forget` before it removes anything: the row says what is going while remote objects and
-# local files are removed; `deleted` once all are gone (rotation and the sync finish a crashed one).
-DELETING = "deleting"
-STATUSES = (RUNNING, CREATED, VERIFIED, FAILED, DELETING, DELETED, UNVERIFIED, INCOMPLETE)
 MIGRATIONS = Path(__file__).with_name("migrations")
-# The newest migration (a unit test checks it against migrations/versions). A catalog already
-# there is not handed to Alembic at all: importing it costs every CLI call about 0.4 s.
-HEAD = "0007_offsite_copies"
 _OPEN: dict[str, Catalog] = {}
 log = logging.getLogger(__name__)
 logging.getLogger("alembic").setLevel(logging.WARNING)  # "Context impl SQLiteImpl" on every open
@@ -91,24 +96,10 @@ def _file_engine(path: Path) -> Engine:
     return engine
 
 
-class CatalogUnreadable(PermanentError):
-    """The catalog database cannot be opened or read (missing server, corrupt file)."""
-
-
 def unreadable(catalog_url: str, exc: Exception) -> CatalogUnreadable:
     """The one-line error for a catalog that cannot be read, with the way out."""
     detail = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    if sqlite_file(catalog_url) is not None:
-        return CatalogUnreadable(
-            "the catalog cannot be read",
-            detail,
-            "run `lifeos-backup catalog rebuild`; docs/runbook.md, the catalog is lost or corrupt",
-        )
-    return CatalogUnreadable(
-        "the catalog database cannot be reached or read",
-        detail,
-        "check LIFEOS_CATALOG_URL and the database server",
-    )
+    return unreadable_error(detail, embedded=sqlite_file(catalog_url) is not None)
 
 
 class Catalog:
@@ -247,9 +238,7 @@ class Catalog:
         with self.session() as s:
             row = s.get(Backup, backup_id)
         if row is None:
-            raise NotFound(
-                f"no backup {backup_id!r} in the catalog", hint="see `lifeos-backup list`"
-            )
+            raise no_such_backup(backup_id)
         return row
 
     def exists(self, backup_id: str) -> bool:

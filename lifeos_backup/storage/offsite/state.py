@@ -23,44 +23,22 @@ from sqlalchemy import delete, select
 from lifeos_backup.core.targets import LEGACY_NAME
 from lifeos_backup.storage.catalog import Backup, Catalog
 from lifeos_backup.storage.catalog.models import OffsiteCopy, OffsitePart
-from lifeos_backup.storage.catalog.store import DELETED as LOCAL_DELETED
 from lifeos_backup.storage.catalog.store import VERIFIED, utcnow
-
-# Off-site status of a backup (column backups.offsite_status; NULL: never tried).
-UPLOADING = "uploading"  # started; a crash leaves it so, and the next sync resumes it
-UPLOADED = "uploaded"  # archive and manifest remote, size and checksums confirmed: good
-FAILED = "failed"  # last attempt failed (reason in offsite_error); the next sync retries
-MISSING = "missing"  # was uploaded, but the remote archive or manifest is gone
-DAMAGED = "damaged"  # was uploaded, but the remote archive's size or checksum changed
-DELETING = "deleting"  # remote retention started removing it (manifest first)
-DELETED = "deleted"  # removed by remote retention
-RETRYABLE = (None, UPLOADING, FAILED, MISSING, DAMAGED)  # what a sync uploads (if verified)
-
-
-def archive_path(row: Backup, backup_root: Path) -> Path:
-    return backup_root / row.path
-
-
-def is_local(row: Backup, backup_root: Path) -> bool:
-    """The local copy exists: not rotated away, and the archive is on this machine's disk."""
-    return row.status != LOCAL_DELETED and archive_path(row, backup_root).exists()
-
-
-def is_offsite(row: Backup) -> bool:
-    return row.offsite_status == UPLOADED
-
-
-def location(row: Backup, backup_root: Path) -> str:
-    """Where a backup can be restored from: local, offsite, both, or none."""
-    local, remote = is_local(row, backup_root), is_offsite(row)
-    if local and remote:
-        return "both"
-    return "local" if local else "offsite" if remote else "none"
-
-
-def remote_only(row: Backup, backup_root: Path) -> bool:
-    """Known from its off-site copy alone (e.g. after `catalog rebuild --from offsite`)."""
-    return is_offsite(row) and not archive_path(row, backup_root).exists()
+from lifeos_backup.storage.offsite.places import (  # noqa: F401  (importers find them here too)
+    DAMAGED,
+    DELETED,
+    DELETING,
+    FAILED,
+    MISSING,
+    RETRYABLE,
+    UPLOADED,
+    UPLOADING,
+    archive_path,
+    is_local,
+    is_offsite,
+    location,
+    remote_only,
+)
 
 
 def to_upload(
