@@ -255,16 +255,37 @@ def changes(conn: psycopg.Connection[Any]) -> dict[str, tuple[int, int]]:
     return {str(t): (int(i), int(d)) for t, i, d in conn.execute(_CHANGES).fetchall()}
 
 
+# The primary's position: its WAL insert position, not the write position. With
+# synchronous_commit off a committed transaction's record can still sit in the WAL buffers past
+# what is written, and a drill that waited only for the written WAL would miss it. Right after a
+# segment switch the insert position sits past the new segment's page header (40 bytes, no
+# record): the position is then the segment's start, whose WAL lies wholly in the one before.
+_LONG_PAGE_HEADER = 40
+_POSITION = (
+    "SELECT lsn::text, (pg_walfile_name_offset(lsn)).file_offset "
+    "FROM (SELECT pg_current_wal_insert_lsn() AS lsn) AS p"
+)
+
+
+def wal_position(conn: psycopg.Connection[Any]) -> tuple[int, str | None]:
+    """The primary's WAL position (see _POSITION) and the segment that holds the WAL up to it."""
+    text, offset = conn.execute(_POSITION).fetchone() or ("0/0", 0)
+    lsn = parse_lsn(str(text))
+    if int(offset) <= _LONG_PAGE_HEADER:
+        lsn -= int(offset)
+    (walfile,) = conn.execute(
+        "SELECT pg_walfile_name(%s::pg_lsn)", (format_lsn(lsn),)
+    ).fetchone() or (None,)
+    return lsn, str(walfile) if walfile else None
+
+
 def sample(conn: psycopg.Connection[Any]) -> Sample:
     counts, xmax, running = count_rows(conn)
-    lsn, walfile, timeout = conn.execute(
-        "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn()), "
-        "EXTRACT(EPOCH FROM current_setting('archive_timeout')::interval)::int"
-    ).fetchone() or ("0/0", None, 0)
-    return Sample(
-        counts, xmax, running, parse_lsn(str(lsn)), str(walfile) if walfile else None,
-        int(timeout or 0),
-    )  # fmt: skip
+    lsn, walfile = wal_position(conn)
+    (timeout,) = conn.execute(
+        "SELECT EXTRACT(EPOCH FROM current_setting('archive_timeout')::interval)::int"
+    ).fetchone() or (0,)
+    return Sample(counts, xmax, running, lsn, walfile, int(timeout or 0))
 
 
 def committed(conn: psycopg.Connection[Any], low: int, high: int) -> set[int]:
@@ -430,18 +451,19 @@ class PrimaryEnd:
 
 
 def primary_end(conn: psycopg.Connection[Any]) -> PrimaryEnd:
-    now, lsn, xid, tracked = conn.execute(
-        "SELECT clock_timestamp(), pg_current_wal_lsn()::text, "
+    lsn, _walfile = wal_position(conn)
+    now, xid, tracked = conn.execute(
+        "SELECT clock_timestamp(), "
         "pg_snapshot_xmax(pg_current_snapshot())::text::bigint, "
         "current_setting('track_commit_timestamp')"
-    ).fetchone() or (datetime.now(UTC), "0/0", 0, "off")
+    ).fetchone() or (datetime.now(UTC), 0, "off")
     last = None
     if tracked == "on":
         with contextlib.suppress(psycopg.Error):
             (last,) = conn.execute("SELECT timestamp FROM pg_last_committed_xact()").fetchone() or (
                 None,
             )
-    return PrimaryEnd(now, parse_lsn(str(lsn)), int(xid), last)
+    return PrimaryEnd(now, lsn, int(xid), last)
 
 
 def lacks(
