@@ -8,8 +8,8 @@ median, best and worst wall seconds. The floor is `python3 -c pass` with the sam
 
 The repository is made here, in a temporary folder: LIFEOS_BACKUP_ROOT points at it, one JSON
 backup of three small files is created and verified with the plain functions
-(jobs.backups.create_backup, verify_backup), so `list`, `show ID`, `status` and `audit` read a real
-SQLite catalog. `status` pings Redis and `flags get` reads it: a throwaway redis-server
+(jobs.backups.create_backup, verify_backup), so `list`, `show ID`, `ls ID`, `status` and `audit`
+read a real SQLite catalog. `status` pings Redis and `flags get` reads it: a throwaway redis-server
 (tests/support/services.py) answers both, as on a deployment. The machine's `LIFEOS_*` settings
 are ignored. Verdict: PASS when every command's median is at most `--target` seconds; exit 0 then.
 """
@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--help": [CLI, "--help"],
                 "list": [CLI, "list"],
                 "show ID": [CLI, "show", backup_id],
+                "ls ID": [CLI, "ls", backup_id],
                 "status": [CLI, "status"],
                 "flags get NAME": [CLI, "flags", "get", "new_backend"],
                 "audit": [CLI, "audit"],

@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from lifeos_backup.cli.audit import check_since
-from lifeos_backup.cli.common import KIND_NAMES, app, catalog, choice, human_size, settings, warn
+from lifeos_backup.cli.common import (
+    KIND_NAMES,
+    app,
+    catalog,
+    catalog_view,
+    choice,
+    human_size,
+    settings,
+    warn,
+)
 from lifeos_backup.core.errors import InvalidName, NotFound
 from lifeos_backup.core.names import PathPattern, kind_of_id
 
@@ -103,7 +112,8 @@ def ls(
     from lifeos_backup.jobs import browse
 
     patterns = [pattern_of(path)] if path else []
-    manifest = browse.local_manifest(settings(), catalog(), backup_id)
+    with catalog_view() as view:
+        manifest = browse.local_manifest(settings(), view, backup_id)
     if manifest.kind == "json":
         entries = browse.matching(manifest.iter_files(), patterns)
         if as_json:

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from lifeos_backup.core.settings import Settings
     from lifeos_backup.kinds.postgres.objects import SchemaObject
     from lifeos_backup.storage.catalog import Backup, Catalog
+    from lifeos_backup.storage.repository import Lookup, Record
 
 Warn = Callable[[str], None]
 
@@ -41,11 +42,12 @@ def matching(entries: Iterable[FileEntry], patterns: Sequence[PathPattern]) -> I
             yield entry
 
 
-def local_manifest(settings: Settings, catalog: Catalog, backup_id: str) -> Manifest:
-    """The manifest of a backup on this disk (the archive is not needed)."""
+def local_manifest(settings: Settings, catalog: Lookup[Record], backup_id: str) -> Manifest:
+    """The manifest of a backup on this disk (the archive is not needed); `catalog` is the store
+    or its read-only view (`ls` reads through the view, without SQLAlchemy)."""
     from lifeos_backup.formats.manifest import read_manifest
-    from lifeos_backup.jobs.backups import locate
-    from lifeos_backup.storage.offsite.state import remote_only
+    from lifeos_backup.storage.offsite.places import remote_only
+    from lifeos_backup.storage.repository import locate
 
     check_backup_id(backup_id)
     row, _archive, mpath = locate(settings, catalog, backup_id)

@@ -9,6 +9,7 @@ are compared field by field, times included.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import subprocess
 import sys
@@ -186,13 +187,28 @@ def test_show_finds_a_backup_through_the_view(tmp_path: Path) -> None:
 
 
 def test_listing_commands_do_not_import_sqlalchemy(tmp_path: Path) -> None:
-    """`list`, `show` and `audit` on a real catalog, in a fresh interpreter: SQLAlchemy is not
-    loaded (it is about half of their start-up; benchmarks/cli_start.py)."""
+    """`list`, `show`, `ls` and `audit` on a repository with a real backup, each in a fresh
+    interpreter: SQLAlchemy is not loaded (it is about half of their start-up;
+    benchmarks/cli_start.py), and each answers about the backup."""
+    from lifeos_backup.core.settings import Settings
+    from lifeos_backup.jobs.backups import create_backup, verify_backup
+
+    app = tmp_path / "app"
+    (app / "data" / "characters").mkdir(parents=True)
+    (app / "data" / "characters" / "ana.json").write_text('{"id": "ana"}')
     root = tmp_path / "backups"
-    root.mkdir()
-    catalog = Catalog(f"sqlite:///{root / 'catalog.sqlite3'}")
-    _fill(catalog)
-    for args in (["list"], ["show", "json_backup_20261128_020000"], ["audit", "--since", "7d"]):
+    settings = Settings(backup_root=root, app_dir=app)
+    catalog = Catalog(settings.effective_catalog_url)
+    backup_id = create_backup("json", settings, catalog, reason="test").backup_id
+    verify_backup(backup_id, settings, catalog)
+    runs = {
+        "list": ["list"],
+        "show": ["show", backup_id],
+        "ls": ["ls", backup_id],
+        "audit": ["audit", "--since", "7d"],
+    }
+    expected = {"list": backup_id, "show": backup_id, "ls": "data/characters/ana.json", "audit": ""}
+    for name, args in runs.items():
         code = (
             "import sys\n"
             "from lifeos_backup.cli import main\n"
@@ -205,6 +221,72 @@ def test_listing_commands_do_not_import_sqlalchemy(tmp_path: Path) -> None:
         done = subprocess.run(
             [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
         )
-        assert done.returncode == 0, done.stderr[-2000:]
-        assert "@@SQLALCHEMY@@ False" in done.stdout, args
-        assert "json_backup_20261128_020000" in done.stdout or args[0] == "audit"
+        assert done.returncode == 0, (name, done.stderr[-2000:])
+        assert "@@SQLALCHEMY@@ False" in done.stdout, name
+        assert expected[name] in done.stdout, (name, done.stdout[-2000:])
+
+
+_WRITER = """
+import sys, time
+from datetime import UTC, datetime, timedelta
+from lifeos_backup.storage.catalog import Backup, Catalog
+catalog = Catalog(sys.argv[1])
+print("ready", flush=True)
+start = datetime(2026, 11, 1, tzinfo=UTC)
+n = 0
+while not sys.stdin.closed and n < 100000:
+    backup_id = f"json_backup_{(start + timedelta(minutes=n)):%Y%m%d_%H%M%S}"
+    catalog.add_backup(Backup(id=backup_id, kind="json", status="running", path="json/x",
+                              reason="", initiator="t", host="h", created_at=start))
+    catalog.update(backup_id, status="verified")
+    n += 1
+    if n % 20 == 0:
+        import select
+        if select.select([sys.stdin], [], [], 0)[0]:
+            break
+print("wrote", n, flush=True)
+"""
+
+
+def test_listing_while_a_worker_writes_never_fails(tmp_path: Path) -> None:
+    """Two processes race: one adds and updates backups as fast as it can (the store), while
+    `list --json` runs again and again (the view). Every listing succeeds with whole rows: the
+    view reads a consistent snapshot, and waits instead of failing when the file is busy."""
+    root = tmp_path / "backups"
+    root.mkdir()
+    url = f"sqlite:///{root / 'catalog.sqlite3'}"
+    Catalog(url)
+    writer = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, url],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "ready"
+        seen = []
+        for _ in range(4):
+            code = (
+                "import sys\n"
+                "from lifeos_backup.cli import main\n"
+                f"sys.argv = ['lifeos-backup', '--repo', {str(root)!r}, 'list', '--json']\n"
+                "main()\n"
+            )
+            done = subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+            )
+            assert done.returncode == 0, done.stderr[-2000:]
+            rows = json.loads(done.stdout)
+            assert all(r["status"] in ("running", "verified") and r["id"] for r in rows)
+            seen.append(len(rows))
+        assert writer.poll() is None, "the writer stopped early"
+    finally:
+        if writer.stdin is not None:
+            writer.stdin.write("stop\n")
+            writer.stdin.close()
+        out = writer.stdout.read() if writer.stdout is not None else ""
+        writer.wait(timeout=60)
+    assert writer.returncode == 0
+    wrote = int(out.split()[-1])
+    assert seen == sorted(seen) and seen[-1] > seen[0] > 0  # the listings saw the writes grow
+    assert wrote >= seen[-1]
