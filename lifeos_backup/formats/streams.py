@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import queue
+import threading
+from types import TracebackType
 from typing import BinaryIO
 
 from lifeos_backup.core.errors import ConfigError
@@ -101,6 +104,83 @@ def decompressor(src: BinaryIO, algorithm: str) -> BinaryIO:
     if algorithm == "gzip":
         return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
     raise ConfigError(f"unknown compression {algorithm!r}", hint="use zstd or gzip")
+
+
+class ReadAhead(ReadStream):
+    """Reads `src` to its end in a thread, up to `depth` chunks ahead of the caller.
+
+    Why: zstd, gzip, age and SHA-256 release the GIL on large chunks, so decompressing (and
+    hashing, decrypting) an archive in this thread runs on the other core while the caller
+    parses tar headers and hashes members in Python. Memory stays bounded: at most `depth`
+    chunks wait. An error of the thread is raised to the caller at the point the stream reached;
+    `close` (or leaving the `with` block) stops the thread and waits for it, also when the caller
+    gives up half-way, so nothing reads `src` once this is closed.
+    """
+
+    def __init__(self, src: BinaryIO, depth: int = 4, chunk: int = CHUNK) -> None:
+        self._src, self._chunk = src, chunk
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._held = memoryview(b"")
+        self._done = False
+        self._thread = threading.Thread(target=self._fill, name="read-ahead", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            while not self._stop.is_set():
+                data = self._src.read(self._chunk)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the reader, raised there
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int = -1) -> bytes:
+        if self._stop.is_set():
+            raise ValueError("read of a closed ReadAhead")
+        if not self._held and not self._done:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            self._held = memoryview(item)
+            self._done = not item
+        if size < 0:
+            parts = [bytes(self._held)]
+            self._held = memoryview(b"")
+            while (more := self.read(self._chunk)):
+                parts.append(more)
+            return b"".join(parts)
+        data, self._held = self._held[:size], self._held[size:]
+        return bytes(data)
+
+    @property
+    def closed(self) -> bool:  # asked by io.BufferedReader, which TarReader wraps this in
+        return self._stop.is_set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def __enter__(self) -> ReadAhead:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
 
 
 def sha256_file(path: str, chunk: int = CHUNK) -> tuple[str, int]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal, cast
 
 from lifeos_backup.core.errors import UnsafeArchive, VerificationFailed
+from lifeos_backup.formats.streams import ReadStream
 
 BLOCK = 512
 _ZEROS = bytes(BLOCK * 2)
@@ -174,7 +175,7 @@ def _parse_pax(data: bytes) -> dict[str, str]:
 class TarReader:
     """Iterates members of a tar stream; content must be read via `chunks()` before moving on."""
 
-    def __init__(self, stream: BinaryIO, chunk_size: int = 1 << 20) -> None:
+    def __init__(self, stream: BinaryIO | ReadStream, chunk_size: int = 1 << 20) -> None:
         self._in = (
             stream
             if hasattr(stream, "peek")

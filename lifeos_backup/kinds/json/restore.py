@@ -36,7 +36,7 @@ from lifeos_backup.core.progress import Progress, ProgressFn
 from lifeos_backup.core.settings import get_settings
 from lifeos_backup.formats.crypto import open_plain
 from lifeos_backup.formats.manifest import FileEntry, Manifest, require_archive_match
-from lifeos_backup.formats.streams import CHUNK, HashingReader, decompressor
+from lifeos_backup.formats.streams import CHUNK, HashingReader, ReadAhead, decompressor
 from lifeos_backup.formats.tarstream import Member, TarReader
 
 Sink = Callable[[Member, Iterator[bytes]], None]
@@ -45,6 +45,10 @@ _STREAM_ERRORS = (zstandard.ZstdError, zlib.error, gzip.BadGzipFile, EOFError)
 
 def _mismatch(what: str, detail: str) -> VerificationFailed:
     return VerificationFailed(what, detail, "the backup is not good; use another one")
+
+
+def _corrupt(archive: Path, exc: BaseException) -> VerificationFailed:
+    return _mismatch(f"archive {archive.name} is corrupt", str(exc))
 
 
 def _compare(member: Member, entry: FileEntry | None) -> FileEntry:
@@ -85,34 +89,43 @@ def check_archive(
             hashed = HashingReader(raw)
             key = get_settings().encryption_identity_file
             opened = open_plain(hashed, manifest, key)  # decrypts an encrypted archive
-            plain = decompressor(opened, manifest.compression.algorithm)
-            reader = TarReader(plain)
-            for member in reader:
-                entry = _compare(member, next(expected, None))
-                digest = hashlib.sha256()
+            # Decompression (and decryption) run a few chunks ahead in a thread: on the other
+            # core, while this one parses headers and hashes members.
+            with ReadAhead(decompressor(opened, manifest.compression.algorithm)) as plain:
+                reader = TarReader(plain)
+                for member in reader:
+                    entry = _compare(member, next(expected, None))
+                    digest = hashlib.sha256()
+                    if sink is None:  # verify: hash the content, nothing else
+                        for chunk in reader.chunks():
+                            digest.update(chunk)
+                    else:
 
-                def chunks(digest: hashlib._Hash = digest) -> Iterator[bytes]:
-                    for chunk in reader.chunks():
-                        digest.update(chunk)
-                        yield chunk
+                        def chunks(digest: hashlib._Hash = digest) -> Iterator[bytes]:
+                            try:
+                                for chunk in reader.chunks():
+                                    digest.update(chunk)
+                                    yield chunk
+                            except _STREAM_ERRORS as exc:  # a damaged stream, not the sink's
+                                raise _corrupt(archive, exc) from exc  # write (OSError: gzip)
 
-                if sink is not None:
-                    sink(member, chunks())
-                for _ in chunks():  # whatever the sink left unread
+                        sink(member, chunks())
+                        for _ in chunks():  # whatever the sink left unread
+                            pass
+                    if entry.type == "file":
+                        if digest.hexdigest() != entry.sha256:
+                            what = f"{member.path} has the wrong SHA-256"
+                            raise _mismatch(what, "content changed")
+                        report.files_done += 1
+                    report.bytes_done = hashed.size
+                    progress(report)
+                while plain.read(CHUNK):  # to the end: checks the zstd/gzip frame checksum too
                     pass
-                if entry.type == "file":
-                    if digest.hexdigest() != entry.sha256:
-                        raise _mismatch(f"{member.path} has the wrong SHA-256", "content changed")
-                    report.files_done += 1
-                report.bytes_done = hashed.size
-                progress(report)
-            while plain.read(CHUNK):  # to the end: checks the zstd/gzip frame checksum too
-                pass
             if opened is not hashed:
                 opened.drain()  # type: ignore[attr-defined]  # authenticates the final chunk
             hashed.drain()
     except _STREAM_ERRORS as exc:
-        raise _mismatch(f"archive {archive.name} is corrupt", str(exc)) from exc
+        raise _corrupt(archive, exc) from exc
     missing = next(expected, None)
     if missing is not None:
         count = 1 + sum(1 for _ in expected)
