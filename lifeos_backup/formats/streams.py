@@ -121,7 +121,7 @@ class ReadAhead(ReadStream):
         self._src, self._chunk = src, chunk
         self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self._held = memoryview(b"")
+        self._item, self._pos = b"", 0  # the chunk being read, and how far
         self._done = False
         self._thread = threading.Thread(target=self._fill, name="read-ahead", daemon=True)
         self._thread.start()
@@ -144,27 +144,49 @@ class ReadAhead(ReadStream):
             except queue.Full:
                 continue
 
+    def _next(self) -> bool:
+        """Take the next chunk; False at the end of the stream."""
+        if self._done:
+            return False
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        self._item, self._pos, self._done = item, 0, not item
+        return bool(item)
+
     def read(self, size: int = -1) -> bytes:
+        """Exactly `size` bytes, fewer only at the end (as io.BufferedReader): TarReader reads
+        this directly. A whole chunk asked for whole is handed over without a copy."""
         if self._stop.is_set():
             raise ValueError("read of a closed ReadAhead")
-        if not self._held and not self._done:
-            item = self._queue.get()
-            if isinstance(item, BaseException):
-                self._done = True
-                raise item
-            self._held = memoryview(item)
-            self._done = not item
-        if size < 0:
-            parts = [bytes(self._held)]
-            self._held = memoryview(b"")
-            while (more := self.read(self._chunk)):
-                parts.append(more)
-            return b"".join(parts)
-        data, self._held = self._held[:size], self._held[size:]
-        return bytes(data)
+        parts: list[bytes] = []
+        wanted = size if size >= 0 else -1
+        while wanted != 0:
+            if self._pos >= len(self._item) and not self._next():
+                break
+            end = len(self._item) if wanted < 0 else self._pos + wanted
+            part = self._item[self._pos : end]  # the chunk itself when all of it is taken
+            self._pos += len(part)
+            if wanted > 0:
+                wanted -= len(part)
+            parts.append(part)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def read1(self, size: int = -1) -> bytes:
+        """Up to `size` bytes of the current chunk (the next one when it is used up): no parts
+        are joined, and a whole chunk is handed over without a copy; b"" only at the end."""
+        if self._stop.is_set():
+            raise ValueError("read of a closed ReadAhead")
+        if self._pos >= len(self._item) and not self._next():
+            return b""
+        end = len(self._item) if size < 0 else self._pos + size
+        part = self._item[self._pos : end]
+        self._pos += len(part)
+        return part
 
     @property
-    def closed(self) -> bool:  # asked by io.BufferedReader, which TarReader wraps this in
+    def closed(self) -> bool:
         return self._stop.is_set()
 
     def close(self) -> None:

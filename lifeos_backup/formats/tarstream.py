@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO, Literal, cast
 
 from lifeos_backup.core.errors import UnsafeArchive, VerificationFailed
-from lifeos_backup.formats.streams import ReadStream
+from lifeos_backup.formats.streams import ReadAhead, ReadStream
 
 BLOCK = 512
 _ZEROS = bytes(BLOCK * 2)
@@ -178,12 +178,21 @@ class TarReader:
     def __init__(self, stream: BinaryIO | ReadStream, chunk_size: int = 1 << 20) -> None:
         self._in = (
             stream
-            if hasattr(stream, "peek")
+            if hasattr(stream, "peek") or isinstance(stream, ReadAhead)  # these read exactly
             else io.BufferedReader(cast(io.RawIOBase, stream), 1 << 20)
         )
         self._chunk = chunk_size
         self._left = 0
         self._pad = 0
+        # Content beyond one chunk is taken as the stream has it (read1: no joining of parts).
+        self._read_some = getattr(self._in, "read1", None) or self._in.read
+
+    def _read_part(self, size: int) -> bytes:
+        """At most `size` bytes, at least one: a big member's content or its skipped rest."""
+        data = self._read_some(size)
+        if not data:
+            raise VerificationFailed("archive is truncated", f"wanted {size} more bytes, got 0")
+        return data
 
     def _read_exact(self, size: int) -> bytes:
         data = self._in.read(size)
@@ -195,7 +204,7 @@ class TarReader:
 
     def _skip_rest(self) -> None:
         while self._left:
-            self._left -= len(self._read_exact(min(self._left, self._chunk)))
+            self._left -= len(self._read_part(min(self._left, self._chunk)))
         if self._pad:
             self._read_exact(self._pad)
             self._pad = 0
@@ -209,7 +218,7 @@ class TarReader:
                 self._pad = 0
                 yield data[:size] if len(data) > size else data
                 return
-            data = self._read_exact(self._chunk)
+            data = self._read_part(self._chunk)
             self._left -= len(data)
             yield data
 

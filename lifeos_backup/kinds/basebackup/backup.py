@@ -37,6 +37,7 @@ from lifeos_backup.formats.streams import (
     CHUNK,
     HashingReader,
     HashingWriter,
+    ReadAhead,
     compressor,
     decompressor,
 )
@@ -276,9 +277,11 @@ def check_base_backup(archive: Path, manifest: Manifest, progress: ProgressFn) -
     with open(archive, "rb") as raw:
         hashed = HashingReader(raw)
         opened = open_plain(hashed, manifest, identity_file)  # decrypts an encrypted archive
-        tar = TarReader(decompressor(opened, "zstd"))
         try:
-            kept, _files = _scan(tar)
+            with ReadAhead(decompressor(opened, "zstd")) as plain:  # decompressed in a thread
+                kept, _files = _scan(TarReader(plain))
+                while plain.read(CHUNK):  # end-of-archive blocks, the frame's checksum
+                    pass
             if opened is not hashed:
                 opened.drain()  # type: ignore[attr-defined]  # authenticates the final chunk
         except Exception as exc:

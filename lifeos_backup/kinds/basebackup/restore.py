@@ -48,7 +48,7 @@ from lifeos_backup.core.progress import Progress, ProgressFn, ignore
 from lifeos_backup.core.settings import Settings
 from lifeos_backup.formats.crypto import identities_for, open_plain
 from lifeos_backup.formats.manifest import Manifest, manifest_path, read_manifest
-from lifeos_backup.formats.streams import HashingReader, decompressor
+from lifeos_backup.formats.streams import CHUNK, HashingReader, ReadAhead, decompressor
 from lifeos_backup.formats.tarstream import TarReader
 from lifeos_backup.kinds.basebackup import wal_archive_dir
 from lifeos_backup.kinds.basebackup.backup import check_wal_coverage
@@ -220,27 +220,32 @@ def extract_base(
         with open(archive, "rb") as raw:
             hashed = HashingReader(raw)
             opened = open_plain(hashed, manifest, identity_file)  # decrypts an encrypted archive
-            tar = TarReader(decompressor(opened, manifest.compression.algorithm))
-            for found in tar:
-                # pg_basebackup writes a few members as './pg_wal/...'; that prefix is harmless.
-                member = dataclasses.replace(found, path=found.path.removeprefix("./"))
-                dest = datadir / safe_relpath(member.path)
-                if member.type == "dir":
-                    dest.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
-                elif member.type == "symlink":
-                    safe_link(member)  # tablespace links point outside: refused, not followed
-                    dest.parent.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
-                    os.symlink(member.linkname, dest)
-                else:
-                    dest.parent.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
-                    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                    fd = os.open(dest, flags, member.mode & 0o750 or 0o600)
-                    with os.fdopen(fd, "wb") as out:
-                        for chunk in tar.chunks():
-                            out.write(chunk)
-                    files += 1
-                report.bytes_done = hashed.size
-                progress(report)
+            # Decompression (and decryption, the archive hash) run ahead in a thread, beside
+            # the file writes here (formats.streams.ReadAhead).
+            with ReadAhead(decompressor(opened, manifest.compression.algorithm)) as plain:
+                tar = TarReader(plain)
+                for found in tar:
+                    # pg_basebackup writes a few members as './pg_wal/...'; that prefix is harmless.
+                    member = dataclasses.replace(found, path=found.path.removeprefix("./"))
+                    dest = datadir / safe_relpath(member.path)
+                    if member.type == "dir":
+                        dest.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+                    elif member.type == "symlink":
+                        safe_link(member)  # tablespace links point outside: refused, not followed
+                        dest.parent.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+                        os.symlink(member.linkname, dest)
+                    else:
+                        dest.parent.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                        fd = os.open(dest, flags, member.mode & 0o750 or 0o600)
+                        with os.fdopen(fd, "wb") as out:
+                            for chunk in tar.chunks():
+                                out.write(chunk)
+                        files += 1
+                    report.bytes_done = hashed.size
+                    progress(report)
+                while plain.read(CHUNK):  # end-of-archive blocks, the frame's checksum
+                    pass
             if opened is not hashed:
                 opened.drain()  # type: ignore[attr-defined]  # authenticates the final chunk
             hashed.drain()
