@@ -227,23 +227,21 @@ def test_listing_commands_do_not_import_sqlalchemy(tmp_path: Path) -> None:
 
 
 _WRITER = """
-import sys, time
+import select, sys
 from datetime import UTC, datetime, timedelta
 from lifeos_backup.storage.catalog import Backup, Catalog
 catalog = Catalog(sys.argv[1])
 print("ready", flush=True)
 start = datetime(2026, 11, 1, tzinfo=UTC)
 n = 0
-while not sys.stdin.closed and n < 100000:
+while n < 100000:  # until the test writes a line (or far past what it needs)
     backup_id = f"json_backup_{(start + timedelta(minutes=n)):%Y%m%d_%H%M%S}"
     catalog.add_backup(Backup(id=backup_id, kind="json", status="running", path="json/x",
                               reason="", initiator="t", host="h", created_at=start))
     catalog.update(backup_id, status="verified")
     n += 1
-    if n % 20 == 0:
-        import select
-        if select.select([sys.stdin], [], [], 0)[0]:
-            break
+    if n % 20 == 0 and select.select([sys.stdin], [], [], 0)[0]:
+        break
 print("wrote", n, flush=True)
 """
 
